@@ -1,0 +1,167 @@
+"""``pdsn export``: checkpoint + dictionary -> a verified bundle directory.
+
+The bundle is assembled in a hidden sibling directory and moved into place only after the ONNX
+model passed its parity gate, so a failed export never leaves a half-written bundle and never
+touches an existing one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from pdsn.export.onnx_export import ExportOptions, export_onnx
+from pdsn.export.parity import ExportGate, ParityError, export_parity, format_parity_table
+from pdsn.model.bundle_format import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, write_manifest
+from pdsn.model.dictionary import MaskDictionary, build_dictionary
+from pdsn.model.network import LRESNET50E_IR, Architecture, LResNetIR
+from pdsn.model.sample_faces import seeded_faces
+
+MODEL_FILE = "model.onnx"
+DICTIONARY_FILE = "dictionary.npy"
+PARITY_REPORT = "reports/parity.json"
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    out: Path
+    checkpoint: Path | None = None
+    dictionary: Path | None = None
+    architecture: Architecture | None = None
+    tau: float = 0.25
+    threshold: float | None = None
+    options: ExportOptions = ExportOptions()
+    gate: ExportGate = ExportGate()
+    seed: int = 0
+    parity_faces: int = 8
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    bundle: Path
+    manifest: dict
+    parity: dict
+
+
+def export_bundle(request: ExportRequest) -> ExportResult:
+    out = Path(request.out)
+    _check_destination(out, request.overwrite)
+    model, weights = _load_model(request)
+    dictionary = _load_dictionary(request, model)
+
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "reports").mkdir(parents=True)
+    try:
+        contract = export_onnx(model, dictionary.masks, staging / MODEL_FILE, request.options)
+        np.save(staging / DICTIONARY_FILE, dictionary.masks)
+        faces = seeded_faces(request.parity_faces, seed=request.seed + 1000)
+        parity = export_parity(
+            model, str(staging / MODEL_FILE), dictionary, contract, faces, request.gate
+        )
+        (staging / PARITY_REPORT).write_text(json.dumps(parity, indent=2) + "\n")
+        if not parity["passed"]:
+            raise ParityError(
+                "the exported ONNX model does not reproduce the PyTorch model (gate: cosine >= "
+                f"{request.gate.min_cosine}, max abs error <= {request.gate.max_abs_error_ratio} x "
+                f"max |reference|); no bundle was written:\n{format_parity_table(parity)}"
+            )
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": {"architecture": model.architecture.to_dict(), **weights},
+            "contract": contract.to_dict(),
+            "dictionary": {"file": DICTIONARY_FILE, **dictionary.provenance()},
+            "variants": {
+                "fp32": {
+                    "file": MODEL_FILE,
+                    "precision": "fp32",
+                    "opset": request.options.opset,
+                    "parity": {
+                        "report": PARITY_REPORT,
+                        "against": "pytorch-fp32",
+                        "cosine_min": min(p["cosine_min"] for p in parity["patterns"].values()),
+                        "max_abs_error": max(p["max_abs_error"] for p in parity["patterns"].values()),
+                        "passed": True,
+                    },
+                }
+            },
+            "engines": {},
+            "provenance": {"tools": tool_versions(), "opset": request.options.opset, "seed": request.seed},
+            "files": [MODEL_FILE, DICTIONARY_FILE, PARITY_REPORT],
+        }
+        write_manifest(staging, manifest)
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportResult(out, manifest, parity)
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("pdsn-deploy", "torch", "onnx", "onnxruntime", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _check_destination(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"--out {out} already exists and is not empty; choose another directory or pass "
+            f"--overwrite to replace it (it is replaced only after the new bundle passed its checks)"
+        )
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: the parent directory {out.parent} does not exist")
+
+
+def _load_model(request: ExportRequest) -> tuple[LResNetIR, dict]:
+    if request.checkpoint is None:
+        from pdsn.model.demo_weights import DEMO_WEIGHTS_LABEL, demo_model
+
+        architecture = request.architecture or LRESNET50E_IR
+        return demo_model(architecture, seed=request.seed), {
+            "weights": "demo",
+            "label": DEMO_WEIGHTS_LABEL,
+            "checkpoint": None,
+        }
+    from pdsn.model.checkpoint import load_recognition_model
+
+    model, info = load_recognition_model(request.checkpoint, request.architecture)
+    return model, {"weights": "checkpoint", "label": None, "checkpoint": info.to_dict()}
+
+
+def _load_dictionary(request: ExportRequest, model: LResNetIR) -> MaskDictionary:
+    feature_shape = model.architecture.feature_shape
+    if request.dictionary is None:
+        from pdsn.model.demo_weights import demo_dictionary
+
+        return demo_dictionary(model.architecture, seed=request.seed, tau=request.tau)
+    return build_dictionary(
+        request.dictionary, tau=request.tau, threshold=request.threshold, feature_shape=feature_shape
+    )
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    if out.exists():
+        retired = out.parent / f".{out.name}.replaced-{os.getpid()}"
+        os.replace(out, retired)
+        os.replace(staging, out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, out)

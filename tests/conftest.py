@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny model's checkpoint, dictionary and bundles, exported once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from factories import TINY, random_binary_dictionary, randomized_model
+from pdsn.export.bundle_writer import ExportRequest, export_bundle
+from pdsn.export.onnx_export import ExportOptions
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from pdsn.model.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    save_checkpoint(path, randomized_model(), epoch=3)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dictionary_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("dict") / "dictionary.npy"
+    np.save(path, random_binary_dictionary(TINY.feature_shape))
+    return path
+
+
+def export_tiny(out: Path, checkpoint: Path, dictionary: Path, **options) -> Path:
+    export_bundle(
+        ExportRequest(out=out, checkpoint=checkpoint, dictionary=dictionary, options=ExportOptions(**options))
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_checkpoint, tiny_dictionary_file) -> Path:
+    """uint8 NHWC input, dictionary as a graph input: the default contract."""
+    return export_tiny(tmp_path_factory.mktemp("bundles") / "tiny", tiny_checkpoint, tiny_dictionary_file)
+
+
+@pytest.fixture(scope="session")
+def tiny_float_bundle(tmp_path_factory, tiny_checkpoint, tiny_dictionary_file) -> Path:
+    """float32 NCHW input, dictionary embedded, L2-normalised output: every export option flipped."""
+    return export_tiny(
+        tmp_path_factory.mktemp("bundles") / "tiny-float", tiny_checkpoint, tiny_dictionary_file,
+        image_layout="nchw-float32", embed_dictionary=True, l2_normalize=True,
+    )
