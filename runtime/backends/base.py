@@ -1,0 +1,28 @@
+"""The interface every inference backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend or device cannot be used here (missing library, no GPU, fallback)."""
+
+
+class Backend(ABC):
+    """Runs one model variant. The mask dictionary is bound once, at construction."""
+
+    name: str
+
+    @abstractmethod
+    def infer(self, images: np.ndarray, occlusion: np.ndarray) -> np.ndarray:
+        """Embed a validated batch: images in the contract layout, occlusion float32 (N, 25)."""
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """What is running: backend, device, providers or engine, threads."""
+
+    def close(self) -> None:
+        """Release sessions and device memory; the backend is unusable afterwards."""

@@ -1,0 +1,88 @@
+"""ONNX Runtime backend: CPU, or CUDA with I/O binding and the dictionary resident on the device."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pdsn.model.bundle_format import DICTIONARY_INPUT, EMBEDDING_OUTPUT, IMAGE_INPUT, OCCLUSION_INPUT, ModelContract
+from pdsn.runtime.backends.base import Backend, BackendUnavailableError
+
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model_path: str,
+        dictionary: np.ndarray,
+        contract: ModelContract,
+        device: str = "cpu",
+        device_id: int = 0,
+        threads: int | None = None,
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                "the onnxruntime backend needs ONNX Runtime: pip install onnxruntime "
+                "(or onnxruntime-gpu for CUDA)"
+            ) from exc
+        provider = _PROVIDERS[device]
+        if provider not in ort.get_available_providers():
+            raise BackendUnavailableError(
+                f"device={device!r} needs ONNX Runtime's {provider}, but this onnxruntime "
+                f"{ort.__version__} offers {ort.get_available_providers()}; install "
+                f"onnxruntime-gpu with a matching CUDA, or use device='cpu'"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = [(provider, {"device_id": device_id})] if device == "cuda" else [provider]
+        self._session = ort.InferenceSession(str(model_path), options, providers=providers)
+        active = self._session.get_providers()
+        if active[0] != provider:
+            raise BackendUnavailableError(
+                f"ONNX Runtime did not start {provider} (active providers: {active}); refusing to "
+                f"run on another device than the one asked for"
+            )
+        self._device, self._device_id, self._threads = device, device_id, threads
+        self._model_path = str(model_path)
+        self._dictionary = None
+        if contract.dictionary_binding == "input":
+            # Uploaded once; every call binds this same buffer (device memory on CUDA).
+            self._dictionary = ort.OrtValue.ortvalue_from_numpy(
+                np.ascontiguousarray(dictionary, dtype=np.float32), device, device_id
+            )
+
+    def infer(self, images: np.ndarray, occlusion: np.ndarray) -> np.ndarray:
+        if self._session is None:
+            raise RuntimeError("the onnxruntime backend was closed")
+        binding = self._session.io_binding()
+        binding.bind_cpu_input(IMAGE_INPUT, images)
+        binding.bind_cpu_input(OCCLUSION_INPUT, occlusion)
+        if self._dictionary is not None:
+            binding.bind_ortvalue_input(DICTIONARY_INPUT, self._dictionary)
+        binding.bind_output(EMBEDDING_OUTPUT, "cpu")
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        return {
+            "backend": self.name,
+            "version": ort.__version__,
+            "device": self._device,
+            "device_id": self._device_id,
+            "providers": self._session.get_providers() if self._session else [],
+            "threads": self._threads,
+            "model": self._model_path,
+        }
+
+    def close(self) -> None:
+        self._session = None
+        self._dictionary = None

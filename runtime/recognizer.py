@@ -1,0 +1,122 @@
+"""``Recognizer``: the application-facing API over a bundle and a backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pdsn.model.grid import vector_to_cells
+from pdsn.runtime.backends import create_backend
+from pdsn.runtime.bundle import Bundle, open_bundle
+from pdsn.runtime.inputs import prepare_images, prepare_occlusion
+from pdsn.runtime.preprocess import align_face
+
+PRECISIONS = ("fp32",)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Result of comparing two faces under the PDSN protocol."""
+
+    score: float
+    occluded_cells: list[int]
+    match: bool | None = None
+
+
+class Recognizer:
+    """Embeds aligned faces with the bundle's model; the mask dictionary stays bound in the backend."""
+
+    def __init__(self, bundle: Bundle, backend, precision: str, max_batch: int) -> None:
+        self.bundle = bundle
+        self.contract = bundle.contract
+        self.precision = precision
+        self.max_batch = max_batch
+        self._backend = backend
+
+    @classmethod
+    def open(
+        cls,
+        bundle: str | Path,
+        backend: str = "auto",
+        device: str = "cpu",
+        precision: str = "fp32",
+        max_batch: int = 64,
+        verify: bool = True,
+        **backend_options,
+    ) -> "Recognizer":
+        """Open ``bundle`` (hashes checked unless ``verify=False``) on ``backend``/``device``."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        loaded = open_bundle(bundle, verify=verify)
+        engine = create_backend(
+            backend, str(loaded.variant_path(precision)), loaded.dictionary, loaded.contract,
+            device=device, **backend_options,
+        )
+        return cls(loaded, engine, precision, max_batch)
+
+    @property
+    def backend_info(self) -> dict:
+        return {**self._backend.describe(), "precision": self.precision}
+
+    def embed(self, images: object, occlusion: object = None, landmarks: object = None) -> np.ndarray:
+        """Embeddings (N, 512) for aligned crops, or for whole images when ``landmarks`` are given.
+
+        ``landmarks``: one (5, 2) array per image (eyes, nose, mouth corners as x, y).
+        """
+        if landmarks is not None:
+            images = self._align(images, landmarks)
+        batch = prepare_images(images, self.contract)
+        masks = prepare_occlusion(occlusion, len(batch))
+        if self._backend is None:
+            raise RuntimeError("this Recognizer was closed")
+        chunks = [
+            self._backend.infer(batch[i:i + self.max_batch], masks[i:i + self.max_batch])
+            for i in range(0, len(batch), self.max_batch)
+        ]
+        return np.concatenate(chunks)
+
+    def verify(
+        self,
+        image_a: np.ndarray,
+        image_b: np.ndarray,
+        occlusion_a: object = None,
+        occlusion_b: object = None,
+        threshold: float | None = None,
+    ) -> Verification:
+        """Cosine score of two faces; the union of both faces' occluded cells masks both (PDSN)."""
+        union = np.maximum(
+            prepare_occlusion(occlusion_a, 1, "occlusion_a"), prepare_occlusion(occlusion_b, 1, "occlusion_b")
+        )
+        pair = [self._single(image_a, "image_a"), self._single(image_b, "image_b")]
+        first, second = self.embed(pair, occlusion=np.repeat(union, 2, axis=0))
+        score = float(np.dot(first, second) / max(np.linalg.norm(first) * np.linalg.norm(second), 1e-12))
+        return Verification(score, vector_to_cells(union[0]), None if threshold is None else score >= threshold)
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def __enter__(self) -> "Recognizer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _single(self, image: np.ndarray, argument: str) -> np.ndarray:
+        batch = prepare_images(image, self.contract, argument)
+        if len(batch) != 1:
+            raise ValueError(f"{argument}: expected one face, got a batch of {len(batch)}")
+        return batch[0]
+
+    def _align(self, images: object, landmarks: object) -> list[np.ndarray]:
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images, landmarks = [images], [landmarks]
+        images, landmarks = list(images), list(landmarks)  # type: ignore[call-overload]
+        if len(images) != len(landmarks):
+            raise ValueError(f"landmarks: {len(landmarks)} landmark sets for {len(images)} images")
+        return [align_face(img, pts) for img, pts in zip(images, landmarks)]
