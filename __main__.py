@@ -1,0 +1,3 @@
+from pdsn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""Timing one callable: warm-up, then a measurement window, reported as latency percentiles."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    batch: int
+    iterations: int
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+
+    @property
+    def throughput(self) -> float:
+        """Images per second at the median latency."""
+        return self.batch / (self.p50_ms / 1000.0)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "throughput_img_s": self.throughput}
+
+
+def measure(
+    run: Callable[[], object],
+    batch: int,
+    warmup: int = 2,
+    min_iterations: int = 5,
+    min_seconds: float = 1.0,
+    max_iterations: int = 1000,
+) -> LatencyStats:
+    """Call ``run`` ``warmup`` times unmeasured, then until both minimums are reached."""
+    if batch < 1 or min_iterations < 1:
+        raise ValueError(f"batch and min_iterations must be >= 1, got {batch} and {min_iterations}")
+    for _ in range(warmup):
+        run()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < max_iterations and (
+        len(samples) < min_iterations or time.perf_counter() - start < min_seconds
+    ):
+        t0 = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - t0) * 1000.0)
+    ms = np.asarray(samples)
+    return LatencyStats(
+        batch=batch,
+        iterations=len(ms),
+        min_ms=float(ms.min()),
+        p50_ms=float(np.percentile(ms, 50)),
+        p90_ms=float(np.percentile(ms, 90)),
+        p99_ms=float(np.percentile(ms, 99)),
+        max_ms=float(ms.max()),
+        mean_ms=float(ms.mean()),
+    )

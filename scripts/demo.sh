@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: install, then export -> verify -> embed -> latency on the
+# embedded default model (LResNet50E-IR with seeded demo weights).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# The CPU build of torch first, so the `export` extra's torch requirement is already satisfied
+# and pip never resolves a multi-GB CUDA build.
+python -m pip install --quiet "torch==2.13.0"
+python -m pip install --quiet -e ".[export]"
+exec pdsn demo "$@"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install what the tests need, then run the whole suite. pytest's exit code is the script's:
+# 5 (no tests collected) fails like any other non-zero code.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install --quiet "torch==2.13.0"
+python -m pip install --quiet -e ".[export,dev]"
+exec python -m pytest "$@"

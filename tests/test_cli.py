@@ -1,0 +1,72 @@
+"""The `pdsn` command: export, embed, compare, verify, and errors that exit 2 with a message."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pdsn.cli import main
+from pdsn.model.sample_faces import seeded_faces
+
+
+@pytest.fixture(scope="module")
+def face_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("faces")
+    paths = []
+    for i, face in enumerate(seeded_faces(2, seed=11)):
+        paths.append(folder / f"face{i}.png")
+        Image.fromarray(face).save(paths[-1])
+    return paths
+
+
+def test_export_from_a_checkpoint_and_verify(tmp_path, tiny_checkpoint, tiny_dictionary_file, capsys):
+    out = tmp_path / "bundle"
+    code = main(["export", "--checkpoint", str(tiny_checkpoint), "--dictionary", str(tiny_dictionary_file), "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "sunglasses" in printed and "pass" in printed and f"wrote {out}" in printed
+    assert main(["verify", "--bundle", str(out)]) == 0
+    assert "hashes verified" in capsys.readouterr().out
+
+
+def test_embed_prints_json_lines(tiny_bundle, face_files, capsys):
+    assert main(["embed", "--bundle", str(tiny_bundle), *map(str, face_files), "--occlusion", "10,11,12,13"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["image"] for line in lines] == list(map(str, face_files))
+    assert all(len(line["embedding"]) == 512 for line in lines)
+
+
+def test_embed_writes_npy(tiny_bundle, face_files, tmp_path):
+    out = tmp_path / "e.npy"
+    assert main(["embed", "--bundle", str(tiny_bundle), str(face_files[0]), "--out", str(out)]) == 0
+    assert np.load(out).shape == (1, 512)
+
+
+def test_compare(tiny_bundle, face_files, capsys):
+    assert main(["compare", "--bundle", str(tiny_bundle), str(face_files[0]), str(face_files[0]),
+                 "--occlusion-b", "20,21,22,23,24", "--threshold", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "masked cells: [20, 21, 22, 23, 24]" in printed and "same person" in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["embed", "--bundle", "{bundle}", "{missing}"], "no such file"),
+        (["embed", "--bundle", "{bundle}", "{wrong_size}"], "expected an aligned 112x96"),
+        (["embed", "--bundle", "{bundle}", "{face}", "--occlusion", "30"], "occlusion"),
+        (["embed", "--bundle", "{missing}", "{face}"], "not a directory"),
+        (["export", "--out", "{bundle}"], "already exists"),
+        (["export", "--checkpoint", "{face}", "--out", "{new}"], "not a PyTorch checkpoint"),
+    ],
+)
+def test_errors_exit_2_with_a_message(argv, message, tiny_bundle, face_files, tmp_path, capsys):
+    wrong = tmp_path / "big.png"
+    Image.fromarray(np.zeros((120, 120, 3), np.uint8)).save(wrong)
+    values = {"bundle": tiny_bundle, "missing": tmp_path / "absent", "face": face_files[0],
+              "wrong_size": wrong, "new": tmp_path / "new"}
+    assert main([part.format(**values) for part in argv]) == 2
+    assert message in capsys.readouterr().err
