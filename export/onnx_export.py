@@ -87,7 +87,8 @@ class DeployGraph(nn.Module):
     def forward(self, image: torch.Tensor, fdm_mask: torch.Tensor) -> torch.Tensor:
         x = image
         if self.uint8_input:
-            x = (image.permute(0, 3, 1, 2).to(torch.float32) / 255.0 - 0.5) / 0.5
+            # Cast before Transpose: TensorRT's Transpose does not take UInt8 tensors.
+            x = (image.to(torch.float32).permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.5
         features = self.trunk.features(x) * fdm_mask
         embedding = self.head(features.flatten(1))
         if self.l2_normalize:
