@@ -34,6 +34,10 @@ class BundleFormatError(ValueError):
     """A manifest that this version of pdsn-deploy cannot read."""
 
 
+class BundleIntegrityError(ValueError):
+    """A bundle file is missing, altered or inconsistent with the manifest."""
+
+
 @dataclass(frozen=True)
 class ModelContract:
     """What a caller must feed the model and what it gets back (ARCHITECTURE.md §4)."""
@@ -160,3 +164,28 @@ def write_manifest(bundle_dir: str | os.PathLike, manifest: dict) -> None:
     tmp = bundle_dir / (MANIFEST_NAME + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, bundle_dir / MANIFEST_NAME)
+
+
+def verify_files(path: Path, manifest: dict) -> None:
+    """Every file the manifest lists must exist with its recorded size and SHA-256."""
+    problems = []
+    for relative, entry in manifest.get("files", {}).items():
+        file = path / relative
+        if not file.is_file():
+            problems.append(f"{relative}: missing")
+        elif file.stat().st_size != entry["bytes"]:
+            problems.append(
+                f"{relative}: {file.stat().st_size} bytes, manifest records {entry['bytes']} "
+                f"(truncated or replaced)"
+            )
+        elif (digest := sha256_file(file)) != entry["sha256"]:
+            problems.append(
+                f"{relative}: SHA-256 {digest[:16]}..., manifest records {entry['sha256'][:16]}... "
+                f"(modified after export)"
+            )
+    if problems:
+        raise BundleIntegrityError(
+            f"bundle {path} failed its integrity check:\n  "
+            + "\n  ".join(problems)
+            + "\nRestore the files or re-export the bundle; do not edit bundle files by hand."
+        )

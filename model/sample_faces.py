@@ -1,4 +1,4 @@
-"""Seeded face-like test images (aligned 112x96 RGB uint8), for parity checks and the demo.
+"""Seeded test inputs: face-like aligned 112x96 RGB crops and traffic-like occlusion vectors.
 
 Not a face model: a skin-toned ellipse with darker eyes, brows, nose and mouth placed at the
 alignment template's landmarks, with per-image jitter in geometry, colour and lighting over a
@@ -10,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from pdsn.model.alignment import TEMPLATE_112X96
-from pdsn.model.grid import CROP_HEIGHT, CROP_WIDTH
+from pdsn.model.grid import CROP_HEIGHT, CROP_WIDTH, NUM_CELLS, SCARF_CELLS, SUNGLASSES_CELLS, cells_to_vector
+
+# Share of each occlusion kind in a set: none, one random cell, sunglasses, bottom row.
+OCCLUSION_MIX = (("none", 0.4), ("one-cell", 0.3), ("sunglasses", 0.15), ("bottom-row", 0.15))
 
 
 def seeded_faces(count: int, seed: int = 0) -> np.ndarray:
@@ -41,3 +44,19 @@ def seeded_faces(count: int, seed: int = 0) -> np.ndarray:
         image += rng.normal(0, 6, size=image.shape)
         faces[i] = np.clip(image, 0, 255).astype(np.uint8)
     return faces
+
+
+def occlusion_mix(count: int, seed: int) -> np.ndarray:
+    """Occlusion vectors in the proportions of OCCLUSION_MIX, in a seeded random order."""
+    rng = np.random.default_rng(seed)
+    kinds = rng.choice(len(OCCLUSION_MIX), size=count, p=[share for _, share in OCCLUSION_MIX])
+    vectors = np.zeros((count, NUM_CELLS), dtype=np.float32)
+    for row, kind in enumerate(kinds):
+        name = OCCLUSION_MIX[kind][0]
+        if name == "one-cell":
+            vectors[row] = cells_to_vector([int(rng.integers(NUM_CELLS))])
+        elif name == "sunglasses":
+            vectors[row] = cells_to_vector(SUNGLASSES_CELLS)
+        elif name == "bottom-row":
+            vectors[row] = cells_to_vector(SCARF_CELLS)
+    return vectors

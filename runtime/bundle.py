@@ -7,13 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pdsn.model.bundle_format import ModelContract, read_manifest, sha256_file
+from pdsn.model.bundle_format import BundleIntegrityError, ModelContract, read_manifest, verify_files
 from pdsn.model.dictionary import validate_dictionary
 from pdsn.model.grid import NUM_CELLS
-
-
-class BundleIntegrityError(ValueError):
-    """A bundle file is missing, altered or inconsistent with the manifest."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +32,10 @@ class Bundle:
             )
         return self.path / variants[precision]["file"]
 
+    def gate_passed(self, precision: str) -> bool:
+        """Whether the variant met its parity gate (fp32 is checked against PyTorch at export)."""
+        return bool(self.manifest["variants"][precision].get("parity", {}).get("passed", False))
+
     @property
     def demo_weights(self) -> bool:
         return self.manifest.get("model", {}).get("weights") == "demo"
@@ -47,6 +47,11 @@ def open_bundle(path: str | Path, verify: bool = True) -> Bundle:
     manifest = read_manifest(path)
     if verify:
         verify_files(path, manifest)
+    if "fp32" not in manifest.get("variants", {}):
+        raise BundleIntegrityError(
+            f"bundle {path} has no fp32 variant (it lists {sorted(manifest.get('variants', {}))}); "
+            f"every bundle starts from `pdsn export`, re-export it"
+        )
     contract = ModelContract.from_dict(manifest["contract"])
     dictionary_file = path / manifest["dictionary"]["file"]
     dictionary = np.load(dictionary_file, allow_pickle=False).astype(np.float32, copy=False)
@@ -58,27 +63,3 @@ def open_bundle(path: str | Path, verify: bool = True) -> Bundle:
             f"contract expects {expected}; re-export the bundle with a matching dictionary"
         )
     return Bundle(path, manifest, contract, dictionary)
-
-
-def verify_files(path: Path, manifest: dict) -> None:
-    problems = []
-    for relative, entry in manifest.get("files", {}).items():
-        file = path / relative
-        if not file.is_file():
-            problems.append(f"{relative}: missing")
-        elif file.stat().st_size != entry["bytes"]:
-            problems.append(
-                f"{relative}: {file.stat().st_size} bytes, manifest records {entry['bytes']} "
-                f"(truncated or replaced)"
-            )
-        elif (digest := sha256_file(file)) != entry["sha256"]:
-            problems.append(
-                f"{relative}: SHA-256 {digest[:16]}..., manifest records {entry['sha256'][:16]}... "
-                f"(modified after export)"
-            )
-    if problems:
-        raise BundleIntegrityError(
-            f"bundle {path} failed its integrity check:\n  "
-            + "\n  ".join(problems)
-            + "\nRestore the files or re-export the bundle; do not edit bundle files by hand."
-        )
