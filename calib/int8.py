@@ -1,0 +1,164 @@
+"""INT8 variant with explicit Q/DQ nodes that TensorRT, ONNX Runtime and OpenVINO all accept.
+
+Symmetric activations and weights (zero point 0), per-channel weights, no int32 bias
+quantization (TensorRT's parser rejects an Int32 DequantizeLinear input). Only the trunk is
+quantized: the normalisation, the FDM op and the head stay FP32 (calib.graph_regions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from pdsn.calib.data import FaceSet
+from pdsn.calib.graph_regions import int8_nodes
+from pdsn.export.parity import onnx_feeds
+from pdsn.model.bundle_format import ModelContract
+
+METHODS = ("entropy", "minmax", "percentile")
+QUANTIZERS = ("onnxruntime", "modelopt")
+CALIBRATION_BATCH = 16
+# The histogram calibrators keep every intermediate tensor of a collect_data call in memory and
+# merge histograms across calls, so faces are fed in chunks: memory no longer grows with samples.
+CALIBRATION_CHUNK = 64
+
+
+# The calibrator's own defaults (128 histogram bins into 128 quantized bins) make entropy
+# calibration pick the full range, i.e. min/max; these follow TensorRT's entropy calibrator.
+CALIBRATOR_OPTIONS = {
+    "entropy": {"symmetric": True, "num_bins": 2048, "num_quantized_bins": 128},
+    "percentile": {"symmetric": True, "num_bins": 2048, "percentile": 99.999},
+    "minmax": {"symmetric": True},
+}
+
+
+def make_int8(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calibration: FaceSet,
+    dictionary: np.ndarray,
+    contract: ModelContract,
+    method: str,
+    cache_path: str | Path,
+    progress: bool = True,
+) -> dict:
+    """Calibrate into ``cache_path`` (or reuse it when it exists), then write the Q/DQ model."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    if method not in METHODS:
+        raise ValueError(f"--method {method!r} is not one of {METHODS}")
+    cache_path = Path(cache_path)
+    cache_hit = cache_path.is_file()
+    if not cache_hit:
+        _calibrate(fp32_path, cache_path, calibration, dictionary, contract, method, progress)
+    quantized = int8_nodes(onnx.load(str(fp32_path), load_external_data=False))
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(
+            str(fp32_path),
+            str(out_path),
+            None,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=False,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=quantized,
+            calibrate_method=_calibration_method(method),
+            extra_options={"QuantizeBias": False, "ActivationSymmetric": True, "WeightSymmetric": True},
+            calibration_cache_path=str(cache_path),
+        )
+    onnx.checker.check_model(str(out_path), full_check=True)
+    return {"method": method, "quantizer": "onnxruntime", "cache_reused": cache_hit, "quantized_nodes": len(quantized)}
+
+
+def _calibrate(
+    fp32_path: str | Path, cache_path: Path, faces: FaceSet, dictionary: np.ndarray,
+    contract: ModelContract, method: str, progress: bool,
+) -> None:
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    bar = _bar(len(faces)) if progress else None
+    with tempfile.TemporaryDirectory(prefix="pdsn-calib-") as scratch, contextlib.redirect_stdout(io.StringIO()):
+        calibrator = create_calibrator(
+            Path(fp32_path),
+            augmented_model_path=str(Path(scratch) / "augmented.onnx"),
+            calibrate_method=_calibration_method(method),
+            extra_options=CALIBRATOR_OPTIONS[method],
+        )
+        for start in range(0, len(faces), CALIBRATION_CHUNK):
+            chunk = slice(start, start + CALIBRATION_CHUNK)
+            calibrator.collect_data(_FaceReader(faces.images[chunk], faces.occlusion[chunk], dictionary, contract))
+            if bar is not None:
+                bar.update(len(faces.images[chunk]))
+        if bar is not None:
+            bar.close()
+        save_tensors_data(calibrator.compute_data(), cache_path)
+
+
+def _calibration_method(method: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {
+        "entropy": CalibrationMethod.Entropy,
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
+
+
+def make_int8_modelopt(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calibration: FaceSet,
+    dictionary: np.ndarray,
+    contract: ModelContract,
+    method: str = "entropy",
+) -> dict:
+    """The same variant made with NVIDIA ModelOpt's ONNX INT8 quantizer, where it is installed."""
+    try:
+        from modelopt.onnx.quantization import quantize
+    except ImportError as exc:
+        raise RuntimeError(
+            "--quantizer modelopt needs NVIDIA ModelOpt: pip install 'nvidia-modelopt[onnx]'; "
+            "or use the default --quantizer onnxruntime"
+        ) from exc
+    if method not in ("entropy", "minmax"):
+        raise ValueError(f"--method {method!r} is not available with modelopt; use entropy or minmax")
+    model = onnx.load(str(fp32_path))
+    excluded = [n.name for n in model.graph.node if n.name not in set(int8_nodes(model))]
+    feeds = onnx_feeds(calibration.images, calibration.occlusion, dictionary, contract)
+    quantize(
+        onnx_path=str(fp32_path),
+        quantize_mode="int8",
+        calibration_data=feeds,
+        calibration_method="entropy" if method == "entropy" else "max",
+        nodes_to_exclude=excluded,
+        output_path=str(out_path),
+    )
+    onnx.checker.check_model(str(out_path), full_check=True)
+    return {"method": method, "quantizer": "modelopt", "cache_reused": False}
+
+
+class _FaceReader:
+    """ONNX Runtime calibration reader: the given faces in batches of CALIBRATION_BATCH."""
+
+    def __init__(self, images: np.ndarray, occlusion: np.ndarray, dictionary: np.ndarray, contract: ModelContract) -> None:
+        self._feeds = iter([
+            onnx_feeds(images[i:i + CALIBRATION_BATCH], occlusion[i:i + CALIBRATION_BATCH], dictionary, contract)
+            for i in range(0, len(images), CALIBRATION_BATCH)
+        ])
+
+    def get_next(self) -> dict | None:
+        return next(self._feeds, None)
+
+
+def _bar(total: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="calibrating", unit="img", leave=False)
