@@ -13,7 +13,11 @@ from pdsn.runtime.bundle import Bundle, open_bundle
 from pdsn.runtime.inputs import prepare_images, prepare_occlusion
 from pdsn.runtime.preprocess import align_face
 
-PRECISIONS = ("fp32",)
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+# "auto" takes the first variant in the bundle, fastest first. Measured (bench/results): on CPUs
+# the INT8 Q/DQ model is fastest and FP16 is slower than FP32 (ONNX Runtime's and OpenVINO's CPU
+# kernels compute FP16 models through conversions); NVIDIA GPUs run INT8 > FP16 > FP32.
+AUTO_ORDER = {"cpu": ("int8", "fp32", "fp16"), "cuda": ("int8", "fp16", "fp32")}
 
 
 @dataclass(frozen=True)
@@ -41,17 +45,33 @@ class Recognizer:
         bundle: str | Path,
         backend: str = "auto",
         device: str = "cpu",
-        precision: str = "fp32",
+        precision: str = "auto",
         max_batch: int = 64,
         verify: bool = True,
+        allow_ungated: bool = False,
         **backend_options,
     ) -> "Recognizer":
-        """Open ``bundle`` (hashes checked unless ``verify=False``) on ``backend``/``device``."""
+        """Open ``bundle`` (hashes checked unless ``verify=False``) on ``backend``/``device``.
+
+        ``precision="auto"`` picks the fastest variant in the bundle for the device (only variants
+        that passed their parity gate qualify); ``self.precision`` says which was chosen. A variant
+        recorded as missing its gate (made for timing only) is refused unless ``allow_ungated``.
+        """
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         loaded = open_bundle(bundle, verify=verify)
+        if precision == "auto":
+            order = AUTO_ORDER.get(device, AUTO_ORDER["cpu"])
+            precision = next(p for p in order if p in loaded.precisions and loaded.gate_passed(p))
+        elif precision in loaded.precisions and not loaded.gate_passed(precision) and not allow_ungated:
+            failures = loaded.manifest["variants"][precision]["parity"].get("failures", [])
+            raise ValueError(
+                f"the {precision} variant of {loaded.path} missed its parity gate ({'; '.join(failures)}) "
+                f"and was kept for timing only; it is not for serving. Re-make it from a trained model "
+                f"with `pdsn quantize`, or pass allow_ungated=True to measure it anyway."
+            )
         engine = create_backend(
             backend, str(loaded.variant_path(precision)), loaded.dictionary, loaded.contract,
             device=device, **backend_options,
@@ -78,6 +98,11 @@ class Recognizer:
             for i in range(0, len(batch), self.max_batch)
         ]
         return np.concatenate(chunks)
+
+    def direct_call(self, images: object, occlusion: object = None):
+        """The engine's own call on these inputs, prepared once (for measuring the runtime's overhead)."""
+        batch = prepare_images(images, self.contract)
+        return self._backend.direct_call(batch, prepare_occlusion(occlusion, len(batch)))
 
     def verify(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pdsn.runtime.backends.base import Backend, BackendUnavailableError
 
-BACKENDS = ("onnxruntime",)
+BACKENDS = ("onnxruntime", "openvino")
 DEVICES = ("cpu", "cuda")
 
 
@@ -16,6 +16,10 @@ def create_backend(name: str, model_path: str, dictionary, contract, device: str
         from pdsn.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(model_path, dictionary, contract, device=device, **options)
+    if name == "openvino":
+        from pdsn.runtime.backends.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(model_path, dictionary, contract, device=device, **options)
     raise ValueError(f"backend {name!r} is not one of {('auto', *BACKENDS)}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 
@@ -19,6 +20,11 @@ class Backend(ABC):
     @abstractmethod
     def infer(self, images: np.ndarray, occlusion: np.ndarray) -> np.ndarray:
         """Embed a validated batch: images in the contract layout, occlusion float32 (N, 25)."""
+
+    @abstractmethod
+    def direct_call(self, images: np.ndarray, occlusion: np.ndarray) -> Callable[[], object]:
+        """A zero-argument call of the underlying engine on these inputs, as an application using
+        the engine's own API would make it; the benchmark measures the runtime against it."""
 
     @abstractmethod
     def describe(self) -> dict:

@@ -70,6 +70,18 @@ class OnnxRuntimeBackend(Backend):
         self._session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
+    def direct_call(self, images: np.ndarray, occlusion: np.ndarray):
+        import onnxruntime as ort
+
+        feeds = {
+            IMAGE_INPUT: ort.OrtValue.ortvalue_from_numpy(images),
+            OCCLUSION_INPUT: ort.OrtValue.ortvalue_from_numpy(occlusion),
+        }
+        if self._dictionary is not None:
+            feeds[DICTIONARY_INPUT] = self._dictionary
+        session = self._session
+        return lambda: session.run_with_ort_values([EMBEDDING_OUTPUT], feeds)
+
     def describe(self) -> dict:
         import onnxruntime as ort
 
