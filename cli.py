@@ -60,9 +60,41 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--threshold", type=float, help="decide same/different at this cosine score")
     compare.set_defaults(run=_compare)
 
-    verify = commands.add_parser("verify", help="check a bundle's files and print its parity reports")
+    quantize = commands.add_parser("quantize", help="add a gated FP16 or calibrated INT8 variant to a bundle")
+    quantize.add_argument("--bundle", type=Path, required=True)
+    quantize.add_argument("--precision", choices=("int8", "fp16"), default="int8")
+    quantize.add_argument("--calib", help="folder or list file of aligned 112x96 crops, or 'synthetic'")
+    quantize.add_argument("--method", default="entropy", help="entropy | minmax | percentile (int8)")
+    quantize.add_argument("--samples", type=int, default=512, help="calibration images (default 512)")
+    quantize.add_argument("--holdout", type=int, default=64, help="held-out faces for the gate (default 64)")
+    quantize.add_argument("--seed", type=int, default=0)
+    quantize.add_argument("--quantizer", default="onnxruntime", help="onnxruntime | modelopt (int8)")
+    quantize.add_argument("--pairs", type=Path, help="LFW-format pairs.txt: report the accuracy change")
+    quantize.add_argument("--pairs-root", type=Path, help="folder of the pairs' aligned crops")
+    quantize.add_argument("--min-cosine", type=float, help="gate: minimum cosine to FP32 (fp16 default 0.9995)")
+    quantize.add_argument("--mean-cosine", type=float, help="gate: mean cosine to FP32 (int8 default 0.99)")
+    quantize.add_argument("--p1-cosine", type=float, help="gate: 1st-percentile cosine (int8 default 0.98)")
+    quantize.set_defaults(run=_quantize)
+
+    verify = commands.add_parser("verify", help="check a bundle's files and every variant on every backend")
     verify.add_argument("--bundle", type=Path, required=True)
+    verify.add_argument("--holdout", default="synthetic", help="faces to compare on: folder, list file or 'synthetic'")
+    verify.add_argument("--faces", type=int, default=32, help="how many held-out faces (default 32)")
+    verify.add_argument("--report", type=Path, help="where to write the JSON (default BUNDLE/reports/verify.json)")
     verify.set_defaults(run=_verify)
+
+    bench = commands.add_parser("bench", help="throughput and latency of every backend/precision/batch, side by side")
+    bench.add_argument("--bundle", type=Path, help="bundle to measure (default: the default model, prepared in --work)")
+    bench.add_argument("--work", type=Path, default=Path("pdsn-bench-bundle"), help="where the default model's bundle lives")
+    bench.add_argument("--architecture", default="lresnet50e-ir", help="default model's architecture")
+    bench.add_argument("--backends", type=_names, default=("onnxruntime", "openvino"))
+    bench.add_argument("--precisions", type=_names, default=("fp32", "int8"))
+    bench.add_argument("--batches", type=_numbers, default=(1, 8, 32))
+    bench.add_argument("--seconds", type=float, default=3.0, help="minimum measuring window per configuration")
+    bench.add_argument("--no-reference", action="store_true", help="skip the PyTorch eager FP32 baseline")
+    bench.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for the JSON and Markdown")
+    bench.add_argument("--name", default="cpu", help="file name stem of the results")
+    bench.set_defaults(run=_bench)
 
     demo = commands.add_parser("demo", help="the main job on the embedded default model")
     demo.add_argument("--out", type=Path, default=Path("pdsn-demo-bundle"), help="where to write the demo bundle")
@@ -75,6 +107,20 @@ def _bundle_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--backend", default="auto", help="auto | onnxruntime")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _numbers(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
 
 
 def _cells(text: str) -> list[int]:
@@ -148,16 +194,54 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(args: argparse.Namespace) -> int:
-    from pdsn.runtime.bundle import open_bundle
+def _quantize(args: argparse.Namespace) -> int:
+    from pdsn.calib.gates import DEFAULT_GATES, PrecisionGate
+    from pdsn.calib.variants import VariantRequest, add_variant
 
-    bundle = open_bundle(args.bundle)
-    print(f"bundle {bundle.path}: {len(bundle.manifest['files'])} files, hashes verified")
-    for precision, variant in bundle.manifest["variants"].items():
-        parity = variant.get("parity", {})
-        print(f"  {precision:<5} {variant['file']:<18} vs {parity.get('against')}: "
-              f"cosine min {parity.get('cosine_min'):.7f}, max |err| {parity.get('max_abs_error'):.2e}, "
-              f"{'pass' if parity.get('passed') else 'FAIL'}")
+    gate = DEFAULT_GATES[args.precision]
+    if any(v is not None for v in (args.min_cosine, args.mean_cosine, args.p1_cosine)):
+        gate = PrecisionGate(args.min_cosine, args.mean_cosine, args.p1_cosine)
+    entry = add_variant(VariantRequest(
+        bundle=args.bundle, precision=args.precision, calib=args.calib, method=args.method,
+        samples=args.samples, holdout=args.holdout, seed=args.seed, gates={args.precision: gate},
+        pairs=args.pairs, pairs_root=args.pairs_root, quantizer=args.quantizer,
+    ))
+    parity = entry["parity"]
+    print(f"{args.precision} variant {entry['file']} passed its gate {parity['gate']} on "
+          f"{parity['holdout']['samples']} held-out faces: cosine min {parity['cosine_min']:.5f}, "
+          f"mean {parity['cosine_mean']:.5f}, p1 {parity['cosine_p1']:.5f}")
+    if "pairs" in entry:
+        print(f"verification accuracy on {entry['pairs']['pairs']} pairs: fp32 "
+              f"{entry['pairs']['fp32_accuracy']:.4f}, {args.precision} {entry['pairs']['variant_accuracy']:.4f}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pdsn.verify import print_and_save, verify_bundle
+
+    result = verify_bundle(args.bundle, args.holdout, args.faces)
+    print(f"bundle {args.bundle}: every file matches its manifest hash")
+    print_and_save(result, args.report or args.bundle / "reports" / "verify.json")
+    return 0 if result["passed"] else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pdsn.bench.report import terminal_table, write_results
+    from pdsn.bench.runner import BenchConfig, run_benchmark
+
+    bundle = args.bundle
+    if bundle is None:
+        from pdsn.demo import prepare_default_bundle
+
+        print(f"preparing the default model's bundle in {args.work} (reused when present)")
+        prepare_default_bundle(args.work, args.architecture, reuse=True)
+        bundle = args.work
+    config = BenchConfig(backends=args.backends, precisions=args.precisions, batches=args.batches,
+                         reference=not args.no_reference, seconds=args.seconds)
+    result = run_benchmark(bundle, config)
+    print(terminal_table(result))
+    for path in write_results(result, args.out, args.name):
+        print(f"wrote {path}")
     return 0
 
 

@@ -74,6 +74,26 @@ def onnx_feeds(
     return feeds
 
 
+def onnx_session(path: str):
+    """A CPU ONNX Runtime session for checking a model file (not the deployed runtime)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(
+    session, faces: np.ndarray, occlusion: np.ndarray, dictionary: np.ndarray, contract: ModelContract,
+    batch: int = 32,
+) -> np.ndarray:
+    """Embeddings of ``faces`` from an ONNX Runtime session, in batches."""
+    return np.concatenate([
+        session.run(None, onnx_feeds(faces[i:i + batch], occlusion[i:i + batch], dictionary, contract))[0]
+        for i in range(0, len(faces), batch)
+    ])
+
+
 def export_parity(
     model: LResNetIR,
     onnx_path: str,
@@ -83,16 +103,12 @@ def export_parity(
     gate: ExportGate = ExportGate(),
 ) -> dict:
     """Run both models on ``faces`` under every pattern in PARITY_PATTERNS; report and judge."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    session = onnx_session(onnx_path)
     patterns = {}
     for name, cells in PARITY_PATTERNS.items():
         occlusion = occlusion_batch(cells, len(faces))
         reference = pytorch_embeddings(model, faces, occlusion, dictionary)
-        (candidate,) = session.run(None, onnx_feeds(faces, occlusion, dictionary.masks, contract))
+        candidate = run_onnx(session, faces, occlusion, dictionary.masks, contract)
         if contract.l2_normalized:
             reference = reference / np.linalg.norm(reference, axis=1, keepdims=True)
         metrics = compare_embeddings(reference, candidate)

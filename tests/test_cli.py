@@ -29,7 +29,7 @@ def test_export_from_a_checkpoint_and_verify(tmp_path, tiny_checkpoint, tiny_dic
     printed = capsys.readouterr().out
     assert "sunglasses" in printed and "pass" in printed and f"wrote {out}" in printed
     assert main(["verify", "--bundle", str(out)]) == 0
-    assert "hashes verified" in capsys.readouterr().out
+    assert "every file matches its manifest hash" in capsys.readouterr().out
 
 
 def test_embed_prints_json_lines(tiny_bundle, face_files, capsys):
@@ -70,3 +70,22 @@ def test_errors_exit_2_with_a_message(argv, message, tiny_bundle, face_files, tm
               "wrong_size": wrong, "new": tmp_path / "new"}
     assert main([part.format(**values) for part in argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_quantize_and_verify_commands(tiny_bundle, tmp_path, capsys):
+    import shutil
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "b")
+    assert main(["quantize", "--bundle", str(bundle), "--precision", "fp16", "--holdout", "8"]) == 0
+    assert "fp16 variant model.fp16.onnx passed its gate" in capsys.readouterr().out
+    assert main(["quantize", "--bundle", str(bundle), "--calib", "synthetic", "--method", "minmax",
+                 "--samples", "16", "--holdout", "8", "--mean-cosine", "0.0"]) == 0
+    assert main(["verify", "--bundle", str(bundle), "--faces", "8"]) == 1, "int8 misses the default gate"
+    printed = capsys.readouterr().out
+    assert "fp16 on onnxruntime" in printed and "int8 on onnxruntime" in printed and "FAIL" in printed
+    assert (bundle / "reports" / "verify.json").is_file()
+
+
+def test_quantize_errors_exit_2(tiny_bundle, capsys):
+    assert main(["quantize", "--bundle", str(tiny_bundle)]) == 2
+    assert "--calib is required for int8" in capsys.readouterr().err

@@ -28,7 +28,8 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--architecture", "lresnet10e-ir"]) == 0
     printed = capsys.readouterr().out
-    for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "PyTorch eager FP32 (reference)", "ONNX Runtime FP32"):
+    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "pytorch-eager-fp32", "onnxruntime-fp32",
+                 "onnxruntime-int8", "fp16: cosine min", "int8: cosine min"):
         assert step in printed
     assert "FAIL" not in printed
     assert main(["demo", "--out", str(out), "--architecture", "lresnet10e-ir"]) == 0, "rerun must replace"
@@ -36,4 +37,4 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys):
 
 def test_demo_refuses_to_replace_a_non_demo_bundle(tiny_bundle, capsys):
     assert main(["demo", "--out", str(tiny_bundle)]) == 2
-    assert "not the demo's" in capsys.readouterr().err
+    assert "something other than the demo bundle" in capsys.readouterr().err
