@@ -5,7 +5,8 @@ Latency here is the wall time of one synchronous call that turns a batch of uint
 window of at least ``seconds`` and ``min_iterations`` calls. Throughput is batch / median
 latency. Each runtime configuration is measured twice: end to end through ``Recognizer.embed``
 (input checks, occlusion handling, binding) and as a direct call of the same engine object with
-the same prepared inputs, so the runtime's own overhead is visible. The baseline is the
+the same prepared inputs, the two calls alternating so that machine drift falls on both alike;
+their difference is the runtime's own overhead. The baseline is the
 reference code's way of running the model: PyTorch eager FP32.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pdsn.bench.machine import describe_machine
-from pdsn.bench.timing import LatencyStats, measure
+from pdsn.bench.timing import LatencyStats, measure, measure_interleaved
 
 REFERENCE = "pytorch-eager-fp32"
 # A configuration whose p90 exceeds its median by more than this is flagged as noisy.
@@ -66,8 +67,10 @@ def run_benchmark(bundle: Path, config: BenchConfig, progress: bool = True) -> d
             with recognizer:
                 for batch in config.batches:
                     images, masks = faces[:batch], occlusion[:batch]
-                    end_to_end = _measure(lambda: recognizer.embed(images, masks), batch, config)
-                    direct = _measure(recognizer.direct_call(images, masks), batch, config)
+                    end_to_end, direct = measure_interleaved(
+                        [lambda: recognizer.embed(images, masks), recognizer.direct_call(images, masks)],
+                        batch, config.warmup, config.min_iterations, config.seconds,
+                    )
                     rows.append(_row(f"{backend}-{precision}", backend, precision, end_to_end, direct))
                     rows[-1]["gate_passed"] = loaded.gate_passed(precision)
                     _say(progress, rows[-1])

@@ -38,19 +38,37 @@ def measure(
     max_iterations: int = 1000,
 ) -> LatencyStats:
     """Call ``run`` ``warmup`` times unmeasured, then until both minimums are reached."""
-    if batch < 1 or min_iterations < 1:
-        raise ValueError(f"batch and min_iterations must be >= 1, got {batch} and {min_iterations}")
+    return measure_interleaved([run], batch, warmup, min_iterations, min_seconds, max_iterations)[0]
+
+
+def measure_interleaved(
+    runs: list[Callable[[], object]],
+    batch: int,
+    warmup: int = 2,
+    min_iterations: int = 5,
+    min_seconds: float = 1.0,
+    max_iterations: int = 1000,
+) -> list[LatencyStats]:
+    """Time several calls in alternation (a, b, a, b, ...) so that drift in the machine's speed
+    falls on all of them alike; their differences are then meaningful even on a noisy machine."""
+    if batch < 1 or min_iterations < 1 or not runs:
+        raise ValueError(f"batch and min_iterations must be >= 1 and runs non-empty, got {batch}, {min_iterations}")
     for _ in range(warmup):
-        run()
-    samples: list[float] = []
+        for run in runs:
+            run()
+    samples: list[list[float]] = [[] for _ in runs]
     start = time.perf_counter()
-    while len(samples) < max_iterations and (
-        len(samples) < min_iterations or time.perf_counter() - start < min_seconds
+    while len(samples[0]) < max_iterations and (
+        len(samples[0]) < min_iterations or time.perf_counter() - start < min_seconds
     ):
-        t0 = time.perf_counter()
-        run()
-        samples.append((time.perf_counter() - t0) * 1000.0)
-    ms = np.asarray(samples)
+        for run, times in zip(runs, samples):
+            t0 = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return [_stats(np.asarray(times), batch) for times in samples]
+
+
+def _stats(ms: np.ndarray, batch: int) -> LatencyStats:
     return LatencyStats(
         batch=batch,
         iterations=len(ms),

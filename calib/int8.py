@@ -22,10 +22,10 @@ from pdsn.model.bundle_format import ModelContract
 
 METHODS = ("entropy", "minmax", "percentile")
 QUANTIZERS = ("onnxruntime", "modelopt")
+# One batch per collect_data call: the histogram calibrators hold every intermediate tensor of a
+# call in memory (so memory would grow with the sample count) and stack the call's batches into
+# one array (which fails when the last batch is smaller); across calls they merge histograms.
 CALIBRATION_BATCH = 16
-# The histogram calibrators keep every intermediate tensor of a collect_data call in memory and
-# merge histograms across calls, so faces are fed in chunks: memory no longer grows with samples.
-CALIBRATION_CHUNK = 64
 
 
 # The calibrator's own defaults (128 histogram bins into 128 quantized bins) make entropy
@@ -90,11 +90,11 @@ def _calibrate(
             calibrate_method=_calibration_method(method),
             extra_options=CALIBRATOR_OPTIONS[method],
         )
-        for start in range(0, len(faces), CALIBRATION_CHUNK):
-            chunk = slice(start, start + CALIBRATION_CHUNK)
-            calibrator.collect_data(_FaceReader(faces.images[chunk], faces.occlusion[chunk], dictionary, contract))
+        for start in range(0, len(faces), CALIBRATION_BATCH):
+            batch = slice(start, start + CALIBRATION_BATCH)
+            calibrator.collect_data(_OneBatch(onnx_feeds(faces.images[batch], faces.occlusion[batch], dictionary, contract)))
             if bar is not None:
-                bar.update(len(faces.images[chunk]))
+                bar.update(len(faces.images[batch]))
         if bar is not None:
             bar.close()
         save_tensors_data(calibrator.compute_data(), cache_path)
@@ -143,17 +143,15 @@ def make_int8_modelopt(
     return {"method": method, "quantizer": "modelopt", "cache_reused": False}
 
 
-class _FaceReader:
-    """ONNX Runtime calibration reader: the given faces in batches of CALIBRATION_BATCH."""
+class _OneBatch:
+    """ONNX Runtime calibration reader that yields one batch of feeds."""
 
-    def __init__(self, images: np.ndarray, occlusion: np.ndarray, dictionary: np.ndarray, contract: ModelContract) -> None:
-        self._feeds = iter([
-            onnx_feeds(images[i:i + CALIBRATION_BATCH], occlusion[i:i + CALIBRATION_BATCH], dictionary, contract)
-            for i in range(0, len(images), CALIBRATION_BATCH)
-        ])
+    def __init__(self, feeds: dict) -> None:
+        self._feeds: dict | None = feeds
 
     def get_next(self) -> dict | None:
-        return next(self._feeds, None)
+        feeds, self._feeds = self._feeds, None
+        return feeds
 
 
 def _bar(total: int):

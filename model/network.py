@@ -170,9 +170,9 @@ class PDSNNetwork(LResNetIR):
 
 
 def normalize_faces(faces: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC faces -> normalised float NCHW, exactly as the reference preprocesses them."""
+    """uint8 NHWC faces -> normalised, contiguous float NCHW, as the reference's data loader gives them."""
     x = torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2).to(torch.float32)
-    return (x / 255.0 - 0.5) / 0.5
+    return ((x / 255.0 - 0.5) / 0.5).contiguous()
 
 
 def _make_stage(inplanes: int, planes: int, blocks: int) -> nn.Sequential:

@@ -224,3 +224,17 @@ def test_tensorrt_parses_and_builds_every_variant(quantized, variant):
     profile.set_shape("occlusion", (1, 25), (4, 25), (8, 25))
     config.add_optimization_profile(profile)
     assert builder.build_serialized_network(network, config) is not None
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_calibration_with_a_short_last_batch(tiny_bundle, tmp_path, method):
+    """20 faces are batches of 16 and 4: ONNX Runtime's histogram collector cannot stack those."""
+    from pdsn.calib.int8 import make_int8
+    from pdsn.calib.data import load_face_sets
+    from pdsn.model.bundle_format import ModelContract
+
+    contract = ModelContract.from_dict(read_manifest(tiny_bundle)["contract"])
+    faces, _ = load_face_sets("synthetic", 20, 1, progress=False)
+    made = make_int8(tiny_bundle / "model.onnx", tmp_path / "m.onnx", faces, np.load(tiny_bundle / "dictionary.npy"),
+                     contract, method, tmp_path / "cache.json", progress=False)
+    assert made["method"] == method and (tmp_path / "cache.json").is_file()
