@@ -1,0 +1,57 @@
+"""The INT8 gate on a genuinely trained network: the default gates pass, on every CPU backend.
+
+Random weights quantize badly, so this trains a small LResNet-IR on synthetic identities (about
+20 s), exports it, and calibrates from a folder of aligned crops of the same synthetic domain.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pdsn.calib.variants import VariantRequest, add_variant
+from pdsn.export.bundle_writer import ExportRequest, export_bundle
+from pdsn.model.checkpoint import save_checkpoint
+from pdsn.model.dictionary import binarize_by_tau, synthetic_mean_masks
+from pdsn.train.stage0 import TINY_ARCHITECTURE, train_tiny_model
+from pdsn.train.synthetic import SyntheticFaces
+from pdsn.verify import verify_bundle
+
+
+@pytest.fixture(scope="module")
+def trained_bundle(tmp_path_factory) -> tuple[Path, Path]:
+    work = tmp_path_factory.mktemp("trained")
+    tiny = train_tiny_model(seed=0)
+    save_checkpoint(work / "model.pth", tiny.model)
+    np.save(work / "dictionary.npy", binarize_by_tau(synthetic_mean_masks(0, TINY_ARCHITECTURE.feature_shape)))
+    export_bundle(ExportRequest(out=work / "bundle", checkpoint=work / "model.pth", dictionary=work / "dictionary.npy"))
+    faces = work / "faces"
+    images, labels = SyntheticFaces(40, 6, seed=7).generate()
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (faces / f"id{label:03d}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(faces / f"id{label:03d}" / f"{i:04d}.png")
+    return work / "bundle", faces
+
+
+def test_int8_meets_the_default_gate_on_a_trained_model(trained_bundle):
+    bundle, faces = trained_bundle
+    entry = add_variant(VariantRequest(bundle, "int8", calib=faces, method="entropy", samples=160, holdout=64,
+                                       progress=False))
+    parity = entry["parity"]
+    assert parity["passed"] and parity["gate"] == {"mean_cosine": 0.99, "p1_cosine": 0.98}
+    assert parity["cosine_mean"] >= 0.99 and parity["cosine_p1"] >= 0.98
+    assert entry["calibration"]["synthetic"] is False and entry["calibration"]["samples"] == 160
+
+
+def test_verify_passes_every_variant_on_every_backend(trained_bundle):
+    bundle, faces = trained_bundle
+    add_variant(VariantRequest(bundle, "fp16", calib=faces, holdout=64, progress=False))
+    result = verify_bundle(bundle, str(faces), holdout=48)
+    assert result["passed"], result["rows"]
+    backends = {label.split(" on ")[1] for label in result["rows"]}
+    assert "onnxruntime" in backends
+    pytest.importorskip("openvino")
+    assert "openvino" in backends

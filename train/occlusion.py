@@ -1,0 +1,253 @@
+"""Synthetic occluders drawn over aligned 112x96 face crops (numpy only).
+
+Four kinds: ``bar`` (a solid, uniformly coloured rectangle), ``patch`` (a rectangle with a random
+striped and blotchy texture), both placed over one grid cell or a given box; ``sunglasses`` (two
+dark lenses over the eyes with a bridge and temple arms) and ``scarf`` (a textured cloth over the
+lower face from just below the nose), both placed from the face's five landmarks. Every occluder is
+opaque with hard edges, so the returned pixel mask is exactly the set of pixels it replaced, and
+the 25-vector of occluded cells is ``pdsn.model.grid.cells_from_mask(mask, min_coverage)``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from pdsn.model.alignment import TEMPLATE_112X96
+from pdsn.model.grid import (
+    CROP_HEIGHT,
+    CROP_WIDTH,
+    DEFAULT_MIN_COVERAGE,
+    NUM_CELLS,
+    cell_bounds,
+    cells_from_mask,
+)
+
+OCCLUDER_KINDS = ("bar", "patch", "sunglasses", "scarf")
+_PLACED_BY_REGION = ("bar", "patch")
+
+_ROWS, _COLS = np.mgrid[0:CROP_HEIGHT, 0:CROP_WIDTH].astype(np.float64)
+# Pixel centres, in the same continuous coordinates as grid boxes (pixel k spans [k, k + 1)).
+_X, _Y = _COLS + 0.5, _ROWS + 0.5
+
+
+@dataclass(frozen=True)
+class Occlusion:
+    """An occluded crop.
+
+    ``image`` uint8 (112, 96, 3); ``mask`` bool (112, 96), True where the occluder replaced the
+    pixel; ``cells`` float32 (25,), 1 where a grid cell counts as occluded; ``kind`` the occluder.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    cells: np.ndarray
+    kind: str
+
+
+def occlude(
+    image: np.ndarray,
+    kind: str,
+    rng: np.random.Generator,
+    *,
+    cell: int | None = None,
+    box: tuple[float, float, float, float] | None = None,
+    landmarks: np.ndarray | None = None,
+    margin: int = 2,
+    min_coverage: float = DEFAULT_MIN_COVERAGE,
+) -> Occlusion:
+    """Draw one occluder of ``kind`` over a copy of ``image``.
+
+    ``bar`` and ``patch`` need exactly one of ``cell`` (0..24; the occluder covers the cell grown by
+    a random 0..``margin`` pixels on each side) or ``box`` (x0, y0, x1, y1 in crop pixels).
+    ``sunglasses`` and ``scarf`` take neither; they are placed from ``landmarks`` ((5, 2): eyes,
+    nose, mouth corners in crop pixels; default: the alignment template). The result is a
+    deterministic function of the arguments and the state of ``rng``.
+    """
+    crop = _check_image(image)
+    if not isinstance(kind, str) or kind not in OCCLUDER_KINDS:
+        raise ValueError(f"kind must be one of {OCCLUDER_KINDS}, got {kind!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
+            f"got {type(rng).__name__}"
+        )
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Integral) or margin < 0:
+        raise ValueError(f"margin must be an integer number of pixels >= 0, got {margin!r}")
+
+    if kind in _PLACED_BY_REGION:
+        if (cell is None) == (box is None):
+            raise ValueError(
+                f"kind {kind!r} needs exactly one of cell (a grid cell id 0..{NUM_CELLS - 1}) or "
+                f"box (x0, y0, x1, y1 in crop pixels); got cell={cell!r}, box={box!r}"
+            )
+        region = _cell_region(cell, rng, int(margin)) if box is None else _check_box(box)
+        colours, mask = _bar(region, rng) if kind == "bar" else _patch(region, rng)
+    else:
+        for name, value in (("cell", cell), ("box", box)):
+            if value is not None:
+                raise ValueError(
+                    f"{name} is not used by kind {kind!r}, which is placed from landmarks; "
+                    f"got {name}={value!r}. Use kind 'bar' or 'patch' to cover a cell or a box"
+                )
+        points = _check_landmarks(landmarks)
+        colours, mask = _sunglasses(points, rng) if kind == "sunglasses" else _scarf(points, rng)
+
+    occluded = crop.copy()
+    occluded[mask] = np.clip(colours[mask] + 0.5, 0, 255).astype(np.uint8)
+    return Occlusion(occluded, mask, cells_from_mask(mask, min_coverage), kind)
+
+
+def random_occlusion(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    kinds: tuple[str, ...] = OCCLUDER_KINDS,
+    landmarks: np.ndarray | None = None,
+    min_coverage: float = DEFAULT_MIN_COVERAGE,
+) -> Occlusion:
+    """One occluder of a kind drawn from ``kinds``; bars and patches cover a random cell."""
+    if isinstance(kinds, str) or not kinds or any(k not in OCCLUDER_KINDS for k in kinds):
+        raise ValueError(
+            f"kinds must be a non-empty tuple drawn from {OCCLUDER_KINDS}, got {kinds!r}"
+        )
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    kind = kinds[int(rng.integers(len(kinds)))]
+    if kind in _PLACED_BY_REGION:
+        cell = int(rng.integers(NUM_CELLS))
+        return occlude(image, kind, rng, cell=cell, min_coverage=min_coverage)
+    return occlude(image, kind, rng, landmarks=landmarks, min_coverage=min_coverage)
+
+
+def _check_image(image: object) -> np.ndarray:
+    expected = f"a uint8 RGB crop of shape ({CROP_HEIGHT}, {CROP_WIDTH}, 3)"
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be {expected}, got {type(image).__name__}")
+    if image.dtype != np.uint8 or image.shape != (CROP_HEIGHT, CROP_WIDTH, 3):
+        raise ValueError(f"image must be {expected}, got dtype {image.dtype} shape {image.shape}")
+    return image
+
+
+def _check_box(box: object) -> tuple[float, float, float, float]:
+    expected = "(x0, y0, x1, y1) in crop pixels with x1 > x0, y1 > y0, overlapping the 96x112 crop"
+    try:
+        values = np.asarray(box, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"box must be {expected}, got {box!r}") from None
+    if values.shape != (4,) or not np.isfinite(values).all():
+        raise ValueError(f"box must be {expected}, got {box!r}")
+    x0, y0, x1, y1 = (float(v) for v in values)
+    if x1 <= x0 or y1 <= y0 or x1 <= 0 or y1 <= 0 or x0 >= CROP_WIDTH or y0 >= CROP_HEIGHT:
+        raise ValueError(f"box must be {expected}, got {box!r}")
+    return x0, y0, x1, y1
+
+
+def _check_landmarks(landmarks: object) -> np.ndarray:
+    if landmarks is None:
+        return np.asarray(TEMPLATE_112X96)
+    try:
+        points = np.asarray(landmarks, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"landmarks must be a (5, 2) array of crop pixels, got {landmarks!r}"
+        ) from None
+    if points.shape != (5, 2) or not np.isfinite(points).all():
+        raise ValueError(
+            f"landmarks must be a finite (5, 2) array (left eye, right eye, nose, left and right "
+            f"mouth corners) in crop pixels, got shape {points.shape}"
+        )
+    return points
+
+
+def _cell_region(cell: int | None, rng: np.random.Generator, margin: int) -> tuple[float, ...]:
+    x0, y0, x1, y1 = cell_bounds(cell)  # type: ignore[arg-type]
+    grow = rng.integers(0, margin + 1, size=4)
+    return (
+        max(0, x0 - grow[0]),
+        max(0, y0 - grow[1]),
+        min(CROP_WIDTH, x1 + grow[2]),
+        min(CROP_HEIGHT, y1 + grow[3]),
+    )
+
+
+def _box_mask(region: tuple[float, ...]) -> np.ndarray:
+    x0, y0, x1, y1 = region
+    return (x0 <= _X) & (_X < x1) & (y0 <= _Y) & (_Y < y1)
+
+
+def _bar(region: tuple[float, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    colour = rng.uniform(0, 255, 3)
+    return np.broadcast_to(colour, (CROP_HEIGHT, CROP_WIDTH, 3)), _box_mask(region)
+
+
+def _texture(rng: np.random.Generator, waves: int = 3) -> np.ndarray:
+    """A random colour texture over the whole crop: base colour, low-frequency waves, fine grain."""
+    image = np.broadcast_to(rng.uniform(30, 225, 3), (CROP_HEIGHT, CROP_WIDTH, 3)).copy()
+    for _ in range(waves):
+        frequency = rng.uniform(0.05, 0.6)
+        angle, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
+        wave = np.sin(frequency * (np.cos(angle) * _X + np.sin(angle) * _Y) + phase)
+        image += wave[..., None] * rng.uniform(-40, 40, 3)
+    return image + rng.normal(0, 8, image.shape)
+
+
+def _patch(region: tuple[float, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    return _texture(rng), _box_mask(region)
+
+
+def _eye_frame(points: np.ndarray) -> tuple[np.ndarray, float, float, float]:
+    """The eye line's frame: origin between the eyes, u along the eye line; and the eye distance."""
+    left, right = points[0], points[1]
+    delta = right - left
+    angle = np.arctan2(delta[1], delta[0])
+    return (left + right) / 2.0, float(np.cos(angle)), float(np.sin(angle)), float(np.hypot(*delta))
+
+
+def _to_frame(
+    x: np.ndarray | float, y: np.ndarray | float, frame: tuple[np.ndarray, float, float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    # Landmarks put pixel centres at integer coordinates, so pass pixel indices (not _X, _Y).
+    centre, c, s, _ = frame
+    dx, dy = np.asarray(x) - centre[0], np.asarray(y) - centre[1]
+    return c * dx + s * dy, c * dy - s * dx
+
+
+def _sunglasses(points: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    frame = _eye_frame(points)
+    u, v = _to_frame(_COLS, _ROWS, frame)
+    eye_distance = frame[3]
+    half_gap = eye_distance / 2.0
+    lens_w, lens_h = eye_distance * rng.uniform(0.36, 0.46), eye_distance * rng.uniform(0.26, 0.34)
+    drop = rng.uniform(0.0, 2.0)
+    lenses = np.zeros(u.shape, dtype=bool)
+    for side in (-1.0, 1.0):
+        lenses |= ((u - side * half_gap) / lens_w) ** 2 + ((v - drop) / lens_h) ** 2 <= 1.0
+    bar_v = drop - lens_h * rng.uniform(0.3, 0.6)
+    thickness = rng.uniform(1.2, 2.2)
+    bridge = (np.abs(u) <= half_gap) & (np.abs(v - bar_v) <= thickness)
+    temples = (np.abs(u) >= half_gap) & (np.abs(v - bar_v) <= thickness * 0.8)
+    mask = lenses | bridge | temples
+
+    tint = rng.uniform(5, 60) * (1.0 + rng.uniform(-0.3, 0.3, 3))
+    shine = np.clip(1.0 - (v - drop) / lens_h, 0.0, 2.0)[..., None] * rng.uniform(5, 30)
+    colours = np.broadcast_to(tint, (CROP_HEIGHT, CROP_WIDTH, 3)) + shine
+    rim = np.broadcast_to(rng.uniform(0, 90, 3), colours.shape)
+    return np.where((bridge | temples)[..., None] & ~lenses[..., None], rim, colours), mask
+
+
+def _scarf(points: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    frame = _eye_frame(points)
+    u, v = _to_frame(_COLS, _ROWS, frame)
+    eye_distance = frame[3]
+    nose_u, nose_v = _to_frame(points[2, 0], points[2, 1], frame)
+    top = nose_v + eye_distance * rng.uniform(0.05, 0.25)
+    sag = eye_distance * rng.uniform(-0.15, 0.15) * ((u - nose_u) / eye_distance) ** 2
+    mask = v >= top + sag
+    cloth = _texture(rng, waves=2)
+    stripes = np.sin(rng.uniform(0.4, 1.2) * (u + rng.uniform(-0.6, 0.6) * v))
+    cloth += (stripes > rng.uniform(-0.3, 0.6))[..., None] * rng.uniform(-80, 80, 3)
+    folds = 1.0 + 0.15 * np.sin(rng.uniform(0.15, 0.35) * u + rng.uniform(0, 2 * np.pi))
+    return cloth * folds[..., None], mask
+
