@@ -46,7 +46,13 @@ def markdown(result: dict) -> str:
     )
     body = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
     body += "".join("| " + " | ".join(row) + " |\n" for row in table_rows(result))
-    notes = "".join(f"\n- skipped {name}: {reason}" for name, reason in result["skipped"].items())
+    notes = "".join(
+        f"\n- {precision}: the variant missed its accuracy gate ({'; '.join(parity.get('failures', []))}); "
+        f"its rows are timing only, the runtime does not serve it"
+        for precision, parity in result["variants"].items()
+        if parity and not parity.get("passed", True)
+    )
+    notes += "".join(f"\n- skipped {name}: {reason}" for name, reason in result["skipped"].items())
     return header + body + notes + "\n"
 
 
