@@ -68,7 +68,6 @@ def _parser() -> argparse.ArgumentParser:
     quantize.add_argument("--samples", type=int, default=512, help="calibration images (default 512)")
     quantize.add_argument("--holdout", type=int, default=64, help="held-out faces for the gate (default 64)")
     quantize.add_argument("--seed", type=int, default=0)
-    quantize.add_argument("--quantizer", default="onnxruntime", help="onnxruntime | modelopt (int8)")
     quantize.add_argument("--pairs", type=Path, help="LFW-format pairs.txt: report the accuracy change")
     quantize.add_argument("--pairs-root", type=Path, help="folder of the pairs' aligned crops")
     quantize.add_argument("--min-cosine", type=float, help="gate: minimum cosine to FP32 (fp16 default 0.9995)")
@@ -204,7 +203,7 @@ def _quantize(args: argparse.Namespace) -> int:
     entry = add_variant(VariantRequest(
         bundle=args.bundle, precision=args.precision, calib=args.calib, method=args.method,
         samples=args.samples, holdout=args.holdout, seed=args.seed, gates={args.precision: gate},
-        pairs=args.pairs, pairs_root=args.pairs_root, quantizer=args.quantizer,
+        pairs=args.pairs, pairs_root=args.pairs_root,
     ))
     parity = entry["parity"]
     print(f"{args.precision} variant {entry['file']} passed its gate {parity['gate']} on "

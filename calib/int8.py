@@ -21,7 +21,6 @@ from pdsn.export.parity import onnx_feeds
 from pdsn.model.bundle_format import ModelContract
 
 METHODS = ("entropy", "minmax", "percentile")
-QUANTIZERS = ("onnxruntime", "modelopt")
 # One batch per collect_data call: the histogram calibrators hold every intermediate tensor of a
 # call in memory (so memory would grow with the sample count) and stack the call's batches into
 # one array (which fails when the last batch is smaller); across calls they merge histograms.
@@ -108,39 +107,6 @@ def _calibration_method(method: str):
         "minmax": CalibrationMethod.MinMax,
         "percentile": CalibrationMethod.Percentile,
     }[method]
-
-
-def make_int8_modelopt(
-    fp32_path: str | Path,
-    out_path: str | Path,
-    calibration: FaceSet,
-    dictionary: np.ndarray,
-    contract: ModelContract,
-    method: str = "entropy",
-) -> dict:
-    """The same variant made with NVIDIA ModelOpt's ONNX INT8 quantizer, where it is installed."""
-    try:
-        from modelopt.onnx.quantization import quantize
-    except ImportError as exc:
-        raise RuntimeError(
-            "--quantizer modelopt needs NVIDIA ModelOpt: pip install 'nvidia-modelopt[onnx]'; "
-            "or use the default --quantizer onnxruntime"
-        ) from exc
-    if method not in ("entropy", "minmax"):
-        raise ValueError(f"--method {method!r} is not available with modelopt; use entropy or minmax")
-    model = onnx.load(str(fp32_path))
-    excluded = [n.name for n in model.graph.node if n.name not in set(int8_nodes(model))]
-    feeds = onnx_feeds(calibration.images, calibration.occlusion, dictionary, contract)
-    quantize(
-        onnx_path=str(fp32_path),
-        quantize_mode="int8",
-        calibration_data=feeds,
-        calibration_method="entropy" if method == "entropy" else "max",
-        nodes_to_exclude=excluded,
-        output_path=str(out_path),
-    )
-    onnx.checker.check_model(str(out_path), full_check=True)
-    return {"method": method, "quantizer": "modelopt", "cache_reused": False}
 
 
 class _OneBatch:

@@ -41,7 +41,6 @@ class VariantRequest:
     gates: dict[str, PrecisionGate] = field(default_factory=lambda: dict(DEFAULT_GATES))
     pairs: Path | None = None
     pairs_root: Path | None = None
-    quantizer: str = "onnxruntime"
     progress: bool = True
     # False only for timing bundles of untrained weights: the gate is still measured and the
     # variant is recorded as failed, and the runtime refuses it unless told it is for timing.
@@ -50,13 +49,9 @@ class VariantRequest:
 
 def add_variant(request: VariantRequest) -> dict:
     """Make, gate and record one variant; returns its manifest entry."""
-    from pdsn.calib.int8 import QUANTIZERS
-
     bundle = Path(request.bundle)
     if request.precision not in VARIANT_FILES:
         raise ValueError(f"--precision {request.precision!r} is not one of {sorted(VARIANT_FILES)}")
-    if request.quantizer not in QUANTIZERS:
-        raise ValueError(f"--quantizer {request.quantizer!r} is not one of {QUANTIZERS}")
     if request.precision == "int8" and request.calib is None:
         raise ValueError(
             "--calib is required for int8: a folder or list file of aligned 112x96 face crops, or "
@@ -143,10 +138,8 @@ def _make(request, fp32_path, fp32_hash, out_path, calibration, dictionary, cont
 
         make_fp16(fp32_path, out_path)
         return {"converter": "onnxruntime.transformers.float16"}, None
-    from pdsn.calib.int8 import make_int8, make_int8_modelopt
+    from pdsn.calib.int8 import make_int8
 
-    if request.quantizer == "modelopt":
-        return make_int8_modelopt(fp32_path, out_path, calibration, dictionary, contract, request.method), None
     cache = f"calibration/int8-{request.method}-{calibration.fingerprint[:16]}-{fp32_hash[:12]}.json"
     staged_cache = staging / cache
     staged_cache.parent.mkdir(parents=True, exist_ok=True)

@@ -155,7 +155,6 @@ def test_failed_gate_leaves_the_bundle_exactly_as_it_was(tiny_bundle, tmp_path):
         ({"precision": "int8"}, ValueError, "--calib is required for int8"),
         ({"precision": "int4"}, ValueError, "--precision 'int4'"),
         ({"precision": "int8", "calib": "synthetic", "method": "kl"}, ValueError, "--method 'kl'"),
-        ({"precision": "int8", "calib": "synthetic", "quantizer": "tensorflow"}, ValueError, "--quantizer"),
         ({"precision": "fp16", "pairs": Path("p.txt")}, ValueError, "--pairs and --pairs-root go together"),
     ],
 )
@@ -176,18 +175,6 @@ def test_bundle_without_fp32_model(tiny_bundle, tmp_path):
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="has no FP32 model"):
         add_variant(VariantRequest(bundle, "fp16", progress=False))
-
-
-def test_modelopt_missing_gives_an_install_hint(tiny_bundle, tmp_path, monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "modelopt", None)
-    bundle = _copy(tiny_bundle, tmp_path)
-    before = _snapshot(bundle)
-    with pytest.raises(RuntimeError, match="nvidia-modelopt"):
-        add_variant(VariantRequest(bundle, "int8", calib="synthetic", quantizer="modelopt", samples=8,
-                                   holdout=4, progress=False))
-    assert _snapshot(bundle) == before
 
 
 def test_pairs_report_the_accuracy_change(tiny_bundle, tmp_path):
