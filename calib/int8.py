@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import tempfile
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def make_int8(
     if not cache_hit:
         _calibrate(fp32_path, cache_path, calibration, dictionary, contract, method, progress)
     quantized = int8_nodes(onnx.load(str(fp32_path), load_external_data=False))
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
         quantize_static(
             str(fp32_path),
             str(out_path),
@@ -97,6 +98,19 @@ def _calibrate(
         if bar is not None:
             bar.close()
         save_tensors_data(calibrator.compute_data(), cache_path)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """The quantizer warns on the root logger once per BatchNorm that its 1-D scale takes one
+    scale instead of per-channel ones (harmless) and suggests pre-processing; neither is news."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _calibration_method(method: str):
