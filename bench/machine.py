@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
-from importlib import metadata
+
+from pdsn.model.bundle_format import package_versions
 
 
 def cpu_model() -> str:
@@ -19,16 +20,11 @@ def cpu_model() -> str:
 
 
 def describe_machine(packages: tuple[str, ...] = ("pdsn-deploy", "numpy", "onnxruntime", "torch")) -> dict:
-    versions = {}
-    for name in packages:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
+    versions = package_versions(packages)
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "system": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
+        "python": versions.pop("python"),
         "packages": versions,
     }

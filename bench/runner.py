@@ -1,13 +1,7 @@
 """``pdsn bench``: every backend x precision x batch size of a bundle, side by side in one run.
 
-Latency here is the wall time of one synchronous call that turns a batch of uint8 aligned crops
-(plus occlusion) into embeddings, measured with ``time.perf_counter`` after warm-up, over a
-window of at least ``seconds`` and ``min_iterations`` calls. Throughput is batch / median
-latency. Each runtime configuration is measured twice: end to end through ``Recognizer.embed``
-(input checks, occlusion handling, binding) and as a direct call of the same engine object with
-the same prepared inputs, the two calls alternating so that machine drift falls on both alike;
-their difference is the runtime's own overhead. The baseline is the
-reference code's way of running the model: PyTorch eager FP32.
+The baseline is the reference code's way of running the model: PyTorch eager FP32. How latency
+is defined is LATENCY_DEFINITION, which every report carries.
 """
 
 from __future__ import annotations
@@ -21,6 +15,15 @@ from pdsn.bench.machine import describe_machine
 from pdsn.bench.timing import LatencyStats, measure, measure_interleaved
 
 REFERENCE = "pytorch-eager-fp32"
+LATENCY_DEFINITION = (
+    "Latency is the wall time of one synchronous call that turns a batch of uint8 aligned crops "
+    "(plus occlusion) into embeddings, measured with time.perf_counter after warm-up, over a window "
+    "of at least `seconds` and `min_iterations` calls; throughput is batch / median latency. Each "
+    "runtime configuration is measured end to end through Recognizer.embed (input checks, "
+    "occlusion handling, binding) and as a direct call of the same engine object with the same "
+    "prepared inputs, the two calls alternating so that machine drift falls on both alike; their "
+    "difference is the runtime's own overhead."
+)
 # A configuration whose p90 exceeds its median by more than this is flagged as noisy.
 NOISY_SPREAD = 0.25
 
@@ -82,7 +85,7 @@ def run_benchmark(bundle: Path, config: BenchConfig, progress: bool = True) -> d
         "variants": {p: v.get("parity", {}) for p, v in loaded.manifest["variants"].items()},
         "machine": describe_machine(("pdsn-deploy", "numpy", "onnxruntime", "openvino", "torch")),
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()},
-        "latency_definition": __doc__.split("\n\n")[1].replace("\n", " "),
+        "latency_definition": LATENCY_DEFINITION,
         "rows": rows,
         "skipped": skipped,
     }

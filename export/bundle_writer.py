@@ -10,17 +10,15 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import platform
 import shutil
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from pdsn.export.onnx_export import ExportOptions, export_onnx
 from pdsn.export.parity import ExportGate, ParityError, export_parity, format_parity_table
-from pdsn.model.bundle_format import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, write_manifest
+from pdsn.model.bundle_format import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, package_versions, write_manifest
 from pdsn.model.dictionary import MaskDictionary, build_dictionary
 from pdsn.model.network import LRESNET50E_IR, Architecture, LResNetIR
 from pdsn.model.sample_faces import seeded_faces
@@ -97,7 +95,7 @@ def export_bundle(request: ExportRequest) -> ExportResult:
                 }
             },
             "engines": {},
-            "provenance": {"tools": tool_versions(), "opset": request.options.opset, "seed": request.seed},
+            "provenance": {"tools": package_versions(("pdsn-deploy", "torch", "onnx", "onnxruntime", "numpy")), "opset": request.options.opset, "seed": request.seed},
             "files": [MODEL_FILE, DICTIONARY_FILE, PARITY_REPORT],
         }
         write_manifest(staging, manifest)
@@ -106,16 +104,6 @@ def export_bundle(request: ExportRequest) -> ExportResult:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportResult(out, manifest, parity)
-
-
-def tool_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for dist in ("pdsn-deploy", "torch", "onnx", "onnxruntime", "numpy"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def _check_destination(out: Path, overwrite: bool) -> None:

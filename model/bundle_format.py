@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
+from importlib import metadata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -116,6 +118,17 @@ class ModelContract:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleFormatError(f"manifest contract is incomplete or malformed: {exc!r}") from None
+
+
+def package_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Python's and each installed package's version (missing packages are left out)."""
+    versions = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
 
 
 def sha256_file(path: str | os.PathLike) -> str:

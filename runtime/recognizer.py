@@ -14,9 +14,10 @@ from pdsn.runtime.inputs import prepare_images, prepare_occlusion
 from pdsn.runtime.preprocess import align_face
 
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
-# "auto" takes the first variant in the bundle, fastest first. Measured (bench/results): on CPUs
-# the INT8 Q/DQ model is fastest and FP16 is slower than FP32 (ONNX Runtime's and OpenVINO's CPU
-# kernels compute FP16 models through conversions); NVIDIA GPUs run INT8 > FP16 > FP32.
+# "auto" takes the first gated variant in the bundle from this order. CPUs (bench/results): INT8
+# Q/DQ was the fastest path; FP16 gained nothing consistent over FP32 (within run-to-run noise),
+# so the exact FP32 comes next. NVIDIA GPUs: by their arithmetic rates (INT8 > FP16 > FP32 on
+# tensor cores); not yet measured in this project.
 AUTO_ORDER = {"cpu": ("int8", "fp32", "fp16"), "cuda": ("int8", "fp16", "fp32")}
 
 
@@ -101,6 +102,8 @@ class Recognizer:
 
     def direct_call(self, images: object, occlusion: object = None):
         """The engine's own call on these inputs, prepared once (for measuring the runtime's overhead)."""
+        if self._backend is None:
+            raise RuntimeError("this Recognizer was closed")
         batch = prepare_images(images, self.contract)
         return self._backend.direct_call(batch, prepare_occlusion(occlusion, len(batch)))
 
