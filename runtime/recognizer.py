@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from pdsn.model.grid import vector_to_cells
 from pdsn.runtime.backends import create_backend
+from pdsn.runtime.batcher import BatcherStats, DynamicBatcher
 from pdsn.runtime.bundle import Bundle, open_bundle
 from pdsn.runtime.inputs import prepare_images, prepare_occlusion
 from pdsn.runtime.preprocess import align_face
@@ -31,14 +33,19 @@ class Verification:
 
 
 class Recognizer:
-    """Embeds aligned faces with the bundle's model; the mask dictionary stays bound in the backend."""
+    """Embeds aligned faces with the bundle's model; the mask dictionary stays bound in the backend.
 
-    def __init__(self, bundle: Bundle, backend, precision: str, max_batch: int) -> None:
+    Every call, from any thread, goes through one dynamic batcher (``pdsn.runtime.batcher``), so
+    concurrent callers share batches and the backend is only ever called from its worker thread.
+    """
+
+    def __init__(self, bundle: Bundle, backend, precision: str, batcher: DynamicBatcher) -> None:
         self.bundle = bundle
         self.contract = bundle.contract
         self.precision = precision
-        self.max_batch = max_batch
+        self.max_batch = batcher.max_batch
         self._backend = backend
+        self._batcher = batcher
 
     @classmethod
     def open(
@@ -48,6 +55,8 @@ class Recognizer:
         device: str = "cpu",
         precision: str = "auto",
         max_batch: int = 64,
+        max_delay_ms: float = 2.0,
+        queue_size: int | None = None,
         verify: bool = True,
         allow_ungated: bool = False,
         **backend_options,
@@ -57,11 +66,18 @@ class Recognizer:
         ``precision="auto"`` picks the fastest variant in the bundle for the device (only variants
         that passed their parity gate qualify); ``self.precision`` says which was chosen. A variant
         recorded as missing its gate (made for timing only) is refused unless ``allow_ungated``.
+        The batcher runs at most ``max_batch`` faces at once, waits at most ``max_delay_ms`` for a
+        batch to fill (0 for a single caller that wants no added latency) and holds at most
+        ``queue_size`` faces (default 4 × ``max_batch``) before ``submit`` rejects.
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if not max_delay_ms >= 0:
+            raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms}")
+        if queue_size is not None and queue_size < max_batch:
+            raise ValueError(f"queue_size ({queue_size}) must be at least max_batch ({max_batch})")
         loaded = open_bundle(bundle, verify=verify)
         if precision == "auto":
             order = AUTO_ORDER.get(device, AUTO_ORDER["cpu"])
@@ -77,11 +93,30 @@ class Recognizer:
             backend, str(loaded.variant_path(precision)), loaded.dictionary, loaded.contract,
             device=device, **backend_options,
         )
-        return cls(loaded, engine, precision, max_batch)
+        batcher = DynamicBatcher(engine.infer, max_batch, max_delay_ms, queue_size, engine.preferred_batch_sizes)
+        return cls(loaded, engine, precision, batcher)
 
     @property
     def backend_info(self) -> dict:
         return {**self._backend.describe(), "precision": self.precision}
+
+    @property
+    def stats(self) -> BatcherStats:
+        """The batcher's counters: requests, rejections, timeouts, batch sizes, queue wait, compute."""
+        return self._batcher.stats()
+
+    def submit(self, image: object, occlusion: object = None, deadline: float | None = None) -> Future:
+        """Queue faces for embedding from any thread; returns at once with a ``Future``.
+
+        One face (H, W, C) resolves to its (512,) embedding; a batch of up to ``max_batch`` faces
+        to (N, 512). ``deadline``: seconds it may wait in the queue, after which the future fails
+        with ``DeadlineExceededError`` and the faces are not run. A full queue raises
+        ``QueueFullError`` at once; after ``close()``, ``BatcherClosedError``.
+        """
+        batch = prepare_images(image, self.contract)
+        masks = prepare_occlusion(occlusion, len(batch))
+        single = isinstance(image, np.ndarray) and image.ndim == 3
+        return self._batcher.submit(batch, masks, deadline, single)
 
     def embed(self, images: object, occlusion: object = None, landmarks: object = None) -> np.ndarray:
         """Embeddings (N, 512) for aligned crops, or for whole images when ``landmarks`` are given.
@@ -92,17 +127,15 @@ class Recognizer:
             images = self._align(images, landmarks)
         batch = prepare_images(images, self.contract)
         masks = prepare_occlusion(occlusion, len(batch))
-        if self._backend is None:
-            raise RuntimeError("this Recognizer was closed")
         chunks = [
-            self._backend.infer(batch[i:i + self.max_batch], masks[i:i + self.max_batch])
+            self._batcher.submit(batch[i:i + self.max_batch], masks[i:i + self.max_batch]).result()
             for i in range(0, len(batch), self.max_batch)
         ]
-        return np.concatenate(chunks)
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     def direct_call(self, images: object, occlusion: object = None):
         """The engine's own call on these inputs, prepared once (for measuring the runtime's overhead)."""
-        if self._backend is None:
+        if self._batcher.closed:
             raise RuntimeError("this Recognizer was closed")
         batch = prepare_images(images, self.contract)
         return self._backend.direct_call(batch, prepare_occlusion(occlusion, len(batch)))
@@ -125,9 +158,10 @@ class Recognizer:
         return Verification(score, vector_to_cells(union[0]), None if threshold is None else score >= threshold)
 
     def close(self) -> None:
-        if self._backend is not None:
+        """Run every accepted request, then release the backend. Later calls raise ``BatcherClosedError``."""
+        if not self._batcher.closed:
+            self._batcher.close()
             self._backend.close()
-            self._backend = None
 
     def __enter__(self) -> "Recognizer":
         return self

@@ -16,6 +16,9 @@ class Backend(ABC):
     """Runs one model variant. The mask dictionary is bound once, at construction."""
 
     name: str
+    # Batch sizes this backend runs fastest (e.g. CUDA-graph buckets); the batcher dispatches early
+    # when the queue makes exactly one of them. Empty: no preference.
+    preferred_batch_sizes: tuple[int, ...] = ()
 
     @abstractmethod
     def infer(self, images: np.ndarray, occlusion: np.ndarray) -> np.ndarray:
