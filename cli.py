@@ -91,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--batches", type=_numbers, default=(1, 8, 32))
     bench.add_argument("--seconds", type=float, default=3.0, help="minimum measuring window per configuration")
     bench.add_argument("--no-reference", action="store_true", help="skip the PyTorch eager FP32 baseline")
+    bench.add_argument("--clients", type=_numbers, default=(1, 2, 4, 8, 16),
+                       help="concurrency sweep: closed-loop single-face clients (default 1,2,4,8,16)")
+    bench.add_argument("--delays", type=_delays, default=(0.0, 2.0, 10.0),
+                       help="concurrency sweep: the batcher's max_delay_ms values (default 0,2,10)")
+    bench.add_argument("--max-batch", type=int, default=8, help="concurrency sweep: the batcher's max_batch")
+    bench.add_argument("--sweep-seconds", type=float, default=5.0, help="measuring window per sweep point")
+    bench.add_argument("--no-sweep", action="store_true", help="skip the concurrency sweep")
     bench.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for the JSON and Markdown")
     bench.add_argument("--name", default="cpu", help="file name stem of the results")
     bench.set_defaults(run=_bench)
@@ -112,14 +119,23 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _numbers(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+def _list_of(kind: type, minimum: float, what: str):
+    """An argparse type for comma-separated values of ``kind``, each at least ``minimum``."""
+
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return values
+
+    return parse
+
+
+_numbers = _list_of(int, 1, "positive integers")
+_delays = _list_of(float, 0.0, "milliseconds >= 0")
 
 
 def _cells(text: str) -> list[int]:
@@ -225,6 +241,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from pdsn.bench.concurrency import SweepConfig
     from pdsn.bench.report import terminal_table, write_results
     from pdsn.bench.runner import BenchConfig, run_benchmark
 
@@ -235,8 +252,11 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"preparing the default model's bundle in {args.work} (reused when present)")
         prepare_default_bundle(args.work, args.architecture, reuse=True)
         bundle = args.work
+    if args.max_batch < 1:
+        raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")
+    sweep = None if args.no_sweep else SweepConfig(args.clients, args.delays, args.max_batch, args.sweep_seconds)
     config = BenchConfig(backends=args.backends, precisions=args.precisions, batches=args.batches,
-                         reference=not args.no_reference, seconds=args.seconds)
+                         reference=not args.no_reference, seconds=args.seconds, sweep=sweep)
     result = run_benchmark(bundle, config)
     print(terminal_table(result))
     for path in write_results(result, args.out, args.name):

@@ -6,13 +6,14 @@ is defined is LATENCY_DEFINITION, which every report carries.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pdsn.bench.concurrency import SweepConfig, sweep
 from pdsn.bench.machine import describe_machine
-from pdsn.bench.timing import LatencyStats, measure, measure_interleaved
+from pdsn.bench.timing import NOISY_WINDOW_PCT, LatencyStats, measure, measure_interleaved
 
 REFERENCE = "pytorch-eager-fp32"
 LATENCY_DEFINITION = (
@@ -22,10 +23,20 @@ LATENCY_DEFINITION = (
     "runtime configuration is measured end to end through Recognizer.embed (input checks, "
     "occlusion handling, binding) and as a direct call of the same engine object with the same "
     "prepared inputs, the two calls alternating so that machine drift falls on both alike; their "
-    "difference is the runtime's own overhead."
+    "difference is the runtime's own overhead. The split shows preprocessing (input checks and "
+    "occlusion handling, timed alone), the batcher's queue wait and the engine's compute (means). "
+    "In the concurrency sweep, closed-loop client threads each submit one face through the "
+    "dynamic batcher and wait for it; latency is submit to result on the client, throughput is "
+    "requests answered inside the window per second, and overhead is mean latency minus the "
+    "mean compute time of the batches those requests ran in."
 )
-# A configuration whose p90 exceeds its median by more than this is flagged as noisy.
+# Flagged as noisy: p90 more than this above the median, or window thirds that differ by more
+# than NOISY_WINDOW_PCT (the run-to-run variation to expect).
 NOISY_SPREAD = 0.25
+# Goals of the batcher (issue 5), checked when the run has what they compare.
+GOAL_CLIENTS = 8
+GOAL_THROUGHPUT_RATIO = 0.9
+GOAL_OVERHEAD_MS = 0.5
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class BenchConfig:
     seconds: float = 3.0
     min_iterations: int = 5
     warmup: int = 2
+    sweep: SweepConfig | None = None
 
 
 def run_benchmark(bundle: Path, config: BenchConfig, progress: bool = True) -> dict:
@@ -46,7 +58,7 @@ def run_benchmark(bundle: Path, config: BenchConfig, progress: bool = True) -> d
 
     loaded = open_bundle(bundle)
     faces, occlusion = _inputs(max(config.batches))
-    rows, skipped = [], {}
+    rows, sweeps, skipped = [], [], {}
     if config.reference:
         reference = _pytorch_reference(loaded)
         if isinstance(reference, str):
@@ -62,21 +74,18 @@ def run_benchmark(bundle: Path, config: BenchConfig, progress: bool = True) -> d
                 skipped[f"{backend}-{precision}"] = f"the bundle has no {precision} variant"
                 continue
             try:
-                recognizer = Recognizer.open(bundle, backend=backend, precision=precision,
+                recognizer = Recognizer.open(bundle, backend=backend, precision=precision, max_delay_ms=0.0,
                                              max_batch=max(config.batches), allow_ungated=True)
             except BackendUnavailableError as exc:
                 skipped[f"{backend}-{precision}"] = str(exc)
                 continue
             with recognizer:
                 for batch in config.batches:
-                    images, masks = faces[:batch], occlusion[:batch]
-                    end_to_end, direct = measure_interleaved(
-                        [lambda: recognizer.embed(images, masks), recognizer.direct_call(images, masks)],
-                        batch, config.warmup, config.min_iterations, config.seconds,
-                    )
-                    rows.append(_row(f"{backend}-{precision}", backend, precision, end_to_end, direct))
+                    rows.append(_measure_runtime(recognizer, faces[:batch], occlusion[:batch], config))
                     rows[-1]["gate_passed"] = loaded.gate_passed(precision)
                     _say(progress, rows[-1])
+            if config.sweep is not None:
+                sweeps += sweep(bundle, backend, precision, config.sweep, faces, occlusion, progress)
     _add_ratios(rows)
     return {
         "bundle": str(bundle),
@@ -84,11 +93,62 @@ def run_benchmark(bundle: Path, config: BenchConfig, progress: bool = True) -> d
         "weights": loaded.manifest["model"]["weights"],
         "variants": {p: v.get("parity", {}) for p, v in loaded.manifest["variants"].items()},
         "machine": describe_machine(("pdsn-deploy", "numpy", "onnxruntime", "openvino", "torch")),
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()},
+        "config": asdict(config),
         "latency_definition": LATENCY_DEFINITION,
         "rows": rows,
+        "concurrency": sweeps,
+        "goals": batcher_goals(rows, sweeps),
         "skipped": skipped,
     }
+
+
+def _measure_runtime(recognizer, images: np.ndarray, masks: np.ndarray, config: BenchConfig) -> dict:
+    """End to end through the runtime against a direct engine call, plus where the time went."""
+    from pdsn.runtime.inputs import prepare_images, prepare_occlusion
+
+    batch = len(images)
+    recognizer.stats(reset=True)
+    end_to_end, direct = measure_interleaved(
+        [lambda: recognizer.embed(images, masks), recognizer.direct_call(images, masks)],
+        batch, config.warmup, config.min_iterations, config.seconds,
+    )
+    batcher = recognizer.stats(reset=True)
+    preprocess = measure(lambda: (prepare_images(images, recognizer.contract), prepare_occlusion(masks, batch)),
+                         batch, min_seconds=0.2)
+    row = _row(f"{recognizer.backend_info['backend']}-{recognizer.precision}",
+               recognizer.backend_info["backend"], recognizer.precision, end_to_end, direct)
+    row["split_ms"] = {"preprocess": preprocess.p50_ms, "queue": batcher.queue_wait_ms["mean"],
+                       "compute": batcher.compute_ms["mean"]}
+    return row
+
+
+def batcher_goals(rows: list[dict], sweeps: list[dict]) -> list[dict]:
+    """The batcher's goals for every path that has both the direct rows and the sweep rows they need.
+
+    Throughput with GOAL_CLIENTS single-face clients >= GOAL_THROUGHPUT_RATIO x the direct batch of
+    that size, with p99 <= max_delay_ms + 2 x that batch's compute time; and the runtime's own
+    overhead per request at concurrency 1 <= GOAL_OVERHEAD_MS.
+    """
+    goals = []
+    direct = {(r["path"], r["batch"]): r for r in rows if "direct" in r}
+    for row in sweeps:
+        key = (row["path"], row["clients"])
+        if row["clients"] == GOAL_CLIENTS and key in direct:
+            base = direct[key]["direct"]
+            bound = row["max_delay_ms"] + 2 * base["p50_ms"]
+            ratio = row["throughput_img_s"] / base["throughput_img_s"]
+            goals.append({
+                "goal": f"{GOAL_CLIENTS} clients vs direct batch {GOAL_CLIENTS}", "path": row["path"],
+                "max_delay_ms": row["max_delay_ms"], "throughput_ratio": ratio, "p99_ms": row["p99_ms"],
+                "p99_bound_ms": bound, "met": ratio >= GOAL_THROUGHPUT_RATIO and row["p99_ms"] <= bound,
+            })
+        if row["clients"] == 1 and row["max_delay_ms"] == 0:
+            goals.append({
+                "goal": "overhead per request at concurrency 1", "path": row["path"], "max_delay_ms": 0.0,
+                "overhead_ms": row["overhead_ms"], "bound_ms": GOAL_OVERHEAD_MS,
+                "met": row["overhead_ms"] <= GOAL_OVERHEAD_MS,
+            })
+    return goals
 
 
 def _inputs(count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,10 +164,11 @@ def _measure(call, batch: int, config: BenchConfig) -> LatencyStats:
 
 def _row(path: str, engine: str, precision: str, stats: LatencyStats, direct: LatencyStats | None) -> dict:
     row = {"path": path, "engine": engine, "precision": precision, **stats.to_dict(),
-           "noisy": stats.p90_ms > stats.p50_ms * (1 + NOISY_SPREAD)}
+           "noisy": stats.p90_ms > stats.p50_ms * (1 + NOISY_SPREAD) or stats.window_spread_pct > NOISY_WINDOW_PCT}
     if direct is not None:
         row["direct"] = direct.to_dict()
-        row["overhead_pct"] = 100.0 * (stats.p50_ms - direct.p50_ms) / direct.p50_ms
+        row["overhead_ms"] = stats.p50_ms - direct.p50_ms
+        row["overhead_pct"] = 100.0 * row["overhead_ms"] / direct.p50_ms
     return row
 
 

@@ -9,6 +9,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
+# Measurement windows whose thirds differ by more than this (in %) are flagged as noisy.
+NOISY_WINDOW_PCT = 10.0
+
+
 @dataclass(frozen=True)
 class LatencyStats:
     batch: int
@@ -19,6 +23,9 @@ class LatencyStats:
     p99_ms: float
     max_ms: float
     mean_ms: float
+    # Spread of the medians of the window's three consecutive thirds, in % of their mean: how much
+    # the result would move between runs (NaN with fewer than 6 calls).
+    window_spread_pct: float
 
     @property
     def throughput(self) -> float:
@@ -78,4 +85,12 @@ def _stats(ms: np.ndarray, batch: int) -> LatencyStats:
         p99_ms=float(np.percentile(ms, 99)),
         max_ms=float(ms.max()),
         mean_ms=float(ms.mean()),
+        window_spread_pct=window_spread([float(np.median(part)) for part in np.array_split(ms, 3)])
+        if len(ms) >= 6 else float("nan"),
     )
+
+
+def window_spread(values: list[float]) -> float:
+    """(max − min) / mean of per-window figures, in %: the run-to-run variation a window shows."""
+    mean = float(np.mean(values))
+    return 100.0 * (max(values) - min(values)) / mean if mean > 0 else float("nan")

@@ -163,11 +163,15 @@ class DynamicBatcher:
     def closed(self) -> bool:
         return self._closing
 
-    def stats(self) -> BatcherStats:
+    def stats(self, reset: bool = False) -> BatcherStats:
+        """The counters so far; with ``reset`` they start again from zero (e.g. per reporting interval)."""
         with self._lock:
             counts = dict(self._counts)
             sizes = dict(sorted(self._batch_sizes.items()))
             waits, computes = np.asarray(self._queue_wait), np.asarray(self._compute)
+            if reset:
+                for collection in (self._counts, self._batch_sizes, self._queue_wait, self._compute):
+                    collection.clear()
         return BatcherStats(
             **{name: counts.get(name, 0) for name in
                ("requests", "faces", "completed", "rejected", "timed_out", "cancelled", "failed", "batches")},

@@ -100,10 +100,12 @@ class Recognizer:
     def backend_info(self) -> dict:
         return {**self._backend.describe(), "precision": self.precision}
 
-    @property
-    def stats(self) -> BatcherStats:
-        """The batcher's counters: requests, rejections, timeouts, batch sizes, queue wait, compute."""
-        return self._batcher.stats()
+    def stats(self, reset: bool = False) -> BatcherStats:
+        """The batcher's counters: requests, rejections, timeouts, batch sizes, queue wait, compute.
+
+        ``reset`` starts them again from zero after reading (e.g. once per reporting interval).
+        """
+        return self._batcher.stats(reset)
 
     def submit(self, image: object, occlusion: object = None, deadline: float | None = None) -> Future:
         """Queue faces for embedding from any thread; returns at once with a ``Future``.
