@@ -75,6 +75,25 @@ def _parser() -> argparse.ArgumentParser:
     quantize.add_argument("--p1-cosine", type=float, help="gate: 1st-percentile cosine (int8 default 0.98)")
     quantize.set_defaults(run=_quantize)
 
+    build = commands.add_parser("build", help="compile a bundle's ONNX variant into a TensorRT engine")
+    build.add_argument("--bundle", type=Path, required=True)
+    build.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                       help="which ONNX variant to build from (default fp32)")
+    build.add_argument("--flavour", choices=("auto", "tensorrt", "tensorrt-rtx"), default="auto",
+                       help="data-centre TensorRT or TensorRT-RTX (default: tensorrt if installed, else RTX)")
+    build.add_argument("--batch", type=_numbers, default=(1, 16, 128), help="profile MIN,OPT,MAX (default 1,16,128)")
+    build.add_argument("--fdm-impl", choices=("native", "plugin"), default="native",
+                       help="FDM op as the inlined standard-op body or the fused plugin (default native)")
+    build.add_argument("--compute-capability", type=_names, default=(),
+                       help="TensorRT-RTX targets, e.g. 7.5 or 8.6,8.9 (default: portable, 8.0+)")
+    build.add_argument("--hardware-compatibility", choices=("none", "ampere-plus", "same-cc"), default="none",
+                       help="data-centre TensorRT: also run on other GPUs")
+    build.add_argument("--version-compatible", action="store_true",
+                       help="data-centre TensorRT: run on later runtimes of the same major version")
+    build.add_argument("--opt-level", type=int, help="builder optimization level 0-5 (default TensorRT's)")
+    build.add_argument("--quiet", action="store_true", help="no build progress lines")
+    build.set_defaults(run=_build)
+
     verify = commands.add_parser("verify", help="check a bundle's files and every variant on every backend")
     verify.add_argument("--bundle", type=Path, required=True)
     verify.add_argument("--holdout", default="synthetic", help="faces to compare on: folder, list file or 'synthetic'")
@@ -228,6 +247,23 @@ def _quantize(args: argparse.Namespace) -> int:
     if "pairs" in entry:
         print(f"verification accuracy on {entry['pairs']['pairs']} pairs: fp32 "
               f"{entry['pairs']['fp32_accuracy']:.4f}, {args.precision} {entry['pairs']['variant_accuracy']:.4f}")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from pdsn.export.engine_build import EngineBuildRequest, build_engine
+    from pdsn.export.tensorrt_flavour import BuildTargets, report_to_stderr
+
+    entry = build_engine(EngineBuildRequest(
+        bundle=args.bundle, precision=args.precision, flavour=args.flavour, batch=args.batch,
+        fdm_impl=args.fdm_impl, optimization_level=args.opt_level, verbose=args.verbose,
+        targets=BuildTargets(args.compute_capability, args.hardware_compatibility, args.version_compatible),
+        progress=None if args.quiet else report_to_stderr,
+    ))
+    profile = entry["profile"]
+    print(f"built {entry['file']} ({entry['bytes'] / 2**20:.1f} MiB) in {entry['build_seconds']:.1f} s: "
+          f"{entry['flavour']} {entry['version']}, {entry['precision']}, target {entry['compute_capability']}, "
+          f"batch {profile['min']}..{profile['max']} (tuned for {profile['opt']}), FDM {entry['fdm_impl']}")
     return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from pdsn.calib.data import SYNTHETIC, load_face_sets
 from pdsn.calib.gates import DEFAULT_GATES, PrecisionGate, format_variant_table, variant_parity
 from pdsn.runtime import Recognizer
-from pdsn.runtime.backends import BACKENDS, BackendUnavailableError
+from pdsn.runtime.backends import BACKENDS, ENGINE_BACKENDS, BackendUnavailableError
 from pdsn.runtime.bundle import open_bundle
 
 FP32_GATE = PrecisionGate(min_cosine=0.99999)
@@ -26,9 +26,15 @@ def verify_bundle(bundle: Path, holdout_source: str = SYNTHETIC, holdout: int = 
     with Recognizer.open(bundle, backend="onnxruntime", precision="fp32") as reference:
         rows, skipped = {}, {}
         for backend in BACKENDS:
-            for precision in loaded.precisions:
+            engines = {e["precision"]: e for e in loaded.manifest.get("engines", {}).values() if e["flavour"] == backend}
+            if backend in ENGINE_BACKENDS and not engines:
+                skipped[backend] = f"no {backend} engine in the bundle (`pdsn build --flavour {backend}` makes one)"
+                continue
+            for precision in sorted(engines) if backend in ENGINE_BACKENDS else loaded.precisions:
+                options = {"device": "cuda", "max_batch": engines[precision]["profile"]["max"]} if engines else {}
                 try:
-                    candidate = Recognizer.open(bundle, backend=backend, precision=precision, allow_ungated=True)
+                    candidate = Recognizer.open(bundle, backend=backend, precision=precision, allow_ungated=True,
+                                                **options)
                 except BackendUnavailableError as exc:
                     skipped[backend] = str(exc)
                     break

@@ -1,1 +1,1 @@
-"""The FDM gather-and-multiply: numpy reference (and, later, CUDA source and TensorRT plugin glue)."""
+"""The FDM gather-and-multiply: numpy reference, bit packing, the CUDA kernel, its NVRTC loader and TensorRT plugin glue."""

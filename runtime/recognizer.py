@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from pdsn.model.grid import vector_to_cells
-from pdsn.runtime.backends import create_backend
+from pdsn.runtime.backends import ENGINE_BACKENDS, create_backend
+from pdsn.runtime.backends.engines import find_engine
 from pdsn.runtime.batcher import BatcherStats, DynamicBatcher
 from pdsn.runtime.bundle import Bundle, open_bundle
 from pdsn.runtime.inputs import prepare_images, prepare_occlusion
@@ -79,9 +80,18 @@ class Recognizer:
         if queue_size is not None and queue_size < max_batch:
             raise ValueError(f"queue_size ({queue_size}) must be at least max_batch ({max_batch})")
         loaded = open_bundle(bundle, verify=verify)
+        engines = backend in ENGINE_BACKENDS
         if precision == "auto":
             order = AUTO_ORDER.get(device, AUTO_ORDER["cpu"])
-            precision = next(p for p in order if p in loaded.precisions and loaded.gate_passed(p))
+            built = {e["precision"] for e in loaded.manifest.get("engines", {}).values() if e["flavour"] == backend}
+            candidates = [p for p in order if p in loaded.precisions and loaded.gate_passed(p)
+                          and (not engines or p in built)]
+            if not candidates:
+                raise ValueError(
+                    f"bundle {loaded.path} has no {backend} engine of a gated variant; build one with "
+                    f"`pdsn build --bundle {loaded.path} --flavour {backend}`"
+                )
+            precision = candidates[0]
         elif precision in loaded.precisions and not loaded.gate_passed(precision) and not allow_ungated:
             failures = loaded.manifest["variants"][precision]["parity"].get("failures", [])
             raise ValueError(
@@ -89,9 +99,18 @@ class Recognizer:
                 f"and was kept for timing only; it is not for serving. Re-make it from a trained model "
                 f"with `pdsn quantize`, or pass allow_ungated=True to measure it anyway."
             )
+        model_path = loaded.variant_path(precision)
+        if engines:
+            entry = find_engine(loaded.manifest, backend, precision)
+            model_path, backend_options = loaded.path / entry["file"], {**backend_options, "engine": entry}
+            if max_batch > entry["profile"]["max"]:
+                raise ValueError(
+                    f"max_batch {max_batch} exceeds the engine's profile (batch {entry['profile']['min']}.."
+                    f"{entry['profile']['max']}); open with max_batch <= {entry['profile']['max']} or "
+                    f"rebuild with `pdsn build --batch MIN,OPT,MAX`"
+                )
         engine = create_backend(
-            backend, str(loaded.variant_path(precision)), loaded.dictionary, loaded.contract,
-            device=device, **backend_options,
+            backend, str(model_path), loaded.dictionary, loaded.contract, device=device, **backend_options,
         )
         batcher = DynamicBatcher(engine.infer, max_batch, max_delay_ms, queue_size, engine.preferred_batch_sizes)
         return cls(loaded, engine, precision, batcher)

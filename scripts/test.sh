@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet "torch==2.13.0"
 python -m pip install --quiet -e ".[export,dev]"
+# Type stubs of data-centre TensorRT for the mypy test; --no-deps because they pin `tensorrt`,
+# which this registry cannot install.
+python -m pip install --quiet --no-deps "tensorrt-stubs==10.13.0.35.1"
 exec python -m pytest "$@"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from factories import TINY, random_binary_dictionary, randomized_model
+from factories import LENIENT_GATES, TINY, random_binary_dictionary, randomized_model
 from pdsn.export.bundle_writer import ExportRequest, export_bundle
 from pdsn.export.onnx_export import ExportOptions
 
@@ -48,3 +49,15 @@ def tiny_float_bundle(tmp_path_factory, tiny_checkpoint, tiny_dictionary_file) -
         tmp_path_factory.mktemp("bundles") / "tiny-float", tiny_checkpoint, tiny_dictionary_file,
         image_layout="nchw-float32", embed_dictionary=True, l2_normalize=True,
     )
+
+
+@pytest.fixture(scope="session")
+def quantized(tiny_bundle, tmp_path_factory) -> Path:
+    """The tiny bundle with its FP16 and INT8 variants (INT8 gate relaxed: random weights)."""
+    from pdsn.calib.variants import VariantRequest, add_variant
+
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("q") / "bundle"))
+    add_variant(VariantRequest(bundle, "fp16", progress=False))
+    add_variant(VariantRequest(bundle, "int8", calib="synthetic", method="minmax", samples=32,
+                               holdout=16, gates=LENIENT_GATES, progress=False))
+    return bundle

@@ -23,7 +23,8 @@ def test_wheel_contains_the_package_and_runs(tmp_path, tiny_bundle):
         names = archive.namelist()
         archive.extractall(tmp_path / "site")
     for module in ("pdsn/cli.py", "pdsn/model/grid.py", "pdsn/export/onnx_export.py",
-                   "pdsn/runtime/backends/onnxruntime_backend.py", "pdsn/kernels/fdm_reference.py"):
+                   "pdsn/runtime/backends/onnxruntime_backend.py", "pdsn/kernels/fdm_reference.py",
+                   "pdsn/kernels/fdm_kernel.cu"):
         assert module in names
     assert not any(name.startswith(("pdsn/tests/", "tests/")) for name in names)
     assert any(name.endswith("entry_points.txt") for name in names)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pdsn.runtime.backends.base import Backend, BackendUnavailableError
 
-BACKENDS = ("onnxruntime", "openvino")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt", "tensorrt-rtx")
+ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")  # run a bundle's built engine, not its ONNX file
 DEVICES = ("cpu", "cuda")
 
 
@@ -20,7 +21,11 @@ def create_backend(name: str, model_path: str, dictionary, contract, device: str
         from pdsn.runtime.backends.openvino_backend import OpenVinoBackend
 
         return OpenVinoBackend(model_path, dictionary, contract, device=device, **options)
+    if name in ENGINE_BACKENDS:
+        from pdsn.runtime.backends.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(model_path, options.pop("engine"), dictionary, contract, device=device, **options)
     raise ValueError(f"backend {name!r} is not one of {('auto', *BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "DEVICES", "Backend", "BackendUnavailableError", "create_backend"]
+__all__ = ["BACKENDS", "DEVICES", "ENGINE_BACKENDS", "Backend", "BackendUnavailableError", "create_backend"]

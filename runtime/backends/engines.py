@@ -1,0 +1,77 @@
+"""Which built engine of a bundle to run, and whether this machine can run it (no GPU needed)."""
+
+from __future__ import annotations
+
+import re
+
+from pdsn.runtime.backends.base import BackendUnavailableError
+
+MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx_bindings"}
+INSTALL_HINTS = {
+    "tensorrt": "install data-centre TensorRT 10.8+ or 11.x (`pip install tensorrt` from NVIDIA's index)",
+    "tensorrt-rtx": "pip install 'pdsn-deploy[tensorrt-rtx]'",
+}
+# Compute capabilities a "portable" (ahead-of-time, no target given) TensorRT-RTX engine runs on.
+RTX_PORTABLE = ("8.0", "8.6", "8.9", "12.0")
+
+
+class EngineMismatchError(BackendUnavailableError):
+    """The engine was built for another TensorRT flavour, version or GPU than the one here."""
+
+
+def check_engine(entry: dict, installed_version: str | None, compute_capability: str | None) -> None:
+    """Refuse an engine this machine cannot run, saying which mismatch and how to rebuild."""
+    flavour, rebuild = entry["flavour"], (
+        f"rebuild it here with `pdsn build --bundle BUNDLE --precision {entry['precision']} "
+        f"--flavour {entry['flavour']}`"
+    )
+    if installed_version is None:
+        raise BackendUnavailableError(
+            f"engine {entry['file']} needs {flavour} {entry['version']}, which is not installed: "
+            f"{INSTALL_HINTS[flavour]}"
+        )
+    if installed_version != entry["version"] and not entry.get("version_compatible"):
+        raise EngineMismatchError(
+            f"engine {entry['file']} was built with {flavour} {entry['version']}, but {installed_version} "
+            f"is installed; engines only run on the version that built them: {rebuild}"
+        )
+    if compute_capability is None:
+        return
+    target = entry["compute_capability"]
+    if target == "ampere-plus":
+        if _major(compute_capability) < 8:
+            raise EngineMismatchError(
+                f"engine {entry['file']} is hardware-compatible with Ampere or newer GPUs, but this GPU "
+                f"is {compute_capability}: {rebuild}"
+            )
+        return
+    allowed = RTX_PORTABLE if target == "portable" else tuple(
+        f"{m[:-1]}.{m[-1]}" for m in re.findall(r"sm(\d+)", target)
+    )
+    if allowed and compute_capability not in allowed and not _same_family(compute_capability, allowed):
+        raise EngineMismatchError(
+            f"engine {entry['file']} was built for compute capability {', '.join(allowed)} ({target}), "
+            f"but this GPU is {compute_capability}: {rebuild}"
+        )
+
+
+def find_engine(manifest: dict, flavour: str, precision: str) -> dict:
+    """The bundle's engine entry for ``flavour`` and ``precision`` (the newest build if several)."""
+    engines = [e for e in manifest.get("engines", {}).values()
+               if e["flavour"] == flavour and e["precision"] == precision]
+    if not engines:
+        have = sorted(f"{e['flavour']}/{e['precision']}" for e in manifest.get("engines", {}).values())
+        raise ValueError(
+            f"the bundle has no {flavour} engine for {precision} (it has {', '.join(have) or 'no engines'}); "
+            f"build one with `pdsn build --bundle BUNDLE --precision {precision} --flavour {flavour}`"
+        )
+    return engines[-1]
+
+
+def _major(capability: str) -> int:
+    return int(capability.split(".")[0])
+
+
+def _same_family(capability: str, allowed: tuple[str, ...]) -> bool:
+    """RTX's 12.x target covers every 12.x GPU."""
+    return _major(capability) == 12 and any(_major(a) == 12 for a in allowed)
