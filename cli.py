@@ -125,6 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("pdsn-demo-bundle"), help="where to write the demo bundle")
     demo.add_argument("--architecture", default="lresnet50e-ir")
     demo.set_defaults(run=_demo)
+
+    from pdsn.train.cli import add_training_commands
+
+    add_training_commands(commands)
     return parser
 
 

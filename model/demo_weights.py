@@ -8,6 +8,8 @@ a trained network would produce. The embeddings carry no identity: the manifest 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -15,6 +17,12 @@ from torch import nn
 from pdsn.model.dictionary import MaskDictionary, binarize_by_tau, synthetic_mean_masks
 from pdsn.model.network import LRESNET50E_IR, Architecture, LResNetIR, normalize_faces
 from pdsn.model.sample_faces import seeded_faces
+
+# The trained demo model (`pdsn train-demo --out model/default_model`): a small LResNet-IR trained
+# end to end on SYNTHETIC faces, with its 25 mean masks and binarised dictionary.
+TRAINED_DEMO_DIR = Path(__file__).with_name("default_model")
+TRAINED_DEMO_CHECKPOINT = TRAINED_DEMO_DIR / "model.pth"
+TRAINED_DEMO_DICTIONARY = TRAINED_DEMO_DIR / "dictionary.npz"
 
 DEMO_WEIGHTS_LABEL = (
     "DEMO WEIGHTS: seeded random initialisation with BN statistics measured on synthetic faces; "

@@ -34,7 +34,8 @@ DEFAULT_MIN_COVERAGE = 0.5
 _CELL_ID_RANGE = "0..24 (row-major over the 5x5 grid; the paper's 1..25 numbering is one higher)"
 
 
-def _check_cell_id(value: object, label: str) -> int:
+def check_cell_id(value: object, label: str) -> int:
+    """``value`` as an int cell id 0..24, or an error naming ``label``, the value and the range."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(
             f"{label} must be an integer cell id {_CELL_ID_RANGE}, got {value!r} "
@@ -47,7 +48,7 @@ def _check_cell_id(value: object, label: str) -> int:
 
 def cell_bounds(cell: int) -> tuple[int, int, int, int]:
     """Pixel bounds (x0, y0, x1, y1) of a cell, half-open: x0 <= x < x1, y0 <= y < y1."""
-    row, col = divmod(_check_cell_id(cell, "cell"), GRID_COLS)
+    row, col = divmod(check_cell_id(cell, "cell"), GRID_COLS)
     return CELL_X_BOUNDS[col], CELL_Y_BOUNDS[row], CELL_X_BOUNDS[col + 1], CELL_Y_BOUNDS[row + 1]
 
 
@@ -62,7 +63,7 @@ def validate_cell_ids(cells: Iterable[int], argument: str = "cells") -> list[int
             f"{argument} must be a flat collection of integer cell ids {_CELL_ID_RANGE}, got "
             f"{type(cells).__name__} {cells!r}; wrap a single id in a list, e.g. [12]"
         )
-    ids = [_check_cell_id(value, f"{argument}[{index}]") for index, value in enumerate(cells)]
+    ids = [check_cell_id(value, f"{argument}[{index}]") for index, value in enumerate(cells)]
     duplicates = sorted(cell for cell, count in Counter(ids).items() if count > 1)
     if duplicates:
         raise ValueError(

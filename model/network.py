@@ -64,10 +64,15 @@ class Architecture:
 
 
 LRESNET50E_IR = Architecture("lresnet50e-ir", (3, 4, 14, 3), (64, 64, 128, 256, 512))
-# One block per stage at half width: trains on a 2-core CPU in minutes (the demo model).
+# One block per stage at half width.
 LRESNET10E_IR = Architecture("lresnet10e-ir", (1, 1, 1, 1), (32, 32, 64, 128, 256))
+# One block per stage, narrow (64x7x6 features): the trained demo model (`pdsn train-demo`), whose
+# whole training pipeline runs on a 2-core CPU in minutes.
+LRESNET_IR_TINY = Architecture("lresnet-ir-tiny", (1, 1, 1, 1), (8, 8, 16, 32, 64))
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (LRESNET50E_IR, LRESNET10E_IR)}
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a for a in (LRESNET50E_IR, LRESNET10E_IR, LRESNET_IR_TINY)
+}
 
 
 def architecture_by_name(name: str) -> Architecture:

@@ -9,9 +9,11 @@ trained network for tests that need realistic weights and BN statistics.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pdsn.model.checkpoint import save_checkpoint
+from pdsn.model.checkpoint import CheckpointError, read_state_dict, save_checkpoint
 from pdsn.model.grid import CROP_HEIGHT, CROP_WIDTH
-from pdsn.model.network import Architecture, LResNetIR, normalize_faces
+from pdsn.model.network import LRESNET_IR_TINY, Architecture, LResNetIR, normalize_faces
 from pdsn.train.cosface import MarginCosineProduct
 from pdsn.train.occlusion import random_occlusion
 from pdsn.train.synthetic import SyntheticFaces
@@ -40,7 +42,7 @@ WEIGHT_DECAY = 5e-4
 OCCLUSION_PROBABILITY = 0.5
 
 # The network train_tiny_model trains: one block per stage, narrow, the usual 7x6 feature map.
-TINY_ARCHITECTURE = Architecture("lresnet-ir-stage0-tiny", (1, 1, 1, 1), (8, 8, 16, 32, 64))
+TINY_ARCHITECTURE = LRESNET_IR_TINY
 TINY_IDENTITIES = 40
 TINY_IMAGES_PER_IDENTITY = 12
 TINY_HOLDOUT_PER_IDENTITY = 2
@@ -56,6 +58,12 @@ class EpochStats:
     accuracy: float
     learning_rate: float
     seconds: float
+
+    def describe(self, stage: str, epochs: int) -> str:
+        return (
+            f"{stage} epoch {self.epoch}/{epochs}: loss {self.loss:.4f}, train accuracy "
+            f"{self.accuracy:.3f}, lr {self.learning_rate:.4g}, {self.seconds:.1f}s"
+        )
 
 
 @dataclass
@@ -93,14 +101,13 @@ def train_recognition(
     shuffling by a seeded ``torch.Generator``, occluders by ``np.random.default_rng(seed)``.
     """
     faces, targets = _check_training_data(images, labels)
-    epochs = _check_int(epochs, "epochs", minimum=1)
-    batch_size = _check_int(batch_size, "batch_size", minimum=2)
-    seed = _check_int(seed, "seed", minimum=0)
+    epochs = check_int(epochs, "epochs", minimum=1)
+    batch_size = check_int(batch_size, "batch_size", minimum=2)
+    seed = check_int(seed, "seed", minimum=0)
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    batches_per_epoch = _batches_per_epoch(len(faces), batch_size)
-    total_steps = epochs * batches_per_epoch
-    warmup = min(100, max(1, total_steps // 10))
+    total_steps = epochs * batches_per_epoch(len(faces), batch_size)
+    warmup = warmup_steps(total_steps)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -116,8 +123,7 @@ def train_recognition(
         step = 0
         for epoch in range(1, epochs + 1):
             started = time.perf_counter()
-            order = torch.randperm(len(faces), generator=shuffle).numpy()
-            batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(batches_per_epoch)]
+            batches = shuffled_batches(len(faces), batch_size, shuffle)
             if progress and _tqdm is not None:
                 batches = _tqdm(batches, desc=f"stage0 epoch {epoch}/{epochs}", leave=False)
             loss_sum, correct, seen = 0.0, 0, 0
@@ -127,7 +133,7 @@ def train_recognition(
                     batch_faces = _occlude_some(batch_faces, occluder_rng)
                 x = normalize_faces(batch_faces)
                 y = torch.from_numpy(targets[index])
-                rate = _learning_rate(float(lr), step, warmup, total_steps)
+                rate = learning_rate_at(float(lr), step, warmup, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = rate
                 logits = classifier(model(x), y)
@@ -143,11 +149,7 @@ def train_recognition(
             stats = EpochStats(epoch, loss_sum / seen, correct / seen, rate, elapsed)
             history.append(stats)
             if progress:
-                print(
-                    f"stage0 epoch {epoch}/{epochs}: loss {stats.loss:.4f}, train accuracy "
-                    f"{stats.accuracy:.3f}, lr {stats.learning_rate:.4g}, {stats.seconds:.1f}s",
-                    flush=True,
-                )
+                print(stats.describe("stage0", epochs), flush=True)
     return model.eval(), classifier.eval(), history
 
 
@@ -162,6 +164,29 @@ def save_stage0(
     save_checkpoint(model_path, model, epoch=epoch)
     torch.save(classifier.state_dict(), classifier_path)
     return model_path, classifier_path
+
+
+def load_classifier(path: str | Path, embedding_size: int) -> MarginCosineProduct:
+    """Read a classifier saved by ``save_stage0`` (bare ``{'weight': [classes, E]}``), eval mode.
+
+    ``embedding_size`` is the model's; a classifier trained for another width is refused.
+    """
+    state, _ = read_state_dict(path)
+    weight = state.get("weight")
+    if set(state) != {"weight"} or weight is None or weight.ndim != 2:
+        raise CheckpointError(
+            f"classifier {path} holds keys {sorted(state)}; expected the bare CosFace state dict "
+            f"{{'weight': [classes, {embedding_size}]}} that stage 0 saves as {CLASSIFIER_FILENAME}"
+        )
+    if weight.shape[1] != embedding_size:
+        raise CheckpointError(
+            f"classifier {path} has weight {list(weight.shape)}, i.e. it scores "
+            f"{weight.shape[1]}-d embeddings, but the model produces {embedding_size}-d ones; "
+            f"pass the {CLASSIFIER_FILENAME} saved with this model checkpoint"
+        )
+    classifier = MarginCosineProduct(embedding_size, int(weight.shape[0]))
+    classifier.load_state_dict({"weight": weight.to(torch.float32)})
+    return classifier.eval()
 
 
 @torch.no_grad()
@@ -231,19 +256,63 @@ def _check_training_data(images: object, labels: object) -> tuple[np.ndarray, np
     return images, targets.astype(np.int64)
 
 
-def _check_int(value: object, argument: str, minimum: int) -> int:
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads (None: leave as is), restoring the setting after.
+
+    Small networks train faster on one thread: on a shared 2-core machine torch's thread pool
+    measured 3 to 15 times slower than a single thread for the tiny architecture.
+    """
+    previous = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1 (or None for torch's default), got {threads}")
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def check_labels_fit(labels: np.ndarray | torch.Tensor, classifier: MarginCosineProduct) -> None:
+    """Training labels must index the classifier's classes: the identities stage 0 was trained on."""
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classifier.out_features:
+        raise ValueError(
+            f"labels run {low}..{high}, but the classifier has {classifier.out_features} classes "
+            f"(0..{classifier.out_features - 1}); later stages train on the identities stage 0 was "
+            "trained on: use the same data, identities and seed"
+        )
+
+
+def check_int(value: object, argument: str, minimum: int) -> int:
+    """``value`` as an int, or a ValueError naming ``argument`` unless it is an integer >= minimum."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{argument} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
-def _batches_per_epoch(count: int, batch_size: int) -> int:
+def batches_per_epoch(count: int, batch_size: int) -> int:
     """Full batches plus the partial last one, unless that holds one image (BN needs two)."""
     full, rest = divmod(count, batch_size)
     return full + (1 if rest >= 2 else 0)
 
 
-def _learning_rate(base: float, step: int, warmup: int, total: int) -> float:
+def shuffled_batches(count: int, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
+    """One epoch's batches of row indices in a random order (see ``batches_per_epoch``)."""
+    order = torch.randperm(count, generator=generator).numpy()
+    return [
+        order[i * batch_size:(i + 1) * batch_size]
+        for i in range(batches_per_epoch(count, batch_size))
+    ]
+
+
+def warmup_steps(total_steps: int) -> int:
+    """A tenth of the steps, at least 1 and at most 100."""
+    return min(100, max(1, total_steps // 10))
+
+
+def learning_rate_at(base: float, step: int, warmup: int, total: int) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to zero at ``total``."""
     if step < warmup:
         return base * (step + 1) / warmup
