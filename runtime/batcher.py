@@ -4,7 +4,8 @@ A request is one or more prepared faces that stay together. The worker takes the
 then keeps adding whole requests (first in, first out) until one of these holds:
 
 - the batch has ``max_batch`` faces, or the next request would not fit;
-- ``max_delay_ms`` has passed since the oldest request in the batch arrived;
+- ``max_delay_ms`` has passed since the oldest request in the batch arrived, or since the last
+  batch finished if that was later (so the callers it answered can rejoin);
 - the batch size is one the backend prefers (e.g. a CUDA-graph bucket) and nothing else is queued.
 
 Faces, not requests, count towards ``max_batch`` and the queue's bound. A full queue rejects at
@@ -106,6 +107,7 @@ class DynamicBatcher:
         self._pending: deque[_Request] = deque()
         self._queued_faces = 0
         self._closing = False
+        self._last_done = 0.0
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._counts: Counter[str] = Counter()
@@ -195,7 +197,10 @@ class DynamicBatcher:
                 self._arrived.wait()
             if not self._pending:
                 return None
-            dispatch_at = self._pending[0].enqueued + self.max_delay_s
+            # The wait counts from the later of the oldest arrival and the end of the last batch, so
+            # callers answered by that batch can rejoin: closed-loop clients then share one batch
+            # instead of settling into groups that take turns.
+            dispatch_at = max(self._pending[0].enqueued, self._last_done) + self.max_delay_s
             while not self._closing and not self._ready():
                 remaining = dispatch_at - time.perf_counter()
                 if remaining <= 0:
@@ -247,8 +252,10 @@ class DynamicBatcher:
             for request in batch:
                 request.future.set_exception(exc)
             return
-        elapsed = 1000 * (time.perf_counter() - start)
+        done = time.perf_counter()
+        elapsed = 1000 * (done - start)
         with self._lock:
+            self._last_done = done
             self._counts["completed"] += len(batch)
             self._counts["batches"] += 1
             self._batch_sizes[len(images)] += 1

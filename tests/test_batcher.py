@@ -96,6 +96,20 @@ def test_requests_fill_batches_up_to_max_batch_and_stay_whole():
     assert batcher.stats().batch_sizes == {1: 1, 3: 1, 4: 1}
 
 
+def test_callers_answered_by_a_batch_can_join_the_next():
+    engine = FakeEngine()
+    batcher = DynamicBatcher(engine, max_batch=4, max_delay_ms=300.0)
+    first = occupy(batcher, engine)
+    waiting = [submit(batcher, 1), submit(batcher, 2)]
+    time.sleep(0.35)  # longer than the delay: on their own they would go as soon as the engine is free
+    engine.release.set()
+    first.result(5)
+    rejoined = submit(batcher, 3)
+    assert [f.result(5)[0] for f in [*waiting, rejoined]] == [1, 2, 3]
+    batcher.close()
+    assert engine.batches == [1, 3]
+
+
 def test_a_full_queue_rejects_at_once_and_loses_nothing():
     engine = FakeEngine()
     batcher = DynamicBatcher(engine, max_batch=2, max_delay_ms=0.0, queue_size=4)
