@@ -48,18 +48,12 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from pdsn.runtime.backends.engines import INSTALL_HINTS, MODULES
+
 if TYPE_CHECKING:
     import tensorrt as trt
 
 FLAVOURS = ("tensorrt", "tensorrt-rtx")
-MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx_bindings"}
-INSTALL_HINTS = {
-    "tensorrt": "install data-centre TensorRT 10.8+ or 11.x with NVIDIA's wheels "
-                "(`pip install tensorrt`, which fetches its libraries from NVIDIA's package index) "
-                "on a machine with an NVIDIA GPU",
-    "tensorrt-rtx": "`pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings` "
-                    "(or `pip install 'pdsn-deploy[tensorrt-rtx]'`); it builds engines without a GPU",
-}
 MIN_TENSORRT = (10, 8)
 HARDWARE_COMPATIBILITY = {"none": "NONE", "ampere-plus": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
 PORTABLE = "portable"

@@ -28,7 +28,7 @@ def entry(**changes) -> dict:
 
 
 @pytest.mark.parametrize(("changes", "version", "capability", "message"), [
-    ({}, None, None, "needs tensorrt-rtx 1.7.1.116, which is not installed: pip install"),
+    ({}, None, None, "needs tensorrt-rtx 1.7.1.116, which is not installed: `pip install"),
     ({}, "1.8.0.1", None, "built with tensorrt-rtx 1.7.1.116, but 1.8.0.1 is installed"),
     ({}, "1.7.1.116", "9.0", "built for compute capability 8.0, 8.6, 8.9, 12.0 \\(portable\\), but this GPU is 9.0"),
     ({"compute_capability": "sm75-sm86"}, "1.7.1.116", "8.9", "7.5, 8.6 \\(sm75-sm86\\)"),

@@ -6,10 +6,14 @@ import re
 
 from pdsn.runtime.backends.base import BackendUnavailableError
 
+# The Python module of each TensorRT flavour and how to install it; `pdsn build` uses them too.
 MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx_bindings"}
 INSTALL_HINTS = {
-    "tensorrt": "install data-centre TensorRT 10.8+ or 11.x (`pip install tensorrt` from NVIDIA's index)",
-    "tensorrt-rtx": "pip install 'pdsn-deploy[tensorrt-rtx]'",
+    "tensorrt": "install data-centre TensorRT 10.8+ or 11.x with NVIDIA's wheels "
+                "(`pip install tensorrt`, which fetches its libraries from NVIDIA's package index) "
+                "on a machine with an NVIDIA GPU",
+    "tensorrt-rtx": "`pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings` "
+                    "(or `pip install 'pdsn-deploy[tensorrt-rtx]'`); it builds engines without a GPU",
 }
 # Compute capabilities a "portable" (ahead-of-time, no target given) TensorRT-RTX engine runs on.
 RTX_PORTABLE = ("8.0", "8.6", "8.9", "12.0")
