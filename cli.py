@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pdsn.train.evaluate import EVAL_PAIRS
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
@@ -30,17 +32,21 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     export = commands.add_parser("export", help="checkpoint + dictionary -> verified ONNX bundle")
-    export.add_argument("--checkpoint", type=Path, help="reference-format checkpoint (default: embedded demo weights)")
-    export.add_argument("--dictionary", type=Path, help="mean_mask.txt directory, or .npy/.npz (default: demo dictionary)")
+    export.add_argument("--checkpoint", type=Path, help="reference-format checkpoint (default: the trained demo model)")
+    export.add_argument("--dictionary", type=Path,
+                        help="mean_mask.txt directory, or .npy/.npz (required with --checkpoint; default: the demo model's)")
+    export.add_argument("--weights", choices=("demo", "seeded"), default="demo",
+                        help="without --checkpoint: the trained demo model, or seeded timing weights of --architecture")
     export.add_argument("--out", type=Path, required=True, help="bundle directory to write")
-    export.add_argument("--architecture", help="lresnet50e-ir | lresnet10e-ir (default: inferred from the checkpoint)")
+    export.add_argument("--architecture",
+                        help="lresnet50e-ir | lresnet10e-ir | lresnet-ir-tiny (default: inferred from the checkpoint)")
     export.add_argument("--tau", type=float, default=0.25, help="fraction of each mask item discarded (default 0.25)")
     export.add_argument("--threshold", type=float, help="binarise by threshold instead of tau")
     export.add_argument("--float-input", action="store_true", help="float32 NCHW normalised input instead of uint8 NHWC")
     export.add_argument("--embed-dictionary", action="store_true", help="dictionary as an initializer, not a graph input")
     export.add_argument("--l2-normalize", action="store_true", help="L2-normalise embeddings in the graph")
     export.add_argument("--opset", type=int, default=18)
-    export.add_argument("--seed", type=int, default=0, help="seed of the demo weights and parity faces")
+    export.add_argument("--seed", type=int, default=0, help="seed of seeded weights and parity faces")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
     export.set_defaults(run=_export)
 
@@ -65,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     quantize.add_argument("--precision", choices=("int8", "fp16"), default="int8")
     quantize.add_argument("--calib", help="folder or list file of aligned 112x96 crops, or 'synthetic'")
     quantize.add_argument("--method", default="entropy", help="entropy | minmax | percentile (int8)")
+    quantize.add_argument("--weight-bits", type=int, choices=(7, 8), default=7,
+                          help="int8 weight range: 7 (default) is safe on x86 CPUs without VNNI, whose 16-bit "
+                               "multiply-adds 8-bit weights can overflow; 8 for GPUs and VNNI CPUs only")
     quantize.add_argument("--samples", type=int, default=512, help="calibration images (default 512)")
     quantize.add_argument("--holdout", type=int, default=64, help="held-out faces for the gate (default 64)")
     quantize.add_argument("--seed", type=int, default=0)
@@ -102,9 +111,10 @@ def _parser() -> argparse.ArgumentParser:
     verify.set_defaults(run=_verify)
 
     bench = commands.add_parser("bench", help="throughput and latency of every backend/precision/batch, side by side")
-    bench.add_argument("--bundle", type=Path, help="bundle to measure (default: the default model, prepared in --work)")
-    bench.add_argument("--work", type=Path, default=Path("pdsn-bench-bundle"), help="where the default model's bundle lives")
-    bench.add_argument("--architecture", default="lresnet50e-ir", help="default model's architecture")
+    bench.add_argument("--bundle", type=Path,
+                       help="bundle to measure (default: seeded weights of --architecture, prepared in --work)")
+    bench.add_argument("--work", type=Path, default=Path("pdsn-bench-bundle"), help="where the timing bundle lives")
+    bench.add_argument("--architecture", default="lresnet50e-ir", help="the timing bundle's architecture")
     bench.add_argument("--backends", type=_names, default=("onnxruntime", "openvino"))
     bench.add_argument("--precisions", type=_names, default=("fp32", "int8"))
     bench.add_argument("--batches", type=_numbers, default=(1, 8, 32))
@@ -123,7 +133,11 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the main job on the embedded default model")
     demo.add_argument("--out", type=Path, default=Path("pdsn-demo-bundle"), help="where to write the demo bundle")
-    demo.add_argument("--architecture", default="lresnet50e-ir")
+    demo.add_argument("--bench-work", type=Path, default=Path("pdsn-bench-bundle"),
+                      help="the timing bundle of seeded weights, shared with `pdsn bench` (reused when present)")
+    demo.add_argument("--bench-architecture", default="lresnet50e-ir", help="architecture timed (default %(default)s)")
+    demo.add_argument("--eval-pairs", type=int, default=EVAL_PAIRS,
+                      help="synthetic verification pairs, a multiple of 20 (default %(default)s)")
     demo.set_defaults(run=_demo)
 
     from pdsn.train.cli import add_training_commands
@@ -189,6 +203,7 @@ def _export(args: argparse.Namespace) -> int:
         ),
         seed=args.seed,
         overwrite=args.overwrite,
+        seeded_weights=args.weights == "seeded",
     )
     result = export_bundle(request)
     print(format_parity_table(result.parity))
@@ -241,7 +256,7 @@ def _quantize(args: argparse.Namespace) -> int:
         gate = PrecisionGate(args.min_cosine, args.mean_cosine, args.p1_cosine)
     entry = add_variant(VariantRequest(
         bundle=args.bundle, precision=args.precision, calib=args.calib, method=args.method,
-        samples=args.samples, holdout=args.holdout, seed=args.seed, gates={args.precision: gate},
+        weight_bits=args.weight_bits, samples=args.samples, holdout=args.holdout, seed=args.seed, gates={args.precision: gate},
         pairs=args.pairs, pairs_root=args.pairs_root,
     ))
     parity = entry["parity"]
@@ -287,10 +302,10 @@ def _bench(args: argparse.Namespace) -> int:
 
     bundle = args.bundle
     if bundle is None:
-        from pdsn.demo import prepare_default_bundle
+        from pdsn.demo import prepare_timing_bundle
 
-        print(f"preparing the default model's bundle in {args.work} (reused when present)")
-        prepare_default_bundle(args.work, args.architecture, reuse=True)
+        print(f"preparing the timing bundle ({args.architecture}, seeded weights) in {args.work} (reused when present)")
+        prepare_timing_bundle(args.work, args.architecture, reuse=True)
         bundle = args.work
     if args.max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")
@@ -307,7 +322,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from pdsn.demo import run_demo
 
-    return run_demo(args.out, args.architecture)
+    return run_demo(args.out, args.bench_work, args.bench_architecture, args.eval_pairs)
 
 
 if __name__ == "__main__":

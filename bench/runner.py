@@ -190,12 +190,16 @@ def _pytorch_reference(bundle):
 
     manifest = bundle.manifest
     architecture = Architecture.from_dict(manifest["model"]["architecture"])
-    if manifest["model"]["weights"] == "demo":
-        from pdsn.model.demo_weights import demo_model
+    weights = manifest["model"]["weights"]
+    if weights == "seeded":
+        from pdsn.model.demo_weights import seeded_model
 
-        model = demo_model(architecture, seed=manifest["provenance"]["seed"])
+        model = seeded_model(architecture, seed=manifest["provenance"]["seed"])
     else:
-        checkpoint = Path(manifest["model"]["checkpoint"]["path"])
+        from pdsn.model.demo_weights import TRAINED_DEMO_CHECKPOINT
+
+        # The demo model ships with the package, wherever the bundle was exported.
+        checkpoint = TRAINED_DEMO_CHECKPOINT if weights == "trained-demo" else Path(manifest["model"]["checkpoint"]["path"])
         if not checkpoint.is_file():
             return f"the source checkpoint {checkpoint} is not on this machine"
         from pdsn.model.checkpoint import load_recognition_model

@@ -35,6 +35,7 @@ class VariantRequest:
     precision: str
     calib: str | Path | None = None
     method: str = "entropy"
+    weight_bits: int = 7
     samples: int = 512
     holdout: int = 64
     seed: int = 0
@@ -146,7 +147,7 @@ def _make(request, fp32_path, fp32_hash, out_path, calibration, dictionary, cont
     if (request.bundle / cache).is_file():
         shutil.copy2(request.bundle / cache, staged_cache)
     made = make_int8(fp32_path, out_path, calibration, dictionary, contract, request.method,
-                     staged_cache, request.progress)
+                     staged_cache, request.progress, request.weight_bits)
     return made, cache
 
 

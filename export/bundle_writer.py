@@ -41,6 +41,9 @@ class ExportRequest:
     seed: int = 0
     parity_faces: int = 8
     overwrite: bool = False
+    # Without a checkpoint: False exports the trained demo model (the default), True seeded
+    # timing weights of ``architecture`` (LResNet50E-IR when None).
+    seeded_weights: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,30 +122,47 @@ def _check_destination(out: Path, overwrite: bool) -> None:
 
 
 def _load_model(request: ExportRequest) -> tuple[LResNetIR, dict]:
-    if request.checkpoint is None:
-        from pdsn.model.demo_weights import DEMO_WEIGHTS_LABEL, demo_model
+    from pdsn.model import demo_weights
 
+    if request.checkpoint is not None and request.seeded_weights:
+        raise ValueError("seeded weights replace a checkpoint: pass --checkpoint or --weights seeded, not both")
+    if request.seeded_weights:
         architecture = request.architecture or LRESNET50E_IR
-        return demo_model(architecture, seed=request.seed), {
-            "weights": "demo",
-            "label": DEMO_WEIGHTS_LABEL,
-            "checkpoint": None,
-        }
+        model = demo_weights.seeded_model(architecture, seed=request.seed)
+        return model, {"weights": "seeded", "label": demo_weights.SEEDED_WEIGHTS_LABEL, "checkpoint": None}
     from pdsn.model.checkpoint import load_recognition_model
 
+    if request.checkpoint is None:
+        model, info = load_recognition_model(demo_weights.TRAINED_DEMO_CHECKPOINT)
+        if request.architecture is not None and request.architecture != model.architecture:
+            raise ValueError(
+                f"the trained demo model is {model.architecture.name}, not {request.architecture.name}; "
+                f"pass --checkpoint CKPT for your own {request.architecture.name} weights, or "
+                f"--weights seeded for seeded timing weights of that architecture"
+            )
+        return model, {"weights": "trained-demo", "label": demo_weights.TRAINED_DEMO_LABEL,
+                       "checkpoint": info.to_dict()}
     model, info = load_recognition_model(request.checkpoint, request.architecture)
     return model, {"weights": "checkpoint", "label": None, "checkpoint": info.to_dict()}
 
 
 def _load_dictionary(request: ExportRequest, model: LResNetIR) -> MaskDictionary:
-    feature_shape = model.architecture.feature_shape
-    if request.dictionary is None:
-        from pdsn.model.demo_weights import demo_dictionary
+    from pdsn.model import demo_weights
 
-        return demo_dictionary(model.architecture, seed=request.seed, tau=request.tau)
-    return build_dictionary(
-        request.dictionary, tau=request.tau, threshold=request.threshold, feature_shape=feature_shape
-    )
+    feature_shape = model.architecture.feature_shape
+    if request.dictionary is not None:
+        source = request.dictionary
+    elif request.seeded_weights:
+        return demo_weights.seeded_dictionary(model.architecture, seed=request.seed, tau=request.tau)
+    elif request.checkpoint is None:
+        source = demo_weights.TRAINED_DEMO_DICTIONARY
+    else:
+        raise ValueError(
+            f"--dictionary is required with --checkpoint {request.checkpoint}: the mean_mask.txt "
+            f"folder of `pdsn build-dictionary` (or its .npz/.npy); a dictionary extracted for "
+            f"another model would mask the wrong features"
+        )
+    return build_dictionary(source, tau=request.tau, threshold=request.threshold, feature_shape=feature_shape)
 
 
 def _move_into_place(staging: Path, out: Path) -> None:

@@ -1,9 +1,12 @@
-"""The embedded default model: seeded weights with realistic BatchNorm statistics.
+"""The models that ship with the package, so the main job runs with nothing downloaded.
 
-Lets the main job run on a fresh machine with nothing downloaded. The weights are random (the
-reference initialisation, with BN affine parameters and PReLU slopes jittered), and every BN
-layer's running statistics are measured on seeded sample faces, so activations are in the range
-a trained network would produce. The embeddings carry no identity: the manifest says so.
+* The trained demo model (the default): a small LResNet-IR trained end to end on SYNTHETIC faces
+  by `pdsn train-demo`, with its 25 mean masks and binarised dictionary. Its embeddings identify
+  synthetic identities; it has never seen a real face.
+* Seeded timing weights for any architecture (LResNet50E-IR for the benchmarks, since speed does
+  not depend on the weights): the reference initialisation with BN affine parameters and PReLU
+  slopes jittered, and every BN layer's running statistics measured on seeded sample faces, so
+  activations are in the range a trained network would produce. They identify no one.
 """
 
 from __future__ import annotations
@@ -18,22 +21,25 @@ from pdsn.model.dictionary import MaskDictionary, binarize_by_tau, synthetic_mea
 from pdsn.model.network import LRESNET50E_IR, Architecture, LResNetIR, normalize_faces
 from pdsn.model.sample_faces import seeded_faces
 
-# The trained demo model (`pdsn train-demo --out model/default_model`): a small LResNet-IR trained
-# end to end on SYNTHETIC faces, with its 25 mean masks and binarised dictionary.
+# `pdsn train-demo --out model/default_model` reproduces these files bit for bit.
 TRAINED_DEMO_DIR = Path(__file__).with_name("default_model")
 TRAINED_DEMO_CHECKPOINT = TRAINED_DEMO_DIR / "model.pth"
 TRAINED_DEMO_DICTIONARY = TRAINED_DEMO_DIR / "dictionary.npz"
 
-DEMO_WEIGHTS_LABEL = (
-    "DEMO WEIGHTS: seeded random initialisation with BN statistics measured on synthetic faces; "
-    "not trained, the embeddings do not identify anyone"
+TRAINED_DEMO_LABEL = (
+    "TRAINED DEMO MODEL: lresnet-ir-tiny trained on SYNTHETIC faces by `pdsn train-demo`; it has "
+    "never seen a real face and is not for recognising people"
+)
+SEEDED_WEIGHTS_LABEL = (
+    "SEEDED WEIGHTS: random initialisation with BN statistics measured on synthetic faces; not "
+    "trained, for timing only, the embeddings do not identify anyone"
 )
 
 
-def demo_model(
+def seeded_model(
     architecture: Architecture = LRESNET50E_IR, seed: int = 0, calibration_faces: int = 32
 ) -> LResNetIR:
-    """Build the seeded default network in eval mode."""
+    """Build the seeded timing network in eval mode."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LResNetIR(architecture)
@@ -48,8 +54,8 @@ def demo_model(
     return model.eval()
 
 
-def demo_dictionary(architecture: Architecture = LRESNET50E_IR, seed: int = 0, tau: float = 0.25) -> MaskDictionary:
-    """The seeded stand-in dictionary that goes with the demo weights."""
+def seeded_dictionary(architecture: Architecture = LRESNET50E_IR, seed: int = 0, tau: float = 0.25) -> MaskDictionary:
+    """The seeded stand-in dictionary that goes with the seeded timing weights."""
     mean_masks = synthetic_mean_masks(seed, architecture.feature_shape)
     return MaskDictionary(
         masks=binarize_by_tau(mean_masks, tau),

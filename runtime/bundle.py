@@ -36,10 +36,6 @@ class Bundle:
         """Whether the variant met its parity gate (fp32 is checked against PyTorch at export)."""
         return bool(self.manifest["variants"][precision].get("parity", {}).get("passed", False))
 
-    @property
-    def demo_weights(self) -> bool:
-        return self.manifest.get("model", {}).get("weights") == "demo"
-
 
 def open_bundle(path: str | Path, verify: bool = True) -> Bundle:
     """Read a bundle; with ``verify`` every listed file must exist with its recorded size and SHA-256."""

@@ -79,8 +79,8 @@ def test_quantize_and_verify_commands(tiny_bundle, tmp_path, capsys):
     assert main(["quantize", "--bundle", str(bundle), "--precision", "fp16", "--holdout", "8"]) == 0
     assert "fp16 variant model.fp16.onnx passed its gate" in capsys.readouterr().out
     assert main(["quantize", "--bundle", str(bundle), "--calib", "synthetic", "--method", "minmax",
-                 "--samples", "16", "--holdout", "8", "--mean-cosine", "0.0"]) == 0
-    assert main(["verify", "--bundle", str(bundle), "--faces", "8"]) == 1, "int8 misses the default gate"
+                 "--samples", "16", "--holdout", "8", "--weight-bits", "8", "--mean-cosine", "0.0"]) == 0
+    assert main(["verify", "--bundle", str(bundle), "--faces", "8"]) == 1, "8-bit int8 misses the default gate here"
     printed = capsys.readouterr().out
     assert "fp16 on onnxruntime" in printed and "int8 on onnxruntime" in printed and "FAIL" in printed
     assert (bundle / "reports" / "verify.json").is_file()

@@ -1,4 +1,4 @@
-"""The embedded default: the full LResNet50E-IR demo model exports, passes parity and runs."""
+"""The embedded defaults: the trained demo model exports by default, seeded LResNet50E-IR for timing."""
 
 from __future__ import annotations
 
@@ -6,17 +6,45 @@ import numpy as np
 import pytest
 
 from pdsn.cli import main
+from pdsn.demo import prepare_demo_bundle, prepare_timing_bundle
 from pdsn.export.bundle_writer import ExportRequest, export_bundle
+from pdsn.model.demo_weights import TRAINED_DEMO_CHECKPOINT
+from pdsn.model.network import LRESNET50E_IR
 from pdsn.model.sample_faces import seeded_faces
 from pdsn.runtime import Recognizer
+from pdsn.train.synthetic import SyntheticFaces
+
+
+def test_export_without_a_checkpoint_is_the_trained_demo_model(tmp_path):
+    result = export_bundle(ExportRequest(out=tmp_path / "default", parity_faces=2))
+    model = result.manifest["model"]
+    assert model["weights"] == "trained-demo" and "SYNTHETIC" in model["label"]
+    assert model["architecture"]["name"] == "lresnet-ir-tiny"
+    assert model["checkpoint"]["path"] == str(TRAINED_DEMO_CHECKPOINT)
+    assert "trained PDSNs" in result.manifest["dictionary"]["source"]
+    faces, _ = SyntheticFaces(2, 2, seed=5).generate()
+    with Recognizer.open(result.bundle) as recognizer:
+        same = recognizer.verify(faces[0], faces[1]).score
+        different = recognizer.verify(faces[0], faces[2]).score
+    assert same > different + 0.2, "the trained model tells synthetic identities apart"
+
+
+def test_the_demo_model_refuses_another_architecture_and_seeded_weights_a_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="trained demo model is lresnet-ir-tiny.*--weights seeded"):
+        export_bundle(ExportRequest(out=tmp_path / "a", architecture=LRESNET50E_IR))
+    with pytest.raises(ValueError, match="not both"):
+        export_bundle(ExportRequest(out=tmp_path / "b", checkpoint=TRAINED_DEMO_CHECKPOINT, seeded_weights=True))
+    with pytest.raises(ValueError, match="--dictionary is required with --checkpoint"):
+        export_bundle(ExportRequest(out=tmp_path / "c", checkpoint=TRAINED_DEMO_CHECKPOINT))
+    assert not any(tmp_path.iterdir()), "a refused export writes nothing"
 
 
 @pytest.mark.slow
-def test_default_lresnet50e_ir_bundle(tmp_path):
-    result = export_bundle(ExportRequest(out=tmp_path / "default"))
+def test_seeded_lresnet50e_ir_bundle(tmp_path):
+    result = export_bundle(ExportRequest(out=tmp_path / "timing", seeded_weights=True))
     manifest = result.manifest
     assert manifest["model"]["architecture"]["name"] == "lresnet50e-ir"
-    assert manifest["model"]["weights"] == "demo" and "DEMO WEIGHTS" in manifest["model"]["label"]
+    assert manifest["model"]["weights"] == "seeded" and "SEEDED WEIGHTS" in manifest["model"]["label"]
     assert manifest["contract"]["feature_shape"] == [512, 7, 6]
     assert result.parity["passed"]
     with Recognizer.open(result.bundle) as recognizer:
@@ -25,16 +53,27 @@ def test_default_lresnet50e_ir_bundle(tmp_path):
 
 
 def test_demo_command_runs_end_to_end(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--architecture", "lresnet10e-ir"]) == 0
+    out, timing = tmp_path / "demo", tmp_path / "timing"
+    command = ["demo", "--out", str(out), "--bench-work", str(timing), "--bench-architecture", "lresnet10e-ir",
+               "--eval-pairs", "200"]
+    assert main(command) == 0
     printed = capsys.readouterr().out
-    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "pytorch-eager-fp32", "onnxruntime-fp32",
-                 "onnxruntime-int8", "fp16: cosine min", "int8: cosine min"):
+    for step in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]", "pytorch-eager-fp32", "onnxruntime-fp32",
+                 "onnxruntime-int8", "fp16: cosine min", "int8: cosine min", "| onnxruntime int8 | occluded | on |"):
         assert step in printed
     assert "FAIL" not in printed
-    assert main(["demo", "--out", str(out), "--architecture", "lresnet10e-ir"]) == 0, "rerun must replace"
+    rows = {line.split("|")[1].strip() + "/" + line.split("|")[3].strip(): float(line.split("|")[4].split("%")[0])
+            for line in printed.splitlines() if line.strip().startswith("| ") and "%" in line}
+    for model in ("pytorch fp32", "onnxruntime fp32", "onnxruntime fp16", "onnxruntime int8"):
+        assert rows[f"{model}/on"] > rows[f"{model}/off"], f"{model}: FDM lifts occluded accuracy"
+    timing_stamp = (timing / "manifest.json").stat().st_mtime_ns
+    prepare_demo_bundle(out, progress=False)
+    prepare_timing_bundle(timing, "lresnet10e-ir", reuse=True, progress=False)
+    assert (timing / "manifest.json").stat().st_mtime_ns == timing_stamp, "a rerun reuses the timing bundle"
 
 
-def test_demo_refuses_to_replace_a_non_demo_bundle(tiny_bundle, capsys):
+def test_demo_refuses_to_replace_other_bundles(tiny_bundle, tmp_path, capsys):
     assert main(["demo", "--out", str(tiny_bundle)]) == 2
     assert "something other than the demo bundle" in capsys.readouterr().err
+    assert main(["bench", "--work", str(tiny_bundle), "--no-sweep"]) == 2
+    assert "something other than a timing bundle" in capsys.readouterr().err

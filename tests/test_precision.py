@@ -73,6 +73,8 @@ def test_int8_variant_is_tensorrt_style_qdq(quantized):
     for node in conv_weight_dq:
         scale = initializers[node.input[1]]
         assert scale.ndim == 1 and scale.size > 1, "per-channel weight scales"
+    assert max(np.abs(initializers[n.input[0]].astype(int)).max() for n in conv_weight_dq) <= 64, \
+        "7-bit weights by default"
     protected = [n for n in nodes if n.op_type in (FDM_OP, "Gemm")]
     producers = {o: n for n in nodes for o in n.output}
     for node in protected:
@@ -95,7 +97,7 @@ def test_variants_run_on_cpu_backends(quantized, backend, precision):
 def test_manifest_records_variants_with_their_figures(quantized):
     manifest = read_manifest(quantized)
     int8 = manifest["variants"]["int8"]
-    assert int8["file"] == "model.int8.onnx" and int8["method"] == "minmax"
+    assert int8["file"] == "model.int8.onnx" and int8["method"] == "minmax" and int8["weight_bits"] == 7
     assert int8["calibration"]["synthetic"] and int8["calibration"]["samples"] == 32
     assert int8["parity"]["against"] == "fp32-onnx" and int8["parity"]["holdout"]["samples"] == 16
     assert int8["calibration"]["cache"] in manifest["files"]
@@ -124,6 +126,16 @@ def test_calibration_cache_is_reused_for_the_same_data_only(tiny_bundle, tmp_pat
     assert first["calibration"]["cache"] == again["calibration"]["cache"] != other["calibration"]["cache"]
 
 
+def test_eight_bit_weights_use_the_full_range(tiny_bundle, tmp_path):
+    bundle = _copy(tiny_bundle, tmp_path)
+    entry = add_variant(VariantRequest(bundle, "int8", calib="synthetic", method="minmax", samples=16, holdout=8,
+                                       weight_bits=8, gates=LENIENT_GATES, progress=False))
+    model = onnx.load(str(bundle / "model.int8.onnx"))
+    weights = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer]
+    assert entry["weight_bits"] == 8
+    assert max(np.abs(w.astype(int)).max() for w in weights if w.dtype == np.int8) == 127
+
+
 def test_failed_gate_leaves_the_bundle_exactly_as_it_was(tiny_bundle, tmp_path):
     bundle = _copy(tiny_bundle, tmp_path)
     before = _snapshot(bundle)
@@ -142,6 +154,7 @@ def test_failed_gate_leaves_the_bundle_exactly_as_it_was(tiny_bundle, tmp_path):
         ({"precision": "int8"}, ValueError, "--calib is required for int8"),
         ({"precision": "int4"}, ValueError, "--precision 'int4'"),
         ({"precision": "int8", "calib": "synthetic", "method": "kl"}, ValueError, "--method 'kl'"),
+        ({"precision": "int8", "calib": "synthetic", "weight_bits": 6}, ValueError, "--weight-bits 6"),
         ({"precision": "fp16", "pairs": Path("p.txt")}, ValueError, "--pairs and --pairs-root go together"),
     ],
 )
