@@ -13,6 +13,12 @@ once (``QueueFullError``); a request still queued when its deadline passes fails
 ``DeadlineExceededError`` and is never run; a request whose future was cancelled is skipped.
 ``close()`` runs everything already accepted, then stops; every accepted request is answered
 exactly once. An exception from the backend fails that batch's futures and the worker goes on.
+
+With ``pipelined``, ``run_batch`` only starts a batch (e.g. queues its copies and engine run on
+GPU streams) and returns a call that waits for its embeddings. The worker then keeps two batches
+in flight: while one computes, a batch the queue already makes (by the rules above, without
+waiting for the delay) is started, so its input copies overlap the first one's compute. When
+the queue makes none, the worker answers the batch in flight first.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -79,16 +86,18 @@ class BatcherStats:
 
 
 class DynamicBatcher:
-    """Collects requests into batches for ``run_batch(images, occlusion) -> embeddings``."""
+    """Collects requests into batches for ``run_batch(images, occlusion) -> embeddings``, or with
+    ``pipelined`` for ``run_batch(images, occlusion) -> (call that waits and returns embeddings)``."""
 
     def __init__(
         self,
-        run_batch: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        run_batch: Callable[[np.ndarray, np.ndarray], Any],
         max_batch: int,
         max_delay_ms: float = 2.0,
         queue_size: int | None = None,
         preferred_batches: Sequence[int] = (),
         name: str = "pdsn-batcher",
+        pipelined: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -104,6 +113,7 @@ class DynamicBatcher:
         self.queue_size = queue_size
         self.preferred_batches = frozenset(b for b in preferred_batches if 1 <= b <= max_batch)
         self._run_batch = run_batch
+        self._in_flight_limit = 2 if pipelined else 1
         self._pending: deque[_Request] = deque()
         self._queued_faces = 0
         self._closing = False
@@ -183,16 +193,27 @@ class DynamicBatcher:
         )
 
     def _serve(self) -> None:
+        in_flight: deque[_Started] = deque()
         while True:
-            batch = self._collect()
+            batch = self._collect(block=not in_flight)
             if batch is None:
-                return
-            if batch:
-                self._execute(batch)
+                break
+            started = self._start(batch) if batch else None
+            if started is not None:
+                in_flight.append(started)
+            elif in_flight:  # nothing to start now: answer the batch in flight first
+                self._finish(in_flight.popleft())
+            while len(in_flight) >= self._in_flight_limit:
+                self._finish(in_flight.popleft())
+        while in_flight:
+            self._finish(in_flight.popleft())
 
-    def _collect(self) -> list[_Request] | None:
-        """The next batch to run ([] when everything taken had expired), or None once closed and drained."""
+    def _collect(self, block: bool = True) -> list[_Request] | None:
+        """The next batch to run, or None once closed and drained. [] when everything taken had
+        expired, or, without ``block``, when the queue does not make a batch to start right now."""
         with self._lock:
+            if not block and not self._pending:
+                return None if self._closing else []
             while not self._pending and not self._closing:
                 self._arrived.wait()
             if not self._pending:
@@ -201,6 +222,8 @@ class DynamicBatcher:
             # callers answered by that batch can rejoin: closed-loop clients then share one batch
             # instead of settling into groups that take turns.
             dispatch_at = max(self._pending[0].enqueued, self._last_done) + self.max_delay_s
+            if not block and not (self._closing or self._ready() or time.perf_counter() >= dispatch_at):
+                return []
             while not self._closing and not self._ready():
                 remaining = dispatch_at - time.perf_counter()
                 if remaining <= 0:
@@ -238,32 +261,56 @@ class DynamicBatcher:
                 self._queue_wait.append(1000 * (now - request.enqueued))
         return batch
 
-    def _execute(self, batch: list[_Request]) -> None:
+    def _start(self, batch: list[_Request]) -> "_Started | None":
+        """Hand the batch to the backend; a backend that fails to start it fails its futures."""
         images = batch[0].images if len(batch) == 1 else np.concatenate([r.images for r in batch])
         occlusion = batch[0].occlusion if len(batch) == 1 else np.concatenate([r.occlusion for r in batch])
         start = time.perf_counter()
         try:
-            embeddings = self._run_batch(images, occlusion)
+            outcome = self._run_batch(images, occlusion)
         except BaseException as exc:  # noqa: BLE001 - each caller gets the failure; the worker serves on
-            with self._lock:
-                self._counts["failed"] += len(batch)
-                self._counts["batches"] += 1
-                self._batch_sizes[len(images)] += 1
-            for request in batch:
-                request.future.set_exception(exc)
+            self._fail(batch, len(images), exc)
+            return None
+        return _Started(batch, len(images), start, outcome, waits=self._in_flight_limit > 1)
+
+    def _finish(self, started: "_Started") -> None:
+        batch = started.batch
+        try:
+            embeddings = started.outcome() if started.waits else started.outcome
+        except BaseException as exc:  # noqa: BLE001 - as in _start
+            self._fail(batch, started.faces, exc)
             return
         done = time.perf_counter()
-        elapsed = 1000 * (done - start)
+        elapsed = 1000 * (done - started.at)
         with self._lock:
             self._last_done = done
             self._counts["completed"] += len(batch)
             self._counts["batches"] += 1
-            self._batch_sizes[len(images)] += 1
+            self._batch_sizes[started.faces] += 1
             self._compute.extend([elapsed] * len(batch))
         offset = 0
         for request in batch:
             request.future.set_result(embeddings[offset] if request.single else embeddings[offset:offset + request.size])
             offset += request.size
+
+    def _fail(self, batch: list[_Request], faces: int, exc: BaseException) -> None:
+        with self._lock:
+            self._counts["failed"] += len(batch)
+            self._counts["batches"] += 1
+            self._batch_sizes[faces] += 1
+        for request in batch:
+            request.future.set_exception(exc)
+
+
+@dataclass(eq=False)
+class _Started:
+    """A batch handed to the backend: its embeddings, or with ``waits`` the call that waits for them."""
+
+    batch: list[_Request]
+    faces: int
+    at: float
+    outcome: Any
+    waits: bool
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:

@@ -112,7 +112,8 @@ class Recognizer:
         engine = create_backend(
             backend, str(model_path), loaded.dictionary, loaded.contract, device=device, **backend_options,
         )
-        batcher = DynamicBatcher(engine.infer, max_batch, max_delay_ms, queue_size, engine.preferred_batch_sizes)
+        batcher = DynamicBatcher(engine.start if engine.pipelined else engine.infer, max_batch, max_delay_ms,
+                                 queue_size, engine.preferred_batch_sizes, pipelined=engine.pipelined)
         return cls(loaded, engine, precision, batcher)
 
     @property

@@ -205,6 +205,66 @@ def test_the_delay_waits_for_company_but_a_preferred_size_goes_at_once():
     eager.close()
 
 
+class PipelinedEngine:
+    """A GPU-like backend: ``start`` queues a batch (each runs 30 ms on a worker thread) and returns
+    the call that waits for it; the log shows which batches were in flight together."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, int]] = []
+        self.lock = threading.Lock()
+        self.gate = threading.Event()
+
+    def start(self, images: np.ndarray, occlusion: np.ndarray):
+        self.gate.wait(5)
+        first = int(images[0].flat[0])
+        if first == -1:
+            raise RuntimeError("could not queue this batch")
+        result: dict[str, np.ndarray] = {}
+
+        def compute() -> None:
+            time.sleep(0.03)
+            result["out"] = np.repeat(images.reshape(len(images), -1)[:, :1].astype(np.float32), 4, axis=1)
+
+        worker = threading.Thread(target=compute)
+        with self.lock:
+            self.log.append(("start", first))
+        worker.start()
+
+        def wait() -> np.ndarray:
+            worker.join()
+            with self.lock:
+                self.log.append(("wait", first))
+            if first == -2:
+                raise RuntimeError("this batch failed on the device")
+            return result["out"]
+
+        return wait
+
+
+def test_a_pipelined_backend_starts_the_next_batch_while_one_computes():
+    engine = PipelinedEngine()
+    batcher = DynamicBatcher(engine.start, max_batch=2, max_delay_ms=0, pipelined=True)
+    futures = [submit(batcher, k) for k in (1, 2, 3, 4, 5, 6)]  # three full batches, queued while
+    engine.gate.set()                                              # the first one is being started
+    assert [float(f.result(5)[0]) for f in futures] == [1, 2, 3, 4, 5, 6]
+    assert engine.log == [("start", 1), ("start", 3), ("wait", 1), ("start", 5), ("wait", 3), ("wait", 5)]
+    engine.log.clear()
+    assert float(submit(batcher, 7).result(5)[0]) == 7, "alone, a batch is answered without waiting for company"
+    assert engine.log == [("start", 7), ("wait", 7)]
+    failing_start, failing_wait, fine = (batcher.submit(np.full((2, 2, 2, 3), k, np.int64), np.zeros((2, 25), np.float32))
+                                         for k in (-1, -2, 8))
+    with pytest.raises(RuntimeError, match="could not queue"):
+        failing_start.result(5)
+    with pytest.raises(RuntimeError, match="failed on the device"):
+        failing_wait.result(5)
+    assert fine.result(5).shape == (2, 4)
+    last = [submit(batcher, k) for k in (9, 10, 11)]
+    batcher.close(timeout=5)
+    assert [float(f.result(0)[0]) for f in last] == [9, 10, 11], "close answers the batches in flight"
+    stats = batcher.stats()
+    assert stats.completed == 11 and stats.failed == 2 and stats.requests == 13
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"max_batch": 0}, "max_batch must be >= 1"), ({"max_batch": 4, "max_delay_ms": -1}, "max_delay_ms"),

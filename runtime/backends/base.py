@@ -19,6 +19,10 @@ class Backend(ABC):
     # Batch sizes this backend runs fastest (e.g. CUDA-graph buckets); the batcher dispatches early
     # when the queue makes exactly one of them. Empty: no preference.
     preferred_batch_sizes: tuple[int, ...] = ()
+    # A pipelined backend also has ``start(images, occlusion) -> call that waits for the
+    # embeddings``, returning before the batch is done (GPU streams): the batcher then starts the
+    # next batch, and its input copies, while this one computes.
+    pipelined: bool = False
 
     @abstractmethod
     def infer(self, images: np.ndarray, occlusion: np.ndarray) -> np.ndarray:

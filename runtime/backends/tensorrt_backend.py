@@ -4,8 +4,11 @@ At load: the engine is checked against what is installed (flavour, version, GPU)
 deserialized; device buffers are allocated once for the profile's largest batch, with pinned host
 buffers beside them; the dictionary is uploaded once and bound with ``set_tensor_address`` for
 every call. Per call: the uint8 images (4x smaller than float) and the occlusion rows are copied
-in on one stream, the engine runs on a second, and the embeddings are copied back on the first,
-with events ordering the two. The engine runs as a CUDA graph per batch bucket (powers of two
+in on an upload stream (the application's, when it hands one over), the engine runs on a compute
+stream, and the embeddings are copied back on a download stream, with events ordering the three.
+Two slots (execution context, buffers, graphs each) alternate, and ``start`` returns once a batch
+is queued, so the batcher starts the next batch while this one computes: its uploads do not queue
+behind this batch's download, which waits for the compute. The engine runs as a CUDA graph per batch bucket (powers of two
 within the profile), captured after one warm-up enqueue; a bucket whose capture fails runs with
 ``execute_async_v3`` instead. A batch is padded up to its bucket; the padded rows are never read.
 """
@@ -53,12 +56,15 @@ class _Slot:
             self.context.set_tensor_address(DICTIONARY_INPUT, dictionary_ptr)
         self.inputs_ready = resources.own(cuda.Event())
         self.computed = resources.own(cuda.Event())
+        self.downloaded = resources.own(cuda.Event())
         self.graphs: dict[int, cuda.CudaGraph | None] = {}
         self.shape_set: int | None = None
 
 
 class TensorRTBackend(Backend):
     """Runs a bundle's TensorRT or TensorRT-RTX engine; see the module docstring for the data path."""
+
+    pipelined = True
 
     def __init__(
         self,
@@ -103,14 +109,15 @@ class TensorRTBackend(Backend):
         self.min_batch, self.max_batch = profile["min"], profile["max"]
         self.preferred_batch_sizes = tuple(b for b in _powers_of_two(self.max_batch) if b >= self.min_batch)
         self._use_graphs = cuda_graphs
-        self._copies = self._resources.own(cuda.Stream(_stream_handle(cuda_stream)))
+        self._uploads = self._resources.own(cuda.Stream(_stream_handle(cuda_stream)))
         self._compute = self._resources.own(cuda.Stream())
+        self._downloads = self._resources.own(cuda.Stream())
         dictionary_ptr = None
         if contract.dictionary_binding == "input":
             flat = np.ascontiguousarray(dictionary, dtype=np.float32)
             self._dictionary = self._resources.own(cuda.DeviceBuffer(flat.nbytes))
-            self._copies.copy_to_device(self._dictionary.ptr, flat.ctypes.data, flat.nbytes)
-            self._copies.synchronize()
+            self._uploads.copy_to_device(self._dictionary.ptr, flat.ctypes.data, flat.nbytes)
+            self._uploads.synchronize()
             dictionary_ptr = self._dictionary.ptr
         output_size = int(self._engine.get_tensor_shape(EMBEDDING_OUTPUT)[-1])
         self._slots = [_Slot(self._engine, self._resources, contract, self.max_batch, dictionary_ptr, output_size)
@@ -119,8 +126,21 @@ class TensorRTBackend(Backend):
         self._contract = contract
 
     def infer(self, images: np.ndarray, occlusion: np.ndarray) -> np.ndarray:
+        return self.start(images, occlusion)()
+
+    def start(self, images: np.ndarray, occlusion: np.ndarray) -> Callable[[], np.ndarray]:
+        """Queue one batch on the next slot; the returned call waits for it and returns the embeddings.
+
+        The slot is reused two batches later: by then the caller has waited for this one."""
         with self._current_context():
-            return self._run(images, occlusion)()
+            slot, count = self._queue(images, occlusion)
+
+        def wait() -> np.ndarray:
+            with self._current_context():
+                slot.downloaded.synchronize()
+            return slot.output.array[:count].copy()
+
+        return wait
 
     def direct_call(self, images: np.ndarray, occlusion: np.ndarray) -> Callable[[], object]:
         return lambda: self.infer(images, occlusion)
@@ -145,8 +165,7 @@ class TensorRTBackend(Backend):
             self._runtime = None
             self._resources.close()
 
-    def _run(self, images: np.ndarray, occlusion: np.ndarray) -> Callable[[], np.ndarray]:
-        """Queue one batch on the next slot; the returned call waits for it and returns the embeddings."""
+    def _queue(self, images: np.ndarray, occlusion: np.ndarray) -> tuple[_Slot, int]:
         count = len(images)
         if not self.min_batch <= count <= self.max_batch:
             raise ValueError(
@@ -156,25 +175,21 @@ class TensorRTBackend(Backend):
             )
         slot = self._slots[self._next]
         self._next = 1 - self._next
-        slot.computed.synchronize()
+        slot.downloaded.synchronize()  # the slot's last batch is done with its pinned buffers
         bucket = next(b for b in self.preferred_batch_sizes if b >= count)
         slot.images.array[:count] = images
         slot.occlusion.array[:count] = occlusion
-        self._copies.copy_to_device(slot.device[IMAGE_INPUT].ptr, slot.images.ptr, images.nbytes)
-        self._copies.copy_to_device(slot.device[OCCLUSION_INPUT].ptr, slot.occlusion.ptr, occlusion.nbytes)
-        slot.inputs_ready.record(self._copies)
+        self._uploads.copy_to_device(slot.device[IMAGE_INPUT].ptr, slot.images.ptr, images.nbytes)
+        self._uploads.copy_to_device(slot.device[OCCLUSION_INPUT].ptr, slot.occlusion.ptr, occlusion.nbytes)
+        slot.inputs_ready.record(self._uploads)
         slot.inputs_ready.make_wait(self._compute)
         self._execute(slot, bucket)
         slot.computed.record(self._compute)
-        slot.computed.make_wait(self._copies)
+        slot.computed.make_wait(self._downloads)
         nbytes = count * slot.output.array.shape[1] * 4
-        self._copies.copy_to_host(slot.output.ptr, slot.device[EMBEDDING_OUTPUT].ptr, nbytes)
-
-        def wait() -> np.ndarray:
-            self._copies.synchronize()
-            return slot.output.array[:count].copy()
-
-        return wait
+        self._downloads.copy_to_host(slot.output.ptr, slot.device[EMBEDDING_OUTPUT].ptr, nbytes)
+        slot.downloaded.record(self._downloads)
+        return slot, count
 
     def _execute(self, slot: _Slot, bucket: int) -> None:
         if slot.shape_set != bucket:
