@@ -71,9 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     quantize.add_argument("--precision", choices=("int8", "fp16"), default="int8")
     quantize.add_argument("--calib", help="folder or list file of aligned 112x96 crops, or 'synthetic'")
     quantize.add_argument("--method", default="entropy", help="entropy | minmax | percentile (int8)")
-    quantize.add_argument("--weight-bits", type=int, choices=(7, 8), default=7,
-                          help="int8 weight range: 7 (default) is safe on x86 CPUs without VNNI, whose 16-bit "
-                               "multiply-adds 8-bit weights can overflow; 8 for GPUs and VNNI CPUs only")
+    quantize.add_argument("--quantizer", choices=("onnxruntime", "modelopt"), default="onnxruntime",
+                          help="int8 Q/DQ placement: onnxruntime (default) or NVIDIA ModelOpt (TensorRT's rules; "
+                               "installed separately)")
+    quantize.add_argument("--weight-bits", type=int, choices=(7, 8),
+                          help="int8 weight range: 7 (default with onnxruntime) is safe on x86 CPUs without VNNI, "
+                               "whose 16-bit multiply-adds 8-bit weights can overflow; 8 for GPUs and VNNI CPUs "
+                               "(and always with modelopt)")
     quantize.add_argument("--samples", type=int, default=512, help="calibration images (default 512)")
     quantize.add_argument("--holdout", type=int, default=64, help="held-out faces for the gate (default 64)")
     quantize.add_argument("--seed", type=int, default=0)
@@ -256,7 +260,7 @@ def _quantize(args: argparse.Namespace) -> int:
         gate = PrecisionGate(args.min_cosine, args.mean_cosine, args.p1_cosine)
     entry = add_variant(VariantRequest(
         bundle=args.bundle, precision=args.precision, calib=args.calib, method=args.method,
-        weight_bits=args.weight_bits, samples=args.samples, holdout=args.holdout, seed=args.seed, gates={args.precision: gate},
+        quantizer=args.quantizer, weight_bits=args.weight_bits, samples=args.samples, holdout=args.holdout, seed=args.seed, gates={args.precision: gate},
         pairs=args.pairs, pairs_root=args.pairs_root,
     ))
     parity = entry["parity"]

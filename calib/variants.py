@@ -23,6 +23,7 @@ from pdsn.model.bundle_format import ModelContract, read_manifest, verify_files,
 from pdsn.model.protocols import read_lfw_pairs
 
 VARIANT_FILES = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+QUANTIZERS = ("onnxruntime", "modelopt")
 
 
 class VariantRejected(RuntimeError):
@@ -35,7 +36,8 @@ class VariantRequest:
     precision: str
     calib: str | Path | None = None
     method: str = "entropy"
-    weight_bits: int = 7
+    quantizer: str = "onnxruntime"
+    weight_bits: int | None = None  # None: 7 with onnxruntime (calib.int8), 8 with modelopt
     samples: int = 512
     holdout: int = 64
     seed: int = 0
@@ -58,6 +60,12 @@ def add_variant(request: VariantRequest) -> dict:
             "--calib is required for int8: a folder or list file of aligned 112x96 face crops, or "
             "'synthetic' for the project's synthetic faces"
         )
+    if request.quantizer not in QUANTIZERS:
+        raise ValueError(f"--quantizer {request.quantizer!r} is not one of {QUANTIZERS}")
+    if request.quantizer == "modelopt" and request.precision != "int8":
+        raise ValueError(f"--quantizer modelopt makes int8 variants; {request.precision} is made by onnxruntime's converter")
+    if request.quantizer == "modelopt" and request.weight_bits not in (None, 8):
+        raise ValueError(f"--quantizer modelopt quantizes weights to 8 bits, got --weight-bits {request.weight_bits}")
     if (request.pairs is None) != (request.pairs_root is None):
         raise ValueError("--pairs and --pairs-root go together (the pairs file and its image folder)")
     manifest = read_manifest(bundle)
@@ -139,6 +147,10 @@ def _make(request, fp32_path, fp32_hash, out_path, calibration, dictionary, cont
 
         make_fp16(fp32_path, out_path)
         return {"converter": "onnxruntime.transformers.float16"}, None
+    if request.quantizer == "modelopt":
+        from pdsn.calib.modelopt_int8 import make_int8_modelopt
+
+        return make_int8_modelopt(fp32_path, out_path, calibration, dictionary, contract, request.method), None
     from pdsn.calib.int8 import make_int8
 
     cache = f"calibration/int8-{request.method}-{calibration.fingerprint[:16]}-{fp32_hash[:12]}.json"
@@ -147,7 +159,7 @@ def _make(request, fp32_path, fp32_hash, out_path, calibration, dictionary, cont
     if (request.bundle / cache).is_file():
         shutil.copy2(request.bundle / cache, staged_cache)
     made = make_int8(fp32_path, out_path, calibration, dictionary, contract, request.method,
-                     staged_cache, request.progress, request.weight_bits)
+                     staged_cache, request.progress, 7 if request.weight_bits is None else request.weight_bits)
     return made, cache
 
 

@@ -155,6 +155,12 @@ def test_failed_gate_leaves_the_bundle_exactly_as_it_was(tiny_bundle, tmp_path):
         ({"precision": "int4"}, ValueError, "--precision 'int4'"),
         ({"precision": "int8", "calib": "synthetic", "method": "kl"}, ValueError, "--method 'kl'"),
         ({"precision": "int8", "calib": "synthetic", "weight_bits": 6}, ValueError, "--weight-bits 6"),
+        ({"precision": "int8", "calib": "synthetic", "quantizer": "tensorrt"}, ValueError, "--quantizer 'tensorrt'"),
+        ({"precision": "fp16", "quantizer": "modelopt"}, ValueError, "modelopt makes int8 variants"),
+        ({"precision": "int8", "calib": "synthetic", "quantizer": "modelopt", "weight_bits": 7}, ValueError,
+         "modelopt quantizes weights to 8 bits"),
+        ({"precision": "int8", "calib": "synthetic", "quantizer": "modelopt", "method": "percentile"}, ValueError,
+         "not available with --quantizer modelopt"),
         ({"precision": "fp16", "pairs": Path("p.txt")}, ValueError, "--pairs and --pairs-root go together"),
     ],
 )
