@@ -104,6 +104,7 @@ def run_demo(out: Path, timing_work: Path, timing_architecture: str, eval_pairs:
         info = recognizer.backend_info
         print(f"\n[3/6] runtime: {info['backend']} {info['version']} on {info['device']}, precision "
               f"'auto' chose {recognizer.precision} (the runtime never imports torch)")
+        _verify_every_backend(out)
         _show_verification(recognizer)
 
     print(f"\n[5/6] verification accuracy on {eval_pairs} synthetic pairs of identities the model "
@@ -125,6 +126,17 @@ def run_demo(out: Path, timing_work: Path, timing_architecture: str, eval_pairs:
           "--dictionary DIR --out B`, `pdsn quantize --bundle B --calib FACES`, `pdsn verify --bundle B`, "
           "`pdsn bench --bundle B`.")
     return 0
+
+
+def _verify_every_backend(bundle: Path) -> None:
+    """`pdsn verify`: every variant on every backend installed here, against ONNX Runtime FP32."""
+    from pdsn.verify import format_verification, verify_bundle
+
+    result = verify_bundle(bundle)
+    print("      `pdsn verify`: every variant on every backend here against ONNX Runtime FP32, 32 held-out faces:")
+    print(_indent(format_verification(result), 6))
+    if not result["passed"]:
+        raise RuntimeError(f"a variant of {bundle} missed its gate on a backend (table above); the demo stops here")
 
 
 def _show_verification(recognizer) -> None:

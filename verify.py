@@ -44,10 +44,14 @@ def verify_bundle(bundle: Path, holdout_source: str = SYNTHETIC, holdout: int = 
     return {"rows": rows, "skipped": skipped, "passed": all(r["passed"] for r in rows.values())}
 
 
+def format_verification(result: dict) -> str:
+    """The parity table of every variant on every backend, then the backends not checked and why."""
+    skipped = [f"  {backend}: not checked ({reason})" for backend, reason in result["skipped"].items()]
+    return "\n".join([format_variant_table(result["rows"]), *skipped])
+
+
 def print_and_save(result: dict, report: Path | None) -> None:
-    print(format_variant_table(result["rows"]))
-    for backend, reason in result["skipped"].items():
-        print(f"  {backend}: not checked ({reason})")
+    print(format_verification(result))
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(result, indent=2) + "\n")

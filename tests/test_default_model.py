@@ -59,7 +59,8 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys):
     assert main(command) == 0
     printed = capsys.readouterr().out
     for step in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]", "pytorch-eager-fp32", "onnxruntime-fp32",
-                 "onnxruntime-int8", "fp16: cosine min", "int8: cosine min", "| onnxruntime int8 | occluded | on |"):
+                 "onnxruntime-int8", "fp16: cosine min", "int8: cosine min", "`pdsn verify`", "int8 on onnxruntime",
+                 "| onnxruntime int8 | occluded | on |"):
         assert step in printed
     assert "FAIL" not in printed
     rows = {line.split("|")[1].strip() + "/" + line.split("|")[3].strip(): float(line.split("|")[4].split("%")[0])
