@@ -10,7 +10,8 @@ with its hash; a failed build leaves the bundle as it was. Flavour differences l
 ``fdm_impl="plugin"`` first rewrites the variant (:mod:`pdsn.export.fdm_plugin_graph`) so that the
 FDM step is the fused kernel; that engine takes the packed dictionary as its input, which its
 entry's ``inputs`` records. The inlined standard-op body stays the default until the plugin is
-measured faster on a GPU.
+measured faster on a GPU. A TensorRT-RTX build for Turing (7.5) parses the variant's Turing
+rewrite (:mod:`pdsn.export.turing_graph`), once it passed its parity check.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pdsn.export.tensorrt_flavour import BuildTargets, Flavour, load_flavour, report_to_stderr
+from pdsn.export.turing_graph import TURING
 from pdsn.model.bundle_format import read_manifest, sha256_file, verify_files, write_manifest
 
 if TYPE_CHECKING:
@@ -88,6 +90,7 @@ class _Compiled:
     seconds: float
     timing_cache: bytes | None  # what to store for the next build, where the flavour has one
     timing_cache_loaded: int
+    turing: dict | None  # the Turing rewrite's parity against the variant, when one was built
 
 
 def build_engine(request: EngineBuildRequest) -> dict:
@@ -122,6 +125,7 @@ def build_engine(request: EngineBuildRequest) -> dict:
                     "gate_passed": bool(variant.get("parity", {}).get("passed", False))},
         "profile": {"min": batch[0], "opt": batch[1], "max": batch[2]},
         "fdm_impl": request.fdm_impl,
+        "turing_fp16_gemms": compiled.turing,
         "inputs": compiled.inputs,
         "hardware_compatibility": request.targets.hardware_compatibility,
         "version_compatible": request.targets.version_compatible,
@@ -148,7 +152,9 @@ def _compile(
     logger = flavour.logger(request.verbose)
     builder = flavour.module.Builder(logger)
     network = builder.create_network(flavour.network_flags())
-    with _network_source(bundle / variant_file, request.fdm_impl) as source:
+    turing = TURING in request.targets.compute_capabilities
+    with _network_source(bundle / variant_file, request.fdm_impl, turing) as source:
+        turing_parity = _check_turing_rewrite(bundle, variant_file, source) if turing else None
         parser = _parse(flavour, network, logger, source)
     config = builder.create_builder_config()
     config.add_optimization_profile(_batch_profile(flavour, builder, network, batch))
@@ -168,7 +174,8 @@ def _compile(
         )
     cache = flavour.serialized_timing_cache(config) if flavour.has_timing_cache else None
     del parser
-    return _Compiled(plan, target, _input_shapes(network), time.perf_counter() - started, cache, cache_loaded)
+    return _Compiled(plan, target, _input_shapes(network), time.perf_counter() - started, cache, cache_loaded,
+                     turing_parity)
 
 
 def _timing_cache_file(flavour: Flavour) -> str:
@@ -188,21 +195,51 @@ def _variant(bundle: Path, manifest: dict, precision: str) -> dict:
 
 
 @contextlib.contextmanager
-def _network_source(variant: Path, fdm_impl: str) -> Iterator[Path]:
-    """The ONNX file to parse: the variant itself, or its plugin rewrite in a temporary folder."""
-    if fdm_impl == "native":
+def _network_source(variant: Path, fdm_impl: str, turing: bool) -> Iterator[Path]:
+    """The ONNX file to parse: the variant itself, or its plugin or Turing rewrite in a temporary folder."""
+    if fdm_impl == "native" and not turing:
         yield variant
         return
     import onnx
 
-    from pdsn.export.fdm_plugin_graph import plugin_model
-    from pdsn.kernels.fdm_plugin import register_fdm_plugin
+    if fdm_impl == "plugin":
+        from pdsn.export.fdm_plugin_graph import plugin_model as rewrite
+        from pdsn.kernels.fdm_plugin import register_fdm_plugin
 
-    register_fdm_plugin()
-    with tempfile.TemporaryDirectory(prefix="pdsn-fdm-plugin-") as folder:
+        register_fdm_plugin()
+    else:
+        from pdsn.export.turing_graph import turing_model as rewrite
+    with tempfile.TemporaryDirectory(prefix="pdsn-build-") as folder:
         rewritten = Path(folder) / variant.name
-        onnx.save(plugin_model(onnx.load(str(variant))), str(rewritten))
+        onnx.save(rewrite(onnx.load(str(variant))), str(rewritten))
         yield rewritten
+
+
+def _check_turing_rewrite(bundle: Path, variant_file: str, rewritten: Path) -> dict:
+    """The Turing rewrite against its variant on held-out synthetic faces (ONNX Runtime, FP16 gate)."""
+    import numpy as np
+
+    from pdsn.calib.data import SYNTHETIC, load_face_sets
+    from pdsn.calib.gates import DEFAULT_GATES, format_variant_table, variant_parity
+    from pdsn.export.parity import onnx_session, run_onnx
+    from pdsn.model.bundle_format import ModelContract
+
+    manifest = read_manifest(bundle)
+    contract = ModelContract.from_dict(manifest["contract"])
+    dictionary = np.load(bundle / manifest["dictionary"]["file"], allow_pickle=False)
+    _, faces = load_face_sets(SYNTHETIC, 0, 32, progress=False)
+    reference, candidate = onnx_session(str(bundle / variant_file)), onnx_session(str(rewritten))
+    report = variant_parity(lambda f, o: run_onnx(reference, f, o, dictionary, contract),
+                            lambda f, o: run_onnx(candidate, f, o, dictionary, contract), faces, DEFAULT_GATES["fp16"])
+    if not report["passed"]:
+        raise EngineBuildError(
+            f"the Turing rewrite of {variant_file} (FP16 GEMMs, since TensorRT-RTX has none in FP32 on "
+            f"Turing) missed the FP16 gate against it; no engine was built and bundle {bundle} is unchanged:\n"
+            + format_variant_table({"turing rewrite vs variant": report})
+        )
+    overall = report["overall"]
+    return {"against": variant_file, "gate": report["gate"], "cosine_min": overall["cosine_min"],
+            "max_abs_error": overall["max_abs_error"], "passed": True}
 
 
 def _parse(flavour: Flavour, network: trt.INetworkDefinition, logger: Any, path: Path) -> trt.OnnxParser:

@@ -118,14 +118,39 @@ def test_a_rebuild_replaces_the_engine_and_its_record(built, tmp_path):
     open_bundle(bundle, verify=True)
 
 
-def test_turing_build_failure_says_why_and_changes_nothing(rtx, quantized, tmp_path):
-    """RTX cannot compile the FDM body's FP32 MatMul for Turing: the builder's reason reaches the user."""
+def test_turing_builds_run_both_gemms_in_fp16_after_a_parity_check(rtx, quantized, tmp_path):
+    """RTX has no FP32 GEMM for Turing: the FDM count (exactly) and the head (gated) run in FP16."""
+    bundle = _copy(quantized, tmp_path)
+    for precision in ("fp32", "fp16", "int8"):
+        entry = build_engine(EngineBuildRequest(bundle, precision, flavour="tensorrt-rtx", batch=TINY_BATCH,
+                                                progress=None, targets=BuildTargets(compute_capabilities=("7.5",))))
+        assert entry["compute_capability"] == "sm75" and entry["file"].endswith(f"sm75-{precision}-b1-4-8.engine")
+        turing = entry["turing_fp16_gemms"]
+        assert turing["passed"] and turing["cosine_min"] >= 0.9995 and turing["gate"] == {"min_cosine": 0.9995}
+    portable = build_engine(EngineBuildRequest(bundle, "fp32", flavour="tensorrt-rtx", batch=TINY_BATCH, progress=None))
+    assert portable["turing_fp16_gemms"] is None
+    open_bundle(bundle, verify=True)
+
+
+def test_a_turing_rewrite_that_misses_its_gate_is_refused(rtx, quantized, tmp_path, monkeypatch):
+    from pdsn.export import turing_graph
+
+    rewrite = turing_graph.turing_model
+
+    def damaged(model):
+        rewritten = rewrite(model)
+        for initializer in rewritten.graph.initializer:
+            if initializer.name.endswith("weight_fp16"):
+                array = onnx.numpy_helper.to_array(initializer)
+                initializer.CopyFrom(onnx.numpy_helper.from_array(array[::-1].copy(), initializer.name))
+        return rewritten
+
+    monkeypatch.setattr(turing_graph, "turing_model", damaged)
     bundle = _copy(quantized, tmp_path)
     before = _snapshot(bundle)
-    request = EngineBuildRequest(bundle, "fp16", flavour="tensorrt-rtx", batch=TINY_BATCH, progress=None,
-                                 targets=BuildTargets(compute_capabilities=("7.5",)))
-    with pytest.raises(EngineBuildError, match=r"(?s)target sm75.*unchanged.*Turing \(SM75\)"):
-        build_engine(request)
+    with pytest.raises(EngineBuildError, match=r"(?s)Turing rewrite of model.onnx .* missed the FP16 gate.*unchanged"):
+        build_engine(EngineBuildRequest(bundle, "fp32", flavour="tensorrt-rtx", batch=TINY_BATCH, progress=None,
+                                        targets=BuildTargets(compute_capabilities=("7.5",))))
     assert _snapshot(bundle) == before
 
 
