@@ -86,9 +86,17 @@ def make_int8_modelopt(
     merged = _splice(model, trunk, quantized_trunk)
     onnx.save(merged, str(out_path))
     onnx.checker.check_model(str(out_path), full_check=True)
-    qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized_trunk.graph.node)
     return {"method": method, "quantizer": "modelopt", "quantizer_version": modelopt.__version__,
-            "weight_bits": 8, "cache_reused": False, "quantized_nodes": len(quantized_names), "qdq_nodes": qdq}
+            "weight_bits": 8, "cache_reused": False, "quantized_nodes": _int8_inputs(quantized_trunk),
+            "offered_nodes": len(quantized_names)}
+
+
+def _int8_inputs(model: onnx.ModelProto) -> int:
+    """How many compute nodes take an input through a DequantizeLinear: those ModelOpt quantized
+    (its placement rules may leave some of the nodes it was offered in FP32)."""
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return sum(1 for n in model.graph.node
+               if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and dequantized & set(n.input))
 
 
 def _splice(model: onnx.ModelProto, trunk: set[str], quantized: onnx.ModelProto) -> onnx.ModelProto:

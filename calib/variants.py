@@ -18,7 +18,7 @@ import numpy as np
 
 from pdsn.calib.data import SYNTHETIC, load_face_sets, read_crop
 from pdsn.calib.gates import DEFAULT_GATES, PrecisionGate, format_variant_table, pairs_accuracy_change, variant_parity
-from pdsn.export.parity import onnx_session, run_onnx
+from pdsn.export.parity import onnx_embedder
 from pdsn.model.bundle_format import ModelContract, read_manifest, verify_files, write_manifest
 from pdsn.model.protocols import read_lfw_pairs
 
@@ -89,8 +89,8 @@ def add_variant(request: VariantRequest) -> dict:
         variant_file = VARIANT_FILES[request.precision]
         made, cache = _make(request, bundle / fp32["file"], manifest["files"][fp32["file"]]["sha256"],
                             staging / variant_file, calibration, dictionary, contract, staging)
-        reference = _embedder(bundle / fp32["file"], dictionary, contract)
-        candidate = _embedder(staging / variant_file, dictionary, contract)
+        reference = onnx_embedder(bundle / fp32["file"], dictionary, contract)
+        candidate = onnx_embedder(staging / variant_file, dictionary, contract)
         gate = request.gates[request.precision]
         report = variant_parity(reference, candidate, holdout, gate)
         if pairs is not None:
@@ -161,9 +161,4 @@ def _make(request, fp32_path, fp32_hash, out_path, calibration, dictionary, cont
     made = make_int8(fp32_path, out_path, calibration, dictionary, contract, request.method,
                      staged_cache, request.progress, 7 if request.weight_bits is None else request.weight_bits)
     return made, cache
-
-
-def _embedder(path: Path, dictionary: np.ndarray, contract: ModelContract):
-    session = onnx_session(str(path))
-    return lambda faces, occlusion: run_onnx(session, faces, occlusion, dictionary, contract)
 

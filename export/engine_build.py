@@ -221,16 +221,15 @@ def _check_turing_rewrite(bundle: Path, variant_file: str, rewritten: Path) -> d
 
     from pdsn.calib.data import SYNTHETIC, load_face_sets
     from pdsn.calib.gates import DEFAULT_GATES, format_variant_table, variant_parity
-    from pdsn.export.parity import onnx_session, run_onnx
+    from pdsn.export.parity import onnx_embedder
     from pdsn.model.bundle_format import ModelContract
 
     manifest = read_manifest(bundle)
     contract = ModelContract.from_dict(manifest["contract"])
     dictionary = np.load(bundle / manifest["dictionary"]["file"], allow_pickle=False)
     _, faces = load_face_sets(SYNTHETIC, 0, 32, progress=False)
-    reference, candidate = onnx_session(str(bundle / variant_file)), onnx_session(str(rewritten))
-    report = variant_parity(lambda f, o: run_onnx(reference, f, o, dictionary, contract),
-                            lambda f, o: run_onnx(candidate, f, o, dictionary, contract), faces, DEFAULT_GATES["fp16"])
+    report = variant_parity(onnx_embedder(bundle / variant_file, dictionary, contract),
+                            onnx_embedder(rewritten, dictionary, contract), faces, DEFAULT_GATES["fp16"])
     if not report["passed"]:
         raise EngineBuildError(
             f"the Turing rewrite of {variant_file} (FP16 GEMMs, since TensorRT-RTX has none in FP32 on "

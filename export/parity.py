@@ -94,6 +94,12 @@ def run_onnx(
     ])
 
 
+def onnx_embedder(path, dictionary: np.ndarray, contract: ModelContract):
+    """``embed(faces, occlusion)`` over one ONNX file on ONNX Runtime's CPU provider."""
+    session = onnx_session(str(path))
+    return lambda faces, occlusion: run_onnx(session, faces, occlusion, dictionary, contract)
+
+
 def export_parity(
     model: LResNetIR,
     onnx_path: str,

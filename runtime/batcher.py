@@ -271,12 +271,13 @@ class DynamicBatcher:
         except BaseException as exc:  # noqa: BLE001 - each caller gets the failure; the worker serves on
             self._fail(batch, len(images), exc)
             return None
-        return _Started(batch, len(images), start, outcome, waits=self._in_flight_limit > 1)
+        wait = outcome if self._in_flight_limit > 1 else (lambda: outcome)
+        return _Started(batch, len(images), start, wait)
 
     def _finish(self, started: "_Started") -> None:
         batch = started.batch
         try:
-            embeddings = started.outcome() if started.waits else started.outcome
+            embeddings = started.wait()
         except BaseException as exc:  # noqa: BLE001 - as in _start
             self._fail(batch, started.faces, exc)
             return
@@ -304,13 +305,12 @@ class DynamicBatcher:
 
 @dataclass(eq=False)
 class _Started:
-    """A batch handed to the backend: its embeddings, or with ``waits`` the call that waits for them."""
+    """A batch handed to the backend, and the call that returns its embeddings."""
 
     batch: list[_Request]
     faces: int
     at: float
-    outcome: Any
-    waits: bool
+    wait: Callable[[], np.ndarray]
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:

@@ -49,6 +49,7 @@ def test_modelopt_int8_of_the_demo_model_meets_the_default_gate(tmp_path):
     quantized = [n for n in convs if n.input[1] in producers and producers[n.input[1]].op_type == "DequantizeLinear"]
     # ModelOpt's own placement rules leave some narrow convolutions in FP32 (here layer 1's).
     assert convs and len(quantized) >= 0.75 * len(convs), f"{len(quantized)} of {len(convs)} conv weights are Q/DQ"
+    assert len(quantized) <= entry["quantized_nodes"] <= entry["offered_nodes"], "the manifest counts what ModelOpt did"
     protected = [n for n in nodes if n.op_type in (FDM_OP, "Gemm")]
     assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for n in protected for i in n.input)
 
