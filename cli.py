@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pdsn.train.evaluate import EVAL_PAIRS
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
@@ -33,17 +31,29 @@ def _parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="checkpoint + dictionary -> verified ONNX bundle")
     export.add_argument("--checkpoint", type=Path, help="reference-format checkpoint (default: the trained demo model)")
-    export.add_argument("--dictionary", type=Path,
-                        help="mean_mask.txt directory, or .npy/.npz (required with --checkpoint; default: the demo model's)")
-    export.add_argument("--weights", choices=("demo", "seeded"), default="demo",
-                        help="without --checkpoint: the trained demo model, or seeded timing weights of --architecture")
+    export.add_argument(
+        "--dictionary",
+        type=Path,
+        help="mean_mask.txt directory, or .npy/.npz (required with --checkpoint; default: the demo model's)",
+    )
+    export.add_argument(
+        "--weights",
+        choices=("demo", "seeded"),
+        default="demo",
+        help="without --checkpoint: the trained demo model, or seeded timing weights of --architecture",
+    )
     export.add_argument("--out", type=Path, required=True, help="bundle directory to write")
-    export.add_argument("--architecture",
-                        help="lresnet50e-ir | lresnet10e-ir | lresnet-ir-tiny (default: inferred from the checkpoint)")
+    export.add_argument(
+        "--architecture", help="lresnet50e-ir | lresnet10e-ir | lresnet-ir-tiny (default: inferred from the checkpoint)"
+    )
     export.add_argument("--tau", type=float, default=0.25, help="fraction of each mask item discarded (default 0.25)")
     export.add_argument("--threshold", type=float, help="binarise by threshold instead of tau")
-    export.add_argument("--float-input", action="store_true", help="float32 NCHW normalised input instead of uint8 NHWC")
-    export.add_argument("--embed-dictionary", action="store_true", help="dictionary as an initializer, not a graph input")
+    export.add_argument(
+        "--float-input", action="store_true", help="float32 NCHW normalised input instead of uint8 NHWC"
+    )
+    export.add_argument(
+        "--embed-dictionary", action="store_true", help="dictionary as an initializer, not a graph input"
+    )
     export.add_argument("--l2-normalize", action="store_true", help="L2-normalise embeddings in the graph")
     export.add_argument("--opset", type=int, default=18)
     export.add_argument("--seed", type=int, default=0, help="seed of seeded weights and parity faces")
@@ -71,13 +81,20 @@ def _parser() -> argparse.ArgumentParser:
     quantize.add_argument("--precision", choices=("int8", "fp16"), default="int8")
     quantize.add_argument("--calib", help="folder or list file of aligned 112x96 crops, or 'synthetic'")
     quantize.add_argument("--method", default="entropy", help="entropy | minmax | percentile (int8)")
-    quantize.add_argument("--quantizer", choices=("onnxruntime", "modelopt"), default="onnxruntime",
-                          help="int8 Q/DQ placement: onnxruntime (default) or NVIDIA ModelOpt (TensorRT's rules; "
-                               "installed separately)")
-    quantize.add_argument("--weight-bits", type=int, choices=(7, 8),
-                          help="int8 weight range: 7 (default with onnxruntime) is safe on x86 CPUs without VNNI, "
-                               "whose 16-bit multiply-adds 8-bit weights can overflow; 8 for GPUs and VNNI CPUs "
-                               "(and always with modelopt)")
+    quantize.add_argument(
+        "--quantizer",
+        choices=("onnxruntime", "modelopt"),
+        default="onnxruntime",
+        help="int8 Q/DQ placement: onnxruntime (default) or NVIDIA ModelOpt (TensorRT's rules; installed separately)",
+    )
+    quantize.add_argument(
+        "--weight-bits",
+        type=int,
+        choices=(7, 8),
+        help="int8 weight range: 7 (default with onnxruntime) is safe on x86 CPUs without VNNI, "
+        "whose 16-bit multiply-adds 8-bit weights can overflow; 8 for GPUs and VNNI CPUs "
+        "(and always with modelopt)",
+    )
     quantize.add_argument("--samples", type=int, default=512, help="calibration images (default 512)")
     quantize.add_argument("--holdout", type=int, default=64, help="held-out faces for the gate (default 64)")
     quantize.add_argument("--seed", type=int, default=0)
@@ -90,19 +107,42 @@ def _parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build", help="compile a bundle's ONNX variant into a TensorRT engine")
     build.add_argument("--bundle", type=Path, required=True)
-    build.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
-                       help="which ONNX variant to build from (default fp32)")
-    build.add_argument("--flavour", choices=("auto", "tensorrt", "tensorrt-rtx"), default="auto",
-                       help="data-centre TensorRT or TensorRT-RTX (default: tensorrt if installed, else RTX)")
+    build.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="which ONNX variant to build from (default fp32)",
+    )
+    build.add_argument(
+        "--flavour",
+        choices=("auto", "tensorrt", "tensorrt-rtx"),
+        default="auto",
+        help="data-centre TensorRT or TensorRT-RTX (default: tensorrt if installed, else RTX)",
+    )
     build.add_argument("--batch", type=_numbers, default=(1, 16, 128), help="profile MIN,OPT,MAX (default 1,16,128)")
-    build.add_argument("--fdm-impl", choices=("native", "plugin"), default="native",
-                       help="FDM op as the inlined standard-op body or the fused plugin (default native)")
-    build.add_argument("--compute-capability", type=_names, default=(),
-                       help="TensorRT-RTX targets, e.g. 7.5 or 8.6,8.9 (default: portable, 8.0+)")
-    build.add_argument("--hardware-compatibility", choices=("none", "ampere-plus", "same-cc"), default="none",
-                       help="data-centre TensorRT: also run on other GPUs")
-    build.add_argument("--version-compatible", action="store_true",
-                       help="data-centre TensorRT: run on later runtimes of the same major version")
+    build.add_argument(
+        "--fdm-impl",
+        choices=("native", "plugin"),
+        default="native",
+        help="FDM op as the inlined standard-op body or the fused plugin (default native)",
+    )
+    build.add_argument(
+        "--compute-capability",
+        type=_names,
+        default=(),
+        help="TensorRT-RTX targets, e.g. 7.5 or 8.6,8.9 (default: portable, 8.0+)",
+    )
+    build.add_argument(
+        "--hardware-compatibility",
+        choices=("none", "ampere-plus", "same-cc"),
+        default="none",
+        help="data-centre TensorRT: also run on other GPUs",
+    )
+    build.add_argument(
+        "--version-compatible",
+        action="store_true",
+        help="data-centre TensorRT: run on later runtimes of the same major version",
+    )
     build.add_argument("--opt-level", type=int, help="builder optimization level 0-5 (default TensorRT's)")
     build.add_argument("--quiet", action="store_true", help="no build progress lines")
     build.set_defaults(run=_build)
@@ -115,8 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     verify.set_defaults(run=_verify)
 
     bench = commands.add_parser("bench", help="throughput and latency of every backend/precision/batch, side by side")
-    bench.add_argument("--bundle", type=Path,
-                       help="bundle to measure (default: seeded weights of --architecture, prepared in --work)")
+    bench.add_argument(
+        "--bundle", type=Path, help="bundle to measure (default: seeded weights of --architecture, prepared in --work)"
+    )
     bench.add_argument("--work", type=Path, default=Path("pdsn-bench-bundle"), help="where the timing bundle lives")
     bench.add_argument("--architecture", default="lresnet50e-ir", help="the timing bundle's architecture")
     bench.add_argument("--backends", type=_names, default=("onnxruntime", "openvino"))
@@ -124,10 +165,18 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--batches", type=_numbers, default=(1, 8, 32))
     bench.add_argument("--seconds", type=float, default=3.0, help="minimum measuring window per configuration")
     bench.add_argument("--no-reference", action="store_true", help="skip the PyTorch eager FP32 baseline")
-    bench.add_argument("--clients", type=_numbers, default=(1, 2, 4, 8, 16),
-                       help="concurrency sweep: closed-loop single-face clients (default 1,2,4,8,16)")
-    bench.add_argument("--delays", type=_delays, default=(0.0, 2.0, 10.0),
-                       help="concurrency sweep: the batcher's max_delay_ms values (default 0,2,10)")
+    bench.add_argument(
+        "--clients",
+        type=_numbers,
+        default=(1, 2, 4, 8, 16),
+        help="concurrency sweep: closed-loop single-face clients (default 1,2,4,8,16)",
+    )
+    bench.add_argument(
+        "--delays",
+        type=_delays,
+        default=(0.0, 2.0, 10.0),
+        help="concurrency sweep: the batcher's max_delay_ms values (default 0,2,10)",
+    )
     bench.add_argument("--max-batch", type=int, default=8, help="concurrency sweep: the batcher's max_batch")
     bench.add_argument("--sweep-seconds", type=float, default=5.0, help="measuring window per sweep point")
     bench.add_argument("--no-sweep", action="store_true", help="skip the concurrency sweep")
@@ -135,13 +184,23 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--name", default="cpu", help="file name stem of the results")
     bench.set_defaults(run=_bench)
 
+    from pdsn.train.evaluate import EVAL_PAIRS
+
     demo = commands.add_parser("demo", help="the main job on the embedded default model")
     demo.add_argument("--out", type=Path, default=Path("pdsn-demo-bundle"), help="where to write the demo bundle")
-    demo.add_argument("--bench-work", type=Path, default=Path("pdsn-bench-bundle"),
-                      help="the timing bundle of seeded weights, shared with `pdsn bench` (reused when present)")
+    demo.add_argument(
+        "--bench-work",
+        type=Path,
+        default=Path("pdsn-bench-bundle"),
+        help="the timing bundle of seeded weights, shared with `pdsn bench` (reused when present)",
+    )
     demo.add_argument("--bench-architecture", default="lresnet50e-ir", help="architecture timed (default %(default)s)")
-    demo.add_argument("--eval-pairs", type=int, default=EVAL_PAIRS,
-                      help="synthetic verification pairs, a multiple of 20 (default %(default)s)")
+    demo.add_argument(
+        "--eval-pairs",
+        type=int,
+        default=EVAL_PAIRS,
+        help="synthetic verification pairs, a multiple of 20 (default %(default)s)",
+    )
     demo.set_defaults(run=_demo)
 
     from pdsn.train.cli import add_training_commands
@@ -211,8 +270,10 @@ def _export(args: argparse.Namespace) -> int:
     )
     result = export_bundle(request)
     print(format_parity_table(result.parity))
-    print(f"wrote {result.bundle} ({result.manifest['model']['architecture']['name']}, "
-          f"weights: {result.manifest['model']['weights']})")
+    print(
+        f"wrote {result.bundle} ({result.manifest['model']['architecture']['name']}, "
+        f"weights: {result.manifest['model']['weights']})"
+    )
     return 0
 
 
@@ -242,8 +303,11 @@ def _compare(args: argparse.Namespace) -> int:
 
     with _open(args) as recognizer:
         result = recognizer.verify(
-            load_image(args.image_a), load_image(args.image_b),
-            args.occlusion_a, args.occlusion_b, threshold=args.threshold,
+            load_image(args.image_a),
+            load_image(args.image_b),
+            args.occlusion_a,
+            args.occlusion_b,
+            threshold=args.threshold,
         )
     print(f"cosine score {result.score:.6f}  (masked cells: {result.occluded_cells or 'none'})")
     if result.match is not None:
@@ -258,35 +322,59 @@ def _quantize(args: argparse.Namespace) -> int:
     gate = DEFAULT_GATES[args.precision]
     if any(v is not None for v in (args.min_cosine, args.mean_cosine, args.p1_cosine)):
         gate = PrecisionGate(args.min_cosine, args.mean_cosine, args.p1_cosine)
-    entry = add_variant(VariantRequest(
-        bundle=args.bundle, precision=args.precision, calib=args.calib, method=args.method,
-        quantizer=args.quantizer, weight_bits=args.weight_bits, samples=args.samples, holdout=args.holdout, seed=args.seed, gates={args.precision: gate},
-        pairs=args.pairs, pairs_root=args.pairs_root,
-    ))
+    entry = add_variant(
+        VariantRequest(
+            bundle=args.bundle,
+            precision=args.precision,
+            calib=args.calib,
+            method=args.method,
+            quantizer=args.quantizer,
+            weight_bits=args.weight_bits,
+            samples=args.samples,
+            holdout=args.holdout,
+            seed=args.seed,
+            gates={args.precision: gate},
+            pairs=args.pairs,
+            pairs_root=args.pairs_root,
+        )
+    )
     parity = entry["parity"]
-    print(f"{args.precision} variant {entry['file']} passed its gate {parity['gate']} on "
-          f"{parity['holdout']['samples']} held-out faces: cosine min {parity['cosine_min']:.5f}, "
-          f"mean {parity['cosine_mean']:.5f}, p1 {parity['cosine_p1']:.5f}")
+    print(
+        f"{args.precision} variant {entry['file']} passed its gate {parity['gate']} on "
+        f"{parity['holdout']['samples']} held-out faces: cosine min {parity['cosine_min']:.5f}, "
+        f"mean {parity['cosine_mean']:.5f}, p1 {parity['cosine_p1']:.5f}"
+    )
     if "pairs" in entry:
-        print(f"verification accuracy on {entry['pairs']['pairs']} pairs: fp32 "
-              f"{entry['pairs']['fp32_accuracy']:.4f}, {args.precision} {entry['pairs']['variant_accuracy']:.4f}")
+        print(
+            f"verification accuracy on {entry['pairs']['pairs']} pairs: fp32 "
+            f"{entry['pairs']['fp32_accuracy']:.4f}, {args.precision} {entry['pairs']['variant_accuracy']:.4f}"
+        )
     return 0
 
 
 def _build(args: argparse.Namespace) -> int:
-    from pdsn.export.engine_build import EngineBuildRequest, build_engine
-    from pdsn.export.tensorrt_flavour import BuildTargets, report_to_stderr
+    from pdsn.engines.build import EngineBuildRequest, build_engine
+    from pdsn.engines.flavour import BuildTargets, report_to_stderr
 
-    entry = build_engine(EngineBuildRequest(
-        bundle=args.bundle, precision=args.precision, flavour=args.flavour, batch=args.batch,
-        fdm_impl=args.fdm_impl, optimization_level=args.opt_level, verbose=args.verbose,
-        targets=BuildTargets(args.compute_capability, args.hardware_compatibility, args.version_compatible),
-        progress=None if args.quiet else report_to_stderr,
-    ))
+    entry = build_engine(
+        EngineBuildRequest(
+            bundle=args.bundle,
+            precision=args.precision,
+            flavour=args.flavour,
+            batch=args.batch,
+            fdm_impl=args.fdm_impl,
+            optimization_level=args.opt_level,
+            verbose=args.verbose,
+            targets=BuildTargets(args.compute_capability, args.hardware_compatibility, args.version_compatible),
+            progress=None if args.quiet else report_to_stderr,
+        )
+    )
     profile = entry["profile"]
-    print(f"built {entry['file']} ({entry['bytes'] / 2**20:.1f} MiB) in {entry['build_seconds']:.1f} s: "
-          f"{entry['flavour']} {entry['version']}, {entry['precision']}, target {entry['compute_capability']}, "
-          f"batch {profile['min']}..{profile['max']} (tuned for {profile['opt']}), FDM {entry['fdm_impl']}")
+    print(
+        f"built {entry['file']} ({entry['bytes'] / 2**20:.1f} MiB) in {entry['build_seconds']:.1f} s: "
+        f"{entry['flavour']} {entry['version']}, {entry['precision']}, target {entry['compute_capability']}, "
+        f"batch {profile['min']}..{profile['max']} (tuned for {profile['opt']}), FDM {entry['fdm_impl']}"
+    )
     return 0
 
 
@@ -306,7 +394,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     bundle = args.bundle
     if bundle is None:
-        from pdsn.demo import prepare_timing_bundle
+        from pdsn.bench.timing_bundle import prepare_timing_bundle
 
         print(f"preparing the timing bundle ({args.architecture}, seeded weights) in {args.work} (reused when present)")
         prepare_timing_bundle(args.work, args.architecture, reuse=True)
@@ -314,8 +402,14 @@ def _bench(args: argparse.Namespace) -> int:
     if args.max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")
     sweep = None if args.no_sweep else SweepConfig(args.clients, args.delays, args.max_batch, args.sweep_seconds)
-    config = BenchConfig(backends=args.backends, precisions=args.precisions, batches=args.batches,
-                         reference=not args.no_reference, seconds=args.seconds, sweep=sweep)
+    config = BenchConfig(
+        backends=args.backends,
+        precisions=args.precisions,
+        batches=args.batches,
+        reference=not args.no_reference,
+        seconds=args.seconds,
+        sweep=sweep,
+    )
     result = run_benchmark(bundle, config)
     print(terminal_table(result))
     for path in write_results(result, args.out, args.name):

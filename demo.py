@@ -14,15 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pdsn.bench.timing_bundle import VARIANT_PRECISIONS, add_variants, existing_bundle, prepare_timing_bundle
 from pdsn.train.evaluate import EVAL_PAIRS
 
-VARIANT_PRECISIONS = ("fp16", "int8")
 # The demo model's INT8 variant, under the default gates. Min-max calibration: on this model it
 # meets them as well as entropy (`pdsn quantize`'s default) in a tenth of the time.
 DEMO_CALIBRATION = {"calib": "synthetic", "method": "minmax", "samples": 256, "holdout": 64}
-# The timing bundle's calibration is quick: its INT8 variant times the engine, and seeded
-# LResNet50E-IR weights miss the INT8 gate anyway (measured: cosine p1 0.95 with 7-bit weights).
-TIMING_CALIBRATION = {"calib": "synthetic", "method": "minmax", "samples": 64, "holdout": 32}
 DEMO_PRECISIONS = ("fp32", *VARIANT_PRECISIONS)
 
 
@@ -33,49 +30,9 @@ def prepare_demo_bundle(out: Path, progress: bool = True) -> tuple[dict, dict]:
     """
     from pdsn.export.bundle_writer import ExportRequest, export_bundle
 
-    existing = _existing_bundle(out, "trained-demo")
+    existing = existing_bundle(out, "trained-demo")
     parity = export_bundle(ExportRequest(out=out, overwrite=existing is not None)).parity
-    return parity, _add_variants(out, DEMO_CALIBRATION, enforce_gate=True, progress=progress)
-
-
-def prepare_timing_bundle(out: Path, architecture_name: str, reuse: bool, progress: bool = True) -> dict:
-    """Export seeded weights of ``architecture_name`` with their variants; returns the variants.
-
-    Seeded weights are untrained, so a variant that misses its gate is still written, marked as
-    failed: the runtime refuses it for serving, and the benchmark measures it as a timing proxy.
-    """
-    from pdsn.export.bundle_writer import ExportRequest, export_bundle
-    from pdsn.model.network import architecture_by_name
-
-    architecture = architecture_by_name(architecture_name)
-    existing = _existing_bundle(out, "seeded")
-    fits = existing is not None and existing["model"]["architecture"]["name"] == architecture.name
-    if reuse and fits and set(VARIANT_PRECISIONS) <= set(existing["variants"]):
-        return existing["variants"]
-    export_bundle(ExportRequest(out=out, architecture=architecture, seeded_weights=True,
-                                overwrite=existing is not None))
-    return _add_variants(out, TIMING_CALIBRATION, enforce_gate=False, progress=progress)
-
-
-def _existing_bundle(out: Path, weights: str) -> dict | None:
-    """The manifest of the bundle of ``weights`` at ``out``; refuses to replace anything else."""
-    from pdsn.model.bundle_format import read_manifest
-
-    existing = read_manifest(out) if (out / "manifest.json").is_file() else None
-    if out.is_dir() and any(out.iterdir()) and (existing is None or existing["model"]["weights"] != weights):
-        kind = "the demo bundle" if weights == "trained-demo" else "a timing bundle of seeded weights"
-        raise FileExistsError(f"{out} holds something other than {kind}; choose another directory")
-    return existing
-
-
-def _add_variants(out: Path, calibration: dict, enforce_gate: bool, progress: bool) -> dict:
-    from pdsn.calib.variants import VariantRequest, add_variant
-
-    return {
-        precision: add_variant(VariantRequest(out, precision, enforce_gate=enforce_gate, progress=progress,
-                                              **calibration))
-        for precision in VARIANT_PRECISIONS
-    }
+    return parity, add_variants(out, DEMO_CALIBRATION, enforce_gate=True, progress=progress)
 
 
 def run_demo(out: Path, timing_work: Path, timing_architecture: str, eval_pairs: int = EVAL_PAIRS) -> int:
@@ -83,48 +40,66 @@ def run_demo(out: Path, timing_work: Path, timing_architecture: str, eval_pairs:
     from pdsn.bench.runner import BenchConfig, run_benchmark
     from pdsn.export.parity import format_parity_table
 
-    print("pdsn-deploy demo: the embedded default model, lresnet-ir-tiny trained end to end on "
-          "SYNTHETIC faces by `pdsn train-demo`, with its 25-item mask dictionary\n")
+    print(
+        "pdsn-deploy demo: the embedded default model, lresnet-ir-tiny trained end to end on "
+        "SYNTHETIC faces by `pdsn train-demo`, with its 25-item mask dictionary\n"
+    )
     started = time.perf_counter()
     parity, variants = prepare_demo_bundle(out)
-    print(f"[1/6] exported {out}/ ({time.perf_counter() - started:.0f} s with variants): model.onnx "
-          f"with one ai.pdsn::FdmGatherMul node, dictionary.npy, manifest.json")
+    print(
+        f"[1/6] exported {out}/ ({time.perf_counter() - started:.0f} s with variants): model.onnx "
+        f"with one ai.pdsn::FdmGatherMul node, dictionary.npy, manifest.json"
+    )
     print("      ONNX Runtime vs PyTorch on the same faces (gate: cosine >= 0.99999):")
     print(_indent(format_parity_table(parity), 6))
-    print("\n[2/6] precision variants against the FP32 model on held-out faces (a variant that "
-          "missed its gate would have stopped the demo here):")
+    print(
+        "\n[2/6] precision variants against the FP32 model on held-out faces (a variant that "
+        "missed its gate would have stopped the demo here):"
+    )
     for precision, entry in variants.items():
         p = entry["parity"]
-        print(f"      {precision}: cosine min {p['cosine_min']:.5f}, mean {p['cosine_mean']:.5f}, "
-              f"p1 {p['cosine_p1']:.5f}; gate {p['gate']}: met")
+        print(
+            f"      {precision}: cosine min {p['cosine_min']:.5f}, mean {p['cosine_mean']:.5f}, "
+            f"p1 {p['cosine_p1']:.5f}; gate {p['gate']}: met"
+        )
 
     from pdsn.runtime import Recognizer
 
     with Recognizer.open(out) as recognizer:
         info = recognizer.backend_info
-        print(f"\n[3/6] runtime: {info['backend']} {info['version']} on {info['device']}, precision "
-              f"'auto' chose {recognizer.precision} (the runtime never imports torch)")
+        print(
+            f"\n[3/6] runtime: {info['backend']} {info['version']} on {info['device']}, precision "
+            f"'auto' chose {recognizer.precision} (the runtime never imports torch)"
+        )
         _verify_every_backend(out)
         _show_verification(recognizer)
 
-    print(f"\n[5/6] verification accuracy on {eval_pairs} synthetic pairs of identities the model "
-          f"never saw, PyTorch and every runtime precision:")
+    print(
+        f"\n[5/6] verification accuracy on {eval_pairs} synthetic pairs of identities the model "
+        f"never saw, PyTorch and every runtime precision:"
+    )
     print(_indent(_accuracy_table(out, eval_pairs), 6))
 
-    print(f"\n[6/6] throughput and latency of the paper's {timing_architecture} (seeded weights in "
-          f"{timing_work}/, reused when present; speed does not depend on the weights), end to end "
-          f"from uint8 crops:")
+    print(
+        f"\n[6/6] throughput and latency of the paper's {timing_architecture} (seeded weights in "
+        f"{timing_work}/, reused when present; speed does not depend on the weights), end to end "
+        f"from uint8 crops:"
+    )
     timing_variants = prepare_timing_bundle(timing_work, timing_architecture, reuse=True)
     result = run_benchmark(timing_work, BenchConfig(batches=(1, 8), seconds=2.0, min_iterations=3), progress=False)
     print(_indent(terminal_table(result), 6))
     if not timing_variants["int8"]["parity"]["passed"]:
         p = timing_variants["int8"]["parity"]
-        print(f"      The INT8 rows time a variant of untrained weights that misses the INT8 gate (cosine "
-              f"mean {p['cosine_mean']:.4f}, p1 {p['cosine_p1']:.4f}); it is kept for timing only.")
-    print("\nThe demo model knows only synthetic faces: its scores show the method (FDM lifts occluded "
-          "accuracy), not accuracy on people. For your own model: `pdsn export --checkpoint CKPT "
-          "--dictionary DIR --out B`, `pdsn quantize --bundle B --calib FACES`, `pdsn verify --bundle B`, "
-          "`pdsn bench --bundle B`.")
+        print(
+            f"      The INT8 rows time a variant of untrained weights that misses the INT8 gate (cosine "
+            f"mean {p['cosine_mean']:.4f}, p1 {p['cosine_p1']:.4f}); it is kept for timing only."
+        )
+    print(
+        "\nThe demo model knows only synthetic faces: its scores show the method (FDM lifts occluded "
+        "accuracy), not accuracy on people. For your own model: `pdsn export --checkpoint CKPT "
+        "--dictionary DIR --out B`, `pdsn quantize --bundle B --calib FACES`, `pdsn verify --bundle B`, "
+        "`pdsn bench --bundle B`."
+    )
     return 0
 
 
@@ -161,8 +136,14 @@ def _accuracy_table(bundle: Path, num_pairs: int) -> str:
     from pdsn.model.checkpoint import load_recognition_model
     from pdsn.model.demo_weights import TRAINED_DEMO_CHECKPOINT, TRAINED_DEMO_DICTIONARY
     from pdsn.model.dictionary import load_dictionary
-    from pdsn.train.evaluate import BundleEmbedder, TorchEmbedder, evaluation_report, format_table, \
-        occlude_seconds, synthetic_pairs
+    from pdsn.train.evaluate import (
+        BundleEmbedder,
+        TorchEmbedder,
+        evaluation_report,
+        format_table,
+        occlude_seconds,
+        synthetic_pairs,
+    )
 
     model, _ = load_recognition_model(TRAINED_DEMO_CHECKPOINT)
     dictionary = load_dictionary(TRAINED_DEMO_DICTIONARY, model.architecture.feature_shape)

@@ -26,24 +26,44 @@ class SweepConfig:
     warmup_seconds: float = 1.0
 
 
-def sweep(bundle, backend: str, precision: str, config: SweepConfig, faces: np.ndarray,
-          occlusion: np.ndarray, progress: bool = True) -> list[dict]:
+def sweep(
+    bundle,
+    backend: str,
+    precision: str,
+    config: SweepConfig,
+    faces: np.ndarray,
+    occlusion: np.ndarray,
+    progress: bool = True,
+) -> list[dict]:
     """One row per (max_delay_ms, clients): throughput, client latency, and where the time went."""
     from pdsn.runtime import Recognizer
 
     rows = []
     for delay in config.delays_ms:
-        with Recognizer.open(bundle, backend=backend, precision=precision, max_batch=config.max_batch,
-                             max_delay_ms=delay, queue_size=max(4 * config.max_batch, max(config.clients)),
-                             allow_ungated=True) as recognizer:
+        with Recognizer.open(
+            bundle,
+            backend=backend,
+            precision=precision,
+            max_batch=config.max_batch,
+            max_delay_ms=delay,
+            queue_size=max(4 * config.max_batch, max(config.clients)),
+            allow_ungated=True,
+        ) as recognizer:
             for clients in config.clients:
-                row = {"path": f"{backend}-{precision}", "max_delay_ms": delay, "max_batch": config.max_batch,
-                       **closed_loop(recognizer, clients, config, faces, occlusion)}
+                row = {
+                    "path": f"{backend}-{precision}",
+                    "max_delay_ms": delay,
+                    "max_batch": config.max_batch,
+                    **closed_loop(recognizer, clients, config, faces, occlusion),
+                }
                 rows.append(row)
                 if progress:
-                    print(f"  {row['path']:<22} delay {delay:>4g} ms, {clients:>2} clients: "
-                          f"{row['throughput_img_s']:8.1f} img/s, p99 {row['p99_ms']:8.1f} ms, "
-                          f"mean batch {row['mean_batch']:.1f}", flush=True)
+                    print(
+                        f"  {row['path']:<22} delay {delay:>4g} ms, {clients:>2} clients: "
+                        f"{row['throughput_img_s']:8.1f} img/s, p99 {row['p99_ms']:8.1f} ms, "
+                        f"mean batch {row['mean_batch']:.1f}",
+                        flush=True,
+                    )
     return rows
 
 
@@ -65,7 +85,7 @@ def closed_loop(recognizer, clients: int, config: SweepConfig, faces: np.ndarray
                 future.result()
                 records[index].append((t0, t1, time.perf_counter()))
                 k += clients
-        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+        except BaseException as exc:
             errors.append(exc)
             stop.set()
 

@@ -13,9 +13,7 @@ def plot_latency_throughput(result: dict, out: Path) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise RuntimeError(
-            "the latency-throughput plot needs matplotlib: pip install 'pdsn-deploy[bench]'"
-        ) from None
+        raise RuntimeError("the latency-throughput plot needs matplotlib: pip install 'pdsn-deploy[bench]'") from None
 
     sweeps = result["concurrency"]
     paths = list(dict.fromkeys(r["path"] for r in sweeps))
@@ -28,12 +26,22 @@ def plot_latency_throughput(result: dict, out: Path) -> Path:
             points = [r for r in sweeps if r["path"] == path and r["max_delay_ms"] == delay]
             if not points:
                 continue
-            axes.plot([r["throughput_img_s"] for r in points], [r["p99_ms"] for r in points],
-                      styles[j % len(styles)], marker="o", color=colours[path],
-                      label=f"{path}, max delay {delay:g} ms")
+            axes.plot(
+                [r["throughput_img_s"] for r in points],
+                [r["p99_ms"] for r in points],
+                styles[j % len(styles)],
+                marker="o",
+                color=colours[path],
+                label=f"{path}, max delay {delay:g} ms",
+            )
             for r in points:
-                axes.annotate(str(r["clients"]), (r["throughput_img_s"], r["p99_ms"]), fontsize=7,
-                              xytext=(3, 3), textcoords="offset points")
+                axes.annotate(
+                    str(r["clients"]),
+                    (r["throughput_img_s"], r["p99_ms"]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
         batch = next(r["max_batch"] for r in sweeps if r["path"] == path)
         direct = [r for r in result["rows"] if r["path"] == path and r["batch"] == batch and "direct" in r]
         if direct:
@@ -41,9 +49,12 @@ def plot_latency_throughput(result: dict, out: Path) -> Path:
     machine = result["machine"]
     axes.set_xlabel("throughput (faces/s)")
     axes.set_ylabel("p99 latency per request (ms)")
-    axes.set_title(f"{result['model']}: closed-loop clients (numbers) through the dynamic batcher\n"
-                   f"{machine['cpu']}, {machine['cores']} cores; vertical lines: direct engine call "
-                   f"at the batcher's max batch", fontsize=9)
+    axes.set_title(
+        f"{result['model']}: closed-loop clients (numbers) through the dynamic batcher\n"
+        f"{machine['cpu']}, {machine['cores']} cores; vertical lines: direct engine call "
+        f"at the batcher's max batch",
+        fontsize=9,
+    )
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
     figure.tight_layout()

@@ -6,44 +6,69 @@ import json
 import math
 from pathlib import Path
 
-COLUMNS = ("path", "batch", "img/s", "p50 ms", "p90 ms", "p99 ms", "vs PyTorch", "direct img/s", "overhead",
-           "prep/queue/compute ms")
-SWEEP_COLUMNS = ("path", "delay ms", "clients", "img/s", "p50 ms", "p90 ms", "p99 ms", "mean batch",
-                 "submit/queue/compute ms", "overhead ms")
+COLUMNS = (
+    "path",
+    "batch",
+    "img/s",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "vs PyTorch",
+    "direct img/s",
+    "overhead",
+    "prep/queue/compute ms",
+)
+SWEEP_COLUMNS = (
+    "path",
+    "delay ms",
+    "clients",
+    "img/s",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "mean batch",
+    "submit/queue/compute ms",
+    "overhead ms",
+)
 
 
 def table_rows(result: dict) -> list[tuple[str, ...]]:
     rows = []
     for r in result["rows"]:
         direct = r.get("direct")
-        rows.append((
-            _path(r),
-            str(r["batch"]),
-            f"{r['throughput_img_s']:.1f}",
-            f"{r['p50_ms']:.1f}",
-            f"{r['p90_ms']:.1f}",
-            f"{r['p99_ms']:.1f}",
-            f"{r['vs_reference']:.2f}x" if "vs_reference" in r else "-",
-            f"{direct['throughput_img_s']:.1f}" if direct else "-",
-            f"{r['overhead_pct']:+.1f}% ({r['overhead_ms']:+.2f} ms)" if direct else "-",
-            _split(r.get("split_ms"), ("preprocess", "queue", "compute")),
-        ))
+        rows.append(
+            (
+                _path(r),
+                str(r["batch"]),
+                f"{r['throughput_img_s']:.1f}",
+                f"{r['p50_ms']:.1f}",
+                f"{r['p90_ms']:.1f}",
+                f"{r['p99_ms']:.1f}",
+                f"{r['vs_reference']:.2f}x" if "vs_reference" in r else "-",
+                f"{direct['throughput_img_s']:.1f}" if direct else "-",
+                f"{r['overhead_pct']:+.1f}% ({r['overhead_ms']:+.2f} ms)" if direct else "-",
+                _split(r.get("split_ms"), ("preprocess", "queue", "compute")),
+            )
+        )
     return rows
 
 
 def sweep_rows(result: dict) -> list[tuple[str, ...]]:
-    return [(
-        _path(r),
-        f"{r['max_delay_ms']:g}",
-        str(r["clients"]),
-        f"{r['throughput_img_s']:.1f}",
-        f"{r['p50_ms']:.1f}",
-        f"{r['p90_ms']:.1f}",
-        f"{r['p99_ms']:.1f}",
-        f"{r['mean_batch']:.1f}",
-        _split(r["split_ms"], ("submit", "queue", "compute")),
-        f"{r['overhead_ms']:.2f}",
-    ) for r in result.get("concurrency", [])]
+    return [
+        (
+            _path(r),
+            f"{r['max_delay_ms']:g}",
+            str(r["clients"]),
+            f"{r['throughput_img_s']:.1f}",
+            f"{r['p50_ms']:.1f}",
+            f"{r['p90_ms']:.1f}",
+            f"{r['p99_ms']:.1f}",
+            f"{r['mean_batch']:.1f}",
+            _split(r["split_ms"], ("submit", "queue", "compute")),
+            f"{r['overhead_ms']:.2f}",
+        )
+        for r in result.get("concurrency", [])
+    ]
 
 
 def goal_lines(result: dict) -> list[str]:
@@ -57,8 +82,10 @@ def goal_lines(result: dict) -> list[str]:
                 f"(goal <= {goal['p99_bound_ms']:.1f} ms): {verdict}"
             )
         else:
-            lines.append(f"{goal['path']}: {goal['goal']}: {goal['overhead_ms']:.3f} ms "
-                         f"(goal <= {goal['bound_ms']} ms): {verdict}")
+            lines.append(
+                f"{goal['path']}: {goal['goal']}: {goal['overhead_ms']:.3f} ms "
+                f"(goal <= {goal['bound_ms']} ms): {verdict}"
+            )
     return lines
 
 
@@ -66,15 +93,19 @@ def noise_warning(result: dict) -> str | None:
     noisy = sum(r["noisy"] for r in [*result["rows"], *result.get("concurrency", [])])
     if not noisy:
         return None
-    return (f"warning: {noisy} configurations marked (noisy) varied by more than 10% between the thirds "
-            f"of their window or had p90 > 1.25 x p50; rerun on a quiet machine, or with more --seconds")
+    return (
+        f"warning: {noisy} configurations marked (noisy) varied by more than 10% between the thirds "
+        f"of their window or had p90 > 1.25 x p50; rerun on a quiet machine, or with more --seconds"
+    )
 
 
 def terminal_table(result: dict) -> str:
     parts = [_aligned(COLUMNS, table_rows(result))]
     if result.get("concurrency"):
-        parts.append("concurrency sweep (closed-loop clients through the dynamic batcher):\n"
-                     + _aligned(SWEEP_COLUMNS, sweep_rows(result)))
+        parts.append(
+            "concurrency sweep (closed-loop clients through the dynamic batcher):\n"
+            + _aligned(SWEEP_COLUMNS, sweep_rows(result))
+        )
     notes = goal_lines(result) + [f"skipped {name}: {reason}" for name, reason in result["skipped"].items()]
     warning = noise_warning(result)
     return "\n\n".join(parts) + "".join(f"\n{line}" for line in [*notes, *([warning] if warning else [])])
@@ -132,12 +163,19 @@ def _split(split: dict | None, keys: tuple[str, ...]) -> str:
 def _aligned(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     rows = [columns, *rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
-    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in rows]
+    lines = [
+        "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def _markdown_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    return ("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-            + "".join("| " + " | ".join(row) + " |\n" for row in rows))
+    return (
+        "| "
+        + " | ".join(columns)
+        + " |\n|"
+        + "---|" * len(columns)
+        + "\n"
+        + "".join("| " + " | ".join(row) + " |\n" for row in rows)
+    )

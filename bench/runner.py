@@ -65,7 +65,7 @@ def run_benchmark(bundle: Path, config: BenchConfig, progress: bool = True) -> d
             skipped[REFERENCE] = reference
         else:
             for batch in config.batches:
-                stats = _measure(lambda: reference(faces[:batch], occlusion[:batch]), batch, config)
+                stats = _measure(lambda b=batch: reference(faces[:b], occlusion[:b]), batch, config)
                 rows.append(_row(REFERENCE, "pytorch", "fp32", stats, None))
                 _say(progress, rows[-1])
     for backend in config.backends:
@@ -74,8 +74,14 @@ def run_benchmark(bundle: Path, config: BenchConfig, progress: bool = True) -> d
                 skipped[f"{backend}-{precision}"] = f"the bundle has no {precision} variant"
                 continue
             try:
-                recognizer = Recognizer.open(bundle, backend=backend, precision=precision, max_delay_ms=0.0,
-                                             max_batch=max(config.batches), allow_ungated=True)
+                recognizer = Recognizer.open(
+                    bundle,
+                    backend=backend,
+                    precision=precision,
+                    max_delay_ms=0.0,
+                    max_batch=max(config.batches),
+                    allow_ungated=True,
+                )
             except BackendUnavailableError as exc:
                 skipped[f"{backend}-{precision}"] = str(exc)
                 continue
@@ -110,15 +116,27 @@ def _measure_runtime(recognizer, images: np.ndarray, masks: np.ndarray, config: 
     recognizer.stats(reset=True)
     end_to_end, direct = measure_interleaved(
         [lambda: recognizer.embed(images, masks), recognizer.direct_call(images, masks)],
-        batch, config.warmup, config.min_iterations, config.seconds,
+        batch,
+        config.warmup,
+        config.min_iterations,
+        config.seconds,
     )
     batcher = recognizer.stats(reset=True)
-    preprocess = measure(lambda: (prepare_images(images, recognizer.contract), prepare_occlusion(masks, batch)),
-                         batch, min_seconds=0.2)
-    row = _row(f"{recognizer.backend_info['backend']}-{recognizer.precision}",
-               recognizer.backend_info["backend"], recognizer.precision, end_to_end, direct)
-    row["split_ms"] = {"preprocess": preprocess.p50_ms, "queue": batcher.queue_wait_ms["mean"],
-                       "compute": batcher.compute_ms["mean"]}
+    preprocess = measure(
+        lambda: (prepare_images(images, recognizer.contract), prepare_occlusion(masks, batch)), batch, min_seconds=0.2
+    )
+    row = _row(
+        f"{recognizer.backend_info['backend']}-{recognizer.precision}",
+        recognizer.backend_info["backend"],
+        recognizer.precision,
+        end_to_end,
+        direct,
+    )
+    row["split_ms"] = {
+        "preprocess": preprocess.p50_ms,
+        "queue": batcher.queue_wait_ms["mean"],
+        "compute": batcher.compute_ms["mean"],
+    }
     return row
 
 
@@ -137,17 +155,28 @@ def batcher_goals(rows: list[dict], sweeps: list[dict]) -> list[dict]:
             base = direct[key]["direct"]
             bound = row["max_delay_ms"] + 2 * base["p50_ms"]
             ratio = row["throughput_img_s"] / base["throughput_img_s"]
-            goals.append({
-                "goal": f"{GOAL_CLIENTS} clients vs direct batch {GOAL_CLIENTS}", "path": row["path"],
-                "max_delay_ms": row["max_delay_ms"], "throughput_ratio": ratio, "p99_ms": row["p99_ms"],
-                "p99_bound_ms": bound, "met": ratio >= GOAL_THROUGHPUT_RATIO and row["p99_ms"] <= bound,
-            })
+            goals.append(
+                {
+                    "goal": f"{GOAL_CLIENTS} clients vs direct batch {GOAL_CLIENTS}",
+                    "path": row["path"],
+                    "max_delay_ms": row["max_delay_ms"],
+                    "throughput_ratio": ratio,
+                    "p99_ms": row["p99_ms"],
+                    "p99_bound_ms": bound,
+                    "met": ratio >= GOAL_THROUGHPUT_RATIO and row["p99_ms"] <= bound,
+                }
+            )
         if row["clients"] == 1 and row["max_delay_ms"] == 0:
-            goals.append({
-                "goal": "overhead per request at concurrency 1", "path": row["path"], "max_delay_ms": 0.0,
-                "overhead_ms": row["overhead_ms"], "bound_ms": GOAL_OVERHEAD_MS,
-                "met": row["overhead_ms"] <= GOAL_OVERHEAD_MS,
-            })
+            goals.append(
+                {
+                    "goal": "overhead per request at concurrency 1",
+                    "path": row["path"],
+                    "max_delay_ms": 0.0,
+                    "overhead_ms": row["overhead_ms"],
+                    "bound_ms": GOAL_OVERHEAD_MS,
+                    "met": row["overhead_ms"] <= GOAL_OVERHEAD_MS,
+                }
+            )
     return goals
 
 
@@ -158,13 +187,19 @@ def _inputs(count: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _measure(call, batch: int, config: BenchConfig) -> LatencyStats:
-    return measure(call, batch=batch, warmup=config.warmup, min_iterations=config.min_iterations,
-                   min_seconds=config.seconds)
+    return measure(
+        call, batch=batch, warmup=config.warmup, min_iterations=config.min_iterations, min_seconds=config.seconds
+    )
 
 
 def _row(path: str, engine: str, precision: str, stats: LatencyStats, direct: LatencyStats | None) -> dict:
-    row = {"path": path, "engine": engine, "precision": precision, **stats.to_dict(),
-           "noisy": stats.p90_ms > stats.p50_ms * (1 + NOISY_SPREAD) or stats.window_spread_pct > NOISY_WINDOW_PCT}
+    row = {
+        "path": path,
+        "engine": engine,
+        "precision": precision,
+        **stats.to_dict(),
+        "noisy": stats.p90_ms > stats.p50_ms * (1 + NOISY_SPREAD) or stats.window_spread_pct > NOISY_WINDOW_PCT,
+    }
     if direct is not None:
         row["direct"] = direct.to_dict()
         row["overhead_ms"] = stats.p50_ms - direct.p50_ms
@@ -199,7 +234,9 @@ def _pytorch_reference(bundle):
         from pdsn.model.demo_weights import TRAINED_DEMO_CHECKPOINT
 
         # The demo model ships with the package, wherever the bundle was exported.
-        checkpoint = TRAINED_DEMO_CHECKPOINT if weights == "trained-demo" else Path(manifest["model"]["checkpoint"]["path"])
+        checkpoint = (
+            TRAINED_DEMO_CHECKPOINT if weights == "trained-demo" else Path(manifest["model"]["checkpoint"]["path"])
+        )
         if not checkpoint.is_file():
             return f"the source checkpoint {checkpoint} is not on this machine"
         from pdsn.model.checkpoint import load_recognition_model
@@ -216,5 +253,8 @@ def _pytorch_reference(bundle):
 
 def _say(enabled: bool, row: dict) -> None:
     if enabled:
-        print(f"  {row['path']:<22} batch {row['batch']:>3}: {row['throughput_img_s']:8.1f} img/s, "
-              f"p50 {row['p50_ms']:8.1f} ms", flush=True)
+        print(
+            f"  {row['path']:<22} batch {row['batch']:>3}: {row['throughput_img_s']:8.1f} img/s, "
+            f"p50 {row['p50_ms']:8.1f} ms",
+            flush=True,
+        )

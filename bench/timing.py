@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-
 # Measurement windows whose thirds differ by more than this (in %) are flagged as noisy.
 NOISY_WINDOW_PCT = 10.0
 
@@ -86,7 +85,8 @@ def _stats(ms: np.ndarray, batch: int) -> LatencyStats:
         max_ms=float(ms.max()),
         mean_ms=float(ms.mean()),
         window_spread_pct=window_spread([float(np.median(part)) for part in np.array_split(ms, 3)])
-        if len(ms) >= 6 else float("nan"),
+        if len(ms) >= 6
+        else float("nan"),
     )
 
 

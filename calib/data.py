@@ -60,7 +60,7 @@ def load_face_sets(
         )
     order = np.random.default_rng(seed).permutation(len(paths))
     chosen = [paths[i] for i in sorted(order[:samples])]
-    held = [paths[i] for i in sorted(order[samples:samples + holdout])]
+    held = [paths[i] for i in sorted(order[samples : samples + holdout])]
     return (
         _file_set(chosen, f"{source} ({samples} of {len(paths)})", seed, progress) if samples else None,
         _file_set(held, f"{source} (held out: {holdout})", seed + 1, progress),
@@ -75,9 +75,7 @@ def list_images(source: Path) -> list[Path]:
         paths = [(source.parent / line) if not Path(line).is_absolute() else Path(line) for line in lines if line]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
-            raise FileNotFoundError(
-                f"--calib {source}: {len(missing)} listed images do not exist, e.g. {missing[:3]}"
-            )
+            raise FileNotFoundError(f"--calib {source}: {len(missing)} listed images do not exist, e.g. {missing[:3]}")
     else:
         raise FileNotFoundError(
             f"--calib {source}: no such folder or list file; expected a folder of aligned 112x96 "
@@ -93,9 +91,7 @@ def _synthetic_set(count: int, seed: int, role: str) -> FaceSet:
 
     images = seeded_faces(count, seed=seed + 7919)
     occlusion = occlusion_mix(count, seed)
-    return FaceSet(
-        images, occlusion, f"synthetic faces ({role}, seed {seed})", True, _fingerprint(images, occlusion)
-    )
+    return FaceSet(images, occlusion, f"synthetic faces ({role}, seed {seed})", True, _fingerprint(images, occlusion))
 
 
 def _file_set(paths: list[Path], source: str, seed: int, progress: bool) -> FaceSet:

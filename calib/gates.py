@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from pdsn.calib.data import FaceSet
-from pdsn.export.parity import PARITY_PATTERNS, compare_embeddings, occlusion_batch
+from pdsn.model.comparison import PARITY_PATTERNS, compare_embeddings, occlusion_batch
 from pdsn.model.protocols import Pair, ten_fold_accuracy
 
 Embed = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -23,8 +23,11 @@ class PrecisionGate:
     p1_cosine: float | None = None
 
     def failures(self, overall: dict) -> list[str]:
-        checks = (("min", self.min_cosine, "cosine_min"), ("mean", self.mean_cosine, "cosine_mean"),
-                  ("p1", self.p1_cosine, "cosine_p1"))
+        checks = (
+            ("min", self.min_cosine, "cosine_min"),
+            ("mean", self.mean_cosine, "cosine_mean"),
+            ("p1", self.p1_cosine, "cosine_p1"),
+        )
         return [
             f"cosine {name} {overall[key]:.5f} < {limit}"
             for name, limit, key in checks

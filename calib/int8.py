@@ -24,8 +24,8 @@ import onnx
 
 from pdsn.calib.data import FaceSet
 from pdsn.calib.graph_regions import int8_nodes
-from pdsn.export.parity import onnx_feeds
 from pdsn.model.bundle_format import ModelContract
+from pdsn.model.comparison import onnx_feeds
 
 METHODS = ("entropy", "minmax", "percentile")
 WEIGHT_BITS = (7, 8)
@@ -83,13 +83,23 @@ def make_int8(
             calibration_cache_path=str(cache_path),
         )
     onnx.checker.check_model(str(out_path), full_check=True)
-    return {"method": method, "quantizer": "onnxruntime", "weight_bits": weight_bits, "cache_reused": cache_hit,
-            "quantized_nodes": len(quantized)}
+    return {
+        "method": method,
+        "quantizer": "onnxruntime",
+        "weight_bits": weight_bits,
+        "cache_reused": cache_hit,
+        "quantized_nodes": len(quantized),
+    }
 
 
 def _calibrate(
-    fp32_path: str | Path, cache_path: Path, faces: FaceSet, dictionary: np.ndarray,
-    contract: ModelContract, method: str, progress: bool,
+    fp32_path: str | Path,
+    cache_path: Path,
+    faces: FaceSet,
+    dictionary: np.ndarray,
+    contract: ModelContract,
+    method: str,
+    progress: bool,
 ) -> None:
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
@@ -103,7 +113,9 @@ def _calibrate(
         )
         for start in range(0, len(faces), CALIBRATION_BATCH):
             batch = slice(start, start + CALIBRATION_BATCH)
-            calibrator.collect_data(_OneBatch(onnx_feeds(faces.images[batch], faces.occlusion[batch], dictionary, contract)))
+            calibrator.collect_data(
+                _OneBatch(onnx_feeds(faces.images[batch], faces.occlusion[batch], dictionary, contract))
+            )
             if bar is not None:
                 bar.update(len(faces.images[batch]))
         if bar is not None:

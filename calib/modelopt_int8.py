@@ -26,8 +26,8 @@ import onnx
 
 from pdsn.calib.data import FaceSet
 from pdsn.calib.graph_regions import int8_nodes, trunk_nodes
-from pdsn.export.parity import onnx_feeds, onnx_session
 from pdsn.model.bundle_format import FDM_DOMAIN, FDM_OP, IMAGE_INPUT, ModelContract
+from pdsn.model.comparison import onnx_feeds, onnx_session
 
 METHODS = {"entropy": "entropy", "minmax": "max"}
 INSTALL_HINT = (
@@ -42,12 +42,18 @@ class ModelOptUnavailableError(RuntimeError):
 
 
 def make_int8_modelopt(
-    fp32_path: str | Path, out_path: str | Path, calibration: FaceSet, dictionary: np.ndarray,
-    contract: ModelContract, method: str,
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calibration: FaceSet,
+    dictionary: np.ndarray,
+    contract: ModelContract,
+    method: str,
 ) -> dict:
     """Quantize the trunk of ``fp32_path`` with ModelOpt and write the whole model to ``out_path``."""
     if method not in METHODS:
-        raise ValueError(f"--method {method!r} is not available with --quantizer modelopt; use one of {sorted(METHODS)}")
+        raise ValueError(
+            f"--method {method!r} is not available with --quantizer modelopt; use one of {sorted(METHODS)}"
+        )
     try:
         import modelopt
         from modelopt.onnx.quantization import quantize
@@ -61,7 +67,9 @@ def make_int8_modelopt(
     trunk_input, trunk_output = first.input[0], fdm.input[0]
     quantized_names = set(int8_nodes(model))
     with tempfile.TemporaryDirectory(prefix="pdsn-modelopt-") as scratch:
-        prefix_path, trunk_path, done_path = (str(Path(scratch) / name) for name in ("prefix.onnx", "trunk.onnx", "q.onnx"))
+        prefix_path, trunk_path, done_path = (
+            str(Path(scratch) / name) for name in ("prefix.onnx", "trunk.onnx", "q.onnx")
+        )
         extractor = onnx.utils.Extractor(model)
         onnx.save(extractor.extract_model([trunk_input], [trunk_output]), trunk_path)
         images = onnx_feeds(calibration.images, calibration.occlusion, dictionary, contract)[IMAGE_INPUT]
@@ -86,17 +94,26 @@ def make_int8_modelopt(
     merged = _splice(model, trunk, quantized_trunk)
     onnx.save(merged, str(out_path))
     onnx.checker.check_model(str(out_path), full_check=True)
-    return {"method": method, "quantizer": "modelopt", "quantizer_version": modelopt.__version__,
-            "weight_bits": 8, "cache_reused": False, "quantized_nodes": _int8_inputs(quantized_trunk),
-            "offered_nodes": len(quantized_names)}
+    return {
+        "method": method,
+        "quantizer": "modelopt",
+        "quantizer_version": modelopt.__version__,
+        "weight_bits": 8,
+        "cache_reused": False,
+        "quantized_nodes": _int8_inputs(quantized_trunk),
+        "offered_nodes": len(quantized_names),
+    }
 
 
 def _int8_inputs(model: onnx.ModelProto) -> int:
     """How many compute nodes take an input through a DequantizeLinear: those ModelOpt quantized
     (its placement rules may leave some of the nodes it was offered in FP32)."""
     dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    return sum(1 for n in model.graph.node
-               if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and dequantized & set(n.input))
+    return sum(
+        1
+        for n in model.graph.node
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and dequantized & set(n.input)
+    )
 
 
 def _splice(model: onnx.ModelProto, trunk: set[str], quantized: onnx.ModelProto) -> onnx.ModelProto:

@@ -18,8 +18,8 @@ import numpy as np
 
 from pdsn.calib.data import SYNTHETIC, load_face_sets, read_crop
 from pdsn.calib.gates import DEFAULT_GATES, PrecisionGate, format_variant_table, pairs_accuracy_change, variant_parity
-from pdsn.export.parity import onnx_embedder
 from pdsn.model.bundle_format import ModelContract, read_manifest, verify_files, write_manifest
+from pdsn.model.comparison import onnx_embedder
 from pdsn.model.protocols import read_lfw_pairs
 
 VARIANT_FILES = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
@@ -63,7 +63,9 @@ def add_variant(request: VariantRequest) -> dict:
     if request.quantizer not in QUANTIZERS:
         raise ValueError(f"--quantizer {request.quantizer!r} is not one of {QUANTIZERS}")
     if request.quantizer == "modelopt" and request.precision != "int8":
-        raise ValueError(f"--quantizer modelopt makes int8 variants; {request.precision} is made by onnxruntime's converter")
+        raise ValueError(
+            f"--quantizer modelopt makes int8 variants; {request.precision} is made by onnxruntime's converter"
+        )
     if request.quantizer == "modelopt" and request.weight_bits not in (None, 8):
         raise ValueError(f"--quantizer modelopt quantizes weights to 8 bits, got --weight-bits {request.weight_bits}")
     if (request.pairs is None) != (request.pairs_root is None):
@@ -87,8 +89,16 @@ def add_variant(request: VariantRequest) -> dict:
     staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.{request.precision}-", dir=bundle.parent))
     try:
         variant_file = VARIANT_FILES[request.precision]
-        made, cache = _make(request, bundle / fp32["file"], manifest["files"][fp32["file"]]["sha256"],
-                            staging / variant_file, calibration, dictionary, contract, staging)
+        made, cache = _make(
+            request,
+            bundle / fp32["file"],
+            manifest["files"][fp32["file"]]["sha256"],
+            staging / variant_file,
+            calibration,
+            dictionary,
+            contract,
+            staging,
+        )
         reference = onnx_embedder(bundle / fp32["file"], dictionary, contract)
         candidate = onnx_embedder(staging / variant_file, dictionary, contract)
         gate = request.gates[request.precision]
@@ -158,7 +168,15 @@ def _make(request, fp32_path, fp32_hash, out_path, calibration, dictionary, cont
     staged_cache.parent.mkdir(parents=True, exist_ok=True)
     if (request.bundle / cache).is_file():
         shutil.copy2(request.bundle / cache, staged_cache)
-    made = make_int8(fp32_path, out_path, calibration, dictionary, contract, request.method,
-                     staged_cache, request.progress, 7 if request.weight_bits is None else request.weight_bits)
+    made = make_int8(
+        fp32_path,
+        out_path,
+        calibration,
+        dictionary,
+        contract,
+        request.method,
+        staged_cache,
+        request.progress,
+        7 if request.weight_bits is None else request.weight_bits,
+    )
     return made, cache
-

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from pdsn.export.onnx_export import ExportOptions, export_onnx
-from pdsn.export.parity import ExportGate, ParityError, export_parity, format_parity_table
+from pdsn.export.parity import ParityError, export_parity, format_parity_table, reference_embeddings
 from pdsn.model.bundle_format import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, package_versions, write_manifest
+from pdsn.model.comparison import ExportGate, save_reference
 from pdsn.model.dictionary import MaskDictionary, build_dictionary
 from pdsn.model.network import LRESNET50E_IR, Architecture, LResNetIR
 from pdsn.model.sample_faces import seeded_faces
@@ -26,6 +27,8 @@ from pdsn.model.sample_faces import seeded_faces
 MODEL_FILE = "model.onnx"
 DICTIONARY_FILE = "dictionary.npy"
 PARITY_REPORT = "reports/parity.json"
+# PyTorch's embeddings of the parity faces, so `pdsn verify` can check FP32 against PyTorch without torch.
+REFERENCE_EMBEDDINGS = "reports/reference-embeddings.npz"
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,9 @@ def export_bundle(request: ExportRequest) -> ExportResult:
         contract = export_onnx(model, dictionary.masks, staging / MODEL_FILE, request.options)
         np.save(staging / DICTIONARY_FILE, dictionary.masks)
         faces = seeded_faces(request.parity_faces, seed=request.seed + 1000)
-        parity = export_parity(
-            model, str(staging / MODEL_FILE), dictionary, contract, faces, request.gate
-        )
+        references = reference_embeddings(model, faces, dictionary, contract)
+        save_reference(staging / REFERENCE_EMBEDDINGS, faces, references)
+        parity = export_parity(str(staging / MODEL_FILE), references, faces, dictionary, contract, request.gate)
         (staging / PARITY_REPORT).write_text(json.dumps(parity, indent=2) + "\n")
         if not parity["passed"]:
             raise ParityError(
@@ -90,6 +93,7 @@ def export_bundle(request: ExportRequest) -> ExportResult:
                     "opset": request.options.opset,
                     "parity": {
                         "report": PARITY_REPORT,
+                        "reference_embeddings": REFERENCE_EMBEDDINGS,
                         "against": "pytorch-fp32",
                         "cosine_min": min(p["cosine_min"] for p in parity["patterns"].values()),
                         "max_abs_error": max(p["max_abs_error"] for p in parity["patterns"].values()),
@@ -98,8 +102,12 @@ def export_bundle(request: ExportRequest) -> ExportResult:
                 }
             },
             "engines": {},
-            "provenance": {"tools": package_versions(("pdsn-deploy", "torch", "onnx", "onnxruntime", "numpy")), "opset": request.options.opset, "seed": request.seed},
-            "files": [MODEL_FILE, DICTIONARY_FILE, PARITY_REPORT],
+            "provenance": {
+                "tools": package_versions(("pdsn-deploy", "torch", "onnx", "onnxruntime", "numpy")),
+                "opset": request.options.opset,
+                "seed": request.seed,
+            },
+            "files": [MODEL_FILE, DICTIONARY_FILE, PARITY_REPORT, REFERENCE_EMBEDDINGS],
         }
         write_manifest(staging, manifest)
         _move_into_place(staging, out)
@@ -140,8 +148,11 @@ def _load_model(request: ExportRequest) -> tuple[LResNetIR, dict]:
                 f"pass --checkpoint CKPT for your own {request.architecture.name} weights, or "
                 f"--weights seeded for seeded timing weights of that architecture"
             )
-        return model, {"weights": "trained-demo", "label": demo_weights.TRAINED_DEMO_LABEL,
-                       "checkpoint": info.to_dict()}
+        return model, {
+            "weights": "trained-demo",
+            "label": demo_weights.TRAINED_DEMO_LABEL,
+            "checkpoint": info.to_dict(),
+        }
     model, info = load_recognition_model(request.checkpoint, request.architecture)
     return model, {"weights": "checkpoint", "label": None, "checkpoint": info.to_dict()}
 

@@ -5,7 +5,7 @@ For a binary dictionary D (1 = keep), the product of the occluded cells' items e
 cells discard it, and the element survives only when that count is zero. The counts are small
 integers, so the identity is exact in FP32 and FP16. ``CastLike`` keeps the body type-generic.
 With ``fp16_count`` the MatMul itself runs in FP16 whatever the feature type: still exact, for
-targets without FP32 GEMMs (TensorRT-RTX on Turing, see :mod:`pdsn.export.turing_graph`).
+targets without FP32 GEMMs (TensorRT-RTX on Turing, see :mod:`pdsn.engines.turing_graph`).
 """
 
 from __future__ import annotations
@@ -56,8 +56,7 @@ def fdm_function(opset: int, fp16_count: bool = False) -> onnx.FunctionProto:
         nodes=nodes,
         opset_imports=[helper.make_opsetid("", opset)],
         doc_string=(
-            "out[n] = features[n] * prod_{j: occlusion[n,j]=1} dictionary[j], for a binary "
-            "dictionary (1 = keep)."
+            "out[n] = features[n] * prod_{j: occlusion[n,j]=1} dictionary[j], for a binary dictionary (1 = keep)."
         ),
     )
 

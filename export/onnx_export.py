@@ -96,9 +96,7 @@ class DeployGraph(nn.Module):
         return embedding
 
 
-def export_onnx(
-    model: LResNetIR, dictionary: np.ndarray, path: str | Path, options: ExportOptions
-) -> ModelContract:
+def export_onnx(model: LResNetIR, dictionary: np.ndarray, path: str | Path, options: ExportOptions) -> ModelContract:
     """Export ``model`` to ``path`` and return the contract the file honours."""
     contract = options.contract(model)
     expected = (NUM_CELLS, *contract.feature_shape)

@@ -1,57 +1,29 @@
-"""ONNX vs PyTorch parity on the same faces and occlusion patterns, with a pass/fail gate."""
+"""ONNX vs PyTorch parity on the same faces and occlusion patterns, with a pass/fail gate.
+
+The torch-free half of every comparison (metrics, patterns, running an ONNX file) is
+:mod:`pdsn.model.comparison`; this module adds the PyTorch reference.
+"""
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from pdsn.model.bundle_format import DICTIONARY_INPUT, IMAGE_INPUT, OCCLUSION_INPUT, ModelContract
+from pdsn.model.bundle_format import ModelContract
+from pdsn.model.comparison import (
+    PARITY_PATTERNS,
+    ExportGate,
+    judge_against_reference,
+    occlusion_batch,
+    onnx_session,
+    run_onnx,
+)
 from pdsn.model.dictionary import MaskDictionary
-from pdsn.model.grid import NUM_CELLS, SCARF_CELLS, SUNGLASSES_CELLS, cells_to_vector
 from pdsn.model.network import LResNetIR, normalize_faces
-
-PARITY_PATTERNS: dict[str, tuple[int, ...]] = {
-    "none": (),
-    "one-cell": (12,),
-    "sunglasses": tuple(SUNGLASSES_CELLS),
-    "bottom-row": tuple(SCARF_CELLS),
-    "all-cells": tuple(range(NUM_CELLS)),
-}
-
-
-@dataclass(frozen=True)
-class ExportGate:
-    """FP32 export must reproduce PyTorch to float rounding."""
-
-    min_cosine: float = 0.99999
-    # Max abs error allowed, relative to the largest reference embedding magnitude.
-    max_abs_error_ratio: float = 1e-3
 
 
 class ParityError(RuntimeError):
     """The exported model does not reproduce the PyTorch model."""
-
-
-def compare_embeddings(reference: np.ndarray, candidate: np.ndarray) -> dict:
-    """Cosine similarity (min, mean, 1st percentile) and max abs error between row-paired embeddings."""
-    reference = reference.astype(np.float64)
-    candidate = candidate.astype(np.float64)
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
-    cosine = np.sum(reference * candidate, axis=1) / np.maximum(norms, 1e-30)
-    return {
-        "count": int(len(reference)),
-        "cosine_min": float(cosine.min()),
-        "cosine_mean": float(cosine.mean()),
-        "cosine_p1": float(np.percentile(cosine, 1)),
-        "max_abs_error": float(np.abs(reference - candidate).max()),
-        "reference_max_abs": float(np.abs(reference).max()),
-    }
-
-
-def occlusion_batch(cells: tuple[int, ...], count: int) -> np.ndarray:
-    return np.repeat(cells_to_vector(cells)[None, :], count, axis=0)
 
 
 def pytorch_embeddings(
@@ -63,74 +35,36 @@ def pytorch_embeddings(
         return model.eval()(normalize_faces(faces), mask).numpy()
 
 
-def onnx_feeds(
-    faces: np.ndarray, occlusion: np.ndarray, dictionary: np.ndarray, contract: ModelContract
-) -> dict[str, np.ndarray]:
-    """Graph inputs for a batch, shaped and typed per the contract."""
-    images = faces if contract.image_layout == "nhwc-uint8" else normalize_faces(faces).numpy()
-    feeds = {IMAGE_INPUT: images, OCCLUSION_INPUT: occlusion.astype(np.float32)}
-    if contract.dictionary_binding == "input":
-        feeds[DICTIONARY_INPUT] = dictionary.astype(np.float32)
-    return feeds
-
-
-def onnx_session(path: str):
-    """A CPU ONNX Runtime session for checking a model file (not the deployed runtime)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run_onnx(
-    session, faces: np.ndarray, occlusion: np.ndarray, dictionary: np.ndarray, contract: ModelContract,
-    batch: int = 32,
-) -> np.ndarray:
-    """Embeddings of ``faces`` from an ONNX Runtime session, in batches."""
-    return np.concatenate([
-        session.run(None, onnx_feeds(faces[i:i + batch], occlusion[i:i + batch], dictionary, contract))[0]
-        for i in range(0, len(faces), batch)
-    ])
-
-
-def onnx_embedder(path, dictionary: np.ndarray, contract: ModelContract):
-    """``embed(faces, occlusion)`` over one ONNX file on ONNX Runtime's CPU provider."""
-    session = onnx_session(str(path))
-    return lambda faces, occlusion: run_onnx(session, faces, occlusion, dictionary, contract)
+def reference_embeddings(
+    model: LResNetIR, faces: np.ndarray, dictionary: MaskDictionary, contract: ModelContract
+) -> dict[str, tuple[tuple[int, ...], np.ndarray]]:
+    """PyTorch's embeddings of ``faces`` under every pattern in PARITY_PATTERNS, as the contract's output."""
+    references = {}
+    for name, cells in PARITY_PATTERNS.items():
+        embeddings = pytorch_embeddings(model, faces, occlusion_batch(cells, len(faces)), dictionary)
+        if contract.l2_normalized:
+            embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+        references[name] = (cells, embeddings)
+    return references
 
 
 def export_parity(
-    model: LResNetIR,
     onnx_path: str,
+    references: dict[str, tuple[tuple[int, ...], np.ndarray]],
+    faces: np.ndarray,
     dictionary: MaskDictionary,
     contract: ModelContract,
-    faces: np.ndarray,
-    gate: ExportGate = ExportGate(),
+    gate: ExportGate,
 ) -> dict:
-    """Run both models on ``faces`` under every pattern in PARITY_PATTERNS; report and judge."""
+    """The exported file on ONNX Runtime against PyTorch's embeddings, on every pattern; report and judge."""
     session = onnx_session(onnx_path)
-    patterns = {}
-    for name, cells in PARITY_PATTERNS.items():
-        occlusion = occlusion_batch(cells, len(faces))
-        reference = pytorch_embeddings(model, faces, occlusion, dictionary)
-        candidate = run_onnx(session, faces, occlusion, dictionary.masks, contract)
-        if contract.l2_normalized:
-            reference = reference / np.linalg.norm(reference, axis=1, keepdims=True)
-        metrics = compare_embeddings(reference, candidate)
-        metrics["cells"] = list(cells)
-        metrics["passed"] = bool(
-            metrics["cosine_min"] >= gate.min_cosine
-            and metrics["max_abs_error"] <= gate.max_abs_error_ratio * metrics["reference_max_abs"]
-        )
-        patterns[name] = metrics
-    return {
-        "compared": "onnxruntime CPU (model.onnx) vs PyTorch eager FP32",
-        "faces": int(len(faces)),
-        "gate": asdict(gate),
-        "patterns": patterns,
-        "passed": all(p["passed"] for p in patterns.values()),
-    }
+    return judge_against_reference(
+        references,
+        lambda batch, occlusion: run_onnx(session, batch, occlusion, dictionary.masks, contract),
+        faces,
+        gate,
+        "onnxruntime CPU (model.onnx) vs PyTorch eager FP32",
+    )
 
 
 def format_parity_table(report: dict) -> str:

@@ -32,8 +32,9 @@ def compile_ptx(compute_capability: str = "7.5") -> bytes:
     """PTX of ``fdm_kernel.cu`` for ``compute_capability`` ("8.6"); newer GPUs JIT it from there."""
     nvrtc = _cuda("nvrtc")
     major, minor = compute_capability.split(".")
-    program = _check(nvrtc, nvrtc.nvrtcCreateProgram(kernel_source().encode(), KERNEL_FILE.encode(), 0, [], []),
-                     "nvrtcCreateProgram")
+    program = _check(
+        nvrtc, nvrtc.nvrtcCreateProgram(kernel_source().encode(), KERNEL_FILE.encode(), 0, [], []), "nvrtcCreateProgram"
+    )
     try:
         options = [f"--gpu-architecture=compute_{major}{minor}".encode(), b"--std=c++17"]
         (result,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
@@ -64,8 +65,19 @@ class FdmKernel:
             for dtype, name in KERNELS.items()
         }
 
-    def launch(self, dtype: str, features: int, occlusion: int, packed_dictionary: int, out: int,
-               batch: int, elements: int, words_per_row: int, cells: int, stream: Any = 0) -> None:
+    def launch(
+        self,
+        dtype: str,
+        features: int,
+        occlusion: int,
+        packed_dictionary: int,
+        out: int,
+        batch: int,
+        elements: int,
+        words_per_row: int,
+        cells: int,
+        stream: Any = 0,
+    ) -> None:
         """Enqueue ``out = FdmGatherMul(features, occlusion words, packed dictionary)`` on ``stream``.
 
         Pointers are device addresses: features and out hold ``batch * elements`` values of
@@ -79,9 +91,13 @@ class FdmKernel:
         values.append(np.array([out], dtype=np.uint64))
         pointers = np.array([v.ctypes.data for v in values], dtype=np.uint64)
         blocks = max(1, min(MAX_BLOCKS, -(-batch * elements // THREADS_PER_BLOCK)))
-        _check(self._driver, self._driver.cuLaunchKernel(
-            self._functions[dtype], blocks, 1, 1, THREADS_PER_BLOCK, 1, 1, 0, stream, pointers.ctypes.data, 0
-        ), "cuLaunchKernel")
+        _check(
+            self._driver,
+            self._driver.cuLaunchKernel(
+                self._functions[dtype], blocks, 1, 1, THREADS_PER_BLOCK, 1, 1, 0, stream, pointers.ctypes.data, 0
+            ),
+            "cuLaunchKernel",
+        )
 
     def close(self) -> None:
         self._driver.cuModuleUnload(self._module)

@@ -79,8 +79,10 @@ def packed_gather_mul(features: np.ndarray, occlusion_words: np.ndarray, packed:
 
 def _bits(words: np.ndarray) -> np.ndarray:
     """(..., W) uint32 -> (..., W*32) uint8, little bit order."""
-    return ((words[..., None] >> np.arange(WORD_BITS, dtype=np.uint32)) & 1).astype(np.uint8).reshape(
-        *words.shape[:-1], -1
+    return (
+        ((words[..., None] >> np.arange(WORD_BITS, dtype=np.uint32)) & 1)
+        .astype(np.uint8)
+        .reshape(*words.shape[:-1], -1)
     )
 
 

@@ -11,7 +11,7 @@ Availability (checked 2026-11): ``tensorrt.plugin`` with ``aot_impl`` is in data
 Plugin ``ai.pdsn::FdmGatherMulPacked``: inputs features [N, C, H, W] float32 or float16, occlusion
 words [N] int32 and the packed dictionary [K, ceil(C*H*W/32)] int32 (the uint32 rows of
 ``fdm_pack``, reinterpreted); one output shaped like the features. The ONNX rewrite that feeds it
-is :mod:`pdsn.export.fdm_plugin_graph`.
+is :mod:`pdsn.engines.fdm_plugin_graph`.
 
 This module does not use postponed annotations: ``tensorrt.plugin.register`` reads the
 descriptor's annotations as objects.
@@ -55,9 +55,9 @@ def aot_launch(trtp: Any, features: Any, dictionary: Any, half: bool) -> tuple[s
     launch = trtp.KernelLaunchParams()
     launch.grid_x = (batch * elements + (THREADS_PER_BLOCK - 1)) // THREADS_PER_BLOCK
     launch.block_x = THREADS_PER_BLOCK
-    scalars = trtp.SymIntExprs.from_tuple(tuple(
-        trtp.SymInt32(value) for value in (batch, elements, dictionary.shape_expr[1], dictionary.shape_expr[0])
-    ))
+    scalars = trtp.SymIntExprs.from_tuple(
+        tuple(trtp.SymInt32(value) for value in (batch, elements, dictionary.shape_expr[1], dictionary.shape_expr[0]))
+    )
     name, ptx = plugin_kernel(half)
     return name, ptx, launch, scalars
 
@@ -81,9 +81,7 @@ def register_fdm_plugin() -> None:
         return
 
     @trtp.register(PLUGIN_ID)
-    def describe(
-        features: trtp.TensorDesc, occlusion: trtp.TensorDesc, dictionary: trtp.TensorDesc
-    ) -> trtp.TensorDesc:
+    def describe(features: trtp.TensorDesc, occlusion: trtp.TensorDesc, dictionary: trtp.TensorDesc) -> trtp.TensorDesc:
         if occlusion.dtype != trt.int32 or dictionary.dtype != trt.int32:
             raise ValueError(
                 f"{PLUGIN_ID}: occlusion words and packed dictionary must be int32, got "

@@ -8,9 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def fdm_gather_mul(
-    features: np.ndarray, occlusion: np.ndarray, dictionary: np.ndarray
-) -> np.ndarray:
+def fdm_gather_mul(features: np.ndarray, occlusion: np.ndarray, dictionary: np.ndarray) -> np.ndarray:
     """Multiply each feature map by the AND (product) of the dictionary items of its occluded cells.
 
     features: (N, C, H, W); occlusion: (N, K) of 0/1; dictionary: (K, C, H, W).

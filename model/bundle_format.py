@@ -9,8 +9,8 @@ import hashlib
 import json
 import os
 import platform
-from importlib import metadata
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 from pdsn.model.grid import CELL_X_BOUNDS, CELL_Y_BOUNDS, CROP_HEIGHT, CROP_WIDTH, GRID_COLS, GRID_ROWS
@@ -50,9 +50,7 @@ class ModelContract:
     channels: int = 3
     color: str = "RGB"
     # x_float = (x_uint8 / scale - mean) / std, done inside the graph for uint8 input.
-    normalization: dict = field(
-        default_factory=lambda: {"scale": 255.0, "mean": 0.5, "std": 0.5}
-    )
+    normalization: dict = field(default_factory=lambda: {"scale": 255.0, "mean": 0.5, "std": 0.5})
     grid: dict = field(
         default_factory=lambda: {
             "rows": GRID_ROWS,
@@ -68,13 +66,10 @@ class ModelContract:
 
     def __post_init__(self) -> None:
         if self.image_layout not in IMAGE_LAYOUTS:
-            raise BundleFormatError(
-                f"contract image_layout {self.image_layout!r} is not one of {IMAGE_LAYOUTS}"
-            )
+            raise BundleFormatError(f"contract image_layout {self.image_layout!r} is not one of {IMAGE_LAYOUTS}")
         if self.dictionary_binding not in DICTIONARY_BINDINGS:
             raise BundleFormatError(
-                f"contract dictionary_binding {self.dictionary_binding!r} is not one of "
-                f"{DICTIONARY_BINDINGS}"
+                f"contract dictionary_binding {self.dictionary_binding!r} is not one of {DICTIONARY_BINDINGS}"
             )
 
     @property
@@ -101,7 +96,7 @@ class ModelContract:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelContract":
+    def from_dict(cls, data: dict) -> ModelContract:
         try:
             return cls(
                 image_layout=data["image_layout"],
@@ -147,8 +142,7 @@ def read_manifest(bundle_dir: str | os.PathLike) -> dict:
     path = bundle_dir / MANIFEST_NAME
     if not bundle_dir.is_dir():
         raise FileNotFoundError(
-            f"bundle: {str(bundle_dir)!r} is not a directory; expected a bundle written by "
-            f"`pdsn export --out DIR`"
+            f"bundle: {str(bundle_dir)!r} is not a directory; expected a bundle written by `pdsn export --out DIR`"
         )
     if not path.is_file():
         raise FileNotFoundError(
@@ -188,8 +182,7 @@ def verify_files(path: Path, manifest: dict) -> None:
             problems.append(f"{relative}: missing")
         elif file.stat().st_size != entry["bytes"]:
             problems.append(
-                f"{relative}: {file.stat().st_size} bytes, manifest records {entry['bytes']} "
-                f"(truncated or replaced)"
+                f"{relative}: {file.stat().st_size} bytes, manifest records {entry['bytes']} (truncated or replaced)"
             )
         elif (digest := sha256_file(file)) != entry["sha256"]:
             problems.append(

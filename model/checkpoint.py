@@ -99,7 +99,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
             f"refused (checkpoints are untrusted input and are read with weights_only=True). "
             f"Re-save it as torch.save({{'model_state_dict': model.state_dict()}}). Detail: {exc}"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - any parse failure of an untrusted file means the same
+    except Exception as exc:
         raise CheckpointError(
             f"checkpoint {path} is not a PyTorch checkpoint file (torch.load failed: {exc}); "
             f"expected a file written by torch.save"
@@ -126,7 +126,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
         )
     prefixed = all(k.startswith(_DATA_PARALLEL_PREFIX) for k in tensors)
     if prefixed:
-        tensors = {k[len(_DATA_PARALLEL_PREFIX):]: v for k, v in tensors.items()}
+        tensors = {k[len(_DATA_PARALLEL_PREFIX) :]: v for k, v in tensors.items()}
     info = CheckpointInfo(str(path), sha256_file(path), layout, prefixed, epoch)
     return tensors, info
 
@@ -142,9 +142,7 @@ def infer_architecture(state_dict: dict[str, torch.Tensor]) -> Architecture:
             f"(first keys: {_abbreviate(list(state_dict))})"
         ) from None
     if stem.ndim != 4 or stem.shape[1] != 3:
-        raise CheckpointError(
-            f"conv1.weight has shape {list(stem.shape)}; only 3-channel RGB models are supported"
-        )
+        raise CheckpointError(f"conv1.weight has shape {list(stem.shape)}; only 3-channel RGB models are supported")
     layers, widths = [], [int(stem.shape[0])]
     for stage in range(1, 5):
         pattern = re.compile(rf"^layer{stage}\.(\d+)\.")
@@ -155,9 +153,8 @@ def infer_architecture(state_dict: dict[str, torch.Tensor]) -> Architecture:
         layers.append(max(blocks) + 1)
         widths.append(int(first.shape[0]))
     for known in ARCHITECTURES.values():
-        if known.layers == tuple(layers) and known.widths == tuple(widths):
-            if known.embedding_size == embedding_size:
-                return known
+        if (known.layers, known.widths, known.embedding_size) == (tuple(layers), tuple(widths), embedding_size):
+            return known
     return Architecture("lresnet-ir-custom", tuple(layers), tuple(widths), embedding_size)  # type: ignore[arg-type]
 
 
@@ -170,7 +167,8 @@ def load_recognition_model(
     if info.ignored_keys:
         log.info(
             "checkpoint %s: ignoring %d mask-generator keys (sia.*) for the recognition model",
-            path, len(info.ignored_keys),
+            path,
+            len(info.ignored_keys),
         )
         state = {k: v for k, v in state.items() if not k.startswith(_MASK_GENERATOR_PREFIX)}
     model = LResNetIR(architecture or infer_architecture(state))
@@ -178,9 +176,7 @@ def load_recognition_model(
     return model.eval(), info
 
 
-def load_pdsn_model(
-    path: str | Path, architecture: Architecture | None = None
-) -> tuple[PDSNNetwork, CheckpointInfo]:
+def load_pdsn_model(path: str | Path, architecture: Architecture | None = None) -> tuple[PDSNNetwork, CheckpointInfo]:
     """Load a stage-1 model (recognition network plus ``sia`` mask generator) in eval mode."""
     state, info = read_state_dict(path)
     model = PDSNNetwork(architecture or infer_architecture(state))

@@ -36,9 +36,7 @@ SEEDED_WEIGHTS_LABEL = (
 )
 
 
-def seeded_model(
-    architecture: Architecture = LRESNET50E_IR, seed: int = 0, calibration_faces: int = 32
-) -> LResNetIR:
+def seeded_model(architecture: Architecture = LRESNET50E_IR, seed: int = 0, calibration_faces: int = 32) -> LResNetIR:
     """Build the seeded timing network in eval mode."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -75,7 +73,7 @@ def _measure_bn_statistics(model: LResNetIR, faces: np.ndarray, batch: int = 16)
     model.fc[1].eval()  # dropout off: the head's statistics must match inference
     with torch.no_grad():
         for start in range(0, len(faces), batch):
-            model(normalize_faces(faces[start:start + batch]))
+            model(normalize_faces(faces[start : start + batch]))
     for bn in norms:
         bn.momentum = 0.1
     model.eval()

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pdsn.model.validation import as_real_array
 from pdsn.model.grid import (
     CROP_HEIGHT,
     CROP_WIDTH,
@@ -27,6 +26,7 @@ from pdsn.model.grid import (
     cell_bounds,
     validate_occlusion_vectors,
 )
+from pdsn.model.validation import as_real_array
 
 DEFAULT_FEATURE_SHAPE = (512, 7, 6)
 DEFAULT_TAU = 0.25
@@ -41,10 +41,7 @@ def _validate_feature_shape(feature_shape: object) -> FeatureShape:
     if (
         not isinstance(feature_shape, (tuple, list))
         or len(feature_shape) != 3
-        or any(
-            isinstance(d, bool) or not isinstance(d, numbers.Integral) or d <= 0
-            for d in feature_shape
-        )
+        or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d <= 0 for d in feature_shape)
     ):
         raise ValueError(
             "feature_shape must be three positive integers (C, H, W) of the trunk's feature map, "
@@ -60,9 +57,7 @@ def _shape_text(shape: Sequence[int]) -> str:
 def _check_fraction(value: object, argument: str, include_one: bool) -> float:
     interval = "[0, 1]" if include_one else "[0, 1)"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"{argument} must be a number in {interval}, got {type(value).__name__} {value!r}"
-        )
+        raise TypeError(f"{argument} must be a number in {interval}, got {type(value).__name__} {value!r}")
     if not (0.0 <= value < 1.0 or (include_one and value == 1.0)):
         raise ValueError(f"{argument} must be a number in {interval}, got {value!r}")
     return float(value)
@@ -91,9 +86,7 @@ def _count_non_binary(values: np.ndarray) -> int:
     return int(np.count_nonzero((values != 0) & (values != 1)))
 
 
-def validate_dictionary(
-    masks: object, binary: bool = True, argument: str = "dictionary"
-) -> np.ndarray:
+def validate_dictionary(masks: object, binary: bool = True, argument: str = "dictionary") -> np.ndarray:
     """Check a (25, C, H, W) stack of masks and return it as a float32 copy.
 
     Values must be finite and in [0, 1]; with ``binary`` they must be exactly 0 or 1.
@@ -142,8 +135,7 @@ class MaskDictionary:
             )
         if not isinstance(self.source, str):
             raise TypeError(
-                "source must be a str describing where the masks came from, got "
-                f"{type(self.source).__name__}"
+                f"source must be a str describing where the masks came from, got {type(self.source).__name__}"
             )
 
     @property
@@ -185,9 +177,7 @@ class MaskDictionary:
 
 def _existing_file(path: object, argument: str) -> Path:
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(
-            f"{argument} must be a file path (str or os.PathLike), got {type(path).__name__}"
-        )
+        raise TypeError(f"{argument} must be a file path (str or os.PathLike), got {type(path).__name__}")
     file = Path(path)
     if not file.exists():
         raise FileNotFoundError(f"{argument} {str(file)!r} does not exist; check the path")
@@ -196,18 +186,14 @@ def _existing_file(path: object, argument: str) -> Path:
     return file
 
 
-def read_mean_mask_txt(
-    path: PathLike, feature_shape: FeatureShape = DEFAULT_FEATURE_SHAPE
-) -> np.ndarray:
+def read_mean_mask_txt(path: PathLike, feature_shape: FeatureShape = DEFAULT_FEATURE_SHAPE) -> np.ndarray:
     """Read one reference ``mean_mask.txt`` (a float per line, C, H, W order): float32 (C, H, W)."""
     shape = _validate_feature_shape(feature_shape)
     file = _existing_file(path, "mean mask file")
     try:
         lines = file.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
-        raise ValueError(
-            f"{file} is not a text file; a mean_mask.txt holds one float per line"
-        ) from None
+        raise ValueError(f"{file} is not a text file; a mean_mask.txt holds one float per line") from None
     while lines and not lines[-1].strip():
         lines.pop()
     values = np.empty(len(lines), dtype=np.float64)
@@ -216,8 +202,7 @@ def read_mean_mask_txt(
             values[index] = float(line)
         except ValueError:
             raise ValueError(
-                f"{file}, line {index + 1}: {line.strip()!r} is not a number; a mean_mask.txt "
-                "holds one float per line"
+                f"{file}, line {index + 1}: {line.strip()!r} is not a number; a mean_mask.txt holds one float per line"
             ) from None
     expected = int(np.prod(shape))
     if values.size != expected:
@@ -234,8 +219,7 @@ def write_mean_mask_txt(path: PathLike, mask: object) -> None:
     array = as_real_array(mask, "mask", "a (C, H, W) array")
     if array.ndim != 3:
         raise ValueError(
-            "mask must be one dictionary item of shape (C, H, W), e.g. (512, 7, 6), got shape "
-            f"{array.shape}"
+            f"mask must be one dictionary item of shape (C, H, W), e.g. (512, 7, 6), got shape {array.shape}"
         )
     _check_unit_range(array, "mask")
     np.savetxt(path, array.astype(np.float64).reshape(-1), fmt="%.9g")
@@ -290,15 +274,11 @@ def load_mean_masks(
         files = _find_mean_mask_files(directory)
     else:
         if not isinstance(source, Iterable):
-            raise TypeError(
-                "source must be a directory or a sequence of 25 paths, got "
-                f"{type(source).__name__}"
-            )
+            raise TypeError(f"source must be a directory or a sequence of 25 paths, got {type(source).__name__}")
         files = list(source)
         if len(files) != NUM_CELLS:
             raise ValueError(
-                "source must list 25 mean_mask.txt paths, one per grid cell in order 0..24, "
-                f"got {len(files)}"
+                f"source must list 25 mean_mask.txt paths, one per grid cell in order 0..24, got {len(files)}"
             )
     masks = np.stack([read_mean_mask_txt(file, shape) for file in files])
     return masks, [str(file) for file in files]
@@ -318,9 +298,7 @@ def _read_arrays(file: Path) -> dict[str, np.ndarray]:
         with np.load(file, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
-        raise ValueError(
-            f"cannot read {file} as a numpy {suffix} file without pickle: {error}"
-        ) from error
+        raise ValueError(f"cannot read {file} as a numpy {suffix} file without pickle: {error}") from error
 
 
 def _pick_array(arrays: dict[str, np.ndarray], file: Path) -> np.ndarray:
@@ -349,9 +327,7 @@ def _as_items(array: np.ndarray, shape: FeatureShape, file: Path) -> np.ndarray:
     return validate_dictionary(array, binary=False, argument=str(file))
 
 
-def load_dictionary_array(
-    path: PathLike, feature_shape: FeatureShape = DEFAULT_FEATURE_SHAPE
-) -> np.ndarray:
+def load_dictionary_array(path: PathLike, feature_shape: FeatureShape = DEFAULT_FEATURE_SHAPE) -> np.ndarray:
     """Mean or binary masks from a .npy/.npz as float32 (25, C, H, W); (25, C*H*W) is reshaped."""
     shape = _validate_feature_shape(feature_shape)
     file = _existing_file(path, "path")
@@ -385,9 +361,7 @@ def save_dictionary(path: PathLike, dictionary: MaskDictionary) -> None:
         raise TypeError(f"dictionary must be a MaskDictionary, got {type(dictionary).__name__}")
     file = Path(path)
     if file.suffix.lower() != ".npz":
-        raise ValueError(
-            f"path must end in .npz (numpy would otherwise append it), got {str(file)!r}"
-        )
+        raise ValueError(f"path must end in .npz (numpy would otherwise append it), got {str(file)!r}")
     provenance = {
         "format": DICTIONARY_FORMAT,
         "version": DICTIONARY_FORMAT_VERSION,
@@ -403,8 +377,7 @@ def _saved_dictionary(arrays: dict[str, np.ndarray], file: Path) -> MaskDictiona
         raise ValueError(f"{file}: the 'provenance' entry is not valid JSON ({error})") from None
     if not isinstance(provenance, dict) or provenance.get("format") != DICTIONARY_FORMAT:
         raise ValueError(
-            f"{file}: the 'provenance' entry is not a {DICTIONARY_FORMAT!r} record written by "
-            "save_dictionary"
+            f"{file}: the 'provenance' entry is not a {DICTIONARY_FORMAT!r} record written by save_dictionary"
         )
     if provenance.get("version") != DICTIONARY_FORMAT_VERSION:
         raise ValueError(
@@ -431,9 +404,7 @@ def load_dictionary(path: PathLike, feature_shape: FeatureShape | None = None) -
     (default (512, 7, 6)) reshapes a (25, C*H*W) one. A saved dictionary carries its own shape,
     which must match ``feature_shape`` when that is given.
     """
-    shape = _validate_feature_shape(
-        DEFAULT_FEATURE_SHAPE if feature_shape is None else feature_shape
-    )
+    shape = _validate_feature_shape(DEFAULT_FEATURE_SHAPE if feature_shape is None else feature_shape)
     file = _existing_file(path, "path")
     arrays = _read_arrays(file)
     if "provenance" not in arrays:
@@ -476,21 +447,15 @@ def build_dictionary(
         values, files = load_mean_masks(source, shape)
         origin = f"mean_mask.txt files {', '.join(files)}"
     if _count_non_binary(values) == 0:
-        return MaskDictionary(
-            masks=values, tau=None, threshold=None, source=f"binary masks from {origin}"
-        )
+        return MaskDictionary(masks=values, tau=None, threshold=None, source=f"binary masks from {origin}")
     if threshold is not None:
         masks, tau = binarize_by_threshold(values, threshold), None
     else:
         masks = binarize_by_tau(values, tau)
-    return MaskDictionary(
-        masks=masks, tau=tau, threshold=threshold, source=f"mean masks from {origin}"
-    )
+    return MaskDictionary(masks=masks, tau=tau, threshold=threshold, source=f"mean masks from {origin}")
 
 
-def synthetic_mean_masks(
-    seed: int, feature_shape: FeatureShape = DEFAULT_FEATURE_SHAPE
-) -> np.ndarray:
+def synthetic_mean_masks(seed: int, feature_shape: FeatureShape = DEFAULT_FEATURE_SHAPE) -> np.ndarray:
     """Deterministic stand-in mean masks for the demo model: float32 (25, C, H, W) in [0, 1].
 
     For cell j, the feature positions overlapping the cell (its pixel bounds scaled onto the
@@ -515,14 +480,10 @@ def synthetic_mean_masks(
         overlap_y = np.clip(np.minimum(row + 1, fy1) - np.maximum(row, fy0), 0.0, 1.0)
         overlap = np.outer(overlap_y, overlap_x)
         core = np.where(overlap > 0, 0.5 + 0.5 * overlap, 0.0)
-        distance_squared = (row[:, None] + 0.5 - (fy0 + fy1) / 2) ** 2 + (
-            col[None, :] + 0.5 - (fx0 + fx1) / 2
-        ) ** 2
+        distance_squared = (row[:, None] + 0.5 - (fy0 + fy1) / 2) ** 2 + (col[None, :] + 0.5 - (fx0 + fx1) / 2) ** 2
         spatial = np.maximum(core, 0.35 * np.exp(-distance_squared / 2.0))
         sensitive = rng.random(channels) < 0.8
-        sensitivity = np.where(
-            sensitive, rng.uniform(0.6, 1.0, channels), rng.uniform(0.0, 0.2, channels)
-        )
+        sensitivity = np.where(sensitive, rng.uniform(0.6, 1.0, channels), rng.uniform(0.0, 0.2, channels))
         noise = 0.15 * rng.random((channels, height, width))
         item = 1.0 - sensitivity[:, None, None] * spatial + noise
         items[cell] = (item - item.min()) / (item.max() - item.min())

@@ -38,8 +38,7 @@ def check_cell_id(value: object, label: str) -> int:
     """``value`` as an int cell id 0..24, or an error naming ``label``, the value and the range."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(
-            f"{label} must be an integer cell id {_CELL_ID_RANGE}, got {value!r} "
-            f"of type {type(value).__name__}"
+            f"{label} must be an integer cell id {_CELL_ID_RANGE}, got {value!r} of type {type(value).__name__}"
         )
     if not 0 <= value < NUM_CELLS:
         raise ValueError(f"{label} is {value}, expected a cell id in {_CELL_ID_RANGE}")
@@ -81,9 +80,7 @@ def cells_to_vector(cells: Iterable[int], argument: str = "cells") -> np.ndarray
     return vector
 
 
-def _require_zero_one(
-    array: np.ndarray, argument: str, axis_names: tuple[str, ...], meaning: str
-) -> None:
+def _require_zero_one(array: np.ndarray, argument: str, axis_names: tuple[str, ...], meaning: str) -> None:
     """Raise naming the first entry (and the count of entries) that is not exactly 0 or 1."""
     bad = ~((array == 0) | (array == 1))
     if not bad.any():
@@ -142,16 +139,12 @@ def _validate_boxes(boxes: object) -> np.ndarray:
     if array.shape == (4,):
         array = array[None]
     if array.ndim != 2 or array.shape[1] != 4:
-        raise ValueError(
-            f"boxes must have shape (4,) or (K, 4) as x0, y0, x1, y1, got shape {array.shape}"
-        )
+        raise ValueError(f"boxes must have shape (4,) or (K, 4) as x0, y0, x1, y1, got shape {array.shape}")
     array = array.astype(np.float64)
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
         index = int(np.argmin(finite))
-        raise ValueError(
-            f"boxes[{index}] = {array[index].tolist()} has a NaN or infinite coordinate"
-        )
+        raise ValueError(f"boxes[{index}] = {array[index].tolist()} has a NaN or infinite coordinate")
     empty = (array[:, 2] <= array[:, 0]) | (array[:, 3] <= array[:, 1])
     if empty.any():
         index = int(np.argmax(empty))
@@ -189,9 +182,7 @@ def cells_from_mask(mask: object, min_coverage: float = DEFAULT_MIN_COVERAGE) ->
     """Float32 (25,) occlusion vector: 1 where at least ``min_coverage`` of a cell is set."""
     expected = "a number in (0, 1] (the fraction of a cell that must be covered to count)"
     if isinstance(min_coverage, bool) or not isinstance(min_coverage, numbers.Real):
-        raise TypeError(
-            f"min_coverage must be {expected}, got {type(min_coverage).__name__} {min_coverage!r}"
-        )
+        raise TypeError(f"min_coverage must be {expected}, got {type(min_coverage).__name__} {min_coverage!r}")
     if not 0.0 < min_coverage <= 1.0:
         raise ValueError(f"min_coverage must be {expected}, got {min_coverage!r}")
     return (coverage_from_mask(mask) >= min_coverage).astype(np.float32)

@@ -32,13 +32,10 @@ class Architecture:
 
     def __post_init__(self) -> None:
         if len(self.layers) != 4 or any(int(n) < 1 for n in self.layers):
-            raise ValueError(
-                f"architecture layers must be 4 positive block counts, got {self.layers!r}"
-            )
+            raise ValueError(f"architecture layers must be 4 positive block counts, got {self.layers!r}")
         if len(self.widths) != 5 or any(int(w) < 1 for w in self.widths):
             raise ValueError(
-                f"architecture widths must be 5 positive channel counts (stem + 4 stages), "
-                f"got {self.widths!r}"
+                f"architecture widths must be 5 positive channel counts (stem + 4 stages), got {self.widths!r}"
             )
 
     @property
@@ -53,7 +50,7 @@ class Architecture:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Architecture":
+    def from_dict(cls, data: dict) -> Architecture:
         return cls(
             name=str(data["name"]),
             layers=tuple(int(n) for n in data["layers"]),  # type: ignore[arg-type]
@@ -70,18 +67,14 @@ LRESNET10E_IR = Architecture("lresnet10e-ir", (1, 1, 1, 1), (32, 32, 64, 128, 25
 # whole training pipeline runs on a 2-core CPU in minutes.
 LRESNET_IR_TINY = Architecture("lresnet-ir-tiny", (1, 1, 1, 1), (8, 8, 16, 32, 64))
 
-ARCHITECTURES: dict[str, Architecture] = {
-    a.name: a for a in (LRESNET50E_IR, LRESNET10E_IR, LRESNET_IR_TINY)
-}
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (LRESNET50E_IR, LRESNET10E_IR, LRESNET_IR_TINY)}
 
 
 def architecture_by_name(name: str) -> Architecture:
     try:
         return ARCHITECTURES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown architecture {name!r}; expected one of {sorted(ARCHITECTURES)}"
-        ) from None
+        raise ValueError(f"unknown architecture {name!r}; expected one of {sorted(ARCHITECTURES)}") from None
 
 
 class BlockIR(nn.Module):
@@ -165,9 +158,9 @@ class PDSNNetwork(LResNetIR):
         super().__init__(architecture)
         self.sia = MaskGenerator(architecture.feature_shape[0])
 
-    def pairwise_mask(self, clean: torch.Tensor, occluded: torch.Tensor) -> tuple[
-        torch.Tensor, torch.Tensor, torch.Tensor
-    ]:
+    def pairwise_mask(
+        self, clean: torch.Tensor, occluded: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (mask, masked clean features, masked occluded features)."""
         f_clean, f_occ = self.features(clean), self.features(occluded)
         mask = self.sia(torch.abs(f_clean - f_occ))

@@ -59,9 +59,7 @@ def check_both_kinds(same: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: no pairs")
     if same.all() or not same.any():
         kind = "same-identity" if same.all() else "different-identity"
-        raise ValueError(
-            f"{what}: all {same.size} pairs are {kind}; verification accuracy needs both kinds"
-        )
+        raise ValueError(f"{what}: all {same.size} pairs are {kind}; verification accuracy needs both kinds")
 
 
 def ten_fold_accuracy(scores: np.ndarray, same: np.ndarray, folds: int = 10) -> dict:

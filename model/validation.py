@@ -10,11 +10,7 @@ def as_real_array(value: object, argument: str, expected: str) -> np.ndarray:
     try:
         array = np.asarray(value)
     except ValueError as error:
-        raise ValueError(
-            f"{argument} must be {expected}, got a ragged sequence ({error})"
-        ) from None
+        raise ValueError(f"{argument} must be {expected}, got a ragged sequence ({error})") from None
     if array.dtype.kind not in "biuf":
-        raise TypeError(
-            f"{argument} must be {expected} of booleans or real numbers, got dtype {array.dtype}"
-        )
+        raise TypeError(f"{argument} must be {expected} of booleans or real numbers, got dtype {array.dtype}")
     return array

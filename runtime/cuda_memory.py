@@ -139,12 +139,24 @@ class Stream(_Resource):
         self.handle = int(self._stream)
 
     def copy_to_device(self, device_ptr: int, host_ptr: int, nbytes: int) -> None:
-        call("cudaMemcpyAsync", device_ptr, host_ptr, nbytes, cudart().cudaMemcpyKind.cudaMemcpyHostToDevice,
-             self._stream)
+        call(
+            "cudaMemcpyAsync",
+            device_ptr,
+            host_ptr,
+            nbytes,
+            cudart().cudaMemcpyKind.cudaMemcpyHostToDevice,
+            self._stream,
+        )
 
     def copy_to_host(self, host_ptr: int, device_ptr: int, nbytes: int) -> None:
-        call("cudaMemcpyAsync", host_ptr, device_ptr, nbytes, cudart().cudaMemcpyKind.cudaMemcpyDeviceToHost,
-             self._stream)
+        call(
+            "cudaMemcpyAsync",
+            host_ptr,
+            device_ptr,
+            nbytes,
+            cudart().cudaMemcpyKind.cudaMemcpyDeviceToHost,
+            self._stream,
+        )
 
     def synchronize(self) -> None:
         call("cudaStreamSynchronize", self._stream)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from factories import LENIENT_GATES, TINY, random_binary_dictionary, randomized_model
+
 from pdsn.export.bundle_writer import ExportRequest, export_bundle
 from pdsn.export.onnx_export import ExportOptions
 
@@ -46,8 +46,12 @@ def tiny_bundle(tmp_path_factory, tiny_checkpoint, tiny_dictionary_file) -> Path
 def tiny_float_bundle(tmp_path_factory, tiny_checkpoint, tiny_dictionary_file) -> Path:
     """float32 NCHW input, dictionary embedded, L2-normalised output: every export option flipped."""
     return export_tiny(
-        tmp_path_factory.mktemp("bundles") / "tiny-float", tiny_checkpoint, tiny_dictionary_file,
-        image_layout="nchw-float32", embed_dictionary=True, l2_normalize=True,
+        tmp_path_factory.mktemp("bundles") / "tiny-float",
+        tiny_checkpoint,
+        tiny_dictionary_file,
+        image_layout="nchw-float32",
+        embed_dictionary=True,
+        l2_normalize=True,
     )
 
 
@@ -58,6 +62,16 @@ def quantized(tiny_bundle, tmp_path_factory) -> Path:
 
     bundle = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("q") / "bundle"))
     add_variant(VariantRequest(bundle, "fp16", progress=False))
-    add_variant(VariantRequest(bundle, "int8", calib="synthetic", method="minmax", samples=32,
-                               holdout=16, gates=LENIENT_GATES, progress=False))
+    add_variant(
+        VariantRequest(
+            bundle,
+            "int8",
+            calib="synthetic",
+            method="minmax",
+            samples=32,
+            holdout=16,
+            gates=LENIENT_GATES,
+            progress=False,
+        )
+    )
     return bundle

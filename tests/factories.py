@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-
 import torch
 
 from pdsn.calib.gates import PrecisionGate

@@ -10,6 +10,7 @@ import enum
 import json
 import sys
 import types
+from typing import ClassVar
 
 import onnx
 
@@ -89,7 +90,7 @@ class _Config:
 
 
 class FakeBuilder:
-    configs: list[_Config] = []
+    configs: ClassVar[list[_Config]] = []
 
     def __init__(self, logger) -> None:
         self.logger = logger
@@ -140,7 +141,7 @@ class _FakePlugin(types.ModuleType):
             return tuple(values)
 
     @staticmethod
-    def SymInt32(value: int) -> int:  # noqa: N802 - TensorRT's name
+    def SymInt32(value: int) -> int:
         return value
 
     TensorDesc = types.SimpleNamespace
@@ -170,11 +171,12 @@ def install_fake_tensorrt(monkeypatch, plugin: bool = True) -> types.ModuleType:
     module.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
     module.BuilderFlag = types.SimpleNamespace(VERSION_COMPATIBLE="VERSION_COMPATIBLE")
     module.HardwareCompatibilityLevel = types.SimpleNamespace(
-        NONE="NONE", AMPERE_PLUS="AMPERE_PLUS", SAME_COMPUTE_CAPABILITY="SAME_COMPUTE_CAPABILITY")
+        NONE="NONE", AMPERE_PLUS="AMPERE_PLUS", SAME_COMPUTE_CAPABILITY="SAME_COMPUTE_CAPABILITY"
+    )
     module.int32, module.float16, module.float32 = "int32", "float16", "float32"
     monkeypatch.setitem(sys.modules, "tensorrt", module)
     if plugin:
         module.plugin = _FakePlugin()
         monkeypatch.setitem(sys.modules, "tensorrt.plugin", module.plugin)
-    monkeypatch.setattr("pdsn.export.tensorrt_flavour.current_compute_capability", lambda: "9.0")
+    monkeypatch.setattr("pdsn.engines.flavour.current_compute_capability", lambda: "9.0")
     return module

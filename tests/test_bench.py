@@ -20,8 +20,19 @@ from pdsn.runtime import Recognizer
 @pytest.fixture(scope="module")
 def timing_bundle(tiny_bundle, tmp_path_factory) -> Path:
     bundle = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("bench") / "bundle"))
-    add_variant(VariantRequest(bundle, "int8", calib="synthetic", method="minmax", samples=16, holdout=8,
-                               gates={"int8": PrecisionGate(min_cosine=1.01)}, enforce_gate=False, progress=False))
+    add_variant(
+        VariantRequest(
+            bundle,
+            "int8",
+            calib="synthetic",
+            method="minmax",
+            samples=16,
+            holdout=8,
+            gates={"int8": PrecisionGate(min_cosine=1.01)},
+            enforce_gate=False,
+            progress=False,
+        )
+    )
     return bundle
 
 
@@ -35,12 +46,24 @@ def test_timing_only_variant_is_refused_for_serving(timing_bundle):
 
 
 def test_benchmark_measures_every_configuration(timing_bundle):
-    config = BenchConfig(backends=("onnxruntime",), precisions=("fp32", "int8", "fp16"), batches=(1, 3),
-                         seconds=0.05, min_iterations=2, warmup=1)
+    config = BenchConfig(
+        backends=("onnxruntime",),
+        precisions=("fp32", "int8", "fp16"),
+        batches=(1, 3),
+        seconds=0.05,
+        min_iterations=2,
+        warmup=1,
+    )
     result = run_benchmark(timing_bundle, config, progress=False)
     paths = [(r["path"], r["batch"]) for r in result["rows"]]
-    assert paths == [(REFERENCE, 1), (REFERENCE, 3), ("onnxruntime-fp32", 1), ("onnxruntime-fp32", 3),
-                     ("onnxruntime-int8", 1), ("onnxruntime-int8", 3)]
+    assert paths == [
+        (REFERENCE, 1),
+        (REFERENCE, 3),
+        ("onnxruntime-fp32", 1),
+        ("onnxruntime-fp32", 3),
+        ("onnxruntime-int8", 1),
+        ("onnxruntime-int8", 3),
+    ]
     assert "onnxruntime-fp16" in result["skipped"]
     for row in result["rows"]:
         assert row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
@@ -57,10 +80,16 @@ def test_benchmark_measures_every_configuration(timing_bundle):
 
 
 def test_concurrency_sweep_reports_every_point_and_the_goals(timing_bundle):
-    config = BenchConfig(backends=("onnxruntime",), precisions=("fp32",), batches=(1, 2), reference=False,
-                         seconds=0.05, min_iterations=2, warmup=1,
-                         sweep=SweepConfig(clients=(1, 2), delays_ms=(0.0, 1.0), max_batch=2, seconds=0.3,
-                                           warmup_seconds=0.1))
+    config = BenchConfig(
+        backends=("onnxruntime",),
+        precisions=("fp32",),
+        batches=(1, 2),
+        reference=False,
+        seconds=0.05,
+        min_iterations=2,
+        warmup=1,
+        sweep=SweepConfig(clients=(1, 2), delays_ms=(0.0, 1.0), max_batch=2, seconds=0.3, warmup_seconds=0.1),
+    )
     result = run_benchmark(timing_bundle, config, progress=False)
     points = [(r["max_delay_ms"], r["clients"]) for r in result["concurrency"]]
     assert points == [(0.0, 1), (0.0, 2), (1.0, 1), (1.0, 2)]
@@ -76,18 +105,47 @@ def test_concurrency_sweep_reports_every_point_and_the_goals(timing_bundle):
 
 def test_goals_compare_the_sweep_with_the_direct_batch():
     rows = [{"path": "p", "batch": 8, "direct": {"throughput_img_s": 100.0, "p50_ms": 80.0}}]
-    sweeps = [{"path": "p", "clients": 8, "max_delay_ms": 2.0, "throughput_img_s": 95.0, "p99_ms": 150.0},
-              {"path": "p", "clients": 8, "max_delay_ms": 10.0, "throughput_img_s": 85.0, "p99_ms": 100.0},
-              {"path": "p", "clients": 1, "max_delay_ms": 0.0, "overhead_ms": 0.7}]
+    sweeps = [
+        {"path": "p", "clients": 8, "max_delay_ms": 2.0, "throughput_img_s": 95.0, "p99_ms": 150.0},
+        {"path": "p", "clients": 8, "max_delay_ms": 10.0, "throughput_img_s": 85.0, "p99_ms": 100.0},
+        {"path": "p", "clients": 1, "max_delay_ms": 0.0, "overhead_ms": 0.7},
+    ]
     goals = batcher_goals(rows, sweeps)
     assert [(g.get("throughput_ratio"), g.get("p99_bound_ms"), g["met"]) for g in goals] == [
-        (0.95, 162.0, True), (0.85, 170.0, False), (None, None, False)]
+        (0.95, 162.0, True),
+        (0.85, 170.0, False),
+        (None, None, False),
+    ]
 
 
 def test_bench_command_writes_json_markdown_and_plot(timing_bundle, tmp_path, capsys):
-    code = main(["bench", "--bundle", str(timing_bundle), "--backends", "onnxruntime", "--precisions", "fp32",
-                 "--batches", "2", "--seconds", "0.05", "--clients", "1,2", "--delays", "0", "--max-batch", "2",
-                 "--sweep-seconds", "0.3", "--out", str(tmp_path), "--name", "tiny"])
+    code = main(
+        [
+            "bench",
+            "--bundle",
+            str(timing_bundle),
+            "--backends",
+            "onnxruntime",
+            "--precisions",
+            "fp32",
+            "--batches",
+            "2",
+            "--seconds",
+            "0.05",
+            "--clients",
+            "1,2",
+            "--delays",
+            "0",
+            "--max-batch",
+            "2",
+            "--sweep-seconds",
+            "0.3",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "tiny",
+        ]
+    )
     assert code == 0
     result = json.loads((tmp_path / "tiny.json").read_text())
     assert {r["path"] for r in result["rows"]} == {REFERENCE, "onnxruntime-fp32"}
@@ -98,8 +156,15 @@ def test_bench_command_writes_json_markdown_and_plot(timing_bundle, tmp_path, ca
 
 
 def test_no_plot_without_a_sweep(timing_bundle, tmp_path):
-    config = BenchConfig(backends=("onnxruntime",), precisions=("fp32",), batches=(1,), reference=False,
-                         seconds=0.02, min_iterations=2, warmup=1)
+    config = BenchConfig(
+        backends=("onnxruntime",),
+        precisions=("fp32",),
+        batches=(1,),
+        reference=False,
+        seconds=0.02,
+        min_iterations=2,
+        warmup=1,
+    )
     written = write_results(run_benchmark(timing_bundle, config, progress=False), tmp_path, "plain")
     assert [p.suffix for p in written] == [".json", ".md"]
 

@@ -47,8 +47,12 @@ def test_synthetic_source_is_labelled():
 def test_occlusion_mix_follows_traffic_proportions():
     vectors = occlusion_mix(4000, seed=1)
     counts = vectors.sum(axis=1)
-    shares = {"none": (counts == 0).mean(), "one-cell": (counts == 1).mean(),
-              "sunglasses": (counts == 4).mean(), "bottom-row": (counts == 5).mean()}
+    shares = {
+        "none": (counts == 0).mean(),
+        "one-cell": (counts == 1).mean(),
+        "sunglasses": (counts == 4).mean(),
+        "bottom-row": (counts == 5).mean(),
+    }
     for name, share in OCCLUSION_MIX:
         assert shares[name] == pytest.approx(share, abs=0.03)
     assert np.array_equal(vectors, occlusion_mix(4000, seed=1))

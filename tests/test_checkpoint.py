@@ -6,8 +6,8 @@ import logging
 
 import pytest
 import torch
-
 from factories import TINY, randomized_model
+
 from pdsn.model.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,

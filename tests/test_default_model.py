@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pdsn.bench.timing_bundle import prepare_timing_bundle
 from pdsn.cli import main
-from pdsn.demo import prepare_demo_bundle, prepare_timing_bundle
+from pdsn.demo import prepare_demo_bundle
 from pdsn.export.bundle_writer import ExportRequest, export_bundle
 from pdsn.model.demo_weights import TRAINED_DEMO_CHECKPOINT
 from pdsn.model.network import LRESNET50E_IR
@@ -54,17 +55,42 @@ def test_seeded_lresnet50e_ir_bundle(tmp_path):
 
 def test_demo_command_runs_end_to_end(tmp_path, capsys):
     out, timing = tmp_path / "demo", tmp_path / "timing"
-    command = ["demo", "--out", str(out), "--bench-work", str(timing), "--bench-architecture", "lresnet10e-ir",
-               "--eval-pairs", "200"]
+    command = [
+        "demo",
+        "--out",
+        str(out),
+        "--bench-work",
+        str(timing),
+        "--bench-architecture",
+        "lresnet10e-ir",
+        "--eval-pairs",
+        "200",
+    ]
     assert main(command) == 0
     printed = capsys.readouterr().out
-    for step in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]", "pytorch-eager-fp32", "onnxruntime-fp32",
-                 "onnxruntime-int8", "fp16: cosine min", "int8: cosine min", "`pdsn verify`", "int8 on onnxruntime",
-                 "| onnxruntime int8 | occluded | on |"):
+    for step in (
+        "[1/6]",
+        "[2/6]",
+        "[3/6]",
+        "[4/6]",
+        "[5/6]",
+        "[6/6]",
+        "pytorch-eager-fp32",
+        "onnxruntime-fp32",
+        "onnxruntime-int8",
+        "fp16: cosine min",
+        "int8: cosine min",
+        "`pdsn verify`",
+        "int8 on onnxruntime",
+        "| onnxruntime int8 | occluded | on |",
+    ):
         assert step in printed
     assert "FAIL" not in printed
-    rows = {line.split("|")[1].strip() + "/" + line.split("|")[3].strip(): float(line.split("|")[4].split("%")[0])
-            for line in printed.splitlines() if line.strip().startswith("| ") and "%" in line}
+    rows = {
+        line.split("|")[1].strip() + "/" + line.split("|")[3].strip(): float(line.split("|")[4].split("%")[0])
+        for line in printed.splitlines()
+        if line.strip().startswith("| ") and "%" in line
+    }
     for model in ("pytorch fp32", "onnxruntime fp32", "onnxruntime fp16", "onnxruntime int8"):
         assert rows[f"{model}/on"] > rows[f"{model}/off"], f"{model}: FDM lifts occluded accuracy"
     timing_stamp = (timing / "manifest.json").stat().st_mtime_ns

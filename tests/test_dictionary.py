@@ -379,9 +379,7 @@ def test_load_dictionary_array_npz_selection(tmp_path: Path) -> None:
         ((8, 7, 6), r"shape \(8, 7, 6\)"),
     ],
 )
-def test_load_dictionary_array_rejects_wrong_shapes(
-    tmp_path: Path, shape: tuple, message: str
-) -> None:
+def test_load_dictionary_array_rejects_wrong_shapes(tmp_path: Path, shape: tuple, message: str) -> None:
     np.save(tmp_path / "bad.npy", np.zeros(shape, dtype=np.float32))
     with pytest.raises(ValueError, match=message):
         load_dictionary_array(tmp_path / "bad.npy", SMALL)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import onnx
 import pytest
-
 from fake_tensorrt import FakeBuilder, install_fake_tensorrt
+
 from pdsn.cli import main
-from pdsn.export.engine_build import EngineBuildError, EngineBuildRequest, build_engine, check_batch_profile
-from pdsn.export.tensorrt_flavour import BuildTargets, TensorRTUnavailableError, load_flavour
+from pdsn.engines.build import EngineBuildError, EngineBuildRequest, build_engine, check_batch_profile
+from pdsn.engines.flavour import BuildTargets, TensorRTUnavailableError, load_flavour
 from pdsn.model.bundle_format import BundleIntegrityError, read_manifest, sha256_file, write_manifest
 from pdsn.runtime.bundle import open_bundle
 
@@ -44,8 +44,9 @@ def rtx():
 def built(rtx, quantized, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     """Every variant of the tiny bundle built with TensorRT-RTX on the default profile."""
     bundle = _copy(quantized, tmp_path_factory.mktemp("engines"))
-    entries = {p: build_engine(EngineBuildRequest(bundle, p, flavour="tensorrt-rtx", progress=None))
-               for p in PRECISIONS}
+    entries = {
+        p: build_engine(EngineBuildRequest(bundle, p, flavour="tensorrt-rtx", progress=None)) for p in PRECISIONS
+    }
     return bundle, entries
 
 
@@ -58,7 +59,11 @@ def test_every_variant_builds_a_recorded_engine(built, rtx, precision):
     engine = bundle / entry["file"]
     assert entry["bytes"] == engine.stat().st_size > 100_000
     assert entry["sha256"] == sha256_file(engine)
-    assert (entry["flavour"], entry["version"], entry["compute_capability"]) == ("tensorrt-rtx", rtx.__version__, "portable")
+    assert (entry["flavour"], entry["version"], entry["compute_capability"]) == (
+        "tensorrt-rtx",
+        rtx.__version__,
+        "portable",
+    )
     assert entry["profile"] == {"min": 1, "opt": 16, "max": 128} and entry["fdm_impl"] == "native"
     assert entry["build_seconds"] > 0 and entry["timing_cache"] is None, "RTX's timing cache is a no-op"
     manifest = read_manifest(bundle)
@@ -75,10 +80,13 @@ def test_the_built_bundle_opens_with_every_hash_checked(built):
     assert not list((bundle / "engines").glob(".*")), "no partial files left behind"
 
 
-@pytest.mark.parametrize(("damage", "message"), [
-    (lambda data: data[: len(data) // 2], "truncated or replaced"),
-    (lambda data: data[:100] + bytes([data[100] ^ 0xFF]) + data[101:], r"SHA-256 .*\(modified after export\)"),
-])
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda data: data[: len(data) // 2], "truncated or replaced"),
+        (lambda data: data[:100] + bytes([data[100] ^ 0xFF]) + data[101:], r"SHA-256 .*\(modified after export\)"),
+    ],
+)
 def test_a_damaged_engine_fails_the_bundle_check(built, tmp_path, damage, message):
     bundle = _copy(built[0], tmp_path)
     engine = bundle / built[1]["fp16"]["file"]
@@ -89,8 +97,24 @@ def test_a_damaged_engine_fails_the_bundle_check(built, tmp_path, damage, messag
 
 def test_cli_build_reports_progress_and_the_engine(rtx, quantized, tmp_path, capsys):
     bundle = _copy(quantized, tmp_path)
-    assert main(["build", "--bundle", str(bundle), "--precision", "int8", "--flavour", "tensorrt-rtx",
-                 "--batch", "1,4,8", "--compute-capability", "8.6"]) == 0
+    assert (
+        main(
+            [
+                "build",
+                "--bundle",
+                str(bundle),
+                "--precision",
+                "int8",
+                "--flavour",
+                "tensorrt-rtx",
+                "--batch",
+                "1,4,8",
+                "--compute-capability",
+                "8.6",
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     assert f"built engines/tensorrt-rtx-{rtx.__version__}-sm86-int8-b1-4-8.engine" in out
     assert "int8, target sm86, batch 1..8 (tuned for 4)" in out
@@ -101,8 +125,11 @@ def test_cli_build_reports_progress_and_the_engine(rtx, quantized, tmp_path, cap
 
 def test_progress_lines_carry_the_elapsed_time(rtx, quantized, tmp_path):
     lines: list[str] = []
-    build_engine(EngineBuildRequest(_copy(quantized, tmp_path), "fp32", flavour="tensorrt-rtx",
-                                    batch=TINY_BATCH, progress=lines.append))
+    build_engine(
+        EngineBuildRequest(
+            _copy(quantized, tmp_path), "fp32", flavour="tensorrt-rtx", batch=TINY_BATCH, progress=lines.append
+        )
+    )
     layout = [re.fullmatch(r"\[ *\d+\.\d s\] ( *)(\S.*)", line) for line in lines]
     assert all(layout), lines
     assert layout[0].group(2).startswith("Building engine") and layout[-1].group(2) == "Building engine: done"
@@ -122,8 +149,16 @@ def test_turing_builds_run_both_gemms_in_fp16_after_a_parity_check(rtx, quantize
     """RTX has no FP32 GEMM for Turing: the FDM count (exactly) and the head (gated) run in FP16."""
     bundle = _copy(quantized, tmp_path)
     for precision in ("fp32", "fp16", "int8"):
-        entry = build_engine(EngineBuildRequest(bundle, precision, flavour="tensorrt-rtx", batch=TINY_BATCH,
-                                                progress=None, targets=BuildTargets(compute_capabilities=("7.5",))))
+        entry = build_engine(
+            EngineBuildRequest(
+                bundle,
+                precision,
+                flavour="tensorrt-rtx",
+                batch=TINY_BATCH,
+                progress=None,
+                targets=BuildTargets(compute_capabilities=("7.5",)),
+            )
+        )
         assert entry["compute_capability"] == "sm75" and entry["file"].endswith(f"sm75-{precision}-b1-4-8.engine")
         turing = entry["turing_fp16_gemms"]
         assert turing["passed"] and turing["cosine_min"] >= 0.9995 and turing["gate"] == {"min_cosine": 0.9995}
@@ -149,8 +184,16 @@ def test_a_turing_rewrite_that_misses_its_gate_is_refused(rtx, quantized, tmp_pa
     bundle = _copy(quantized, tmp_path)
     before = _snapshot(bundle)
     with pytest.raises(EngineBuildError, match=r"(?s)Turing rewrite of model.onnx .* missed the FP16 gate.*unchanged"):
-        build_engine(EngineBuildRequest(bundle, "fp32", flavour="tensorrt-rtx", batch=TINY_BATCH, progress=None,
-                                        targets=BuildTargets(compute_capabilities=("7.5",))))
+        build_engine(
+            EngineBuildRequest(
+                bundle,
+                "fp32",
+                flavour="tensorrt-rtx",
+                batch=TINY_BATCH,
+                progress=None,
+                targets=BuildTargets(compute_capabilities=("7.5",)),
+            )
+        )
     assert _snapshot(bundle) == before
 
 
@@ -167,12 +210,15 @@ def test_parser_errors_are_listed_and_change_nothing(rtx, tiny_bundle, tmp_path)
     assert _snapshot(bundle) == before
 
 
-@pytest.mark.parametrize(("batch", "message"), [
-    ((0, 1, 2), r"--batch 0,1,2: expected 1 <= MIN <= OPT <= MAX"),
-    ((4, 2, 8), r"--batch 4,2,8: expected 1 <= MIN <= OPT <= MAX"),
-    ((1, 8, 4), r"--batch 1,8,4: expected 1 <= MIN <= OPT <= MAX"),
-    ((1, 2), r"--batch 1,2: expected three integers"),
-])
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        ((0, 1, 2), r"--batch 0,1,2: expected 1 <= MIN <= OPT <= MAX"),
+        ((4, 2, 8), r"--batch 4,2,8: expected 1 <= MIN <= OPT <= MAX"),
+        ((1, 8, 4), r"--batch 1,8,4: expected 1 <= MIN <= OPT <= MAX"),
+        ((1, 2), r"--batch 1,2: expected three integers"),
+    ],
+)
 def test_bad_batch_profiles(batch, message):
     with pytest.raises(ValueError, match=message):
         check_batch_profile(batch)
@@ -194,24 +240,42 @@ def test_a_tampered_bundle_is_refused_before_building(quantized, tmp_path):
         build_engine(EngineBuildRequest(bundle, "fp16", flavour="tensorrt-rtx", progress=None))
 
 
-@pytest.mark.parametrize(("targets", "fdm_impl", "message"), [
-    (BuildTargets(hardware_compatibility="ampere-plus"), "native", "TensorRT-RTX has no hardware- or version-compatible"),
-    (BuildTargets(version_compatible=True), "native", "TensorRT-RTX has no hardware- or version-compatible"),
-    (BuildTargets(compute_capabilities=("9.0",)), "native", "cannot target compute capability 9.0; it knows .*SM86"),
-    (BuildTargets(compute_capabilities=("sm86",)), "native", "expected MAJOR.MINOR such as 8.6"),
-    (BuildTargets(), "plugin", "--fdm-impl plugin: tensorrt-rtx .* has no Python plugins"),
-])
+@pytest.mark.parametrize(
+    ("targets", "fdm_impl", "message"),
+    [
+        (
+            BuildTargets(hardware_compatibility="ampere-plus"),
+            "native",
+            "TensorRT-RTX has no hardware- or version-compatible",
+        ),
+        (BuildTargets(version_compatible=True), "native", "TensorRT-RTX has no hardware- or version-compatible"),
+        (
+            BuildTargets(compute_capabilities=("9.0",)),
+            "native",
+            "cannot target compute capability 9.0; it knows .*SM86",
+        ),
+        (BuildTargets(compute_capabilities=("sm86",)), "native", "expected MAJOR.MINOR such as 8.6"),
+        (BuildTargets(), "plugin", "--fdm-impl plugin: tensorrt-rtx .* has no Python plugins"),
+    ],
+)
 def test_options_rtx_would_ignore_are_refused(rtx, quantized, targets, fdm_impl, message):
     with pytest.raises(ValueError, match=message):
-        build_engine(EngineBuildRequest(quantized, "fp32", flavour="tensorrt-rtx", targets=targets,
-                                        fdm_impl=fdm_impl, progress=None))
+        build_engine(
+            EngineBuildRequest(
+                quantized, "fp32", flavour="tensorrt-rtx", targets=targets, fdm_impl=fdm_impl, progress=None
+            )
+        )
 
 
 @pytest.mark.parametrize("flavour", ["auto", "tensorrt", "tensorrt-rtx"])
 def test_no_tensorrt_installed_names_the_install_command(monkeypatch, tiny_bundle, flavour):
     monkeypatch.setitem(sys.modules, "tensorrt_rtx_bindings", None)
     monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))  # what tensorrt-stubs leaves
-    hint = "pip install tensorrt" if flavour == "tensorrt" else "pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings"
+    hint = (
+        "pip install tensorrt"
+        if flavour == "tensorrt"
+        else "pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings"
+    )
     with pytest.raises(TensorRTUnavailableError, match=hint):
         build_engine(EngineBuildRequest(tiny_bundle, "fp32", flavour=flavour, progress=None))
 
@@ -222,6 +286,7 @@ def test_unknown_flavour():
 
 
 # --- data-centre TensorRT, through a stand-in with its API -------------------------------------
+
 
 @pytest.fixture
 def datacentre(monkeypatch):
@@ -256,8 +321,17 @@ def test_datacentre_compatibility_modes(datacentre, quantized, tmp_path):
     bundle = _copy(quantized, tmp_path)
     targets = BuildTargets(hardware_compatibility="ampere-plus", version_compatible=True)
     lines: list[str] = []
-    entry = build_engine(EngineBuildRequest(bundle, "fp32", flavour="tensorrt", targets=targets,
-                                            batch=TINY_BATCH, optimization_level=5, progress=lines.append))
+    entry = build_engine(
+        EngineBuildRequest(
+            bundle,
+            "fp32",
+            flavour="tensorrt",
+            targets=targets,
+            batch=TINY_BATCH,
+            optimization_level=5,
+            progress=lines.append,
+        )
+    )
     config = FakeBuilder.configs[-1]
     assert config.hardware_compatibility_level == "AMPERE_PLUS" and config.flags == {"VERSION_COMPATIBLE"}
     assert config.builder_optimization_level == 5
@@ -265,26 +339,42 @@ def test_datacentre_compatibility_modes(datacentre, quantized, tmp_path):
         "image": ((1, 112, 96, 3), (4, 112, 96, 3), (8, 112, 96, 3)),
         "occlusion": ((1, 25), (4, 25), (8, 25)),
     }, "one profile over the batch; the dictionary's shape is fixed"
-    assert entry["file"] == ("engines/tensorrt-10.13.0.35-ampere-plus-fp32-b1-4-8-hw-ampere-plus-"
-                             "version-compatible.engine")
+    assert entry["file"] == (
+        "engines/tensorrt-10.13.0.35-ampere-plus-fp32-b1-4-8-hw-ampere-plus-version-compatible.engine"
+    )
     assert (entry["hardware_compatibility"], entry["version_compatible"]) == ("ampere-plus", True)
     assert lines[-1].endswith("Building engine: done")
 
 
 def test_datacentre_refuses_rtx_only_options_and_old_versions(datacentre, quantized):
     with pytest.raises(ValueError, match="--compute-capability is for TensorRT-RTX"):
-        build_engine(EngineBuildRequest(quantized, "fp32", flavour="tensorrt", progress=None,
-                                        targets=BuildTargets(compute_capabilities=("8.6",))))
+        build_engine(
+            EngineBuildRequest(
+                quantized,
+                "fp32",
+                flavour="tensorrt",
+                progress=None,
+                targets=BuildTargets(compute_capabilities=("8.6",)),
+            )
+        )
     del datacentre.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
     with pytest.raises(ValueError, match="same-cc needs TensorRT 10.9 or later"):
-        build_engine(EngineBuildRequest(quantized, "fp32", flavour="tensorrt", progress=None,
-                                        targets=BuildTargets(hardware_compatibility="same-cc")))
+        build_engine(
+            EngineBuildRequest(
+                quantized,
+                "fp32",
+                flavour="tensorrt",
+                progress=None,
+                targets=BuildTargets(hardware_compatibility="same-cc"),
+            )
+        )
     datacentre.__version__ = "10.7.0.23"
     with pytest.raises(TensorRTUnavailableError, match="TensorRT 10.7.0.23 is too old: this builder needs 10.8"):
         load_flavour("tensorrt")
 
 
 # --- the default model -------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_default_lresnet50e_ir_builds_every_precision(rtx, tmp_path, capsys):
@@ -294,13 +384,25 @@ def test_default_lresnet50e_ir_builds_every_precision(rtx, tmp_path, capsys):
 
     bundle = export_bundle(ExportRequest(out=tmp_path / "default", parity_faces=2, seeded_weights=True)).bundle
     for precision in ("fp16", "int8"):
-        add_variant(VariantRequest(bundle, precision, calib="synthetic", method="minmax", samples=8, holdout=4,
-                                   enforce_gate=False, progress=False))
+        add_variant(
+            VariantRequest(
+                bundle,
+                precision,
+                calib="synthetic",
+                method="minmax",
+                samples=8,
+                holdout=4,
+                enforce_gate=False,
+                progress=False,
+            )
+        )
     minimum_mib = {"fp32": 150, "fp16": 90, "int8": 60}  # weights: 4, 2 and about 1 byte per parameter
     for precision in PRECISIONS:
         entry = build_engine(EngineBuildRequest(bundle, precision, flavour="tensorrt-rtx", progress=None))
         with capsys.disabled():
-            print(f"\nLResNet50E-IR {precision}: built in {entry['build_seconds']:.1f} s, "
-                  f"{entry['bytes'] / 2**20:.1f} MiB")
+            print(
+                f"\nLResNet50E-IR {precision}: built in {entry['build_seconds']:.1f} s, "
+                f"{entry['bytes'] / 2**20:.1f} MiB"
+            )
         assert entry["bytes"] > minimum_mib[precision] * 2**20
     assert len(open_bundle(bundle, verify=True).manifest["engines"]) == 3

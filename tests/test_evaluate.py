@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from factories import TINY, random_binary_dictionary
+from PIL import Image
 from test_torch_free import BLOCK_TORCH
+
 from pdsn.model.checkpoint import load_recognition_model
 from pdsn.model.dictionary import MaskDictionary
 from pdsn.model.grid import NUM_CELLS
@@ -72,7 +72,7 @@ class AngleEmbedder:
 def _angle_pairs(bad_same_pair: int | None = None):
     """40 pairs in 10 folds of (2 same, 2 different); same pairs 0.1 rad apart, different 1.5 rad."""
     angles, first, second, same = [], [], [], []
-    for fold in range(10):
+    for _fold in range(10):
         for is_same in (True, True, False, False):
             base = len(angles)
             gap = 0.1 if is_same else 1.5
@@ -117,8 +117,10 @@ def test_occluded_protocol_applies_the_second_images_fdm_to_both():
     by_fdm = {row["fdm"]: row for row in rows if row["protocol"] == "occluded"}
     assert by_fdm[True]["accuracy"] == 1.0
     assert by_fdm[False]["accuracy"] < 0.75, "the corrupted embeddings must hurt without FDM"
-    calls = {(len(images), bool(occlusion.any()), bool(images[:, 0, 0, 1].any())): (images, occlusion)
-             for images, occlusion in embedder.calls}
+    calls = {
+        (len(images), bool(occlusion.any()), bool(images[:, 0, 0, 1].any())): (images, occlusion)
+        for images, occlusion in embedder.calls
+    }
     first_images, first_occlusion = calls[(len(pairs), True, False)]
     np.testing.assert_array_equal(first_images, pairs.images[pairs.first])
     np.testing.assert_array_equal(first_occlusion, occluded.occlusion)
@@ -144,8 +146,11 @@ def test_report_table_and_files(tmp_path):
 def test_all_pairs_of_one_kind_are_refused():
     pairs, angles = _angle_pairs()
     one_kind = PairSet(pairs.images, pairs.first, pairs.second, np.ones(len(pairs), dtype=bool), "all-same")
-    with pytest.raises(ValueError, match=r"all-same: all 40 pairs are same-identity; verification accuracy needs "
-                                         r"both kinds"):
+    with pytest.raises(
+        ValueError,
+        match=r"all-same: all 40 pairs are same-identity; verification accuracy needs "
+        r"both kinds",
+    ):
         evaluate_embedder(AngleEmbedder(angles), one_kind, _occluded_seconds(pairs))
 
 
@@ -226,9 +231,11 @@ def test_bundle_evaluation_reproduces_pytorch(tiny_bundle, tiny_torch_embedder):
         report = evaluation_report([tiny_torch_embedder, bundle], pairs, occluded)
         images = occluded.images[:6]
         np.testing.assert_allclose(
-            cosine_scores(bundle.embed(images, occluded.occlusion[:6]),
-                          tiny_torch_embedder.embed(images, occluded.occlusion[:6])),
-            1.0, atol=1e-5,
+            cosine_scores(
+                bundle.embed(images, occluded.occlusion[:6]), tiny_torch_embedder.embed(images, occluded.occlusion[:6])
+            ),
+            1.0,
+            atol=1e-5,
         )
     finally:
         bundle.close()
@@ -240,9 +247,23 @@ def test_bundle_evaluation_reproduces_pytorch(tiny_bundle, tiny_torch_embedder):
 
 def test_cli_evaluates_a_bundle_without_torch(tiny_bundle, tmp_path):
     lfw = lfw_folder(tmp_path / "lfw")
-    argv = ["evaluate", "--bundle", str(tiny_bundle), "--backend", "onnxruntime", "--precision", "fp32",
-            "--pairs", str(lfw / "pairs.txt"), "--root", str(lfw), "--extension", ".png",
-            "--report", str(tmp_path / "r.json")]
+    argv = [
+        "evaluate",
+        "--bundle",
+        str(tiny_bundle),
+        "--backend",
+        "onnxruntime",
+        "--precision",
+        "fp32",
+        "--pairs",
+        str(lfw / "pairs.txt"),
+        "--root",
+        str(lfw),
+        "--extension",
+        ".png",
+        "--report",
+        str(tmp_path / "r.json"),
+    ]
     code = BLOCK_TORCH + f"import sys\nfrom pdsn.cli import main\nsys.exit(main({argv!r}))\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -9,18 +9,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
+import torch
 from factories import TINY, random_binary_dictionary, randomized_model
+
 from pdsn.export import parity as parity_module
-from pdsn.export.bundle_writer import ExportRequest, export_bundle
+from pdsn.export.bundle_writer import REFERENCE_EMBEDDINGS, ExportRequest, export_bundle
 from pdsn.export.onnx_export import ExportOptions, fold_head
-from pdsn.export.parity import PARITY_PATTERNS, ExportGate, ParityError, compare_embeddings, onnx_feeds, pytorch_embeddings
+from pdsn.export.parity import ParityError, pytorch_embeddings
 from pdsn.model.bundle_format import FDM_DOMAIN, FDM_OP, ModelContract, read_manifest, sha256_file
 from pdsn.model.checkpoint import load_recognition_model
+from pdsn.model.comparison import PARITY_PATTERNS, ExportGate, compare_embeddings, onnx_feeds
 from pdsn.model.dictionary import MaskDictionary
 from pdsn.model.sample_faces import seeded_faces
-
-import torch
 
 
 def _graph(bundle: Path) -> onnx.ModelProto:
@@ -42,7 +42,7 @@ def test_graph_follows_the_contract(tiny_bundle):
     assert len(fused) == 1 and fused[0].domain == FDM_DOMAIN
     assert [f.name for f in model.functions] == [FDM_OP]
     assert {o.domain: o.version for o in model.opset_import}[""] >= 17
-    after = [n.op_type for n in model.graph.node][[n.op_type for n in model.graph.node].index(FDM_OP):]
+    after = [n.op_type for n in model.graph.node][[n.op_type for n in model.graph.node].index(FDM_OP) :]
     assert "BatchNormalization" not in after, f"head not folded: {after}"
 
 
@@ -99,7 +99,7 @@ def test_fold_head_is_exact():
 
 def test_manifest_records_contract_dictionary_hashes_and_provenance(tiny_bundle, tiny_checkpoint):
     manifest = read_manifest(tiny_bundle)
-    assert set(manifest["files"]) == {"model.onnx", "dictionary.npy", "reports/parity.json"}
+    assert set(manifest["files"]) == {"model.onnx", "dictionary.npy", "reports/parity.json", REFERENCE_EMBEDDINGS}
     for relative, entry in manifest["files"].items():
         assert entry["sha256"] == sha256_file(tiny_bundle / relative)
     assert manifest["model"]["weights"] == "checkpoint"
@@ -117,7 +117,10 @@ def test_failed_parity_writes_nothing_and_keeps_the_old_bundle(tmp_path, tiny_ch
     export_bundle(request)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     impossible = ExportRequest(
-        out=out, checkpoint=tiny_checkpoint, dictionary=tiny_dictionary_file, overwrite=True,
+        out=out,
+        checkpoint=tiny_checkpoint,
+        dictionary=tiny_dictionary_file,
+        overwrite=True,
         gate=ExportGate(min_cosine=1.5),
     )
     with pytest.raises(ParityError, match="no bundle was written") as error:
@@ -159,7 +162,11 @@ def test_reference_format_inputs_export_and_match_pytorch(tmp_path):
     stage1.load_state_dict({**stage1.state_dict(), **source.state_dict()})
     checkpoint = tmp_path / "pdsn_cell12.pth"
     torch.save(
-        {"epoch": 9, "optim_state_dict": {}, "model_state_dict": {f"module.{k}": v for k, v in stage1.state_dict().items()}},
+        {
+            "epoch": 9,
+            "optim_state_dict": {},
+            "model_state_dict": {f"module.{k}": v for k, v in stage1.state_dict().items()},
+        },
         checkpoint,
     )
     masks_dir = tmp_path / "masks"

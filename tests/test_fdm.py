@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from factories import random_binary_dictionary
 from onnx import helper
 
-from factories import random_binary_dictionary
 from pdsn.export.fdm_function import fdm_function, fdm_node
 from pdsn.kernels.fdm_reference import fdm_gather_mul
 from pdsn.model.bundle_format import FDM_DOMAIN, FDM_OP
@@ -76,9 +76,7 @@ def _function_model(dtype: int) -> onnx.ModelProto:
 def test_onnx_function_equals_reference(batch, dtype):
     rng = np.random.default_rng(batch)
     onnx_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    session = ort.InferenceSession(
-        _function_model(onnx_type).SerializeToString(), providers=["CPUExecutionProvider"]
-    )
+    session = ort.InferenceSession(_function_model(onnx_type).SerializeToString(), providers=["CPUExecutionProvider"])
     features = rng.normal(size=(batch, *SHAPE)).astype(dtype)
     dictionary = random_binary_dictionary(SHAPE, seed=batch).astype(dtype)
     occlusion = _patterns(batch, rng) if batch >= 3 else np.ones((batch, 25), np.float32)

@@ -7,8 +7,8 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from factories import random_binary_dictionary
+
 from pdsn.kernels.fdm_pack import (
     pack_dictionary,
     pack_occlusion,
@@ -99,8 +99,12 @@ def test_nvcc_compiles_the_kernel_for_every_rtx_and_datacentre_architecture(tmp_
     source = tmp_path / "fdm_kernel.cu"
     source.write_text(kernel_source())
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHITECTURES]
-    result = subprocess.run([nvcc, "-c", *gencode, "-Werror", "all-warnings", str(source), "-o", str(tmp_path / "fdm.o")],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [nvcc, "-c", *gencode, "-Werror", "all-warnings", str(source), "-o", str(tmp_path / "fdm.o")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "fdm.o").stat().st_size > 0
 
@@ -133,8 +137,12 @@ def _gpu():
     _, device = driver.cuDeviceGet(0)
     _, context = driver.cuDevicePrimaryCtxRetain(device)
     driver.cuCtxSetCurrent(context)
-    _, major = driver.cuDeviceGetAttribute(driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device)
-    _, minor = driver.cuDeviceGetAttribute(driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device)
+    _, major = driver.cuDeviceGetAttribute(
+        driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device
+    )
+    _, minor = driver.cuDeviceGetAttribute(
+        driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device
+    )
     return driver, f"{major}.{minor}"
 
 
@@ -156,8 +164,17 @@ def test_kernel_on_the_gpu_equals_the_reference(dtype):
             driver.cuMemcpyHtoD(device[name], np.ascontiguousarray(array).ctypes.data, array.nbytes)
     kernel = FdmKernel(capability)
     try:
-        kernel.launch(np.dtype(dtype).name, int(device["features"]), int(device["occlusion"]),
-                      int(device["dictionary"]), int(device["out"]), 256, features[0].size, 672, 25)
+        kernel.launch(
+            np.dtype(dtype).name,
+            int(device["features"]),
+            int(device["occlusion"]),
+            int(device["dictionary"]),
+            int(device["out"]),
+            256,
+            features[0].size,
+            672,
+            25,
+        )
         driver.cuCtxSynchronize()
         out = np.empty_like(features)
         driver.cuMemcpyDtoH(out.ctypes.data, device["out"], out.nbytes)

@@ -15,11 +15,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from fake_tensorrt import install_fake_tensorrt
 from onnx.utils import Extractor
 
-from fake_tensorrt import install_fake_tensorrt
-from pdsn.export.engine_build import EngineBuildRequest, build_engine
-from pdsn.export.fdm_plugin_graph import OCCLUSION_WORDS, PACKED_DICTIONARY_INPUT, plugin_model
+from pdsn.engines.build import EngineBuildRequest, build_engine
+from pdsn.engines.fdm_plugin_graph import OCCLUSION_WORDS, PACKED_DICTIONARY_INPUT, plugin_model
 from pdsn.kernels.fdm_pack import pack_dictionary, pack_occlusion, packed_words
 from pdsn.kernels.fdm_plugin import PLUGIN_ID, PLUGIN_NAME, PLUGIN_NAMESPACE, register_fdm_plugin
 from pdsn.model.bundle_format import FDM_OP, read_manifest

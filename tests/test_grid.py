@@ -138,9 +138,7 @@ def test_box_equal_to_a_cell_covers_only_that_cell(cell: int) -> None:
     coverage = coverage_from_mask(boxes_to_mask(cell_bounds(cell)))
     assert coverage.dtype == np.float64
     np.testing.assert_array_equal(coverage, np.eye(NUM_CELLS)[cell])
-    np.testing.assert_array_equal(
-        cells_from_boxes(cell_bounds(cell), min_coverage=1.0), cells_to_vector([cell])
-    )
+    np.testing.assert_array_equal(cells_from_boxes(cell_bounds(cell), min_coverage=1.0), cells_to_vector([cell]))
 
 
 def test_half_covered_cell_and_min_coverage() -> None:

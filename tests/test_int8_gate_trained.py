@@ -31,11 +31,14 @@ def trained_bundle(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_int8_meets_the_default_gate_on_a_trained_model(trained_bundle):
     bundle, faces = trained_bundle
-    entry = add_variant(VariantRequest(bundle, "int8", calib=faces, method="entropy", samples=160, holdout=64,
-                                       progress=False))
+    entry = add_variant(
+        VariantRequest(bundle, "int8", calib=faces, method="entropy", samples=160, holdout=64, progress=False)
+    )
     parity = entry["parity"]
-    print(f"int8 vs fp32 on 64 held-out faces: cosine min {parity['cosine_min']:.5f}, "
-          f"mean {parity['cosine_mean']:.5f}, p1 {parity['cosine_p1']:.5f}")
+    print(
+        f"int8 vs fp32 on 64 held-out faces: cosine min {parity['cosine_min']:.5f}, "
+        f"mean {parity['cosine_mean']:.5f}, p1 {parity['cosine_p1']:.5f}"
+    )
     assert parity["passed"] and parity["gate"] == {"mean_cosine": 0.99, "p1_cosine": 0.98}
     assert parity["cosine_mean"] >= 0.99 and parity["cosine_p1"] >= 0.98
     assert entry["calibration"]["synthetic"] is False and entry["calibration"]["samples"] == 160

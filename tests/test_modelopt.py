@@ -28,15 +28,28 @@ def test_without_modelopt_the_error_says_how_to_install_it(tiny_bundle):
     from pdsn.calib.modelopt_int8 import ModelOptUnavailableError
 
     with pytest.raises(ModelOptUnavailableError, match=r"pip install 'nvidia-modelopt\[onnx\]'.*--no-deps"):
-        add_variant(VariantRequest(tiny_bundle, "int8", calib="synthetic", quantizer="modelopt", samples=8,
-                                   holdout=4, progress=False))
+        add_variant(
+            VariantRequest(
+                tiny_bundle, "int8", calib="synthetic", quantizer="modelopt", samples=8, holdout=4, progress=False
+            )
+        )
 
 
 @pytest.mark.skipif(not HAS_MODELOPT, reason="needs NVIDIA ModelOpt (a separate environment, see the README)")
 def test_modelopt_int8_of_the_demo_model_meets_the_default_gate(tmp_path):
     bundle = export_bundle(ExportRequest(out=tmp_path / "bundle", parity_faces=2)).bundle
-    entry = add_variant(VariantRequest(bundle, "int8", calib="synthetic", method="entropy", quantizer="modelopt",
-                                       samples=128, holdout=64, progress=False))
+    entry = add_variant(
+        VariantRequest(
+            bundle,
+            "int8",
+            calib="synthetic",
+            method="entropy",
+            quantizer="modelopt",
+            samples=128,
+            holdout=64,
+            progress=False,
+        )
+    )
     assert entry["quantizer"] == "modelopt" and entry["weight_bits"] == 8 and entry["calibration"]["cache"] is None
     assert entry["parity"]["passed"] and entry["parity"]["cosine_p1"] >= 0.98
 
@@ -51,7 +64,9 @@ def test_modelopt_int8_of_the_demo_model_meets_the_default_gate(tmp_path):
     assert convs and len(quantized) >= 0.75 * len(convs), f"{len(quantized)} of {len(convs)} conv weights are Q/DQ"
     assert len(quantized) <= entry["quantized_nodes"] <= entry["offered_nodes"], "the manifest counts what ModelOpt did"
     protected = [n for n in nodes if n.op_type in (FDM_OP, "Gemm")]
-    assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for n in protected for i in n.input)
+    assert all(
+        producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for n in protected for i in n.input
+    )
 
     faces, _ = SyntheticFaces(2, 2, seed=5).generate()
     with Recognizer.open(bundle, precision="int8") as int8, Recognizer.open(bundle, precision="fp32") as fp32:

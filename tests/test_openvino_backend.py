@@ -10,11 +10,11 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from pdsn.export.parity import PARITY_PATTERNS  # noqa: E402
-from pdsn.model.grid import cells_to_vector  # noqa: E402
-from pdsn.model.sample_faces import seeded_faces  # noqa: E402
-from pdsn.runtime import BackendUnavailableError, Recognizer, open_bundle  # noqa: E402
-from pdsn.runtime.backends.openvino_backend import OpenVinoBackend  # noqa: E402
+from pdsn.model.comparison import PARITY_PATTERNS
+from pdsn.model.grid import cells_to_vector
+from pdsn.model.sample_faces import seeded_faces
+from pdsn.runtime import BackendUnavailableError, Recognizer, open_bundle
+from pdsn.runtime.backends.openvino_backend import OpenVinoBackend
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from factories import LENIENT_GATES
+
 from pdsn.calib.gates import PrecisionGate
 from pdsn.calib.graph_regions import kept_fp32_nodes, trunk_nodes
 from pdsn.calib.variants import VariantRejected, VariantRequest, add_variant
 from pdsn.model.bundle_format import FDM_OP, read_manifest
 from pdsn.model.sample_faces import seeded_faces
 from pdsn.runtime import Recognizer
+
 
 def _copy(bundle: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(bundle, tmp_path / "bundle"))
@@ -37,8 +38,11 @@ def test_fp16_variant_types(quantized):
     model = onnx.load(str(quantized / "model.fp16.onnx"))
     onnx.checker.check_model(model, full_check=True)
     inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
-    assert inputs == {"image": onnx.TensorProto.UINT8, "occlusion": onnx.TensorProto.FLOAT,
-                      "fdm_dictionary": onnx.TensorProto.FLOAT}
+    assert inputs == {
+        "image": onnx.TensorProto.UINT8,
+        "occlusion": onnx.TensorProto.FLOAT,
+        "fdm_dictionary": onnx.TensorProto.FLOAT,
+    }
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     initializers = {i.name: i.data_type for i in model.graph.initializer}
     assert initializers["head.weight"] == initializers["head.bias"] == onnx.TensorProto.FLOAT
@@ -68,18 +72,22 @@ def test_int8_variant_is_tensorrt_style_qdq(quantized):
     for node in nodes:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    conv_weight_dq = [n for n in dq if any(c.op_type == "Conv" and c.input[1] == n.output[0] for c in consumers.get(n.output[0], []))]
+    conv_weight_dq = [
+        n for n in dq if any(c.op_type == "Conv" and c.input[1] == n.output[0] for c in consumers.get(n.output[0], []))
+    ]
     assert conv_weight_dq, "conv weights are quantized"
     for node in conv_weight_dq:
         scale = initializers[node.input[1]]
         assert scale.ndim == 1 and scale.size > 1, "per-channel weight scales"
-    assert max(np.abs(initializers[n.input[0]].astype(int)).max() for n in conv_weight_dq) <= 64, \
+    assert max(np.abs(initializers[n.input[0]].astype(int)).max() for n in conv_weight_dq) <= 64, (
         "7-bit weights by default"
+    )
     protected = [n for n in nodes if n.op_type in (FDM_OP, "Gemm")]
     producers = {o: n for n in nodes for o in n.output}
     for node in protected:
-        assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input), \
+        assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input), (
             f"{node.op_type} must stay out of INT8"
+        )
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
@@ -101,7 +109,9 @@ def test_manifest_records_variants_with_their_figures(quantized):
     assert int8["calibration"]["synthetic"] and int8["calibration"]["samples"] == 32
     assert int8["parity"]["against"] == "fp32-onnx" and int8["parity"]["holdout"]["samples"] == 16
     assert int8["calibration"]["cache"] in manifest["files"]
-    assert {"model.fp16.onnx", "model.int8.onnx", "reports/parity-int8.json", "reports/parity-fp16.json"} <= set(manifest["files"])
+    assert {"model.fp16.onnx", "model.int8.onnx", "reports/parity-int8.json", "reports/parity-fp16.json"} <= set(
+        manifest["files"]
+    )
     assert manifest["variants"]["fp16"]["parity"]["cosine_min"] >= 0.9995
 
 
@@ -116,20 +126,43 @@ def test_auto_precision_prefers_int8_on_cpu_and_says_so(quantized, tiny_bundle):
 
 def test_calibration_cache_is_reused_for_the_same_data_only(tiny_bundle, tmp_path):
     bundle = _copy(tiny_bundle, tmp_path)
-    request = VariantRequest(bundle, "int8", calib="synthetic", method="minmax", samples=16,
-                             holdout=8, gates=LENIENT_GATES, progress=False)
+    request = VariantRequest(
+        bundle, "int8", calib="synthetic", method="minmax", samples=16, holdout=8, gates=LENIENT_GATES, progress=False
+    )
     first = add_variant(request)
     again = add_variant(request)
-    other = add_variant(VariantRequest(bundle, "int8", calib="synthetic", method="minmax", samples=16,
-                                       holdout=8, seed=5, gates=LENIENT_GATES, progress=False))
+    other = add_variant(
+        VariantRequest(
+            bundle,
+            "int8",
+            calib="synthetic",
+            method="minmax",
+            samples=16,
+            holdout=8,
+            seed=5,
+            gates=LENIENT_GATES,
+            progress=False,
+        )
+    )
     assert not first["cache_reused"] and again["cache_reused"] and not other["cache_reused"]
     assert first["calibration"]["cache"] == again["calibration"]["cache"] != other["calibration"]["cache"]
 
 
 def test_eight_bit_weights_use_the_full_range(tiny_bundle, tmp_path):
     bundle = _copy(tiny_bundle, tmp_path)
-    entry = add_variant(VariantRequest(bundle, "int8", calib="synthetic", method="minmax", samples=16, holdout=8,
-                                       weight_bits=8, gates=LENIENT_GATES, progress=False))
+    entry = add_variant(
+        VariantRequest(
+            bundle,
+            "int8",
+            calib="synthetic",
+            method="minmax",
+            samples=16,
+            holdout=8,
+            weight_bits=8,
+            gates=LENIENT_GATES,
+            progress=False,
+        )
+    )
     model = onnx.load(str(bundle / "model.int8.onnx"))
     weights = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer]
     assert entry["weight_bits"] == 8
@@ -141,8 +174,18 @@ def test_failed_gate_leaves_the_bundle_exactly_as_it_was(tiny_bundle, tmp_path):
     before = _snapshot(bundle)
     impossible = {"int8": PrecisionGate(min_cosine=1.01)}
     with pytest.raises(VariantRejected, match="missed its gate .*cosine min") as error:
-        add_variant(VariantRequest(bundle, "int8", calib="synthetic", method="minmax", samples=16,
-                                   holdout=8, gates=impossible, progress=False))
+        add_variant(
+            VariantRequest(
+                bundle,
+                "int8",
+                calib="synthetic",
+                method="minmax",
+                samples=16,
+                holdout=8,
+                gates=impossible,
+                progress=False,
+            )
+        )
     assert "is unchanged" in str(error.value) and "int8 vs fp32" in str(error.value)
     assert _snapshot(bundle) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"], "staging left behind"
@@ -157,10 +200,16 @@ def test_failed_gate_leaves_the_bundle_exactly_as_it_was(tiny_bundle, tmp_path):
         ({"precision": "int8", "calib": "synthetic", "weight_bits": 6}, ValueError, "--weight-bits 6"),
         ({"precision": "int8", "calib": "synthetic", "quantizer": "tensorrt"}, ValueError, "--quantizer 'tensorrt'"),
         ({"precision": "fp16", "quantizer": "modelopt"}, ValueError, "modelopt makes int8 variants"),
-        ({"precision": "int8", "calib": "synthetic", "quantizer": "modelopt", "weight_bits": 7}, ValueError,
-         "modelopt quantizes weights to 8 bits"),
-        ({"precision": "int8", "calib": "synthetic", "quantizer": "modelopt", "method": "percentile"}, ValueError,
-         "not available with --quantizer modelopt"),
+        (
+            {"precision": "int8", "calib": "synthetic", "quantizer": "modelopt", "weight_bits": 7},
+            ValueError,
+            "modelopt quantizes weights to 8 bits",
+        ),
+        (
+            {"precision": "int8", "calib": "synthetic", "quantizer": "modelopt", "method": "percentile"},
+            ValueError,
+            "not available with --quantizer modelopt",
+        ),
         ({"precision": "fp16", "pairs": Path("p.txt")}, ValueError, "--pairs and --pairs-root go together"),
     ],
 )
@@ -196,8 +245,9 @@ def test_pairs_report_the_accuracy_change(tiny_bundle, tmp_path):
         lines.append(f"p{k}\t1\t2" if k % 2 == 0 else f"p{k}\t1\tp{k - 1}\t2")
     (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
     bundle = _copy(tiny_bundle, tmp_path)
-    entry = add_variant(VariantRequest(bundle, "fp16", pairs=tmp_path / "pairs.txt", pairs_root=root,
-                                       holdout=8, progress=False))
+    entry = add_variant(
+        VariantRequest(bundle, "fp16", pairs=tmp_path / "pairs.txt", pairs_root=root, holdout=8, progress=False)
+    )
     assert entry["pairs"]["pairs"] == 20
     assert abs(entry["pairs"]["accuracy_change"]) <= 0.1
 
@@ -205,12 +255,20 @@ def test_pairs_report_the_accuracy_change(tiny_bundle, tmp_path):
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
 def test_calibration_with_a_short_last_batch(tiny_bundle, tmp_path, method):
     """20 faces are batches of 16 and 4: ONNX Runtime's histogram collector cannot stack those."""
-    from pdsn.calib.int8 import make_int8
     from pdsn.calib.data import load_face_sets
+    from pdsn.calib.int8 import make_int8
     from pdsn.model.bundle_format import ModelContract
 
     contract = ModelContract.from_dict(read_manifest(tiny_bundle)["contract"])
     faces, _ = load_face_sets("synthetic", 20, 1, progress=False)
-    made = make_int8(tiny_bundle / "model.onnx", tmp_path / "m.onnx", faces, np.load(tiny_bundle / "dictionary.npy"),
-                     contract, method, tmp_path / "cache.json", progress=False)
+    made = make_int8(
+        tiny_bundle / "model.onnx",
+        tmp_path / "m.onnx",
+        faces,
+        np.load(tiny_bundle / "dictionary.npy"),
+        contract,
+        method,
+        tmp_path / "cache.json",
+        progress=False,
+    )
     assert made["method"] == method and (tmp_path / "cache.json").is_file()

@@ -60,7 +60,9 @@ def test_occlusion_forms_agree(recognizer):
     as_ids = recognizer.embed(faces, [10, 11, 12, 13])
     np.testing.assert_array_equal(as_ids, recognizer.embed(faces, {13, 12, 11, 10}))
     np.testing.assert_array_equal(as_ids, recognizer.embed(faces, cells_to_vector([10, 11, 12, 13])))
-    np.testing.assert_array_equal(as_ids, recognizer.embed(faces, [[10, 11, 12, 13], cells_to_vector([10, 11, 12, 13])]))
+    np.testing.assert_array_equal(
+        as_ids, recognizer.embed(faces, [[10, 11, 12, 13], cells_to_vector([10, 11, 12, 13])])
+    )
     per_image = recognizer.embed(faces, [[], [20, 21, 22, 23, 24]])
     np.testing.assert_array_equal(per_image[0], recognizer.embed(faces[:1])[0])
     np.testing.assert_array_equal(per_image[1], recognizer.embed(faces[1:], [20, 21, 22, 23, 24])[0])

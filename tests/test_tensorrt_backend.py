@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from gpu import has_gpu
 
-from pdsn.export.engine_build import EngineBuildRequest, build_engine
+from pdsn.engines.build import EngineBuildRequest, build_engine
 from pdsn.model.bundle_format import read_manifest, write_manifest
 from pdsn.model.sample_faces import occlusion_mix, seeded_faces
 from pdsn.runtime import BackendUnavailableError, Recognizer
@@ -22,34 +22,59 @@ from pdsn.runtime.backends.engines import EngineMismatchError, check_engine, fin
 
 
 def entry(**changes) -> dict:
-    base = {"file": "engines/e.engine", "flavour": "tensorrt-rtx", "version": "1.7.1.116", "precision": "fp16",
-            "compute_capability": "portable", "profile": {"min": 1, "opt": 16, "max": 128}}
+    base = {
+        "file": "engines/e.engine",
+        "flavour": "tensorrt-rtx",
+        "version": "1.7.1.116",
+        "precision": "fp16",
+        "compute_capability": "portable",
+        "profile": {"min": 1, "opt": 16, "max": 128},
+    }
     return {**base, **changes}
 
 
-@pytest.mark.parametrize(("changes", "version", "capability", "message"), [
-    ({}, None, None, "needs tensorrt-rtx 1.7.1.116, which is not installed: `pip install"),
-    ({}, "1.8.0.1", None, "built with tensorrt-rtx 1.7.1.116, but 1.8.0.1 is installed"),
-    ({}, "1.7.1.116", "9.0", "built for compute capability 8.0, 8.6, 8.9, 12.0 \\(portable\\), but this GPU is 9.0"),
-    ({"compute_capability": "sm75-sm86"}, "1.7.1.116", "8.9", "7.5, 8.6 \\(sm75-sm86\\)"),
-    ({"flavour": "tensorrt", "version": "10.13.0", "compute_capability": "sm90"}, "10.13.0", "8.9",
-     "compute capability 9.0 \\(sm90\\)"),
-    ({"flavour": "tensorrt", "version": "10.13.0", "compute_capability": "ampere-plus"}, "10.13.0", "7.5",
-     "Ampere or newer"),
-])
+@pytest.mark.parametrize(
+    ("changes", "version", "capability", "message"),
+    [
+        ({}, None, None, "needs tensorrt-rtx 1.7.1.116, which is not installed: `pip install"),
+        ({}, "1.8.0.1", None, "built with tensorrt-rtx 1.7.1.116, but 1.8.0.1 is installed"),
+        (
+            {},
+            "1.7.1.116",
+            "9.0",
+            "built for compute capability 8.0, 8.6, 8.9, 12.0 \\(portable\\), but this GPU is 9.0",
+        ),
+        ({"compute_capability": "sm75-sm86"}, "1.7.1.116", "8.9", "7.5, 8.6 \\(sm75-sm86\\)"),
+        (
+            {"flavour": "tensorrt", "version": "10.13.0", "compute_capability": "sm90"},
+            "10.13.0",
+            "8.9",
+            "compute capability 9.0 \\(sm90\\)",
+        ),
+        (
+            {"flavour": "tensorrt", "version": "10.13.0", "compute_capability": "ampere-plus"},
+            "10.13.0",
+            "7.5",
+            "Ampere or newer",
+        ),
+    ],
+)
 def test_engines_this_machine_cannot_run_are_refused(changes, version, capability, message):
     with pytest.raises(BackendUnavailableError, match=message) as caught:
         check_engine(entry(**changes), version, capability)
     assert "pdsn build" in str(caught.value) or "pip install" in str(caught.value)
 
 
-@pytest.mark.parametrize(("changes", "version", "capability"), [
-    ({}, "1.7.1.116", "8.6"),
-    ({}, "1.7.1.116", "12.1"),
-    ({"compute_capability": "sm75-sm86"}, "1.7.1.116", "7.5"),
-    ({"flavour": "tensorrt", "version": "10.13.0", "compute_capability": "ampere-plus"}, "10.13.0", "9.0"),
-    ({"flavour": "tensorrt", "version": "10.8.0", "version_compatible": True}, "10.13.0", None),
-])
+@pytest.mark.parametrize(
+    ("changes", "version", "capability"),
+    [
+        ({}, "1.7.1.116", "8.6"),
+        ({}, "1.7.1.116", "12.1"),
+        ({"compute_capability": "sm75-sm86"}, "1.7.1.116", "7.5"),
+        ({"flavour": "tensorrt", "version": "10.13.0", "compute_capability": "ampere-plus"}, "10.13.0", "9.0"),
+        ({"flavour": "tensorrt", "version": "10.8.0", "version_compatible": True}, "10.13.0", None),
+    ],
+)
 def test_engines_this_machine_can_run_pass(changes, version, capability):
     check_engine(entry(**changes), version, capability)
 
@@ -100,8 +125,9 @@ def test_engine_matches_onnx_runtime_on_a_gpu(engine_bundle):
     faces, masks = seeded_faces(11, seed=3), occlusion_mix(11, seed=3)
     with Recognizer.open(engine_bundle, precision="fp32") as reference:
         expected = reference.embed(faces, masks)
-    with Recognizer.open(engine_bundle, backend="tensorrt-rtx", device="cuda", precision="fp32",
-                         max_batch=16) as recognizer:
+    with Recognizer.open(
+        engine_bundle, backend="tensorrt-rtx", device="cuda", precision="fp32", max_batch=16
+    ) as recognizer:
         for _ in range(3):  # graphs are captured on the first call per bucket, replayed after
             got = recognizer.embed(faces, masks)
             np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKED = ("pdsn.export.tensorrt_flavour", "pdsn.export.engine_build")
+CHECKED = ("pdsn.engines.flavour", "pdsn.engines.build")
 MYPY_CONFIG = """\
 [mypy]
 follow_imports = silent
@@ -45,15 +45,16 @@ def _default_late_parameters(line: str) -> str:
     parameters, seen_default = [], False
     for parameter in _split_top_level(match.group(2)):
         seen_default = seen_default or "=" in parameter
-        parameters.append(parameter if "=" in parameter or not seen_default or parameter.startswith("*")
-                          else f"{parameter} = ...")
+        parameters.append(
+            parameter if "=" in parameter or not seen_default or parameter.startswith("*") else f"{parameter} = ..."
+        )
     return match.group(1) + ", ".join(parameters) + match.group(3)
 
 
 def _split_top_level(text: str) -> list[str]:
     parts, depth, current = [], 0, ""
     for char in text:
-        depth += char in "[(" and 1 or char in "])" and -1 or 0
+        depth += (char in "[(" and 1) or (char in "])" and -1) or 0
         if char == "," and depth == 0:
             parts.append(current.strip())
             current = ""
@@ -73,7 +74,9 @@ def _stub_files() -> list[tuple[Path, str]]:
 def test_repair_stub_fixes_what_mypy_cannot_parse():
     line = "    def add(self, input: ITensor, shift: Weights = None, axis: int) -> ILayer:"
     assert repair_stub(line) == "    def add(self, input: ITensor, shift: Weights = None, axis: int = ...) -> ILayer:\n"
-    assert repair_stub("    def f(self, in: list[int], out: list[int]) -> None:").startswith("    def f(self, in_: list[int]")
+    assert repair_stub("    def f(self, in: list[int], out: list[int]) -> None:").startswith(
+        "    def f(self, in_: list[int]"
+    )
 
 
 def test_builder_type_checks_against_tensorrt_stubs(tmp_path, request):
@@ -87,11 +90,16 @@ def test_builder_type_checks_against_tensorrt_stubs(tmp_path, request):
     (tmp_path / "mypy.ini").write_text(MYPY_CONFIG)
     pytest_cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
     cache = pytest_cache.mkdir("mypy") if pytest_cache is not None else tmp_path / "cache"
-    command = [sys.executable, "-m", "mypy", "--config-file", str(tmp_path / "mypy.ini"),
-               "--cache-dir", str(cache)]
+    command = [sys.executable, "-m", "mypy", "--config-file", str(tmp_path / "mypy.ini"), "--cache-dir", str(cache)]
     for module in CHECKED:
         command += ["-p", module]
-    result = subprocess.run(command, cwd=tmp_path / "path", env={"MYPYPATH": str(tmp_path / "path"), "PATH": "/usr/bin:/bin"},
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        command,
+        cwd=tmp_path / "path",
+        env={"MYPYPATH": str(tmp_path / "path"), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"Success: no issues found in {len(CHECKED)} source files" in result.stdout

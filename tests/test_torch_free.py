@@ -24,7 +24,9 @@ BLOCK_TORCH = textwrap.dedent(
 def _run(code: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -62,10 +64,30 @@ def test_cli_embed_runs_without_torch(tiny_bundle, tmp_path):
     result = _run(
         f"""
         from pdsn.cli import main
-        code = main(["embed", "--bundle", {str(tiny_bundle)!r}, {str(path)!r}, "--out", {str(tmp_path / 'e.npy')!r}])
+        code = main(["embed", "--bundle", {str(tiny_bundle)!r}, {str(path)!r}, "--out", {str(tmp_path / "e.npy")!r}])
         assert "torch" not in sys.modules
         sys.exit(code)
         """
     )
     assert result.returncode == 0, result.stderr
     assert "wrote 1 embeddings of size 512" in result.stdout
+
+
+def test_verify_and_quantize_run_without_torch(tiny_bundle, tmp_path):
+    import shutil
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "b")
+    result = _run(
+        f"""
+        from pdsn.cli import main
+        bundle = {str(bundle)!r}
+        assert main(["quantize", "--bundle", bundle, "--precision", "fp16", "--holdout", "8"]) == 0
+        assert main(["quantize", "--bundle", bundle, "--calib", "synthetic", "--method", "minmax",
+                     "--samples", "16", "--holdout", "8", "--mean-cosine", "0.0"]) == 0
+        code = main(["verify", "--bundle", bundle, "--faces", "8"])
+        assert "torch" not in sys.modules
+        sys.exit(code)
+        """
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "fp16 on onnxruntime" in result.stdout and "int8 on onnxruntime" in result.stdout

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_evaluate import lfw_folder
 
 from pdsn.cli import main
-from test_evaluate import lfw_folder
 from pdsn.model.checkpoint import CheckpointError, load_pdsn_model, load_recognition_model
 from pdsn.model.dictionary import (
     MaskDictionary,
@@ -93,10 +93,7 @@ def test_pair_list_reads_pairs_relative_to_its_folder(tmp_path):
     clean = _write_crops(tmp_path / "clean", 2, seed=1)
     occluded = _write_crops(tmp_path / "occluded", 2, seed=2)
     listing = tmp_path / "pairs.txt"
-    listing.write_text(
-        f"clean/{clean[0].name}\toccluded/{occluded[0].name}\t3\n\n"
-        f"{clean[1]}\t{occluded[1]}\t0\n"
-    )
+    listing.write_text(f"clean/{clean[0].name}\toccluded/{occluded[0].name}\t3\n\n{clean[1]}\t{occluded[1]}\t0\n")
     pairs = read_pair_list(listing)
     assert pairs.clean.shape == pairs.occluded.shape == (2, 112, 96, 3)
     assert pairs.labels.tolist() == [3, 0]
@@ -133,8 +130,11 @@ def test_identity_folders_are_read_in_name_order(tmp_path):
 def test_identity_folder_with_one_image_is_refused(tmp_path):
     _write_crops(tmp_path / "alice", 2, seed=1)
     _write_crops(tmp_path / "bob", 1, seed=2)
-    with pytest.raises(ValueError, match=r"identity folder .*bob has 1 image\(s\) \(img_0.png\); every "
-                                         r"identity needs at least 2 images.*add images or remove the folder"):
+    with pytest.raises(
+        ValueError,
+        match=r"identity folder .*bob has 1 image\(s\) \(img_0.png\); every "
+        r"identity needs at least 2 images.*add images or remove the folder",
+    ):
         read_identity_folders(tmp_path)
 
 
@@ -159,9 +159,9 @@ def test_occlude_cell_changes_only_that_cell_and_is_seeded(faces):
     again, again_rows = occlude_cell(faces, 12, seed=5, count=30)
     np.testing.assert_array_equal(again.occluded, pairs.occluded)
     np.testing.assert_array_equal(again_rows, rows)
-    subset, subset_rows = occlude_cell(faces, 3, seed=5, count=10)
+    _, subset_rows = occlude_cell(faces, 3, seed=5, count=10)
     assert len(set(subset_rows.tolist())) == 10
-    everyone, everyone_rows = occlude_cell(faces, 3, seed=5)
+    _, everyone_rows = occlude_cell(faces, 3, seed=5)
     assert everyone_rows.tolist() == list(range(24))
     with pytest.raises(ValueError, match="count"):
         occlude_cell(faces, 3, seed=5, count=0)
@@ -203,7 +203,7 @@ def test_stage1_checkpoint_is_reference_format_and_round_trips(stage0, cache, tm
         expected = result.pdsn.sia(torch.abs(features.clean - features.occluded))
         got = loaded.sia(torch.abs(features.clean - features.occluded))
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    recognition, info = load_recognition_model(path)
+    _, info = load_recognition_model(path)
     assert len(info.ignored_keys) == len([k for k in keys if k.startswith("sia.")])
 
 
@@ -285,8 +285,11 @@ def test_extraction_refuses_a_pdsn_of_another_width(stage0, cache, tmp_path):
             pdsn.load_state_dict({**pdsn.state_dict(), **model.state_dict()})
         paths.append(tmp_path / checkpoint_name(cell))
         torch.save({"epoch": 1, "optim_state_dict": {}, "model_state_dict": pdsn.state_dict()}, paths[-1])
-    with pytest.raises(CheckpointError, match=r"cell_03.pth is a network of layers \[1, 1, 1, 1\], widths "
-                                              r"\[4, 4, 8, 8, 24\].*widths \[4, 4, 8, 8, 16\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"cell_03.pth is a network of layers \[1, 1, 1, 1\], widths "
+        r"\[4, 4, 8, 8, 24\].*widths \[4, 4, 8, 8, 16\]",
+    ):
         extract_mean_masks(paths, cache, release=False)
 
 
@@ -308,8 +311,11 @@ def test_stage2_fine_tunes_copies_and_refuses_a_dictionary_of_another_width(stag
     assert not torch.equal(tuned.conv1.weight, model.conv1.weight)
     assert not tuned.training and not tuned_classifier.training
     wrong = MaskDictionary(np.ones((NUM_CELLS, 32, 7, 6), dtype=np.float32), 0.25, None, "t")
-    with pytest.raises(ValueError, match=r"feature maps of shape \(32, 7, 6\), but the model's trunk outputs "
-                                         r"\(16, 7, 6\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"feature maps of shape \(32, 7, 6\), but the model's trunk outputs "
+        r"\(16, 7, 6\)",
+    ):
         finetune(model, classifier, wrong, faces)
 
 
@@ -321,21 +327,85 @@ def test_cli_runs_the_pipeline_on_synthetic_faces(tmp_path, capsys):
     s0, s1, dictionary, s2 = (tmp_path / name for name in ("s0", "s1", "dict", "s2"))
     assert main(["train-stage0", *data, "--epochs", "1", "--out", str(s0)]) == 0
     checkpoint = ["--checkpoint", str(s0 / "model.pth")]
-    assert main(["train-pdsn", *checkpoint, "--cells", "all", *data, "--pairs-per-cell", "12", "--epochs", "2",
-                 "--out", str(s1)]) == 0
+    assert (
+        main(
+            [
+                "train-pdsn",
+                *checkpoint,
+                "--cells",
+                "all",
+                *data,
+                "--pairs-per-cell",
+                "12",
+                "--epochs",
+                "2",
+                "--out",
+                str(s1),
+            ]
+        )
+        == 0
+    )
     assert len(find_pdsn_checkpoints(s1)) == NUM_CELLS
-    assert main(["build-dictionary", "--pdsn-dir", str(s1), *data, "--pairs-per-cell", "12", "--tau", "0.3",
-                 "--out", str(dictionary)]) == 0
+    assert (
+        main(
+            [
+                "build-dictionary",
+                "--pdsn-dir",
+                str(s1),
+                *data,
+                "--pairs-per-cell",
+                "12",
+                "--tau",
+                "0.3",
+                "--out",
+                str(dictionary),
+            ]
+        )
+        == 0
+    )
     lines = (dictionary / "mean_masks" / "cell_24" / "mean_mask.txt").read_text().splitlines()
     assert len(lines) == 64 * 7 * 6
     assert load_dictionary(dictionary / "dictionary.npz", (64, 7, 6)).tau == 0.3
-    assert main(["finetune", *checkpoint, "--dictionary", str(dictionary / "dictionary.npz"), *data,
-                 "--epochs", "1", "--out", str(s2)]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                *checkpoint,
+                "--dictionary",
+                str(dictionary / "dictionary.npz"),
+                *data,
+                "--epochs",
+                "1",
+                "--out",
+                str(s2),
+            ]
+        )
+        == 0
+    )
     lfw = lfw_folder(tmp_path / "lfw")
     report = tmp_path / "eval.json"
-    assert main(["evaluate", "--checkpoint", str(s2 / "model.pth"), "--dictionary", str(dictionary / "mean_masks"),
-                 "--pairs", str(lfw / "pairs.txt"), "--root", str(lfw), "--extension", ".png",
-                 "--report", str(report), "--markdown", str(tmp_path / "eval.md")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(s2 / "model.pth"),
+                "--dictionary",
+                str(dictionary / "mean_masks"),
+                "--pairs",
+                str(lfw / "pairs.txt"),
+                "--root",
+                str(lfw),
+                "--extension",
+                ".png",
+                "--report",
+                str(report),
+                "--markdown",
+                str(tmp_path / "eval.md"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| pytorch fp32 | occluded | on |" in printed and "| pytorch fp32 | occluded | off |" in printed
     assert report.is_file() and (tmp_path / "eval.md").read_text().count("| pytorch fp32 |") == 3
@@ -364,17 +434,30 @@ def test_cli_bad_arguments_exit_2_with_the_reason(argv, message, tmp_path, capsy
 def test_cli_train_pdsn_refuses_a_checkpoint_of_another_architecture(stage0, tmp_path, capsys):
     model, classifier = stage0
     save_stage0(tmp_path, model, classifier)
-    argv = ["train-pdsn", "--checkpoint", str(tmp_path / "model.pth"), "--architecture", "lresnet-ir-tiny",
-            "--cell", "0", "--out", str(tmp_path / "s1")]
+    argv = [
+        "train-pdsn",
+        "--checkpoint",
+        str(tmp_path / "model.pth"),
+        "--architecture",
+        "lresnet-ir-tiny",
+        "--cell",
+        "0",
+        "--out",
+        str(tmp_path / "s1"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "does not fit lresnet-ir-tiny" in err and "wrong shape: conv1.weight is [4, 3, 3, 3], expected [8, 3, 3, 3]" in err
+    assert (
+        "does not fit lresnet-ir-tiny" in err
+        and "wrong shape: conv1.weight is [4, 3, 3, 3], expected [8, 3, 3, 3]" in err
+    )
 
 
 def test_train_cells_writes_one_checkpoint_per_cell(stage0, cache, tmp_path):
     model, classifier = stage0
-    histories = train_cells(model, classifier, cache, [0, 24], tmp_path, Stage1Config(epochs=1, batch_size=8),
-                            release=False)
+    histories = train_cells(
+        model, classifier, cache, [0, 24], tmp_path, Stage1Config(epochs=1, batch_size=8), release=False
+    )
     assert sorted(histories) == [0, 24]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cell_00.pth", "cell_24.pth"]
 
@@ -384,17 +467,30 @@ def test_train_cells_writes_one_checkpoint_per_cell(stage0, cache, tmp_path):
 
 def test_train_demo_writes_a_deployable_folder(tmp_path):
     config = DemoConfig(
-        architecture=MICRO, identities=4, images_per_identity=3, stage0_epochs=1, pairs_per_cell=6,
-        stage1=Stage1Config(epochs=1, batch_size=8), stage2=Stage2Config(epochs=1, batch_size=8),
-        eval_pairs=20, eval_identities=6, eval_images_per_identity=2,
+        architecture=MICRO,
+        identities=4,
+        images_per_identity=3,
+        stage0_epochs=1,
+        pairs_per_cell=6,
+        stage1=Stage1Config(epochs=1, batch_size=8),
+        stage2=Stage2Config(epochs=1, batch_size=8),
+        eval_pairs=20,
+        eval_identities=6,
+        eval_images_per_identity=2,
     )
     threads = torch.get_num_threads()
     result = train_demo(tmp_path / "demo", config, progress=False)
     assert torch.get_num_threads() == threads
     out = tmp_path / "demo"
     names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    assert {"model.pth", "classifier.pth", "dictionary.npz", "evaluation.json", "evaluation.md",
-            "pipeline.json"} <= names
+    assert {
+        "model.pth",
+        "classifier.pth",
+        "dictionary.npz",
+        "evaluation.json",
+        "evaluation.md",
+        "pipeline.json",
+    } <= names
     assert sum(name.endswith("/mean_mask.txt") for name in names) == NUM_CELLS
     assert not any(name.startswith(("stage1/", "cell_")) for name in names), "stage-1 checkpoints stay in work"
     model, info = load_recognition_model(out / "model.pth")
@@ -422,8 +518,21 @@ def test_cli_trains_a_pdsn_from_a_reference_pair_list(stage0, faces, tmp_path, c
         Image.fromarray(occluded).save(tmp_path / f"occluded_{k}.png")
         lines.append(f"clean_{k}.png\toccluded_{k}.png\t{label}")
     (tmp_path / "cell12.txt").write_text("\n".join(lines) + "\n")
-    argv = ["train-pdsn", "--checkpoint", str(tmp_path / "s0" / "model.pth"), "--data", str(tmp_path / "cell12.txt"),
-            "--epochs", "1", "--batch-size", "8", "--threads", "1", "--out", str(tmp_path / "s1")]
+    argv = [
+        "train-pdsn",
+        "--checkpoint",
+        str(tmp_path / "s0" / "model.pth"),
+        "--data",
+        str(tmp_path / "cell12.txt"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "s1"),
+    ]
     assert main([*argv, "--cell", "12"]) == 0
     assert "cell 12:" in capsys.readouterr().out
     pdsn, info = load_pdsn_model(tmp_path / "s1" / "cell_12.pth")

@@ -196,9 +196,7 @@ def test_margin_cosine_product_subtracts_the_margin_on_the_target_only():
     torch.testing.assert_close(head.cosine(embeddings), cosine)
 
 
-@pytest.mark.parametrize(
-    "labels", [torch.tensor([0, 7]), torch.tensor([0]), torch.tensor([0.0, 1.0])]
-)
+@pytest.mark.parametrize("labels", [torch.tensor([0, 7]), torch.tensor([0]), torch.tensor([0.0, 1.0])])
 def test_margin_cosine_product_rejects_bad_arguments(labels):
     head = MarginCosineProduct(512, 7)
     with pytest.raises(ValueError, match="labels"):
@@ -216,8 +214,9 @@ def test_train_recognition_is_seeded_and_leaves_the_global_rng_alone():
     images, labels = synthetic_faces(3, 3, seed=1)
     state = torch.get_rng_state()
     runs = [
-        train_recognition(MICRO, images, labels, epochs=2, batch_size=4, lr=0.05, seed=3,
-                          augment_occlusion=True, progress=False)
+        train_recognition(
+            MICRO, images, labels, epochs=2, batch_size=4, lr=0.05, seed=3, augment_occlusion=True, progress=False
+        )
         for _ in range(2)
     ]
     assert torch.equal(torch.get_rng_state(), state)
@@ -243,8 +242,13 @@ def test_train_recognition_is_seeded_and_leaves_the_global_rng_alone():
 )
 def test_train_recognition_rejects_bad_arguments(change, argument):
     arguments = {
-        "architecture": MICRO, "images": np.zeros((4, 112, 96, 3), dtype=np.uint8),
-        "labels": np.array([0, 1, 0, 1]), "epochs": 1, "batch_size": 2, "lr": 0.1, "seed": 0,
+        "architecture": MICRO,
+        "images": np.zeros((4, 112, 96, 3), dtype=np.uint8),
+        "labels": np.array([0, 1, 0, 1]),
+        "epochs": 1,
+        "batch_size": 2,
+        "lr": 0.1,
+        "seed": 0,
         "progress": False,
     }
     arguments.update(change)
@@ -265,9 +269,7 @@ def test_tiny_model_is_trained_and_separates_held_out_identities(tiny):
 
 
 def test_save_stage0_round_trips_through_the_reference_loader(tiny, tmp_path):
-    model_path, classifier_path = save_stage0(
-        tmp_path / "stage0", tiny.model, tiny.classifier, epoch=6
-    )
+    model_path, classifier_path = save_stage0(tmp_path / "stage0", tiny.model, tiny.classifier, epoch=6)
     assert model_path.name == MODEL_FILENAME and classifier_path.name == CLASSIFIER_FILENAME
     raw = torch.load(model_path, weights_only=True)
     assert set(raw) == {"epoch", "optim_state_dict", "model_state_dict"} and raw["epoch"] == 6

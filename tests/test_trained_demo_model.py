@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +22,7 @@ def test_checkpoint_dictionary_and_mean_masks_belong_together():
     assert dictionary.tau == 0.25
     mean_masks, files = load_mean_masks(TRAINED_DEMO_DIR / "mean_masks", shape)
     assert len(files) == NUM_CELLS and files[7].endswith("cell_07/mean_mask.txt")
-    assert len(open(files[7]).read().splitlines()) == int(np.prod(shape))
+    assert len(Path(files[7]).read_text().splitlines()) == int(np.prod(shape))
     np.testing.assert_array_equal(dictionary.masks, binarize_by_tau(mean_masks, 0.25))
 
 

@@ -26,8 +26,9 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     """Add train-stage0, train-pdsn, build-dictionary, finetune, evaluate and train-demo."""
     stage0 = commands.add_parser("train-stage0", help="stage 0: train the recognition network (CosFace)")
     _data_options(stage0)
-    stage0.add_argument("--architecture", default="lresnet-ir-tiny",
-                        help="lresnet-ir-tiny (default) | lresnet10e-ir | lresnet50e-ir")
+    stage0.add_argument(
+        "--architecture", default="lresnet-ir-tiny", help="lresnet-ir-tiny (default) | lresnet10e-ir | lresnet50e-ir"
+    )
     stage0.add_argument("--epochs", type=int, help="default 8 (as the demo model)")
     stage0.add_argument("--lr", type=float, help="default 0.1")
     stage0.add_argument("--batch-size", type=int, help="default 32")
@@ -41,21 +42,32 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     which.add_argument("--cell", type=int, help="one grid cell, 0..24 (row-major)")
     which.add_argument("--cells", help="'all' or comma-separated cell ids")
     _data_options(pdsn, pair_list=True)
-    pdsn.add_argument("--pairs-per-cell", type=int, default=DEFAULT_PAIRS_PER_CELL,
-                      help="(clean, occluded) pairs per cell drawn from the faces (default %(default)s)")
+    pdsn.add_argument(
+        "--pairs-per-cell",
+        type=int,
+        default=DEFAULT_PAIRS_PER_CELL,
+        help="(clean, occluded) pairs per cell drawn from the faces (default %(default)s)",
+    )
     pdsn.add_argument("--epochs", type=int, help="default 6")
     pdsn.add_argument("--lr", type=float, help="default 0.05")
     pdsn.add_argument("--batch-size", type=int, help="default 64")
     pdsn.add_argument("--out", type=Path, required=True, help="folder for cell_JJ.pth checkpoints")
     pdsn.set_defaults(run=_threaded(_train_pdsn))
 
-    dictionary = commands.add_parser("build-dictionary", help="mean masks of the 25 PDSNs -> mean_mask.txt + dictionary")
+    dictionary = commands.add_parser(
+        "build-dictionary", help="mean masks of the 25 PDSNs -> mean_mask.txt + dictionary"
+    )
     dictionary.add_argument("--pdsn-dir", type=Path, required=True, help="folder of cell_00.pth .. cell_24.pth")
     _data_options(dictionary)
-    dictionary.add_argument("--pairs-per-cell", type=int, default=DEFAULT_PAIRS_PER_CELL,
-                            help="(clean, occluded) pairs per cell to average masks over (default %(default)s)")
-    dictionary.add_argument("--tau", type=float, default=DEFAULT_TAU,
-                            help="fraction of each item discarded (default %(default)s)")
+    dictionary.add_argument(
+        "--pairs-per-cell",
+        type=int,
+        default=DEFAULT_PAIRS_PER_CELL,
+        help="(clean, occluded) pairs per cell to average masks over (default %(default)s)",
+    )
+    dictionary.add_argument(
+        "--tau", type=float, default=DEFAULT_TAU, help="fraction of each item discarded (default %(default)s)"
+    )
     dictionary.add_argument("--out", type=Path, required=True)
     dictionary.set_defaults(run=_threaded(_build_dictionary))
 
@@ -75,8 +87,12 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--pairs", type=Path, help="LFW-format pairs.txt (default: synthetic pairs)")
     evaluate.add_argument("--root", type=Path, help="folder of the pairs' aligned 112x96 crops (name/name_NNNN.jpg)")
     evaluate.add_argument("--extension", default=".jpg", help="image file extension of --root (default .jpg)")
-    evaluate.add_argument("--num-pairs", type=int, default=EVAL_PAIRS, help="synthetic pairs, a multiple of 20 (default %(default)s)")
-    evaluate.add_argument("--seed", type=int, default=EVAL_SEED, help="synthetic identities and occluders (default %(default)s)")
+    evaluate.add_argument(
+        "--num-pairs", type=int, default=EVAL_PAIRS, help="synthetic pairs, a multiple of 20 (default %(default)s)"
+    )
+    evaluate.add_argument(
+        "--seed", type=int, default=EVAL_SEED, help="synthetic identities and occluders (default %(default)s)"
+    )
     evaluate.add_argument("--checkpoint", type=Path, help="PyTorch: reference-format recognition checkpoint")
     evaluate.add_argument("--dictionary", type=Path, help="PyTorch: dictionary.npz, .npy or mean-mask folder")
     evaluate.add_argument("--tau", type=float, default=DEFAULT_TAU, help="binarisation of a mean-mask folder")
@@ -85,8 +101,11 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--precision", default="fp32", help="comma-separated: fp32,fp16,int8 (one row group each)")
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--allow-ungated", action="store_true", help="also evaluate variants that missed their gate")
-    evaluate.add_argument("--far", default=",".join(map(str, DEFAULT_FARS)),
-                          help="comma-separated false accept rates (default %(default)s)")
+    evaluate.add_argument(
+        "--far",
+        default=",".join(map(str, DEFAULT_FARS)),
+        help="comma-separated false accept rates (default %(default)s)",
+    )
     evaluate.add_argument("--report", type=Path, help="write the JSON report here")
     evaluate.add_argument("--markdown", type=Path, help="write the Markdown table here")
     evaluate.add_argument("--threads", type=int, help="torch intra-op threads (PyTorch rows)")
@@ -107,14 +126,23 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _data_options(parser: argparse.ArgumentParser, pair_list: bool = False) -> None:
-    sources = "'synthetic', a folder of identity sub-folders" + (", or a clean<TAB>occluded<TAB>label pair list" if pair_list else "")
+    sources = "'synthetic', a folder of identity sub-folders" + (
+        ", or a clean<TAB>occluded<TAB>label pair list" if pair_list else ""
+    )
     parser.add_argument("--data", default=SYNTHETIC, help=f"{sources} (default synthetic)")
     if pair_list:
-        parser.add_argument("--root", type=Path, help="base folder of a pair list's relative paths (default: its folder)")
-    parser.add_argument("--identities", type=int, default=SYNTHETIC_IDENTITIES,
-                        help="synthetic identities (default %(default)s)")
-    parser.add_argument("--images-per-identity", type=int, default=SYNTHETIC_IMAGES_PER_IDENTITY,
-                        help="synthetic images each (default %(default)s)")
+        parser.add_argument(
+            "--root", type=Path, help="base folder of a pair list's relative paths (default: its folder)"
+        )
+    parser.add_argument(
+        "--identities", type=int, default=SYNTHETIC_IDENTITIES, help="synthetic identities (default %(default)s)"
+    )
+    parser.add_argument(
+        "--images-per-identity",
+        type=int,
+        default=SYNTHETIC_IMAGES_PER_IDENTITY,
+        help="synthetic images each (default %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="synthetic faces, occluders and training")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
 
@@ -190,12 +218,21 @@ def _train_stage0(args: argparse.Namespace) -> int:
     config = _config(DemoConfig(), stage0_epochs=args.epochs, stage0_lr=args.lr, stage0_batch_size=args.batch_size)
     faces = _faces(args)
     model, classifier, _ = train_recognition(
-        architecture, faces.images, faces.labels, epochs=config.stage0_epochs, batch_size=config.stage0_batch_size,
-        lr=config.stage0_lr, seed=args.seed, augment_occlusion=args.augment_occlusion, progress=args.verbose,
+        architecture,
+        faces.images,
+        faces.labels,
+        epochs=config.stage0_epochs,
+        batch_size=config.stage0_batch_size,
+        lr=config.stage0_lr,
+        seed=args.seed,
+        augment_occlusion=args.augment_occlusion,
+        progress=args.verbose,
     )
     model_path, classifier_path = save_stage0(args.out, model, classifier, epoch=config.stage0_epochs)
-    print(f"wrote {model_path} and {classifier_path} ({architecture.name}, {faces.num_classes} identities, "
-          f"{len(faces.labels)} images from {faces.source})")
+    print(
+        f"wrote {model_path} and {classifier_path} ({architecture.name}, {faces.num_classes} identities, "
+        f"{len(faces.labels)} images from {faces.source})"
+    )
     return 0
 
 
@@ -214,8 +251,14 @@ def _train_pdsn(args: argparse.Namespace) -> int:
                 f"a pair list holds the occluded images of one cell, but {len(cells)} cells were asked "
                 f"for; pass --cell J with the list of cell J's pairs"
             )
-        result = train_pdsn(model, classifier, pair_features(model, read_pair_list(args.data, args.root)),
-                            cells[0], config, progress=args.verbose)
+        result = train_pdsn(
+            model,
+            classifier,
+            pair_features(model, read_pair_list(args.data, args.root)),
+            cells[0],
+            config,
+            progress=args.verbose,
+        )
         args.out.mkdir(parents=True, exist_ok=True)
         save_pdsn(args.out / checkpoint_name(cells[0]), result)
         histories = {cells[0]: result.history}
@@ -224,8 +267,10 @@ def _train_pdsn(args: argparse.Namespace) -> int:
         histories = train_cells(model, classifier, cache, cells, args.out, config, progress=args.verbose)
     for cell, history in histories.items():
         first, last = history[0], history[-1]
-        print(f"cell {cell:2d}: loss {first.loss:.4f} -> {last.loss:.4f} (L1 {first.l1:.4f} -> {last.l1:.4f}), "
-              f"mean mask {last.mask_mean:.3f}: {args.out / checkpoint_name(cell)}")
+        print(
+            f"cell {cell:2d}: loss {first.loss:.4f} -> {last.loss:.4f} (L1 {first.l1:.4f} -> {last.l1:.4f}), "
+            f"mean mask {last.mask_mean:.3f}: {args.out / checkpoint_name(cell)}"
+        )
     return 0
 
 
@@ -236,14 +281,17 @@ def _build_dictionary(args: argparse.Namespace) -> int:
 
     checkpoints = find_pdsn_checkpoints(args.pdsn_dir)
     faces = _faces(args)
-    cache = CellFeatureCache(recognition_model_of(args.pdsn_dir), faces, seed=args.seed,
-                             pairs_per_cell=args.pairs_per_cell)
+    cache = CellFeatureCache(
+        recognition_model_of(args.pdsn_dir), faces, seed=args.seed, pairs_per_cell=args.pairs_per_cell
+    )
     mean_masks = extract_mean_masks(checkpoints, cache, progress=args.verbose)
     files = write_dictionary(args.out, mean_masks, args.tau, source=faces.source)
     keep = 1.0 - files.tau
-    print(f"wrote {len(files.mean_masks)} mean_mask.txt files ({mean_masks[0].size} lines each, C,H,W order) "
-          f"under {files.mean_masks[0].parent.parent} and the binary dictionary {files.dictionary} "
-          f"(tau {files.tau}: {keep:.0%} of each item kept)")
+    print(
+        f"wrote {len(files.mean_masks)} mean_mask.txt files ({mean_masks[0].size} lines each, C,H,W order) "
+        f"under {files.mean_masks[0].parent.parent} and the binary dictionary {files.dictionary} "
+        f"(tau {files.tau}: {keep:.0%} of each item kept)"
+    )
     return 0
 
 
@@ -254,8 +302,14 @@ def _finetune(args: argparse.Namespace) -> int:
 
     model, classifier = _load_model(args)
     dictionary = build_dictionary(args.dictionary, tau=args.tau, feature_shape=model.architecture.feature_shape)
-    config = _config(Stage2Config(), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     trunk_lr_scale=args.trunk_lr_scale, seed=args.seed)
+    config = _config(
+        Stage2Config(),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        trunk_lr_scale=args.trunk_lr_scale,
+        seed=args.seed,
+    )
     tuned, tuned_classifier, history = finetune(model, classifier, dictionary, _faces(args), config, args.verbose)
     model_path, classifier_path = save_stage0(args.out, tuned, tuned_classifier, epoch=config.epochs)
     print(f"stage 2: loss {history[0].loss:.4f} -> {history[-1].loss:.4f}; wrote {model_path} and {classifier_path}")
@@ -278,8 +332,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if (args.pairs is None) != (args.root is None):
         raise ValueError("--pairs and --root go together: an LFW pairs.txt and the folder of its aligned crops")
     fars = _fars(args.far)
-    pairs = (lfw_pairs(args.pairs, args.root, args.extension) if args.pairs is not None
-             else synthetic_pairs(args.num_pairs, args.seed))
+    pairs = (
+        lfw_pairs(args.pairs, args.root, args.extension)
+        if args.pairs is not None
+        else synthetic_pairs(args.num_pairs, args.seed)
+    )
     occluded = occlude_seconds(pairs, args.seed)
     embedders = []
     if args.checkpoint is not None:
@@ -287,15 +344,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         if args.bundle is not None:
             for precision in (p.strip() for p in args.precision.split(",") if p.strip()):
-                embedders.append(BundleEmbedder.open(args.bundle, args.backend, precision, args.device,
-                                                     args.allow_ungated))
+                embedders.append(
+                    BundleEmbedder.open(args.bundle, args.backend, precision, args.device, args.allow_ungated)
+                )
         report = evaluation_report(embedders, pairs, occluded, fars)
     finally:
         for embedder in embedders:
             if isinstance(embedder, BundleEmbedder):
                 embedder.close()
-    print(f"{report['pairs']['count']} pairs from {report['pairs']['source']}; occluded protocol: "
-          f"{report['occlusion']['protocol']}\n")
+    print(
+        f"{report['pairs']['count']} pairs from {report['pairs']['source']}; occluded protocol: "
+        f"{report['occlusion']['protocol']}\n"
+    )
     print(format_table(report))
     if args.report is not None or args.markdown is not None:
         write_report(report, args.report or args.markdown.with_suffix(".json"), args.markdown)
@@ -308,7 +368,9 @@ def _torch_embedder(args: argparse.Namespace):
     from pdsn.train.evaluate import TorchEmbedder
 
     if args.dictionary is None:
-        raise ValueError("--checkpoint needs --dictionary (dictionary.npz, .npy or a mean-mask folder) for the FDM rows")
+        raise ValueError(
+            "--checkpoint needs --dictionary (dictionary.npz, .npy or a mean-mask folder) for the FDM rows"
+        )
     model, _ = load_recognition_model(args.checkpoint)
     dictionary = build_dictionary(args.dictionary, tau=args.tau, feature_shape=model.architecture.feature_shape)
     return TorchEmbedder(model, dictionary, "pytorch fp32")

@@ -16,9 +16,7 @@ from torch import nn
 class MarginCosineProduct(nn.Module):
     """CosFace head: scaled cosine logits; with labels, the target's is lowered by margin ``m``."""
 
-    def __init__(
-        self, in_features: int, out_features: int, s: float = 30.0, m: float = 0.35
-    ) -> None:
+    def __init__(self, in_features: int, out_features: int, s: float = 30.0, m: float = 0.35) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -35,14 +33,10 @@ class MarginCosineProduct(nn.Module):
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of each embedding to each class centre, (N, classes)."""
         if embeddings.ndim != 2 or embeddings.shape[1] != self.in_features:
-            raise ValueError(
-                f"embeddings must have shape (N, {self.in_features}), got {tuple(embeddings.shape)}"
-            )
+            raise ValueError(f"embeddings must have shape (N, {self.in_features}), got {tuple(embeddings.shape)}")
         return F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1))
 
-    def forward(
-        self, embeddings: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Training logits (margin on the target) given ``labels``; plain ``s * cos`` for None."""
         cosine = self.cosine(embeddings)
         if labels is None:
@@ -61,7 +55,4 @@ class MarginCosineProduct(nn.Module):
         return self.s * (cosine - margin)
 
     def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"s={self.s}, m={self.m}"
-        )
+        return f"in_features={self.in_features}, out_features={self.out_features}, s={self.s}, m={self.m}"

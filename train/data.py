@@ -69,9 +69,7 @@ def synthetic_identities(num_identities: int, images_per_identity: int, seed: in
     faces = SyntheticFaces(num_identities, images_per_identity, seed)
     images, labels = faces.generate()
     names = tuple(f"synthetic-{i}" for i in range(num_identities))
-    source = (
-        f"synthetic identities (seed {seed}, {num_identities} x {images_per_identity} images)"
-    )
+    source = f"synthetic identities (seed {seed}, {num_identities} x {images_per_identity} images)"
     return LabelledFaces(images, labels, names, source)
 
 
@@ -86,15 +84,12 @@ def read_identity_folders(root: str | Path) -> LabelledFaces:
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     if not folders:
         raise ValueError(
-            f"{root} holds no identity folders; expected one sub-folder of aligned 112x96 crops "
-            "per identity"
+            f"{root} holds no identity folders; expected one sub-folder of aligned 112x96 crops per identity"
         )
     images: list[np.ndarray] = []
     labels: list[int] = []
     for label, folder in enumerate(folders):
-        files = sorted(
-            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if len(files) < 2:
             raise ValueError(
                 f"identity folder {folder} has {len(files)} image(s) "
@@ -104,14 +99,14 @@ def read_identity_folders(root: str | Path) -> LabelledFaces:
         images.extend(read_face(p) for p in files)
         labels.extend([label] * len(files))
     return LabelledFaces(
-        np.stack(images), np.asarray(labels, dtype=np.int64),
-        tuple(p.name for p in folders), f"identity folders under {root}",
+        np.stack(images),
+        np.asarray(labels, dtype=np.int64),
+        tuple(p.name for p in folders),
+        f"identity folders under {root}",
     )
 
 
-def load_labelled_faces(
-    source: str | Path, num_identities: int, images_per_identity: int, seed: int
-) -> LabelledFaces:
+def load_labelled_faces(source: str | Path, num_identities: int, images_per_identity: int, seed: int) -> LabelledFaces:
     """``synthetic`` (sized by the other arguments) or an identity folder root."""
     if str(source) == SYNTHETIC:
         return synthetic_identities(num_identities, images_per_identity, seed)
@@ -123,8 +118,7 @@ def read_pair_list(path: str | Path, root: str | Path | None = None) -> FacePair
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"pair list {str(path)!r} does not exist; expected a text file of "
-            "clean<TAB>occluded<TAB>label lines"
+            f"pair list {str(path)!r} does not exist; expected a text file of clean<TAB>occluded<TAB>label lines"
         )
     base = Path(root) if root is not None else path.parent
     clean, occluded, labels = [], [], []
@@ -134,8 +128,7 @@ def read_pair_list(path: str | Path, root: str | Path | None = None) -> FacePair
         fields = line.split("\t") if "\t" in line else line.split()
         if len(fields) != 3:
             raise ValueError(
-                f"{path}:{number}: {len(fields)} field(s) in {line!r}, expected 3: "
-                "clean<TAB>occluded<TAB>label"
+                f"{path}:{number}: {len(fields)} field(s) in {line!r}, expected 3: clean<TAB>occluded<TAB>label"
             )
         first, second, label = (field.strip() for field in fields)
         if not label.lstrip("+").isdigit():
@@ -156,7 +149,9 @@ def read_pair_list(path: str | Path, root: str | Path | None = None) -> FacePair
     if not labels:
         raise ValueError(f"pair list {path} holds no pairs")
     return FacePairs(
-        np.stack(clean), np.stack(occluded), np.asarray(labels, dtype=np.int64),
+        np.stack(clean),
+        np.stack(occluded),
+        np.asarray(labels, dtype=np.int64),
         f"pair list {path}",
     )
 
@@ -178,9 +173,7 @@ def read_face(path: Path) -> np.ndarray:
     return array
 
 
-def occlude_cell(
-    faces: LabelledFaces, cell: int, seed: int, count: int | None = None
-) -> tuple[FacePairs, np.ndarray]:
+def occlude_cell(faces: LabelledFaces, cell: int, seed: int, count: int | None = None) -> tuple[FacePairs, np.ndarray]:
     """``count`` (clean, occluded) pairs for one grid cell, and the row of ``faces`` of each pair.
 
     ``None`` makes one pair of every face. Otherwise the faces are taken in seeded random orders

@@ -79,7 +79,7 @@ class DemoConfig:
     eval_images_per_identity: int = EVAL_IMAGES_PER_IDENTITY
     threads: int | None = 1
 
-    def seeded(self) -> "DemoConfig":
+    def seeded(self) -> DemoConfig:
         """This config with ``seed`` also in the stage-1 and stage-2 settings."""
         return dataclasses.replace(
             self,
@@ -128,8 +128,13 @@ def _run(out: Path, work: Path, config: DemoConfig, progress: bool) -> DemoResul
 
     with clock("stage 0", "CosFace recognition network on clean synthetic faces"):
         model, classifier, stage0_history = train_recognition(
-            config.architecture, faces.images, faces.labels, epochs=config.stage0_epochs,
-            batch_size=config.stage0_batch_size, lr=config.stage0_lr, seed=config.seed,
+            config.architecture,
+            faces.images,
+            faces.labels,
+            epochs=config.stage0_epochs,
+            batch_size=config.stage0_batch_size,
+            lr=config.stage0_lr,
+            seed=config.seed,
             progress=progress,
         )
         save_stage0(work / "stage0", model, classifier, epoch=config.stage0_epochs)
@@ -137,8 +142,14 @@ def _run(out: Path, work: Path, config: DemoConfig, progress: bool) -> DemoResul
     with clock("stage 1", "25 PDSNs on cached frozen-trunk features"):
         cache = CellFeatureCache(model, faces, seed=config.seed, pairs_per_cell=config.pairs_per_cell)
         stage1_history = train_cells(
-            model, classifier, cache, list(range(NUM_CELLS)), work / "stage1", config.stage1,
-            progress, release=False,
+            model,
+            classifier,
+            cache,
+            list(range(NUM_CELLS)),
+            work / "stage1",
+            config.stage1,
+            progress,
+            release=False,
         )
 
     with clock("dictionary", "mean masks over the stage-1 pairs, binarised"):
@@ -165,21 +176,26 @@ def _run(out: Path, work: Path, config: DemoConfig, progress: bool) -> DemoResul
         result.report = evaluation_report(embedders, pairs, occluded)
 
     write_report(
-        result.report, out / EVALUATION_JSON, out / EVALUATION_MARKDOWN,
+        result.report,
+        out / EVALUATION_JSON,
+        out / EVALUATION_MARKDOWN,
         preface=_preface(config, faces.source, result.seconds),
     )
     pipeline = {
         "what": "SYNTHETIC demo model: trained end to end by `pdsn train-demo` on synthetic faces; "
-                "it has never seen a real face and is not for recognising people",
+        "it has never seen a real face and is not for recognising people",
         "config": config.to_dict(),
         "data": faces.source,
         "seconds": result.seconds,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
         "history": {
             "stage0": [dataclasses.asdict(h) for h in stage0_history],
-            "stage1": {str(cell): [dataclasses.asdict(h) for h in history]
-                       for cell, history in stage1_history.items()},
+            "stage1": {str(cell): [dataclasses.asdict(h) for h in history] for cell, history in stage1_history.items()},
             "stage2": [dataclasses.asdict(h) for h in stage2_history],
         },
         "files": sorted([PIPELINE_FILE, *(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())]),

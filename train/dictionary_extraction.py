@@ -47,8 +47,8 @@ def mean_mask(pdsn: PDSNNetwork, features: PairFeatures, batch_size: int = 256) 
     pdsn.eval()
     total = torch.zeros(features.clean.shape[1:], dtype=torch.float64)
     for start in range(0, len(features), batch_size):
-        clean = features.clean[start:start + batch_size]
-        occluded = features.occluded[start:start + batch_size]
+        clean = features.clean[start : start + batch_size]
+        occluded = features.occluded[start : start + batch_size]
         masks = pdsn.sia(torch.abs(clean - occluded)).flatten(1).double()
         low, high = masks.min(dim=1, keepdim=True).values, masks.max(dim=1, keepdim=True).values
         spread = high - low
@@ -101,7 +101,9 @@ def write_dictionary(
         write_mean_mask_txt(path, item)
         paths.append(path)
     dictionary = MaskDictionary(
-        masks=binarize_by_tau(mean_masks, tau), tau=tau, threshold=None,
+        masks=binarize_by_tau(mean_masks, tau),
+        tau=tau,
+        threshold=None,
         source=f"mean masks of 25 trained PDSNs ({source})" if source else "mean masks of 25 trained PDSNs",
     )
     save_dictionary(out / DICTIONARY_FILE, dictionary)
@@ -110,9 +112,7 @@ def write_dictionary(
 
 def _check_same_network(pdsn: PDSNNetwork, model: LResNetIR, path: Path) -> None:
     got, expected = pdsn.architecture, model.architecture
-    if (got.layers, got.widths, got.embedding_size) != (
-        expected.layers, expected.widths, expected.embedding_size
-    ):
+    if (got.layers, got.widths, got.embedding_size) != (expected.layers, expected.widths, expected.embedding_size):
         raise CheckpointError(
             f"stage-1 checkpoint {path} is a network of layers {list(got.layers)}, widths "
             f"{list(got.widths)}, embedding {got.embedding_size}, but the features come from one "
@@ -121,7 +121,8 @@ def _check_same_network(pdsn: PDSNNetwork, model: LResNetIR, path: Path) -> None
         )
     reference = model.state_dict()
     differing = [
-        key for key, value in pdsn.state_dict().items()
+        key
+        for key, value in pdsn.state_dict().items()
         if not key.startswith("sia.") and not torch.equal(value, reference[key])
     ]
     if differing:

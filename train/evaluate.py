@@ -107,7 +107,10 @@ def synthetic_pairs(
                     second.append(int(j) * images_per_identity + int(rng.integers(images_per_identity)))
                 same.append(is_same)
     return PairSet(
-        images, np.asarray(first), np.asarray(second), np.asarray(same, dtype=bool),
+        images,
+        np.asarray(first),
+        np.asarray(second),
+        np.asarray(same, dtype=bool),
         f"synthetic pairs (seed {seed}, {num_identities} identities x {images_per_identity} images)",
     )
 
@@ -129,9 +132,7 @@ def lfw_pairs(pairs_file: str | Path, root: str | Path, extension: str = ".jpg")
     )
 
 
-def occlude_seconds(
-    pairs: PairSet, seed: int = EVAL_SEED, kinds: tuple[str, ...] = OCCLUDER_KINDS
-) -> OccludedSeconds:
+def occlude_seconds(pairs: PairSet, seed: int = EVAL_SEED, kinds: tuple[str, ...] = OCCLUDER_KINDS) -> OccludedSeconds:
     """A seeded occluder on the second image of each pair, drawn independently per pair."""
     occlusions = [
         random_occlusion(pairs.images[index], np.random.default_rng([seed, _OCCLUDER_STREAM, k]), kinds)
@@ -167,15 +168,17 @@ def evaluate_embedder(
     for protocol, fdm, a, b in scored:
         scores = cosine_scores(a, b)
         accuracy = ten_fold_accuracy(scores, pairs.same, FOLDS)
-        rows.append({
-            "model": embedder.name,
-            "protocol": protocol,
-            "fdm": fdm,
-            "accuracy": accuracy["accuracy"],
-            "std": accuracy["std"],
-            "thresholds": accuracy["thresholds"],
-            "tar_at_far": {str(far): tar_at_far(scores, pairs.same, far) for far in fars},
-        })
+        rows.append(
+            {
+                "model": embedder.name,
+                "protocol": protocol,
+                "fdm": fdm,
+                "accuracy": accuracy["accuracy"],
+                "std": accuracy["std"],
+                "thresholds": accuracy["thresholds"],
+                "tar_at_far": {str(far): tar_at_far(scores, pairs.same, far) for far in fars},
+            }
+        )
     return rows
 
 
@@ -216,7 +219,9 @@ def format_table(report: dict) -> str:
     for row in report["rows"]:
         fdm = {None: "n/a (no occluded cell)", False: "off", True: "on"}[row["fdm"]]
         cells = [
-            row["model"], row["protocol"], fdm,
+            row["model"],
+            row["protocol"],
+            fdm,
             f"{100 * row['accuracy']:.2f}% ± {100 * row['std']:.2f}",
             *(f"{100 * row['tar_at_far'][str(far)]:.2f}%" for far in fars),
         ]
@@ -270,8 +275,8 @@ class TorchEmbedder:
         out = []
         with torch.no_grad():
             for start in range(0, len(images), self.batch_size):
-                features = self.model.features(normalize_faces(images[start:start + self.batch_size]))
-                cells = occlusion[start:start + self.batch_size]
+                features = self.model.features(normalize_faces(images[start : start + self.batch_size]))
+                cells = occlusion[start : start + self.batch_size]
                 if cells.any():
                     features = features * torch.from_numpy(self.dictionary.combine(cells))  # type: ignore[union-attr]
                 out.append(self.model.head(features).numpy())
@@ -286,9 +291,13 @@ class BundleEmbedder:
 
     @classmethod
     def open(
-        cls, bundle: str | Path, backend: str, precision: str, device: str = "cpu",
+        cls,
+        bundle: str | Path,
+        backend: str,
+        precision: str,
+        device: str = "cpu",
         allow_ungated: bool = False,
-    ) -> "BundleEmbedder":
+    ) -> BundleEmbedder:
         from pdsn.runtime import Recognizer
 
         recognizer = Recognizer.open(

@@ -37,8 +37,7 @@ def trunk_features(model: LResNetIR, images: np.ndarray, batch_size: int = FEATU
     model.eval()
     try:
         chunks = [
-            model.features(normalize_faces(images[i:i + batch_size]))
-            for i in range(0, len(images), batch_size)
+            model.features(normalize_faces(images[i : i + batch_size])) for i in range(0, len(images), batch_size)
         ]
     finally:
         model.train(was_training)
@@ -62,9 +61,7 @@ class CellFeatureCache:
     is one pair per face).
     """
 
-    def __init__(
-        self, model: LResNetIR, faces: LabelledFaces, seed: int, pairs_per_cell: int | None = None
-    ) -> None:
+    def __init__(self, model: LResNetIR, faces: LabelledFaces, seed: int, pairs_per_cell: int | None = None) -> None:
         self.model, self.faces, self.seed, self.pairs_per_cell = model, faces, seed, pairs_per_cell
         self.clean = trunk_features(model, faces.images)
         self._cells: dict[int, PairFeatures] = {}

@@ -70,10 +70,7 @@ def occlude(
     if not isinstance(kind, str) or kind not in OCCLUDER_KINDS:
         raise ValueError(f"kind must be one of {OCCLUDER_KINDS}, got {kind!r}")
     if not isinstance(rng, np.random.Generator):
-        raise TypeError(
-            f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
-            f"got {type(rng).__name__}"
-        )
+        raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
     if isinstance(margin, bool) or not isinstance(margin, numbers.Integral) or margin < 0:
         raise ValueError(f"margin must be an integer number of pixels >= 0, got {margin!r}")
 
@@ -109,9 +106,7 @@ def random_occlusion(
 ) -> Occlusion:
     """One occluder of a kind drawn from ``kinds``; bars and patches cover a random cell."""
     if isinstance(kinds, str) or not kinds or any(k not in OCCLUDER_KINDS for k in kinds):
-        raise ValueError(
-            f"kinds must be a non-empty tuple drawn from {OCCLUDER_KINDS}, got {kinds!r}"
-        )
+        raise ValueError(f"kinds must be a non-empty tuple drawn from {OCCLUDER_KINDS}, got {kinds!r}")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     kind = kinds[int(rng.integers(len(kinds)))]
@@ -150,9 +145,7 @@ def _check_landmarks(landmarks: object) -> np.ndarray:
     try:
         points = np.asarray(landmarks, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(
-            f"landmarks must be a (5, 2) array of crop pixels, got {landmarks!r}"
-        ) from None
+        raise ValueError(f"landmarks must be a (5, 2) array of crop pixels, got {landmarks!r}") from None
     if points.shape != (5, 2) or not np.isfinite(points).all():
         raise ValueError(
             f"landmarks must be a finite (5, 2) array (left eye, right eye, nose, left and right "
@@ -174,7 +167,7 @@ def _cell_region(cell: int | None, rng: np.random.Generator, margin: int) -> tup
 
 def _box_mask(region: tuple[float, ...]) -> np.ndarray:
     x0, y0, x1, y1 = region
-    return (x0 <= _X) & (_X < x1) & (y0 <= _Y) & (_Y < y1)
+    return (x0 <= _X) & (x1 > _X) & (y0 <= _Y) & (y1 > _Y)
 
 
 def _bar(region: tuple[float, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -250,4 +243,3 @@ def _scarf(points: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np
     cloth += (stripes > rng.uniform(-0.3, 0.6))[..., None] * rng.uniform(-80, 80, 3)
     folds = 1.0 + 0.15 * np.sin(rng.uniform(0.15, 0.35) * u + rng.uniform(0, 2 * np.pi))
     return cloth * folds[..., None], mask
-

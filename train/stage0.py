@@ -115,7 +115,9 @@ def train_recognition(
         classifier = MarginCosineProduct(architecture.embedding_size, int(targets.max()) + 1)
         optimizer = torch.optim.SGD(
             [*model.parameters(), *classifier.parameters()],
-            lr=float(lr), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+            lr=float(lr),
+            momentum=MOMENTUM,
+            weight_decay=WEIGHT_DECAY,
         )
         shuffle = torch.Generator().manual_seed(seed)
         occluder_rng = np.random.default_rng(seed) if augment_occlusion else None
@@ -192,7 +194,7 @@ def load_classifier(path: str | Path, embedding_size: int) -> MarginCosineProduc
 @torch.no_grad()
 def embed(model: LResNetIR, images: np.ndarray, batch_size: int = 64) -> torch.Tensor:
     """Raw embeddings of uint8 NHWC faces, (N, embedding_size); put the model in eval mode first."""
-    chunks = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+    chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
     return torch.cat([model(normalize_faces(chunk)) for chunk in chunks])
 
 
@@ -226,8 +228,14 @@ def train_tiny_model(seed: int = 0, progress: bool = False) -> TinyModel:
     )
     started = time.perf_counter()
     model, classifier, _ = train_recognition(
-        TINY_ARCHITECTURE, images[~holdout], labels[~holdout],
-        epochs=TINY_EPOCHS, batch_size=32, lr=0.1, seed=seed, progress=progress,
+        TINY_ARCHITECTURE,
+        images[~holdout],
+        labels[~holdout],
+        epochs=TINY_EPOCHS,
+        batch_size=32,
+        lr=0.1,
+        seed=seed,
+        progress=progress,
     )
     elapsed = time.perf_counter() - started
     return TinyModel(model, classifier, images[holdout], labels[holdout], elapsed)
@@ -301,10 +309,7 @@ def batches_per_epoch(count: int, batch_size: int) -> int:
 def shuffled_batches(count: int, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
     """One epoch's batches of row indices in a random order (see ``batches_per_epoch``)."""
     order = torch.randperm(count, generator=generator).numpy()
-    return [
-        order[i * batch_size:(i + 1) * batch_size]
-        for i in range(batches_per_epoch(count, batch_size))
-    ]
+    return [order[i * batch_size : (i + 1) * batch_size] for i in range(batches_per_epoch(count, batch_size))]
 
 
 def warmup_steps(total_steps: int) -> int:

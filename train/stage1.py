@@ -82,9 +82,7 @@ def pdsn_from_recognition(model: LResNetIR, seed: int) -> PDSNNetwork:
         pdsn = PDSNNetwork(model.architecture)
     missing, unexpected = pdsn.load_state_dict(model.state_dict(), strict=False)
     if unexpected or any(not key.startswith("sia.") for key in missing):
-        raise RuntimeError(
-            f"stage-0 weights do not fit the PDSN network: missing {missing}, unexpected {unexpected}"
-        )
+        raise RuntimeError(f"stage-0 weights do not fit the PDSN network: missing {missing}, unexpected {unexpected}")
     return pdsn
 
 
@@ -109,9 +107,7 @@ def train_pdsn(
     pdsn.eval()
     pdsn.sia.train()
     frozen_classifier = copy.deepcopy(classifier).requires_grad_(False).eval()
-    optimizer = torch.optim.SGD(
-        pdsn.sia.parameters(), lr=config.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
-    )
+    optimizer = torch.optim.SGD(pdsn.sia.parameters(), lr=config.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     generator = torch.Generator().manual_seed(config.seed * NUM_CELLS + cell)
     total = epochs * batches_per_epoch(len(features), batch_size)
     warmup, step = warmup_steps(total), 0
@@ -131,9 +127,7 @@ def train_pdsn(
             sums += len(index) * torch.stack([loss.detach(), *(t.detach() for t in terms)]).double()
             seen += len(index)
         mean_loss, ce_clean, ce_occluded, l1, mask_mean = (sums / seen).tolist()
-        stats = Stage1EpochStats(
-            epoch, mean_loss, ce_clean, ce_occluded, l1, mask_mean, time.perf_counter() - started
-        )
+        stats = Stage1EpochStats(epoch, mean_loss, ce_clean, ce_occluded, l1, mask_mean, time.perf_counter() - started)
         history.append(stats)
         if progress:
             print(
@@ -183,8 +177,7 @@ def find_pdsn_checkpoints(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(
-            f"stage-1 folder {str(directory)!r} does not exist; train it with "
-            "`pdsn train-pdsn --cells all --out DIR`"
+            f"stage-1 folder {str(directory)!r} does not exist; train it with `pdsn train-pdsn --cells all --out DIR`"
         )
     found = {
         int(match.group(1)): path

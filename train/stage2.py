@@ -82,7 +82,9 @@ def finetune(
             {"params": head, "base_lr": config.lr},
             {"params": trunk, "base_lr": config.lr * config.trunk_lr_scale},
         ],
-        lr=config.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+        lr=config.lr,
+        momentum=MOMENTUM,
+        weight_decay=WEIGHT_DECAY,
     )
     total = epochs * batches_per_epoch(len(labels), batch_size)
     warmup, step = warmup_steps(total), 0
@@ -103,21 +105,24 @@ def finetune(
                 fdm = torch.from_numpy(dictionary.combine(np.stack([o.cells for o in occlusions])))
                 target = torch.from_numpy(labels[index])
                 features = model.features(normalize_faces(np.concatenate([clean, occluded])))
-                masked = torch.cat([features[:len(index)], features[len(index):] * fdm])
+                masked = torch.cat([features[: len(index)], features[len(index) :] * fdm])
                 logits = classifier(model.head(masked), torch.cat([target, target]))
-                loss = 0.5 * F.cross_entropy(logits[:len(index)], target) + 0.5 * F.cross_entropy(
-                    logits[len(index):], target
+                loss = 0.5 * F.cross_entropy(logits[: len(index)], target) + 0.5 * F.cross_entropy(
+                    logits[len(index) :], target
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 step += 1
                 loss_sum += loss.item() * len(index)
-                correct += int((logits[len(index):].argmax(dim=1) == target).sum())
+                correct += int((logits[len(index) :].argmax(dim=1) == target).sum())
                 seen += len(index)
             stats = EpochStats(
-                epoch, loss_sum / seen, correct / seen,
-                optimizer.param_groups[0]["lr"], time.perf_counter() - started,
+                epoch,
+                loss_sum / seen,
+                correct / seen,
+                optimizer.param_groups[0]["lr"],
+                time.perf_counter() - started,
             )
             history.append(stats)
             if progress:

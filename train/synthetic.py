@@ -43,9 +43,7 @@ _HAIR_COLOURS = np.array(
     [[25, 20, 18], [60, 40, 28], [105, 72, 45], [190, 160, 105], [150, 150, 150], [140, 65, 35]],
     dtype=np.float64,
 )
-_IRIS_COLOURS = np.array(
-    [[60, 38, 25], [95, 65, 40], [70, 100, 140], [80, 110, 75], [40, 35, 35]], dtype=np.float64
-)
+_IRIS_COLOURS = np.array([[60, 38, 25], [95, 65, 40], [70, 100, 140], [80, 110, 75], [40, 35, 35]], dtype=np.float64)
 _SCLERA = np.array([238.0, 236.0, 230.0])
 _PUPIL = np.full(3, 15.0)
 # Standard deviation of uniform int8 noise, used to scale it to the image's noise level.
@@ -87,16 +85,12 @@ class SyntheticFaces:
         for first in range(0, self.num_identities, per_chunk):
             identities = range(first, min(first + per_chunk, self.num_identities))
             canvases = np.stack([self._identity(i).draw(x, y) for i in identities])
-            jobs = [
-                (k, i, j) for k, i in enumerate(identities) for j in range(self.images_per_identity)
-            ]
+            jobs = [(k, i, j) for k, i in enumerate(identities) for j in range(self.images_per_identity)]
             for start in range(0, len(jobs), _CHUNK):
-                batch = jobs[start:start + _CHUNK]
+                batch = jobs[start : start + _CHUNK]
                 variations = [_Variation(self._image_rng(i, j)) for _, i, j in batch]
                 row = first * self.images_per_identity + start
-                images[row:row + len(batch)] = _render(
-                    canvases, np.array([k for k, _, _ in batch]), variations
-                )
+                images[row : row + len(batch)] = _render(canvases, np.array([k for k, _, _ in batch]), variations)
         return images, self.labels
 
     def landmarks(self) -> np.ndarray:
@@ -109,16 +103,14 @@ class SyntheticFaces:
                 points[i, j] = canonical @ pose[:, :2].T + pose[:, 2]
         return points.reshape(len(self), 5, 2)
 
-    def _identity(self, identity: int) -> "_Identity":
+    def _identity(self, identity: int) -> _Identity:
         return _Identity(np.random.default_rng([self.seed, _IDENTITY_STREAM, identity]))
 
     def _image_rng(self, identity: int, image: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, _IMAGE_STREAM, identity, image])
 
 
-def synthetic_faces(
-    num_identities: int, images_per_identity: int, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_faces(num_identities: int, images_per_identity: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """SYNTHETIC faces: images uint8 (N, 112, 96, 3) and labels int64 (N,); see SyntheticFaces."""
     return SyntheticFaces(num_identities, images_per_identity, seed).generate()
 
@@ -151,6 +143,7 @@ def _paint(rgb: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
 
 def _window(centre: tuple[float, float], reach: float) -> tuple[slice, slice]:
     """Canvas rows and columns within ``reach`` pixels of ``centre`` (crop coordinates)."""
+
     def span(middle: float, size: int) -> slice:
         low = int(np.floor(middle - reach)) + _PAD
         return slice(max(0, low), min(size, int(np.ceil(middle + reach)) + _PAD + 1))
@@ -189,7 +182,8 @@ class _Identity:
         self.skin = (_SKIN_LIGHT + u(0, 1) * (_SKIN_DARK - _SKIN_LIGHT)) * tint
         self.hair = np.clip(
             _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * u(0.8, 1.2) + rng.normal(0, 6, 3),
-            0, 255,
+            0,
+            255,
         )
         self.face_centre = (48.0 + rng.normal(0, 0.8), u(58, 66))
         self.face_axes = (u(34, 43), u(46, 56))
@@ -198,12 +192,8 @@ class _Identity:
         self.hair_length = u(-12, 20)
         self.ear_axes = (u(4, 6.5), u(8, 11))
         self.ear_drop = u(6, 10)
-        self.blobs = [
-            (u(0, 2 * np.pi), np.sqrt(u(0, 0.6)), u(4, 11), u(-0.2, 0.2)) for _ in range(4)
-        ]
-        self.moles = [
-            (u(0, 2 * np.pi), np.sqrt(u(0.1, 0.7)), u(0.8, 1.6)) for _ in range(rng.integers(0, 4))
-        ]
+        self.blobs = [(u(0, 2 * np.pi), np.sqrt(u(0, 0.6)), u(4, 11), u(-0.2, 0.2)) for _ in range(4)]
+        self.moles = [(u(0, 2 * np.pi), np.sqrt(u(0.1, 0.7)), u(0.8, 1.6)) for _ in range(rng.integers(0, 4))]
         self.hairline = self.face_centre[1] - self.face_axes[1] + u(4, 24)
         self.temples = u(2, 14)
         self.beard = u(0.4, 0.85) if u(0, 1) < 0.25 else 0.0
@@ -261,9 +251,7 @@ class _Identity:
         # The face: an ellipse whose half width narrows towards the chin by the jaw factor.
         below = np.clip((y - np.float32(fy)) / np.float32(fb), 0.0, 1.0)
         half_width = np.float32(fa) * (1.0 - np.float32(self.jaw) * below)
-        radius = np.sqrt(
-            ((x - np.float32(fx)) / half_width) ** 2 + ((y - np.float32(fy)) / np.float32(fb)) ** 2
-        )
+        radius = np.sqrt(((x - np.float32(fx)) / half_width) ** 2 + ((y - np.float32(fy)) / np.float32(fb)) ** 2)
         face = np.clip((1.0 - radius) * np.float32(fa) + 0.5, 0.0, 1.0)
         _paint(rgb, face, skin)
         coverage = np.maximum(coverage, face)
@@ -304,8 +292,9 @@ class _Identity:
         (nx, ny), width = self.nose, self.nose_half_width
         eye_y = self.eyes[0][1]
         bridge_axes = (width, (ny - eye_y) / 2.0 + 2.0)
-        _paint_ellipse(rgb, x, y, skin * 0.75, (nx, (ny + eye_y) / 2.0), bridge_axes, soft=3.0,
-                       weight=self.bridge_shade)
+        _paint_ellipse(
+            rgb, x, y, skin * 0.75, (nx, (ny + eye_y) / 2.0), bridge_axes, soft=3.0, weight=self.bridge_shade
+        )
         tip_axes = (width * 1.3, self.tip_height)
         _paint_ellipse(rgb, x, y, skin * self.tip_shade, (nx, ny), tip_axes, soft=2.0)
         for side in (-1, 1):
@@ -341,9 +330,7 @@ class _Variation:
         self.noise = np.frombuffer(rng.bytes(3 * CROP_HEIGHT * CROP_WIDTH), dtype=np.int8)
 
 
-def _render(
-    canvases: np.ndarray, canvas_index: np.ndarray, variations: list[_Variation]
-) -> np.ndarray:
+def _render(canvases: np.ndarray, canvas_index: np.ndarray, variations: list[_Variation]) -> np.ndarray:
     """Warp each image's identity canvas by its pose, composite on its background, light it."""
     count = len(variations)
 
@@ -386,9 +373,9 @@ def _render(
 
     nx, ny = (xs - 48.0) / 48.0, (ys - 56.0) / 56.0
     gradient = per_image([v.gradient for v in variations], 2, 1, 1)
-    background = per_image([v.background for v in variations], 3, 1, 1) + (
-        gradient[:, 0] * nx + gradient[:, 1] * ny
-    )[:, None]
+    background = (
+        per_image([v.background for v in variations], 3, 1, 1) + (gradient[:, 0] * nx + gradient[:, 1] * ny)[:, None]
+    )
     background *= 1.0 - face[:, 3:] / 255.0
     image = face[:, :3]
     image += background

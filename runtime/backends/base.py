@@ -37,5 +37,5 @@ class Backend(ABC):
     def describe(self) -> dict:
         """What is running: backend, device, providers or engine, threads."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a backend with nothing to release need not override it
         """Release sessions and device memory; the backend is unusable afterwards."""

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import re
 
+from pdsn.kernels.tensorrt_modules import INSTALL_HINTS
 from pdsn.runtime.backends.base import BackendUnavailableError
 
-# The Python module of each TensorRT flavour and how to install it; `pdsn build` uses them too.
-MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx_bindings"}
-INSTALL_HINTS = {
-    "tensorrt": "install data-centre TensorRT 10.8+ or 11.x with NVIDIA's wheels "
-                "(`pip install tensorrt`, which fetches its libraries from NVIDIA's package index) "
-                "on a machine with an NVIDIA GPU",
-    "tensorrt-rtx": "`pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings` "
-                    "(or `pip install 'pdsn-deploy[tensorrt-rtx]'`); it builds engines without a GPU",
-}
 # Compute capabilities a "portable" (ahead-of-time, no target given) TensorRT-RTX engine runs on.
 RTX_PORTABLE = ("8.0", "8.6", "8.9", "12.0")
 
@@ -25,9 +17,12 @@ class EngineMismatchError(BackendUnavailableError):
 
 def check_engine(entry: dict, installed_version: str | None, compute_capability: str | None) -> None:
     """Refuse an engine this machine cannot run, saying which mismatch and how to rebuild."""
-    flavour, rebuild = entry["flavour"], (
-        f"rebuild it here with `pdsn build --bundle BUNDLE --precision {entry['precision']} "
-        f"--flavour {entry['flavour']}`"
+    flavour, rebuild = (
+        entry["flavour"],
+        (
+            f"rebuild it here with `pdsn build --bundle BUNDLE --precision {entry['precision']} "
+            f"--flavour {entry['flavour']}`"
+        ),
     )
     if installed_version is None:
         raise BackendUnavailableError(
@@ -49,8 +44,8 @@ def check_engine(entry: dict, installed_version: str | None, compute_capability:
                 f"is {compute_capability}: {rebuild}"
             )
         return
-    allowed = RTX_PORTABLE if target == "portable" else tuple(
-        f"{m[:-1]}.{m[-1]}" for m in re.findall(r"sm(\d+)", target)
+    allowed = (
+        RTX_PORTABLE if target == "portable" else tuple(f"{m[:-1]}.{m[-1]}" for m in re.findall(r"sm(\d+)", target))
     )
     if allowed and compute_capability not in allowed and not _same_family(compute_capability, allowed):
         raise EngineMismatchError(
@@ -61,8 +56,9 @@ def check_engine(entry: dict, installed_version: str | None, compute_capability:
 
 def find_engine(manifest: dict, flavour: str, precision: str) -> dict:
     """The bundle's engine entry for ``flavour`` and ``precision`` (the newest build if several)."""
-    engines = [e for e in manifest.get("engines", {}).values()
-               if e["flavour"] == flavour and e["precision"] == precision]
+    engines = [
+        e for e in manifest.get("engines", {}).values() if e["flavour"] == flavour and e["precision"] == precision
+    ]
     if not engines:
         have = sorted(f"{e['flavour']}/{e['precision']}" for e in manifest.get("engines", {}).values())
         raise ValueError(

@@ -26,8 +26,7 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendUnavailableError(
-                "the onnxruntime backend needs ONNX Runtime: pip install onnxruntime "
-                "(or onnxruntime-gpu for CUDA)"
+                "the onnxruntime backend needs ONNX Runtime: pip install onnxruntime (or onnxruntime-gpu for CUDA)"
             ) from exc
         provider = _PROVIDERS[device]
         if provider not in ort.get_available_providers():

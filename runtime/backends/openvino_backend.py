@@ -40,8 +40,10 @@ class OpenVinoBackend(Backend):
                 f"plugin); use device='cpu', or backend='onnxruntime' or 'tensorrt' for NVIDIA GPUs"
             )
         if hint not in HINTS:
-            raise ValueError(f"hint {hint!r} is not one of {HINTS}; pick 'latency' for one "
-                             f"request at a time or 'throughput' for many concurrent ones")
+            raise ValueError(
+                f"hint {hint!r} is not one of {HINTS}; pick 'latency' for one "
+                f"request at a time or 'throughput' for many concurrent ones"
+            )
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive int or None (OpenVINO decides), got {threads!r}")
         ov, hints, props = _import_openvino()

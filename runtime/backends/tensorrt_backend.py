@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from pdsn.kernels.tensorrt_modules import import_tensorrt
 from pdsn.model.bundle_format import DICTIONARY_INPUT, EMBEDDING_OUTPUT, IMAGE_INPUT, OCCLUSION_INPUT, ModelContract
 from pdsn.runtime import cuda_memory as cuda
 from pdsn.runtime.backends.base import Backend, BackendUnavailableError
-from pdsn.runtime.backends.engines import MODULES, check_engine
+from pdsn.runtime.backends.engines import check_engine
 
 _log = logging.getLogger(__name__)
 
@@ -33,8 +34,15 @@ _log = logging.getLogger(__name__)
 class _Slot:
     """One in-flight batch: its own execution context, device and pinned buffers, and graphs."""
 
-    def __init__(self, engine: Any, resources: cuda.ResourceStack, contract: ModelContract, max_batch: int,
-                 dictionary_ptr: int | None, output_size: int) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        resources: cuda.ResourceStack,
+        contract: ModelContract,
+        max_batch: int,
+        dictionary_ptr: int | None,
+        output_size: int,
+    ) -> None:
         self.context = engine.create_execution_context()
         if self.context is None:
             raise cuda.DeviceOutOfMemoryError(
@@ -81,7 +89,7 @@ class TensorRTBackend(Backend):
         if device != "cuda":
             raise ValueError(f"the {entry['flavour']} backend runs on device='cuda', not {device!r}")
         self.name = entry["flavour"]
-        trt = _import(self.name)
+        trt = import_tensorrt(self.name, "Runtime")
         check_engine(entry, None if trt is None else str(trt.__version__), None)
         self._entry = entry
         self._application_context = cuda_context
@@ -93,8 +101,16 @@ class TensorRTBackend(Backend):
             self._resources.close()
             raise
 
-    def _load(self, trt: Any, engine_path: Path, dictionary: np.ndarray, contract: ModelContract, gpu: int,
-              cuda_graphs: bool, cuda_stream: Any) -> None:
+    def _load(
+        self,
+        trt: Any,
+        engine_path: Path,
+        dictionary: np.ndarray,
+        contract: ModelContract,
+        gpu: int,
+        cuda_graphs: bool,
+        cuda_stream: Any,
+    ) -> None:
         self.compute_capability = cuda.require_gpu(gpu)
         check_engine(self._entry, str(trt.__version__), self.compute_capability)
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -120,8 +136,10 @@ class TensorRTBackend(Backend):
             self._uploads.synchronize()
             dictionary_ptr = self._dictionary.ptr
         output_size = int(self._engine.get_tensor_shape(EMBEDDING_OUTPUT)[-1])
-        self._slots = [_Slot(self._engine, self._resources, contract, self.max_batch, dictionary_ptr, output_size)
-                       for _ in range(2)]
+        self._slots = [
+            _Slot(self._engine, self._resources, contract, self.max_batch, dictionary_ptr, output_size)
+            for _ in range(2)
+        ]
         self._next = 0
         self._contract = contract
 
@@ -147,9 +165,13 @@ class TensorRTBackend(Backend):
 
     def describe(self) -> dict:
         return {
-            "backend": self.name, "version": self._entry["version"], "device": "cuda",
-            "compute_capability": getattr(self, "compute_capability", None), "engine": self._entry["file"],
-            "profile": self._entry["profile"], "cuda_graphs": getattr(self, "_use_graphs", False),
+            "backend": self.name,
+            "version": self._entry["version"],
+            "device": "cuda",
+            "compute_capability": getattr(self, "compute_capability", None),
+            "engine": self._entry["file"],
+            "profile": self._entry["profile"],
+            "cuda_graphs": getattr(self, "_use_graphs", False),
             "buckets": list(self.preferred_batch_sizes),
         }
 
@@ -254,16 +276,6 @@ class _ApplicationContext:
             from cuda.bindings import driver
 
             driver.cuCtxPopCurrent()
-
-
-def _import(flavour: str) -> Any:
-    import importlib
-
-    try:
-        module = importlib.import_module(MODULES[flavour])
-    except ImportError:
-        return None
-    return module if hasattr(module, "Runtime") else None
 
 
 def _stream_handle(stream: Any) -> int | None:

@@ -5,13 +5,13 @@ FP16-typed ONNX, INT8 from its explicit Q/DQ nodes. One optimization profile spa
 dimension of every input that has one (image and occlusion; the dictionary's shape is fixed). The
 engine is written under a temporary name and moved into place, then the manifest is rewritten
 with its hash; a failed build leaves the bundle as it was. Flavour differences live in
-:mod:`pdsn.export.tensorrt_flavour`.
+:mod:`pdsn.engines.flavour`.
 
-``fdm_impl="plugin"`` first rewrites the variant (:mod:`pdsn.export.fdm_plugin_graph`) so that the
+``fdm_impl="plugin"`` first rewrites the variant (:mod:`pdsn.engines.fdm_plugin_graph`) so that the
 FDM step is the fused kernel; that engine takes the packed dictionary as its input, which its
 entry's ``inputs`` records. The inlined standard-op body stays the default until the plugin is
 measured faster on a GPU. A TensorRT-RTX build for Turing (7.5) parses the variant's Turing
-rewrite (:mod:`pdsn.export.turing_graph`), once it passed its parity check.
+rewrite (:mod:`pdsn.engines.turing_graph`), once it passed its parity check.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pdsn.export.tensorrt_flavour import BuildTargets, Flavour, load_flavour, report_to_stderr
-from pdsn.export.turing_graph import TURING
+from pdsn.engines.flavour import BuildTargets, Flavour, load_flavour, report_to_stderr
+from pdsn.engines.turing_graph import TURING
 from pdsn.model.bundle_format import read_manifest, sha256_file, verify_files, write_manifest
 
 if TYPE_CHECKING:
@@ -121,8 +121,11 @@ def build_engine(request: EngineBuildRequest) -> dict:
         "version": flavour.version,
         "compute_capability": compiled.target,
         "precision": request.precision,
-        "variant": {"file": variant["file"], "sha256": manifest["files"][variant["file"]]["sha256"],
-                    "gate_passed": bool(variant.get("parity", {}).get("passed", False))},
+        "variant": {
+            "file": variant["file"],
+            "sha256": manifest["files"][variant["file"]]["sha256"],
+            "gate_passed": bool(variant.get("parity", {}).get("passed", False)),
+        },
         "profile": {"min": batch[0], "opt": batch[1], "max": batch[2]},
         "fdm_impl": request.fdm_impl,
         "turing_fp16_gemms": compiled.turing,
@@ -174,8 +177,9 @@ def _compile(
         )
     cache = flavour.serialized_timing_cache(config) if flavour.has_timing_cache else None
     del parser
-    return _Compiled(plan, target, _input_shapes(network), time.perf_counter() - started, cache, cache_loaded,
-                     turing_parity)
+    return _Compiled(
+        plan, target, _input_shapes(network), time.perf_counter() - started, cache, cache_loaded, turing_parity
+    )
 
 
 def _timing_cache_file(flavour: Flavour) -> str:
@@ -203,12 +207,12 @@ def _network_source(variant: Path, fdm_impl: str, turing: bool) -> Iterator[Path
     import onnx
 
     if fdm_impl == "plugin":
-        from pdsn.export.fdm_plugin_graph import plugin_model as rewrite
+        from pdsn.engines.fdm_plugin_graph import plugin_model as rewrite
         from pdsn.kernels.fdm_plugin import register_fdm_plugin
 
         register_fdm_plugin()
     else:
-        from pdsn.export.turing_graph import turing_model as rewrite
+        from pdsn.engines.turing_graph import turing_model as rewrite
     with tempfile.TemporaryDirectory(prefix="pdsn-build-") as folder:
         rewritten = Path(folder) / variant.name
         onnx.save(rewrite(onnx.load(str(variant))), str(rewritten))
@@ -221,15 +225,19 @@ def _check_turing_rewrite(bundle: Path, variant_file: str, rewritten: Path) -> d
 
     from pdsn.calib.data import SYNTHETIC, load_face_sets
     from pdsn.calib.gates import DEFAULT_GATES, format_variant_table, variant_parity
-    from pdsn.export.parity import onnx_embedder
     from pdsn.model.bundle_format import ModelContract
+    from pdsn.model.comparison import onnx_embedder
 
     manifest = read_manifest(bundle)
     contract = ModelContract.from_dict(manifest["contract"])
     dictionary = np.load(bundle / manifest["dictionary"]["file"], allow_pickle=False)
     _, faces = load_face_sets(SYNTHETIC, 0, 32, progress=False)
-    report = variant_parity(onnx_embedder(bundle / variant_file, dictionary, contract),
-                            onnx_embedder(rewritten, dictionary, contract), faces, DEFAULT_GATES["fp16"])
+    report = variant_parity(
+        onnx_embedder(bundle / variant_file, dictionary, contract),
+        onnx_embedder(rewritten, dictionary, contract),
+        faces,
+        DEFAULT_GATES["fp16"],
+    )
     if not report["passed"]:
         raise EngineBuildError(
             f"the Turing rewrite of {variant_file} (FP16 GEMMs, since TensorRT-RTX has none in FP32 on "
@@ -237,8 +245,13 @@ def _check_turing_rewrite(bundle: Path, variant_file: str, rewritten: Path) -> d
             + format_variant_table({"turing rewrite vs variant": report})
         )
     overall = report["overall"]
-    return {"against": variant_file, "gate": report["gate"], "cosine_min": overall["cosine_min"],
-            "max_abs_error": overall["max_abs_error"], "passed": True}
+    return {
+        "against": variant_file,
+        "gate": report["gate"],
+        "cosine_min": overall["cosine_min"],
+        "max_abs_error": overall["max_abs_error"],
+        "passed": True,
+    }
 
 
 def _parse(flavour: Flavour, network: trt.INetworkDefinition, logger: Any, path: Path) -> trt.OnnxParser:

@@ -36,7 +36,6 @@ Facts behind each branch (checked 2026-11: TensorRT-RTX 1.7.1 by introspection o
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 import shutil
@@ -45,15 +44,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from pdsn.runtime.backends.engines import INSTALL_HINTS, MODULES
+from pdsn.kernels.tensorrt_modules import FLAVOURS, INSTALL_HINTS, MODULES, import_tensorrt
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-FLAVOURS = ("tensorrt", "tensorrt-rtx")
 MIN_TENSORRT = (10, 8)
 HARDWARE_COMPATIBILITY = {"none": "NONE", "ampere-plus": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
 PORTABLE = "portable"
@@ -120,7 +117,9 @@ class Flavour:
                 "TensorRT-RTX ahead-of-time builds. Use --hardware-compatibility ampere-plus for an "
                 "engine that runs on other GPUs"
             )
-        elif not hasattr(self.module.HardwareCompatibilityLevel, HARDWARE_COMPATIBILITY[targets.hardware_compatibility]):
+        elif not hasattr(
+            self.module.HardwareCompatibilityLevel, HARDWARE_COMPATIBILITY[targets.hardware_compatibility]
+        ):
             raise ValueError(
                 f"--hardware-compatibility {targets.hardware_compatibility} needs TensorRT 10.9 or "
                 f"later (this is {self.version})"
@@ -167,8 +166,11 @@ class Flavour:
         base = self.module.ILogger
         severity = self.module.ILogger.Severity
         levels = {
-            severity.INTERNAL_ERROR: logging.ERROR, severity.ERROR: logging.ERROR,
-            severity.WARNING: logging.WARNING, severity.INFO: logging.INFO, severity.VERBOSE: logging.DEBUG,
+            severity.INTERNAL_ERROR: logging.ERROR,
+            severity.ERROR: logging.ERROR,
+            severity.WARNING: logging.WARNING,
+            severity.INFO: logging.INFO,
+            severity.VERBOSE: logging.DEBUG,
         }
         shown = severity.VERBOSE if verbose else severity.WARNING
         flavour = self.name
@@ -222,7 +224,7 @@ def load_flavour(name: str) -> Flavour:
     """Import the TensorRT flavour ``name`` ("auto": data-centre TensorRT if installed, else RTX)."""
     if name == "auto":
         for candidate in FLAVOURS:
-            if _import(candidate) is not None:
+            if import_tensorrt(candidate, "Builder") is not None:
                 return load_flavour(candidate)
         raise TensorRTUnavailableError(
             "no TensorRT is installed: building an engine needs TensorRT-RTX, "
@@ -230,7 +232,7 @@ def load_flavour(name: str) -> Flavour:
         )
     if name not in FLAVOURS:
         raise ValueError(f"--flavour {name!r} is not one of {('auto', *FLAVOURS)}")
-    module = _import(name)
+    module = import_tensorrt(name, "Builder")
     if module is None:
         raise TensorRTUnavailableError(
             f"--flavour {name}: the Python module {MODULES[name]!r} is not installed; {INSTALL_HINTS[name]}"
@@ -263,7 +265,10 @@ def current_compute_capability() -> str | None:
         return None
     result = subprocess.run(
         ["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader", "--id=0"],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     value = result.stdout.strip()
     return value if result.returncode == 0 and re.fullmatch(r"\d+\.\d+", value) else None
@@ -281,14 +286,6 @@ def _apply_rtx_capabilities(module: Any, config: Any, capabilities: tuple[str, .
 
 def _sm(capability: str) -> str:
     return "SM" + capability.replace(".", "")
-
-
-def _import(name: str) -> ModuleType | None:
-    try:
-        module = importlib.import_module(MODULES[name])
-    except ImportError:
-        return None
-    return module if hasattr(module, "Builder") else None
 
 
 def _major_minor(version: str) -> tuple[int, int]:

@@ -45,18 +45,24 @@ def plugin_model(model: onnx.ModelProto) -> onnx.ModelProto:
     cells = _pack_dictionary(graph, dictionary)
     position = list(graph.node).index(node)
     graph.node.remove(node)
-    graph.initializer.extend([
-        numpy_helper.from_array((1 << np.arange(cells)).astype(np.int32), "fdm_cell_bits"),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "fdm_cell_axis"),
-    ])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array((1 << np.arange(cells)).astype(np.int32), "fdm_cell_bits"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "fdm_cell_axis"),
+        ]
+    )
     replacement = [
         helper.make_node("Cast", [occlusion], ["fdm_occlusion_int"], to=onnx.TensorProto.INT32),
         helper.make_node("Mul", ["fdm_occlusion_int", "fdm_cell_bits"], ["fdm_occlusion_bits"]),
         helper.make_node("ReduceSum", ["fdm_occlusion_bits", "fdm_cell_axis"], [OCCLUSION_WORDS], keepdims=0),
         helper.make_node(
-            PLUGIN_NAME, [features, OCCLUSION_WORDS, PACKED_DICTIONARY_INPUT], list(node.output),
-            domain=FDM_DOMAIN, name="fdm_gather_mul_plugin",
-            plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION,
+            PLUGIN_NAME,
+            [features, OCCLUSION_WORDS, PACKED_DICTIONARY_INPUT],
+            list(node.output),
+            domain=FDM_DOMAIN,
+            name="fdm_gather_mul_plugin",
+            plugin_namespace=PLUGIN_NAMESPACE,
+            plugin_version=PLUGIN_VERSION,
         ),
     ]
     for offset, new in enumerate(replacement):

@@ -34,8 +34,10 @@ def turing_model(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes, replaced = [], set()
     for node in rewritten.graph.node:
         weights = [initializers.get(name) for name in node.input[1:]]
-        if node.op_type not in GEMM_OPS or not weights or any(
-            w is None or w.data_type != onnx.TensorProto.FLOAT for w in weights
+        if (
+            node.op_type not in GEMM_OPS
+            or not weights
+            or any(w is None or w.data_type != onnx.TensorProto.FLOAT for w in weights)
         ):
             nodes.append(node)
             continue
