@@ -17,6 +17,7 @@ rewrite (:mod:`pdsn.engines.turing_graph`), once it passed its parity check.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import tempfile
 import time
@@ -134,6 +135,8 @@ def build_engine(request: EngineBuildRequest) -> dict:
         "version_compatible": request.targets.version_compatible,
         "optimization_level": request.optimization_level,
         "build_seconds": round(compiled.seconds, 2),
+        # When the build finished (UTC): the runtime picks the newest engine by this, not by manifest order.
+        "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
         "timing_cache": None,
     }
     if compiled.timing_cache is not None:
