@@ -5,10 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from pdsn.runtime.backends import BACKEND_CHOICES, DEVICES
+
+# What a user can cause and fix: bad values or files, and the errors pdsn raises on purpose (its own
+# RuntimeError subclasses: a missed gate, a backend not installed, ...). Anything else, a bare
+# RuntimeError or a TypeError included, is a bug and surfaces as a traceback.
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, TimeoutError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,11 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return int(args.run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
-        if args.verbose:
+    except Exception as exc:
+        if args.verbose or not _is_user_error(exc):
             raise
         print(f"pdsn {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _is_user_error(exc: Exception) -> bool:
+    ours = isinstance(exc, RuntimeError) and type(exc).__module__.startswith("pdsn.")
+    return isinstance(exc, _USER_ERRORS) or ours
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,8 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--architecture", help="lresnet50e-ir | lresnet10e-ir | lresnet-ir-tiny (default: inferred from the checkpoint)"
     )
-    export.add_argument("--tau", type=float, default=0.25, help="fraction of each mask item discarded (default 0.25)")
-    export.add_argument("--threshold", type=float, help="binarise by threshold instead of tau")
+    export.add_argument(
+        "--tau", type=float, help="binarise mean masks by discarding this fraction of each item (default 0.25)"
+    )
+    export.add_argument("--threshold", type=float, help="binarise mean masks at this value instead of by --tau")
     export.add_argument(
         "--float-input", action="store_true", help="float32 NCHW normalised input instead of uint8 NHWC"
     )
@@ -64,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     _bundle_options(embed)
     embed.add_argument("images", nargs="+", type=Path, help="aligned 112x96 RGB crops")
     embed.add_argument("--occlusion", type=_cells, help="occluded cells for every image, e.g. 10,11,12,13")
-    embed.add_argument("--out", type=Path, help="write embeddings to this .npy instead of printing")
+    embed.add_argument("--out", type=_npy_path, help="write embeddings to this .npy file instead of printing")
     embed.set_defaults(run=_embed)
 
     compare = commands.add_parser("compare", help="verification score of two aligned faces (PDSN protocol)")
@@ -73,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("image_b", type=Path)
     compare.add_argument("--occlusion-a", type=_cells, help="occluded cells of image A")
     compare.add_argument("--occlusion-b", type=_cells, help="occluded cells of image B")
-    compare.add_argument("--threshold", type=float, help="decide same/different at this cosine score")
+    compare.add_argument("--threshold", type=_cosine, help="decide same/different at this cosine score")
     compare.set_defaults(run=_compare)
 
     quantize = commands.add_parser("quantize", help="add a gated FP16 or calibrated INT8 variant to a bundle")
@@ -95,14 +110,14 @@ def _parser() -> argparse.ArgumentParser:
         "whose 16-bit multiply-adds 8-bit weights can overflow; 8 for GPUs and VNNI CPUs "
         "(and always with modelopt)",
     )
-    quantize.add_argument("--samples", type=int, default=512, help="calibration images (default 512)")
-    quantize.add_argument("--holdout", type=int, default=64, help="held-out faces for the gate (default 64)")
+    quantize.add_argument("--samples", type=_positive, default=512, help="calibration images (default 512)")
+    quantize.add_argument("--holdout", type=_positive, default=64, help="held-out faces for the gate (default 64)")
     quantize.add_argument("--seed", type=int, default=0)
     quantize.add_argument("--pairs", type=Path, help="LFW-format pairs.txt: report the accuracy change")
     quantize.add_argument("--pairs-root", type=Path, help="folder of the pairs' aligned crops")
-    quantize.add_argument("--min-cosine", type=float, help="gate: minimum cosine to FP32 (fp16 default 0.9995)")
-    quantize.add_argument("--mean-cosine", type=float, help="gate: mean cosine to FP32 (int8 default 0.99)")
-    quantize.add_argument("--p1-cosine", type=float, help="gate: 1st-percentile cosine (int8 default 0.98)")
+    quantize.add_argument("--min-cosine", type=_cosine, help="gate: minimum cosine to FP32 (fp16 default 0.9995)")
+    quantize.add_argument("--mean-cosine", type=_cosine, help="gate: mean cosine to FP32 (int8 default 0.99)")
+    quantize.add_argument("--p1-cosine", type=_cosine, help="gate: 1st-percentile cosine (int8 default 0.98)")
     quantize.set_defaults(run=_quantize)
 
     build = commands.add_parser("build", help="compile a bundle's ONNX variant into a TensorRT engine")
@@ -150,8 +165,10 @@ def _parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="check a bundle's files and every variant on every backend")
     verify.add_argument("--bundle", type=Path, required=True)
     verify.add_argument("--holdout", default="synthetic", help="faces to compare on: folder, list file or 'synthetic'")
-    verify.add_argument("--faces", type=int, default=32, help="how many held-out faces (default 32)")
-    verify.add_argument("--report", type=Path, help="where to write the JSON (default BUNDLE/reports/verify.json)")
+    verify.add_argument("--faces", type=_positive, default=32, help="how many held-out faces (default 32)")
+    verify.add_argument(
+        "--report", type=_json_path, help="where to write the JSON (default BUNDLE/reports/verify.json)"
+    )
     verify.set_defaults(run=_verify)
 
     bench = commands.add_parser("bench", help="throughput and latency of every backend/precision/batch, side by side")
@@ -211,8 +228,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _bundle_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, required=True)
-    parser.add_argument("--backend", default="auto", help="auto | onnxruntime")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="auto",
+        help="inference backend (default auto: the fastest installed for the device and bundle)",
+    )
+    parser.add_argument("--device", choices=DEVICES, default="cpu")
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -236,6 +258,46 @@ def _list_of(kind: type, minimum: float, what: str):
 
 _numbers = _list_of(int, 1, "positive integers")
 _delays = _list_of(float, 0.0, "milliseconds >= 0")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def _cosine(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a cosine similarity in [-1, 1], got {text!r}") from None
+    if not math.isfinite(value) or not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a cosine similarity in [-1, 1], got {text!r}")
+    return value
+
+
+def _output_file(suffix: str):
+    """An argparse type for a file to write: ending in ``suffix``, not an existing folder."""
+
+    def parse(text: str) -> Path:
+        path = Path(text)
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is a folder; give a file path such as {path / ('out' + suffix)}"
+            )
+        if path.suffix.lower() != suffix:
+            raise argparse.ArgumentTypeError(f"{text!r} must end in {suffix} (the file is written as {suffix})")
+        return path
+
+    return parse
+
+
+_npy_path = _output_file(".npy")
+_json_path = _output_file(".json")
 
 
 def _cells(text: str) -> list[int]:
@@ -290,7 +352,8 @@ def _embed(args: argparse.Namespace) -> int:
     with _open(args) as recognizer:
         embeddings = recognizer.embed(images, occlusion=args.occlusion)
     if args.out:
-        np.save(args.out, embeddings)
+        with open(args.out, "wb") as handle:  # np.save(path) would append .npy to another suffix
+            np.save(handle, embeddings)
         print(f"wrote {embeddings.shape[0]} embeddings of size {embeddings.shape[1]} to {args.out}")
     else:
         for path, vector in zip(args.images, embeddings):

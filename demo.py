@@ -23,6 +23,10 @@ DEMO_CALIBRATION = {"calib": "synthetic", "method": "minmax", "samples": 256, "h
 DEMO_PRECISIONS = ("fp32", *VARIANT_PRECISIONS)
 
 
+class DemoStopped(RuntimeError):
+    """A check of the demo failed; its output says which."""
+
+
 def prepare_demo_bundle(out: Path, progress: bool = True) -> tuple[dict, dict]:
     """Export the trained demo model to ``out`` with gated variants; returns (parity, variants).
 
@@ -111,7 +115,7 @@ def _verify_every_backend(bundle: Path) -> None:
     print("      `pdsn verify`: every variant on every backend here against ONNX Runtime FP32, 32 held-out faces:")
     print(_indent(format_verification(result), 6))
     if not result["passed"]:
-        raise RuntimeError(f"a variant of {bundle} missed its gate on a backend (table above); the demo stops here")
+        raise DemoStopped(f"a variant of {bundle} missed its gate on a backend (table above); the demo stops here")
 
 
 def _show_verification(recognizer) -> None:

@@ -45,7 +45,8 @@ def int8_nodes(model: onnx.ModelProto) -> list[str]:
     itself INT8) still run quantized and the features stay in full precision.
     """
     fdm = next(n for n in model.graph.node if n.op_type == FDM_OP and n.domain == FDM_DOMAIN)
-    return [n.name for n in model.graph.node if n.name in set(trunk_nodes(model)) and fdm.input[0] not in n.output]
+    trunk = set(trunk_nodes(model))
+    return [n.name for n in model.graph.node if n.name in trunk and fdm.input[0] not in n.output]
 
 
 def kept_fp32_nodes(model: onnx.ModelProto) -> list[str]:

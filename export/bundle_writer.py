@@ -20,7 +20,7 @@ from pdsn.export.onnx_export import ExportOptions, export_onnx
 from pdsn.export.parity import ParityError, export_parity, format_parity_table, reference_embeddings
 from pdsn.model.bundle_format import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, package_versions, write_manifest
 from pdsn.model.comparison import ExportGate, save_reference
-from pdsn.model.dictionary import MaskDictionary, build_dictionary
+from pdsn.model.dictionary import DEFAULT_TAU, MaskDictionary, build_dictionary
 from pdsn.model.network import LRESNET50E_IR, Architecture, LResNetIR
 from pdsn.model.sample_faces import seeded_faces
 
@@ -37,7 +37,7 @@ class ExportRequest:
     checkpoint: Path | None = None
     dictionary: Path | None = None
     architecture: Architecture | None = None
-    tau: float = 0.25
+    tau: float | None = None  # binarisation of mean masks (0.25 when neither tau nor threshold is given)
     threshold: float | None = None
     options: ExportOptions = ExportOptions()
     gate: ExportGate = ExportGate()
@@ -164,7 +164,10 @@ def _load_dictionary(request: ExportRequest, model: LResNetIR) -> MaskDictionary
     if request.dictionary is not None:
         source = request.dictionary
     elif request.seeded_weights:
-        return demo_weights.seeded_dictionary(model.architecture, seed=request.seed, tau=request.tau)
+        if request.threshold is not None:
+            raise ValueError("--threshold: the seeded stand-in dictionary is binarised by --tau only")
+        tau = DEFAULT_TAU if request.tau is None else request.tau
+        return demo_weights.seeded_dictionary(model.architecture, seed=request.seed, tau=tau)
     elif request.checkpoint is None:
         source = demo_weights.TRAINED_DEMO_DICTIONARY
     else:

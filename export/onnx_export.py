@@ -106,6 +106,12 @@ def export_onnx(model: LResNetIR, dictionary: np.ndarray, path: str | Path, opti
             f"{model.architecture.name} (25 cells x its feature map)"
         )
     proto = _trace(DeployGraph(model.eval(), options).eval(), contract, options.opset)
+    produced = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if produced != options.opset:
+        raise ValueError(
+            f"--opset {options.opset} was asked for, but torch.onnx produced opset {produced}; "
+            f"export with --opset {produced}, or with a torch version that writes opset {options.opset}"
+        )
     _fuse_fdm(proto, dictionary.astype(np.float32), options)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))

@@ -421,25 +421,31 @@ def load_dictionary(path: PathLike, feature_shape: FeatureShape | None = None) -
 
 def build_dictionary(
     source: PathLike | Sequence[PathLike],
-    tau: float = DEFAULT_TAU,
+    tau: float | None = None,
     threshold: float | None = None,
     feature_shape: FeatureShape = DEFAULT_FEATURE_SHAPE,
 ) -> MaskDictionary:
     """Build a binary dictionary from 25 mean_mask.txt files (directory or list) or a .npy/.npz.
 
-    Mean masks are binarised by ``threshold`` when given, else by ``tau``. Masks that are
-    already binary are kept as they are (tau and threshold recorded as None); a file written by
-    save_dictionary comes back with its own provenance.
+    Mean masks are binarised by ``threshold`` when given, else by ``tau`` (DEFAULT_TAU when
+    neither is). Masks that are already binary are kept as they are, and a file written by
+    save_dictionary comes back with its own provenance: asking to binarise those again is refused
+    rather than silently ignored.
     """
     shape = _validate_feature_shape(feature_shape)
-    if threshold is None:
-        _check_fraction(tau, "tau", include_one=False)
-    else:
+    if tau is not None and threshold is not None:
+        raise ValueError(
+            f"tau ({tau}) and threshold ({threshold}) are two ways to binarise mean masks; pass one of them"
+        )
+    if threshold is not None:
         _check_fraction(threshold, "threshold", include_one=True)
+    elif tau is not None:
+        _check_fraction(tau, "tau", include_one=False)
     if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
         file = Path(source)
         arrays = _read_arrays(file)
         if "provenance" in arrays:
+            _refuse_binarising(file, tau, threshold)
             return load_dictionary(file, shape)
         values = _as_items(_pick_array(arrays, file), shape, file)
         origin = f"array file {file}"
@@ -447,12 +453,24 @@ def build_dictionary(
         values, files = load_mean_masks(source, shape)
         origin = f"mean_mask.txt files {', '.join(files)}"
     if _count_non_binary(values) == 0:
+        _refuse_binarising(origin, tau, threshold)
         return MaskDictionary(masks=values, tau=None, threshold=None, source=f"binary masks from {origin}")
     if threshold is not None:
-        masks, tau = binarize_by_threshold(values, threshold), None
+        masks = binarize_by_threshold(values, threshold)
     else:
+        tau = DEFAULT_TAU if tau is None else tau
         masks = binarize_by_tau(values, tau)
     return MaskDictionary(masks=masks, tau=tau, threshold=threshold, source=f"mean masks from {origin}")
+
+
+def _refuse_binarising(source: object, tau: float | None, threshold: float | None) -> None:
+    if tau is None and threshold is None:
+        return
+    given = f"tau {tau}" if tau is not None else f"threshold {threshold}"
+    raise ValueError(
+        f"{given} was given, but the dictionary {source} is already binary, so there is nothing to "
+        f"binarise; pass the folder of its 25 mean_mask.txt files to binarise them again, or drop {given.split()[0]}"
+    )
 
 
 def synthetic_mean_masks(seed: int, feature_shape: FeatureShape = DEFAULT_FEATURE_SHAPE) -> np.ndarray:

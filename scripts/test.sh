@@ -8,4 +8,5 @@ python -m pip install --quiet -e ".[export,dev]"
 # Type stubs of data-centre TensorRT for the mypy test; --no-deps because they pin `tensorrt`,
 # which this registry cannot install.
 python -m pip install --quiet --no-deps "tensorrt-stubs==10.13.0.35.1"
+python -m ruff check .
 exec python -m pytest "$@"

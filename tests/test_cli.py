@@ -77,6 +77,9 @@ def test_compare(tiny_bundle, face_files, capsys):
         (["embed", "--bundle", "{missing}", "{face}"], "not a directory"),
         (["export", "--out", "{bundle}"], "already exists"),
         (["export", "--checkpoint", "{face}", "--out", "{new}"], "not a PyTorch checkpoint"),
+        (["export", "--tau", "0.3", "--out", "{new}"], "tau 0.3 was given, but the dictionary"),
+        (["export", "--tau", "0.3", "--threshold", "0.5", "--out", "{new}"], "pass one of them"),
+        (["export", "--weights", "seeded", "--threshold", "0.5", "--out", "{new}"], "--threshold"),
     ],
 )
 def test_errors_exit_2_with_a_message(argv, message, tiny_bundle, face_files, tmp_path, capsys):
@@ -105,6 +108,57 @@ def test_quantize_and_verify_commands(tiny_bundle, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "fp16 on onnxruntime" in printed and "int8 on onnxruntime" in printed and "fp32 on onnxruntime" in printed
     assert (bundle / "reports" / "verify.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["quantize", "--bundle", "{bundle}", "--min-cosine", "nan"], "--min-cosine"),
+        (["quantize", "--bundle", "{bundle}", "--mean-cosine", "1.5"], "--mean-cosine"),
+        (["quantize", "--bundle", "{bundle}", "--p1-cosine", "inf"], "--p1-cosine"),
+        (["quantize", "--bundle", "{bundle}", "--calib", "synthetic", "--samples", "0"], "--samples"),
+        (["quantize", "--bundle", "{bundle}", "--holdout", "-3"], "--holdout"),
+        (["verify", "--bundle", "{bundle}", "--faces", "0"], "--faces"),
+        (["verify", "--bundle", "{bundle}", "--report", "{folder}"], "--report"),
+        (["verify", "--bundle", "{bundle}", "--report", "{folder}/verify.txt"], "--report"),
+        (["embed", "--bundle", "{bundle}", "{face}", "--out", "{folder}/e.txt"], "--out"),
+        (["embed", "--bundle", "{bundle}", "{face}", "--backend", "magic"], "--backend"),
+        (["compare", "--bundle", "{bundle}", "{face}", "{face}", "--threshold", "2"], "--threshold"),
+    ],
+)
+def test_bad_option_values_are_refused_naming_the_flag(argv, flag, tiny_bundle, face_files, tmp_path, capsys):
+    values = {"bundle": tiny_bundle, "face": face_files[0], "folder": tmp_path}
+    with pytest.raises(SystemExit) as exited:
+        main([part.format(**values) for part in argv])
+    assert exited.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_embed_writes_exactly_the_path_given(tiny_bundle, face_files, tmp_path):
+    out = tmp_path / "E.NPY"
+    assert main(["embed", "--bundle", str(tiny_bundle), str(face_files[0]), "--out", str(out)]) == 0
+    assert out.is_file() and not (tmp_path / "E.NPY.npy").exists() and np.load(out).shape == (1, 512)
+
+
+def test_export_refuses_an_opset_the_exporter_did_not_write(tmp_path, monkeypatch, capsys):
+    import pdsn.export.onnx_export as onnx_export
+
+    trace = onnx_export._trace
+    monkeypatch.setattr(onnx_export, "_trace", lambda graph, contract, opset: trace(graph, contract, 18))
+    assert main(["export", "--opset", "17", "--out", str(tmp_path / "b")]) == 2
+    assert "--opset 17 was asked for, but torch.onnx produced opset 18" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_programming_errors_are_tracebacks_not_user_errors(tiny_bundle, face_files, monkeypatch):
+    import pdsn.runtime.preprocess as preprocess
+
+    def broken(path):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(preprocess, "load_image", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        main(["embed", "--bundle", str(tiny_bundle), str(face_files[0])])
 
 
 def test_quantize_errors_exit_2(tiny_bundle, capsys):

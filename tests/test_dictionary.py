@@ -408,7 +408,7 @@ def test_build_dictionary_from_directory_and_list(tmp_path: Path) -> None:
     np.testing.assert_array_equal(dictionary.masks, binarize_by_tau(masks, 0.25))
     assert dictionary.tau == 0.25 and dictionary.threshold is None
     assert str(paths[0]) in dictionary.source and str(paths[24]) in dictionary.source
-    by_threshold = build_dictionary(paths, tau=0.25, threshold=0.3, feature_shape=SMALL)
+    by_threshold = build_dictionary(paths, threshold=0.3, feature_shape=SMALL)
     np.testing.assert_array_equal(by_threshold.masks, binarize_by_threshold(masks, 0.3))
     assert by_threshold.tau is None and by_threshold.threshold == 0.3
 
@@ -429,12 +429,16 @@ def test_build_dictionary_from_arrays(tmp_path: Path) -> None:
     assert built.tau == 0.1 and "mean.npy" in built.source
     binary = random_binary(7)
     np.savez(tmp_path / "binary.npz", masks=binary)
-    kept = build_dictionary(tmp_path / "binary.npz", tau=0.5, feature_shape=SMALL)
+    kept = build_dictionary(tmp_path / "binary.npz", feature_shape=SMALL)
     np.testing.assert_array_equal(kept.masks, binary)
+    with pytest.raises(ValueError, match="already binary"):
+        build_dictionary(tmp_path / "binary.npz", tau=0.5, feature_shape=SMALL)
     assert kept.tau is None and kept.threshold is None and "binary.npz" in kept.source
     save_dictionary(tmp_path / "saved.npz", built)
     again = build_dictionary(tmp_path / "saved.npz", feature_shape=SMALL)
     assert again.provenance() == built.provenance()
+    with pytest.raises(ValueError, match="threshold 0.3 was given, but the dictionary .* is already binary"):
+        build_dictionary(tmp_path / "saved.npz", threshold=0.3, feature_shape=SMALL)
 
 
 def test_build_dictionary_errors(tmp_path: Path) -> None:
@@ -442,6 +446,8 @@ def test_build_dictionary_errors(tmp_path: Path) -> None:
         build_dictionary(tmp_path / "missing", feature_shape=SMALL)
     with pytest.raises(ValueError, match=r"tau must be a number in \[0, 1\)"):
         build_dictionary(tmp_path, tau=1.2, feature_shape=SMALL)
+    with pytest.raises(ValueError, match="pass one of them"):
+        build_dictionary(tmp_path, tau=0.25, threshold=0.3, feature_shape=SMALL)
     with pytest.raises(ValueError, match="found 0 numbered file"):
         build_dictionary(tmp_path, feature_shape=SMALL)
     write_mean_mask_txt(tmp_path / "mean_mask.txt", random_mean_masks()[0])

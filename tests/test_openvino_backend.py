@@ -52,7 +52,7 @@ def test_float_input_embedded_dictionary_l2_bundle(tiny_float_bundle):
     faces = seeded_faces(3, seed=12)
     x = ((faces.transpose(0, 3, 1, 2).astype(np.float32) / 255.0) - 0.5) / 0.5
     occlusion = _mixed_occlusion(3)
-    with Recognizer.open(tiny_float_bundle) as ort_rec:
+    with Recognizer.open(tiny_float_bundle, backend="onnxruntime") as ort_rec:
         reference = ort_rec.embed(x, occlusion)
     with Recognizer.open(tiny_float_bundle, backend="openvino") as ov_rec:
         out = ov_rec.embed(x, occlusion)
@@ -125,3 +125,33 @@ def test_direct_call_runs_the_same_model(openvino_recognizer):
     faces, occlusion = seeded_faces(3, seed=13), _mixed_occlusion(3)
     result = openvino_recognizer.direct_call(faces, occlusion)()
     np.testing.assert_allclose(result[0], openvino_recognizer.embed(faces, occlusion), rtol=1e-6, atol=1e-6)
+
+
+def test_throughput_hint_keeps_two_batches_in_flight(tiny_bundle, onnxruntime_recognizer):
+    faces = seeded_faces(24, seed=14)
+    occlusion = _mixed_occlusion(24)
+    with Recognizer.open(tiny_bundle, backend="openvino", hint="throughput", max_batch=4, queue_size=32) as rec:
+        assert rec.backend_info["hint"] == "throughput" and rec.backend_info["infer_requests"] >= 2
+        assert rec._backend.pipelined
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(rec.submit(faces[i], occlusion[i]).result) for i in range(24)]
+            out = np.stack([f.result() for f in futures])
+    reference = onnxruntime_recognizer.embed(faces, occlusion)
+    assert _cosine(out, reference).min() >= 0.99999
+
+
+def test_auto_backend_is_openvino_on_x86_cpus_where_installed(tiny_bundle, monkeypatch):
+    import importlib.util
+    import platform
+
+    from pdsn.runtime.backends import resolve_backend
+
+    manifest = open_bundle(tiny_bundle).manifest
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert resolve_backend("auto", "cpu", manifest) == "openvino"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    assert resolve_backend("auto", "cpu", manifest) == "onnxruntime"
+    assert resolve_backend("auto", "cuda", manifest) == "onnxruntime"  # no engine in the bundle
+    with pytest.raises(ValueError, match="not one of"):
+        resolve_backend("fastest", "cpu", manifest)

@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 
 from pdsn.model.dictionary import DEFAULT_TAU
+from pdsn.runtime.backends import BACKEND_CHOICES
 from pdsn.train.data import (
     DEFAULT_PAIRS_PER_CELL,
     SYNTHETIC,
@@ -74,7 +75,11 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     finetune = commands.add_parser("finetune", help="stage 2: fine-tune with occluded faces and their FDMs")
     _model_options(finetune)
     finetune.add_argument("--dictionary", type=Path, required=True, help="dictionary.npz, .npy or mean-mask folder")
-    finetune.add_argument("--tau", type=float, default=DEFAULT_TAU, help="binarisation of a mean-mask folder")
+    finetune.add_argument(
+        "--tau",
+        type=float,
+        help=f"binarisation of a mean-mask folder (default {DEFAULT_TAU}; not for a binary dictionary)",
+    )
     _data_options(finetune)
     finetune.add_argument("--epochs", type=int, help="default 3")
     finetune.add_argument("--lr", type=float, help="head and classifier (default 1e-3)")
@@ -95,9 +100,15 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--checkpoint", type=Path, help="PyTorch: reference-format recognition checkpoint")
     evaluate.add_argument("--dictionary", type=Path, help="PyTorch: dictionary.npz, .npy or mean-mask folder")
-    evaluate.add_argument("--tau", type=float, default=DEFAULT_TAU, help="binarisation of a mean-mask folder")
+    evaluate.add_argument(
+        "--tau",
+        type=float,
+        help=f"binarisation of a mean-mask folder (default {DEFAULT_TAU}; not for a binary dictionary)",
+    )
     evaluate.add_argument("--bundle", type=Path, help="an exported bundle, run by the torch-free runtime")
-    evaluate.add_argument("--backend", default="auto", help="runtime backend: auto | onnxruntime | openvino")
+    evaluate.add_argument(
+        "--backend", choices=BACKEND_CHOICES, default="auto", help="runtime backend (default: the fastest installed)"
+    )
     evaluate.add_argument("--precision", default="fp32", help="comma-separated: fp32,fp16,int8 (one row group each)")
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--allow-ungated", action="store_true", help="also evaluate variants that missed their gate")

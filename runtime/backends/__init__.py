@@ -2,18 +2,50 @@
 
 from __future__ import annotations
 
+import importlib.util
+import platform
+
+from pdsn.kernels.tensorrt_modules import import_tensorrt
 from pdsn.runtime.backends.base import Backend, BackendUnavailableError
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt", "tensorrt-rtx")
 ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")  # run a bundle's built engine, not its ONNX file
 DEVICES = ("cpu", "cuda")
+BACKEND_CHOICES = ("auto", *BACKENDS)
+# x86 CPUs, where OpenVINO's CPU plugin ran every precision faster than ONNX Runtime's CPU provider
+# in this project's benchmarks (bench/results).
+_OPENVINO_MACHINES = ("x86_64", "amd64", "i386", "i686")
+
+
+def resolve_backend(name: str, device: str, manifest: dict) -> str:
+    """The backend ``name`` stands for: itself, or for ``auto`` the fastest one usable here.
+
+    ``auto`` on ``cuda``: a data-centre TensorRT engine of the bundle when TensorRT is installed,
+    else a TensorRT-RTX engine with TensorRT-RTX installed, else ONNX Runtime's CUDA provider. On
+    ``cpu``: OpenVINO on x86 when it (and onnx, which inlines the FDM function for it) is installed,
+    else ONNX Runtime.
+    """
+    if name not in BACKEND_CHOICES:
+        raise ValueError(f"backend {name!r} is not one of {BACKEND_CHOICES}")
+    if device not in DEVICES:
+        raise ValueError(f"device {device!r} is not one of {DEVICES}")
+    if name != "auto":
+        return name
+    if device == "cuda":
+        built = {entry.get("flavour") for entry in manifest.get("engines", {}).values() if isinstance(entry, dict)}
+        for flavour in ENGINE_BACKENDS:
+            if flavour in built and import_tensorrt(flavour, "Runtime") is not None:
+                return flavour
+        return "onnxruntime"
+    installed = all(importlib.util.find_spec(module) is not None for module in ("openvino", "onnx"))
+    return "openvino" if installed and platform.machine().lower() in _OPENVINO_MACHINES else "onnxruntime"
 
 
 def create_backend(name: str, model_path: str, dictionary, contract, device: str = "cpu", **options) -> Backend:
-    """Instantiate backend ``name``; ``auto`` means the best one installed for ``device``."""
+    """Instantiate backend ``name`` (one of BACKENDS; resolve ``auto`` first with ``resolve_backend``)."""
     if device not in DEVICES:
         raise ValueError(f"device {device!r} is not one of {DEVICES}")
-    if name in ("auto", "onnxruntime"):
+    if name == "onnxruntime":
         from pdsn.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(model_path, dictionary, contract, device=device, **options)
@@ -25,7 +57,16 @@ def create_backend(name: str, model_path: str, dictionary, contract, device: str
         from pdsn.runtime.backends.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(model_path, options.pop("engine"), dictionary, contract, device=device, **options)
-    raise ValueError(f"backend {name!r} is not one of {('auto', *BACKENDS)}")
+    raise ValueError(f"backend {name!r} is not one of {BACKENDS} (resolve 'auto' with resolve_backend first)")
 
 
-__all__ = ["BACKENDS", "DEVICES", "ENGINE_BACKENDS", "Backend", "BackendUnavailableError", "create_backend"]
+__all__ = [
+    "BACKENDS",
+    "BACKEND_CHOICES",
+    "DEVICES",
+    "ENGINE_BACKENDS",
+    "Backend",
+    "BackendUnavailableError",
+    "create_backend",
+    "resolve_backend",
+]
