@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from pdsn.model.grid import vector_to_cells
-from pdsn.runtime.backends import ENGINE_BACKENDS, create_backend
+from pdsn.runtime.backends import ENGINE_BACKENDS, create_backend, resolve_backend
 from pdsn.runtime.backends.engines import find_engine
-from pdsn.runtime.batcher import BatcherStats, DynamicBatcher
+from pdsn.runtime.batcher import BatcherHealth, BatcherStats, DynamicBatcher, check_int, check_real, check_settings
 from pdsn.runtime.bundle import Bundle, open_bundle
 from pdsn.runtime.inputs import prepare_images, prepare_occlusion
 from pdsn.runtime.preprocess import align_face
@@ -38,6 +40,8 @@ class Recognizer:
 
     Every call, from any thread, goes through one dynamic batcher (``pdsn.runtime.batcher``), so
     concurrent callers share batches and the backend is only ever called from its worker thread.
+    The batcher releases the backend when it stops. Close the Recognizer when done; one dropped
+    unclosed is closed when garbage-collected, with a ``ResourceWarning``.
     """
 
     def __init__(self, bundle: Bundle, backend, precision: str, batcher: DynamicBatcher) -> None:
@@ -47,6 +51,9 @@ class Recognizer:
         self.max_batch = batcher.max_batch
         self._backend = backend
         self._batcher = batcher
+        # Holds the batcher, never self: the worker thread must not keep a dropped Recognizer alive.
+        self._finalizer = weakref.finalize(self, _close_unclosed, batcher, str(bundle.path))
+        self._finalizer.atexit = False  # at exit the daemon worker simply ends with the process
 
     @classmethod
     def open(
@@ -61,31 +68,31 @@ class Recognizer:
         verify: bool = True,
         allow_ungated: bool = False,
         **backend_options,
-    ) -> "Recognizer":
+    ) -> Recognizer:
         """Open ``bundle`` (hashes checked unless ``verify=False``) on ``backend``/``device``.
 
         ``precision="auto"`` picks the fastest variant in the bundle for the device (only variants
         that passed their parity gate qualify); ``self.precision`` says which was chosen. A variant
         recorded as missing its gate (made for timing only) is refused unless ``allow_ungated``.
-        The batcher runs at most ``max_batch`` faces at once, waits at most ``max_delay_ms`` for a
-        batch to fill (0 for a single caller that wants no added latency) and holds at most
-        ``queue_size`` faces (default 4 × ``max_batch``) before ``submit`` rejects.
+        The batcher runs at most ``max_batch`` faces at once, waits at most ``max_delay_ms`` (0 to
+        60 000) for a batch to fill (0 for a single caller that wants no added latency) and holds at
+        most ``queue_size`` faces (default 4 × ``max_batch``) before ``submit`` rejects. These, and
+        ``threads`` among ``backend_options``, are checked before the bundle is read.
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        if not max_delay_ms >= 0:
-            raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms}")
-        if queue_size is not None and queue_size < max_batch:
-            raise ValueError(f"queue_size ({queue_size}) must be at least max_batch ({max_batch})")
+        check_settings(max_batch, max_delay_ms, queue_size)
+        if "threads" in backend_options:
+            check_int("threads", backend_options["threads"], 1, optional=True)
         loaded = open_bundle(bundle, verify=verify)
+        backend = resolve_backend(backend, device, loaded.manifest)
         engines = backend in ENGINE_BACKENDS
         if precision == "auto":
             order = AUTO_ORDER.get(device, AUTO_ORDER["cpu"])
             built = {e["precision"] for e in loaded.manifest.get("engines", {}).values() if e["flavour"] == backend}
-            candidates = [p for p in order if p in loaded.precisions and loaded.gate_passed(p)
-                          and (not engines or p in built)]
+            candidates = [
+                p for p in order if p in loaded.precisions and loaded.gate_passed(p) and (not engines or p in built)
+            ]
             if not candidates:
                 raise ValueError(
                     f"bundle {loaded.path} has no {backend} engine of a gated variant; build one with "
@@ -110,10 +117,23 @@ class Recognizer:
                     f"rebuild with `pdsn build --batch MIN,OPT,MAX`"
                 )
         engine = create_backend(
-            backend, str(model_path), loaded.dictionary, loaded.contract, device=device, **backend_options,
+            backend,
+            str(model_path),
+            loaded.dictionary,
+            loaded.contract,
+            device=device,
+            **backend_options,
         )
-        batcher = DynamicBatcher(engine.start if engine.pipelined else engine.infer, max_batch, max_delay_ms,
-                                 queue_size, engine.preferred_batch_sizes, pipelined=engine.pipelined)
+        batcher = DynamicBatcher(
+            engine.start if engine.pipelined else engine.infer,
+            max_batch,
+            max_delay_ms,
+            queue_size,
+            engine.preferred_batch_sizes,
+            pipelined=engine.pipelined,
+            embedding_size=loaded.contract.embedding_size,
+            on_stop=engine.close,
+        )
         return cls(loaded, engine, precision, batcher)
 
     @property
@@ -127,13 +147,22 @@ class Recognizer:
         """
         return self._batcher.stats(reset)
 
+    def health(self) -> BatcherHealth:
+        """Whether this Recognizer serves requests (e.g. for a readiness probe), and why not when it does not."""
+        return self._batcher.health()
+
+    @property
+    def healthy(self) -> bool:
+        return self._batcher.healthy
+
     def submit(self, image: object, occlusion: object = None, deadline: float | None = None) -> Future:
         """Queue faces for embedding from any thread; returns at once with a ``Future``.
 
         One face (H, W, C) resolves to its (512,) embedding; a batch of up to ``max_batch`` faces
         to (N, 512). ``deadline``: seconds it may wait in the queue, after which the future fails
         with ``DeadlineExceededError`` and the faces are not run. A full queue raises
-        ``QueueFullError`` at once; after ``close()``, ``BatcherClosedError``.
+        ``QueueFullError`` at once; after ``close()``, ``BatcherClosedError`` (``BatcherFailedError``
+        if the batcher's worker failed: see ``health()``).
         """
         batch = prepare_images(image, self.contract)
         masks = prepare_occlusion(occlusion, len(batch))
@@ -145,12 +174,13 @@ class Recognizer:
 
         ``landmarks``: one (5, 2) array per image (eyes, nose, mouth corners as x, y).
         """
+        self._batcher.check_may_wait("Recognizer.embed()")
         if landmarks is not None:
             images = self._align(images, landmarks)
         batch = prepare_images(images, self.contract)
         masks = prepare_occlusion(occlusion, len(batch))
         chunks = [
-            self._batcher.submit(batch[i:i + self.max_batch], masks[i:i + self.max_batch]).result()
+            self._batcher.submit(batch[i : i + self.max_batch], masks[i : i + self.max_batch]).result()
             for i in range(0, len(batch), self.max_batch)
         ]
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
@@ -170,7 +200,12 @@ class Recognizer:
         occlusion_b: object = None,
         threshold: float | None = None,
     ) -> Verification:
-        """Cosine score of two faces; the union of both faces' occluded cells masks both (PDSN)."""
+        """Cosine score of two faces; the union of both faces' occluded cells masks both (PDSN).
+
+        ``threshold``: the score at or above which ``match`` is True (None: ``match`` stays None).
+        """
+        check_real("threshold", threshold, -1.0, 1.0, optional=True)
+        self._batcher.check_may_wait("Recognizer.verify()")
         union = np.maximum(
             prepare_occlusion(occlusion_a, 1, "occlusion_a"), prepare_occlusion(occlusion_b, 1, "occlusion_b")
         )
@@ -180,12 +215,15 @@ class Recognizer:
         return Verification(score, vector_to_cells(union[0]), None if threshold is None else score >= threshold)
 
     def close(self) -> None:
-        """Run every accepted request, then release the backend. Later calls raise ``BatcherClosedError``."""
-        if not self._batcher.closed:
-            self._batcher.close()
-            self._backend.close()
+        """Run every accepted request, then release the backend. Later calls raise ``BatcherClosedError``.
 
-    def __enter__(self) -> "Recognizer":
+        From a done-callback (on the batcher's worker thread) it returns at once; the worker then
+        drains and releases the backend itself.
+        """
+        self._finalizer.detach()
+        self._batcher.close()
+
+    def __enter__(self) -> Recognizer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -203,4 +241,17 @@ class Recognizer:
         images, landmarks = list(images), list(landmarks)  # type: ignore[call-overload]
         if len(images) != len(landmarks):
             raise ValueError(f"landmarks: {len(landmarks)} landmark sets for {len(images)} images")
-        return [align_face(img, pts) for img, pts in zip(images, landmarks)]
+        return [
+            align_face(image, points, argument=f"landmarks[{i}]")
+            for i, (image, points) in enumerate(zip(images, landmarks))
+        ]
+
+
+def _close_unclosed(batcher: DynamicBatcher, bundle: str) -> None:
+    warnings.warn(
+        f"a Recognizer for {bundle} was garbage-collected without close(); its worker thread and backend "
+        f"are released now. Call close() or use `with Recognizer.open(...) as recognizer:`",
+        ResourceWarning,
+        stacklevel=2,
+    )
+    batcher.stop()
