@@ -18,6 +18,9 @@ import numpy as np
 from pdsn.model.bundle_format import ModelContract
 from pdsn.model.grid import NUM_CELLS, cells_to_vector, validate_occlusion_vectors
 
+# Float-input bundles take (x/255 - 0.5)/0.5; allow rounding from other normalisation code.
+FLOAT_RANGE_TOLERANCE = 1e-3
+
 
 def prepare_images(images: object, contract: ModelContract, argument: str = "images") -> np.ndarray:
     """Return a contiguous batch in the graph's input layout, or raise naming what is wrong."""
@@ -27,9 +30,7 @@ def prepare_images(images: object, contract: ModelContract, argument: str = "ima
         items = [_one_image(img, contract, f"{argument}[{i}]") for i, img in enumerate(images)]
         return np.ascontiguousarray(np.stack(items))
     if not isinstance(images, np.ndarray):
-        raise TypeError(
-            f"{argument}: expected a numpy array or a list of arrays, got {type(images).__name__}"
-        )
+        raise TypeError(f"{argument}: expected a numpy array or a list of arrays, got {type(images).__name__}")
     if images.ndim == 3:
         return np.ascontiguousarray(_one_image(images, contract, argument)[None])
     if images.ndim != 4:
@@ -65,9 +66,7 @@ def prepare_occlusion(occlusion: object, count: int, argument: str = "occlusion"
                 f"{argument}: a per-image list needs one entry per image: got {len(occlusion)} "
                 f"entries for {count} images"
             )
-        return np.concatenate(
-            [prepare_occlusion(item, 1, f"{argument}[{i}]") for i, item in enumerate(occlusion)]
-        )
+        return np.concatenate([prepare_occlusion(item, 1, f"{argument}[{i}]") for i, item in enumerate(occlusion)])
     raise TypeError(
         f"{argument}: expected None, a numpy 0/1 array of shape (25,) or (N, 25), or a list of "
         f"cell ids 0..24; got {type(occlusion).__name__}"
@@ -127,11 +126,16 @@ def _check_values(images: np.ndarray, contract: ModelContract, argument: str) ->
             f"{argument}: dtype {images.dtype}, expected float32 normalised as (x/255 - 0.5)/0.5 "
             f"(this bundle was exported with float input)"
         )
-    images = images.astype(np.float32, copy=False)
     bad = ~np.isfinite(images)
     if bad.any():
         raise ValueError(f"{argument}: {int(bad.sum())} values are NaN or Inf; all must be finite")
-    return images
+    low, high = float(images.min()), float(images.max())
+    if low < -1 - FLOAT_RANGE_TOLERANCE or high > 1 + FLOAT_RANGE_TOLERANCE:
+        raise ValueError(
+            f"{argument}: values span [{low:.4g}, {high:.4g}], expected [-1, 1] as (x/255 - 0.5)/0.5 of 0..255 "
+            f"pixels; if these are 0..255 pixel values, pass (x / 255 - 0.5) / 0.5"
+        )
+    return images.astype(np.float32, copy=False)
 
 
 def _shape_text(contract: ModelContract) -> str:

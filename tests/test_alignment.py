@@ -6,6 +6,7 @@ from pdsn.model.alignment import (
     TEMPLATE_112X112,
     alignment_residual,
     apply_transform,
+    checked_similarity,
     compose_transforms,
     estimate_similarity,
     invert_transform,
@@ -112,3 +113,51 @@ def test_bad_matrices_rejected() -> None:
         invert_transform(np.eye(3))
     with pytest.raises(ValueError, match=r"points must have shape \(\.\.\., 2\)"):
         apply_transform(np.eye(2, 3), np.zeros((4, 3)))
+
+
+CROP = (96, 112)
+
+
+def test_checked_similarity_accepts_plausible_faces() -> None:
+    rotated = apply_transform(similarity(-30.0, 2.5, 150.0, 20.0), TEMPLATE_112X96)
+    np.testing.assert_array_equal(checked_similarity(rotated, (400, 400), CROP), estimate_similarity(rotated))
+    upside_down = apply_transform(similarity(180.0, 1.0, 150.0, 170.0), TEMPLATE_112X96)
+    checked_similarity(upside_down, (200, 200), CROP)
+    # An aligned crop itself, as flat (x0, y0, x1, ...) landmarks with detector noise.
+    noisy = TEMPLATE_112X96 + np.random.default_rng(2).normal(0.0, 2.0, (5, 2))
+    checked_similarity(noisy.reshape(-1).tolist(), CROP, CROP)
+    # A face cut by the border: the mouth corner slightly outside (within 10% of 400 px) is accepted.
+    near_edge = TEMPLATE_112X96 * 3.0 + [100.0, 130.0]
+    assert near_edge[3:, 1].max() > 400
+    checked_similarity(near_edge, (400, 400), CROP)
+
+
+@pytest.mark.parametrize(
+    ("landmarks", "size", "message"),
+    [
+        (TEMPLATE_112X96 + [-200.0, 0.0], (200, 200), r"landmarks: left eye at \(-169\.7, 51\.7\); right eye"),
+        (TEMPLATE_112X96 * 8.0, (200, 200), r"right eye at \(524\.3, 412\.0\).*outside the 200x200 \(WxH\) image"),
+        (np.full((5, 2), 42.0), (200, 200), r"eyes are 0\.0 px apart, at least 8\.8 px expected"),
+        (
+            [[-10.0, -10.0], [210.0, 210.0], [100.0, 100.0], [20.0, 180.0], [60.0, 190.0]],
+            (200, 200),
+            r"eyes are 311 px apart, more than the 200x200 \(WxH\) image is large",
+        ),
+        (TEMPLATE_112X96[[1, 0, 2, 4, 3]] + 50.0, (200, 200), "mirrored: left and right are swapped"),
+        (TEMPLATE_112X96 * [1.0, -1.0] + [50.0, 150.0], (200, 200), "mirrored"),
+        (np.vstack([TEMPLATE_112X96[:2], [48.0, 0.0], TEMPLATE_112X96[3:]]) + 100.0, (200, 200), "do not fit a face"),
+        (TEMPLATE_112X96 + [100.0, -46.0], (200, 200), r"put 4\d% of the aligned crop outside the 200x200"),
+    ],
+)
+def test_checked_similarity_refuses_unusable_landmarks(landmarks: object, size: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        checked_similarity(landmarks, size, CROP)
+
+
+def test_checked_similarity_validates_sizes_and_names_the_argument() -> None:
+    with pytest.raises(ValueError, match=r"image_size must be \(width, height\) as two positive integers"):
+        checked_similarity(TEMPLATE_112X96, (0, 100), CROP)
+    with pytest.raises(ValueError, match="crop_size must be"):
+        checked_similarity(TEMPLATE_112X96, (100, 100), (96.0, 112.0))
+    with pytest.raises(ValueError, match=r"^landmarks\[3\] are mirrored"):
+        checked_similarity(TEMPLATE_112X96 * [-1.0, 1.0] + [100.0, 0.0], (200, 200), CROP, argument="landmarks[3]")
