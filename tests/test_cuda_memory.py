@@ -67,3 +67,64 @@ def test_out_of_memory_is_a_clear_error():
     _, total = cuda.memory_info()
     with pytest.raises(cuda.DeviceOutOfMemoryError, match="MiB free of"):
         cuda.DeviceBuffer(4 * total)
+
+
+def test_a_graph_whose_work_is_the_fdm_kernel_matches_the_reference():
+    """The layer the TensorRT backend uses, with the fused kernel as the captured work."""
+    from factories import random_binary_dictionary
+
+    from pdsn.kernels.fdm_nvrtc import FdmKernel
+    from pdsn.kernels.fdm_pack import pack_dictionary, pack_occlusion
+    from pdsn.kernels.fdm_reference import fdm_gather_mul
+
+    shape, batch = (512, 7, 6), 8
+    elements = int(np.prod(shape))
+    rng = np.random.default_rng(5)
+    dictionary = random_binary_dictionary(shape, seed=5)
+    packed = pack_dictionary(dictionary)
+    kernel = FdmKernel(cuda.require_gpu(0))
+    resources = cuda.ResourceStack()
+    try:
+        stream = resources.own(cuda.Stream())
+        host = {
+            "features": resources.own(cuda.PinnedArray((batch, elements), np.float32)),
+            "occlusion": resources.own(cuda.PinnedArray((batch,), np.uint32)),
+            "out": resources.own(cuda.PinnedArray((batch, elements), np.float32)),
+        }
+        words = resources.own(cuda.PinnedArray(packed.shape, np.uint32))
+        words.array[:] = packed
+        device = {name: resources.own(cuda.DeviceBuffer(array.nbytes)) for name, array in host.items()}
+        table = resources.own(cuda.DeviceBuffer(packed.nbytes))
+        stream.copy_to_device(table.ptr, words.ptr, packed.nbytes)
+
+        def enqueue(handle: int) -> None:
+            stream.copy_to_device(device["features"].ptr, host["features"].ptr, host["features"].nbytes)
+            stream.copy_to_device(device["occlusion"].ptr, host["occlusion"].ptr, host["occlusion"].nbytes)
+            kernel.launch(
+                "float32",
+                device["features"].ptr,
+                device["occlusion"].ptr,
+                table.ptr,
+                device["out"].ptr,
+                batch,
+                elements,
+                packed.shape[1],
+                25,
+                handle,
+            )
+            stream.copy_to_host(host["out"].ptr, device["out"].ptr, host["out"].nbytes)
+
+        graph = resources.own(cuda.CudaGraph(stream, enqueue))
+        for _ in range(2):  # replayed with new data: the graph reads the pinned buffers each time
+            features = rng.normal(size=(batch, *shape)).astype(np.float32)
+            occlusion = (rng.random((batch, 25)) < 0.2).astype(np.float32)
+            occlusion[0], occlusion[1] = 0, 1
+            host["features"].array[:] = features.reshape(batch, -1)
+            host["occlusion"].array[:] = pack_occlusion(occlusion)
+            graph.launch()
+            stream.synchronize()
+            expected = fdm_gather_mul(features, occlusion, dictionary).reshape(batch, -1)
+            np.testing.assert_array_equal(host["out"].array, expected)
+    finally:
+        resources.close()
+        kernel.close()
