@@ -27,6 +27,8 @@ IMAGE_INPUT = "image"
 OCCLUSION_INPUT = "occlusion"
 DICTIONARY_INPUT = "fdm_dictionary"
 EMBEDDING_OUTPUT = "embedding"
+# The trunk model (the recognition model cut before the FDM op) outputs the feature map.
+FEATURES_OUTPUT = "features"
 
 IMAGE_LAYOUTS = ("nhwc-uint8", "nchw-float32")
 DICTIONARY_BINDINGS = ("input", "embedded")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pdsn.model.bundle_format import DICTIONARY_INPUT, IMAGE_INPUT, OCCLUSION_INPUT, ModelContract
+from pdsn.model.folded_head import FoldedHead
 from pdsn.model.grid import NUM_CELLS, SCARF_CELLS, SUNGLASSES_CELLS, cells_to_vector
 
 # The occlusion patterns every comparison covers: none, one cell, the named occlusions, all cells.
@@ -75,6 +76,35 @@ def judge_against_reference(
         "passed": not failures,
         "failures": failures,
     }
+
+
+def split_parity(
+    full: Embed,
+    features: Callable[[np.ndarray], np.ndarray],
+    head: FoldedHead,
+    dictionary: np.ndarray,
+    faces: np.ndarray,
+    contract: ModelContract,
+    min_cosine: float = 0.99999,
+) -> dict:
+    """The trunk's features through the folded head against the full model, on every parity pattern.
+
+    Both sides run the same variant, so they differ only by where the head is computed: the gate
+    is float rounding (``min_cosine``) on every pattern.
+    """
+    flat = features(faces).reshape(len(faces), -1)
+    discard = 1.0 - dictionary.reshape(len(dictionary), -1)
+    patterns = {}
+    for name, cells in PARITY_PATTERNS.items():
+        discarded = np.flatnonzero(discard[list(cells)].sum(axis=0) > 0) if cells else np.zeros(0, np.int64)
+        split = head.masked(flat, discarded, base=None)
+        if contract.l2_normalized:
+            split = split / np.linalg.norm(split, axis=1, keepdims=True)
+        metrics = compare_embeddings(full(faces, occlusion_batch(cells, len(faces))), split)
+        metrics["passed"] = metrics["cosine_min"] >= min_cosine
+        patterns[name] = metrics
+    failures = [f"{name}: cosine min {p['cosine_min']:.7f}" for name, p in patterns.items() if not p["passed"]]
+    return {"gate": {"min_cosine": min_cosine}, "patterns": patterns, "passed": not failures, "failures": failures}
 
 
 def save_reference(

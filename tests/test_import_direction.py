@@ -19,7 +19,7 @@ ALLOWED = {
     "model": {"model"},
     "kernels": {"kernels"},
     "export": {"model", "kernels", "export"},
-    "calib": {"model", "kernels", "calib"},
+    "calib": {"model", "kernels", "export", "calib"},
     "engines": {"model", "kernels", "export", "calib", "engines"},
     "runtime": {"model", "kernels", "runtime"},
     "serve": {"model", "kernels", "runtime", "serve"},
