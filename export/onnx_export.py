@@ -1,4 +1,4 @@
-"""PyTorch -> ONNX per the contract (ARCHITECTURE.md §4), with the FDM step as one fused node.
+"""PyTorch -> ONNX per the contract (docs/architecture.md, "The ONNX contract"), with the FDM step as one fused node.
 
 The network is exported with the feature mask as a temporary graph input, ``Mul(features,
 fdm_mask)``; graph surgery then replaces that Mul by ``ai.pdsn::FdmGatherMul(features, occlusion,

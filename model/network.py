@@ -1,6 +1,6 @@
 """The LResNet-IR recognition network and the PDSN mask generator.
 
-Module and parameter names match the reference checkpoints exactly (ARCHITECTURE.md §7), so a
+Module and parameter names match the reference checkpoints exactly (docs/architecture.md, "The reference method"), so a
 reference ``model_state_dict`` loads with ``strict=True``.
 """
 

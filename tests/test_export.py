@@ -153,7 +153,7 @@ def test_low_opset_is_refused():
 
 
 def test_reference_format_inputs_export_and_match_pytorch(tmp_path):
-    """A DataParallel stage-1 checkpoint (with sia.* keys) and 25 mean_mask.txt files, as §7 has them."""
+    """A DataParallel stage-1 checkpoint (with sia.* keys) and 25 mean_mask.txt files, as the reference code writes them."""
     from pdsn.model.dictionary import synthetic_mean_masks, write_mean_mask_txt
     from pdsn.model.network import PDSNNetwork
 

@@ -3,7 +3,7 @@
 The PDSN of cell J is the stage-0 network plus a mask generator ``sia`` that maps
 |f(clean) - f(occluded)| to a (C, H, W) mask in (0, 1) multiplying both feature maps. Trunk, head
 and CosFace classifier stay frozen (BN in eval mode); only ``sia`` trains, on the loss
-0.5 CE(clean) + 0.5 CE(occluded) + 10 L1(masked occluded, masked clean) (ARCHITECTURE.md §7).
+0.5 CE(clean) + 0.5 CE(occluded) + 10 L1(masked occluded, masked clean) (docs/architecture.md, "The reference method").
 Checkpoints are in the reference format with the trunk and head keys plus the ``sia.*`` keys.
 """
 

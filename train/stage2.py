@@ -3,7 +3,7 @@
 Each batch holds clean faces and randomly occluded copies; an occluded face's feature map is
 multiplied by the FDM of its occluded cells (the AND of their dictionary items). Loss
 0.5 CE(clean) + 0.5 CE(occluded, FDM-masked), CosFace; SGD at lr 1e-3 for the head and the
-classifier and 1e-4 (x0.1) for the trunk (ARCHITECTURE.md §7).
+classifier and 1e-4 (x0.1) for the trunk (docs/architecture.md, "The reference method").
 """
 
 from __future__ import annotations
