@@ -3,7 +3,9 @@
 FP32 on each backend is judged against PyTorch's own embeddings of the parity faces, recorded in
 the bundle at export (so no torch is needed here), under the export gate. Each precision variant
 is compared with the FP32 model on ONNX Runtime on held-out faces, under the gate ``pdsn
-quantize`` applied, so the table shows whether what ships still agrees wherever it runs.
+quantize`` applied (recorded with the variant), so the table shows whether what ships still agrees wherever it runs. The
+output ends with the manifest's SHA-256, to pin (``expected_digest``), and names what interrupted
+writes left in the bundle (the next writer removes it; verify only reads).
 """
 
 from __future__ import annotations
@@ -12,18 +14,25 @@ import json
 from pathlib import Path
 
 from pdsn.calib.data import SYNTHETIC, load_face_sets
-from pdsn.calib.gates import DEFAULT_GATES, format_variant_table, variant_parity
+from pdsn.calib.gates import DEFAULT_GATES, PrecisionGate, format_variant_table, variant_parity
+from pdsn.model.bundle_format import leftovers
+from pdsn.model.bundle_write import writer_active
 from pdsn.model.comparison import ExportGate, judge_against_reference, load_reference
 from pdsn.runtime import Recognizer
 from pdsn.runtime.backends import BACKENDS, ENGINE_BACKENDS, BackendUnavailableError
 from pdsn.runtime.bundle import open_bundle
 
 
-def verify_bundle(bundle: Path, holdout_source: str = SYNTHETIC, holdout: int = 32, seed: int = 0) -> dict:
-    """Returns {"rows": {label: parity report}, "skipped": {backend: reason}, "passed": bool}."""
-    loaded = open_bundle(bundle)
-    reference_file = loaded.manifest["variants"]["fp32"].get("parity", {}).get("reference_embeddings")
-    pytorch = load_reference(bundle / reference_file) if reference_file else None
+def verify_bundle(
+    bundle: Path, holdout_source: str = SYNTHETIC, holdout: int = 32, seed: int = 0, expected_digest: str | None = None
+) -> dict:
+    """Returns {"rows": {label: parity report}, "skipped": {backend: reason}, "passed": bool,
+    "manifest_sha256": str, "leftovers": [names], "writer_active": bool}; ``expected_digest`` pins the
+    manifest's SHA-256."""
+    loaded = open_bundle(bundle, expected_digest=expected_digest)
+    reference_file = loaded.manifest["variants"]["fp32"]["parity"].get("reference_embeddings")
+    what = "variants.fp32.parity.reference_embeddings"
+    pytorch = load_reference(loaded.file(reference_file, what)) if reference_file else None
     _, faces = load_face_sets(holdout_source, 0, holdout, seed, progress=False)
     rows, skipped = {}, {}
     if pytorch is None:
@@ -31,9 +40,12 @@ def verify_bundle(bundle: Path, holdout_source: str = SYNTHETIC, holdout: int = 
             "the bundle records no PyTorch reference embeddings (exported by an older pdsn-deploy); "
             "re-export it to check FP32 against PyTorch"
         )
-    with Recognizer.open(bundle, backend="onnxruntime", precision="fp32") as reference:
+    pinned = {"expected_digest": loaded.digest}  # every open reads the manifest checked here
+    with Recognizer.open(bundle, backend="onnxruntime", precision="fp32", **pinned) as reference:
         for backend in BACKENDS:
-            engines = {e["precision"]: e for e in loaded.manifest.get("engines", {}).values() if e["flavour"] == backend}
+            engines = {
+                e["precision"]: e for e in loaded.manifest.get("engines", {}).values() if e["flavour"] == backend
+            }
             if backend in ENGINE_BACKENDS and not engines:
                 skipped[backend] = f"no {backend} engine in the bundle (`pdsn build --flavour {backend}` makes one)"
                 continue
@@ -41,7 +53,7 @@ def verify_bundle(bundle: Path, holdout_source: str = SYNTHETIC, holdout: int = 
                 options = {"device": "cuda", "max_batch": engines[precision]["profile"]["max"]} if engines else {}
                 try:
                     candidate = Recognizer.open(
-                        bundle, backend=backend, precision=precision, allow_ungated=True, **options
+                        bundle, backend=backend, precision=precision, allow_ungated=True, **options, **pinned
                     )
                 except BackendUnavailableError as exc:
                     skipped[backend] = str(exc)
@@ -49,19 +61,43 @@ def verify_bundle(bundle: Path, holdout_source: str = SYNTHETIC, holdout: int = 
                 with candidate:
                     label = f"{precision} on {backend}"
                     if precision != "fp32":
-                        rows[label] = variant_parity(reference.embed, candidate.embed, faces, DEFAULT_GATES[precision])
+                        gate = _recorded_gate(loaded.manifest["variants"][precision], precision)
+                        rows[label] = variant_parity(reference.embed, candidate.embed, faces, gate)
                     elif pytorch is not None:
                         faces_seen, references = pytorch
                         rows[label] = judge_against_reference(
                             references, candidate.embed, faces_seen, ExportGate(), "pytorch-fp32 (recorded at export)"
                         )
-    return {"rows": rows, "skipped": skipped, "passed": all(r["passed"] for r in rows.values())}
+    return {
+        "rows": rows,
+        "skipped": skipped,
+        "passed": all(r["passed"] for r in rows.values()),
+        "manifest_sha256": loaded.digest,
+        "leftovers": leftovers(bundle),
+        "writer_active": writer_active(bundle),
+    }
+
+
+def _recorded_gate(variant: dict, precision: str) -> PrecisionGate:
+    """The gate the variant was made under (``pdsn quantize --min-cosine`` etc.), else the default."""
+    recorded = variant.get("parity", {}).get("gate")
+    return PrecisionGate(**recorded) if isinstance(recorded, dict) and recorded else DEFAULT_GATES[precision]
 
 
 def format_verification(result: dict) -> str:
-    """The parity table of every variant on every backend, then what was not checked and why."""
-    skipped = [f"  {what}: not checked ({reason})" for what, reason in result["skipped"].items()]
-    return "\n".join([format_variant_table(result["rows"]), *skipped])
+    """The parity table of every variant on every backend, what was not checked and why, then the
+    manifest's digest and any leftovers of interrupted writes."""
+    lines = [format_variant_table(result["rows"])]
+    lines += [f"  {what}: not checked ({reason})" for what, reason in result["skipped"].items()]
+    lines.append(f"manifest SHA-256 {result['manifest_sha256']} (pin it: expected_digest=...)")
+    if result["leftovers"]:
+        state = (
+            "a writer holds the bundle's lock now, so these may be its work in progress"
+            if result["writer_active"]
+            else "the next `pdsn export --overwrite`, `quantize` or `build` of this bundle removes them"
+        )
+        lines.append(f"warning: interrupted writes left {', '.join(result['leftovers'])} in the bundle; {state}")
+    return "\n".join(lines)
 
 
 def print_and_save(result: dict, report: Path | None) -> None:
@@ -70,4 +106,3 @@ def print_and_save(result: dict, report: Path | None) -> None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {report}")
-

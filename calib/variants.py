@@ -1,16 +1,16 @@
 """Adding an FP16 or INT8 variant to a bundle: make it, gate it, then record it, or change nothing.
 
-Everything is built in a staging directory beside the bundle. Only a variant that passed its gate
-is moved in, and the manifest is rewritten last, atomically; a failure at any step leaves the
-bundle byte for byte as it was.
+Everything is built in the staging folder of a ``BundleWrite`` (which holds the bundle's write
+lock, so concurrent runs take turns and each lands in the manifest). Only a variant that passed
+its gate is placed in the bundle, under a name no listed file has, and the manifest switch comes
+last; a failure or a kill at any step leaves the bundle's manifest and every file it lists byte
+for byte as they were. The variant it replaces is removed after the switch.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +18,11 @@ import numpy as np
 
 from pdsn.calib.data import SYNTHETIC, load_face_sets, read_crop
 from pdsn.calib.gates import DEFAULT_GATES, PrecisionGate, format_variant_table, pairs_accuracy_change, variant_parity
-from pdsn.model.bundle_format import ModelContract, read_manifest, verify_files, write_manifest
+from pdsn.export.trunk_split import TRUNK_FILES, write_trunk
+from pdsn.model.bundle_format import ModelContract, bundle_file, entry_of, verify_files
+from pdsn.model.bundle_write import BundleWrite
 from pdsn.model.comparison import onnx_embedder
+from pdsn.model.folded_head import FoldedHead
 from pdsn.model.protocols import read_lfw_pairs
 
 VARIANT_FILES = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
@@ -70,55 +73,51 @@ def add_variant(request: VariantRequest) -> dict:
         raise ValueError(f"--quantizer modelopt quantizes weights to 8 bits, got --weight-bits {request.weight_bits}")
     if (request.pairs is None) != (request.pairs_root is None):
         raise ValueError("--pairs and --pairs-root go together (the pairs file and its image folder)")
-    manifest = read_manifest(bundle)
-    verify_files(bundle, manifest)
-    fp32 = manifest.get("variants", {}).get("fp32")
-    if fp32 is None:
-        raise ValueError(
-            f"bundle {bundle} has no FP32 model (variants: {sorted(manifest.get('variants', {}))}); "
-            f"variants are made from it, so export the bundle again with `pdsn export`"
+    with BundleWrite(bundle, f"pdsn quantize --precision {request.precision}") as write:
+        manifest = write.existing
+        verify_files(bundle, manifest)
+        fp32 = manifest["variants"].get("fp32")
+        if fp32 is None:
+            raise ValueError(
+                f"bundle {bundle} has no FP32 model (variants: {sorted(manifest['variants'])}); "
+                f"variants are made from it, so export the bundle again with `pdsn export`"
+            )
+        fp32_path = bundle_file(bundle, manifest, fp32["file"], "variants.fp32.file")
+        contract = ModelContract.from_dict(manifest["contract"])
+        dictionary = np.load(bundle_file(bundle, manifest, manifest["dictionary"]["file"], "dictionary.file"))
+        samples = request.samples if request.precision == "int8" else 0
+        calibration, holdout = load_face_sets(
+            request.calib or SYNTHETIC, samples, request.holdout, request.seed, request.progress
         )
-    contract = ModelContract.from_dict(manifest["contract"])
-    dictionary = np.load(bundle / manifest["dictionary"]["file"], allow_pickle=False)
-    samples = request.samples if request.precision == "int8" else 0
-    calibration, holdout = load_face_sets(
-        request.calib or SYNTHETIC, samples, request.holdout, request.seed, request.progress
-    )
-    pairs = read_lfw_pairs(request.pairs, request.pairs_root) if request.pairs else None
-
-    staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.{request.precision}-", dir=bundle.parent))
-    try:
-        variant_file = VARIANT_FILES[request.precision]
-        made, cache = _make(
-            request,
-            bundle / fp32["file"],
-            manifest["files"][fp32["file"]]["sha256"],
-            staging / variant_file,
-            calibration,
-            dictionary,
-            contract,
-            staging,
-        )
-        reference = onnx_embedder(bundle / fp32["file"], dictionary, contract)
-        candidate = onnx_embedder(staging / variant_file, dictionary, contract)
+        pairs = read_lfw_pairs(request.pairs, request.pairs_root) if request.pairs else None
+        staged = write.staging / VARIANT_FILES[request.precision]
+        made, cache = _make(request, manifest, fp32_path, staged, calibration, dictionary, contract, write.staging)
+        reference = onnx_embedder(fp32_path, dictionary, contract)
+        candidate = onnx_embedder(staged, dictionary, contract)
         gate = request.gates[request.precision]
         report = variant_parity(reference, candidate, holdout, gate)
         if pairs is not None:
             report["pairs"] = pairs_accuracy_change(reference, candidate, pairs, read_crop)
-        report_file = f"reports/parity-{request.precision}.json"
-        (staging / "reports").mkdir(exist_ok=True)
-        (staging / report_file).write_text(json.dumps(report, indent=2) + "\n")
+        report_name = f"reports/parity-{request.precision}.json"
+        (write.staging / "reports").mkdir(exist_ok=True)
+        (write.staging / report_name).write_text(json.dumps(report, indent=2) + "\n")
         if not report["passed"] and request.enforce_gate:
             raise VariantRejected(
                 f"the {request.precision} variant missed its gate ({'; '.join(report['failures'])}) "
                 f"on {len(holdout)} held-out faces; bundle {bundle} is unchanged.\n"
                 + format_variant_table({f"{request.precision} vs fp32": report})
             )
+        trunk_entry = _trunk(
+            bundle, manifest, request.precision, staged, candidate, dictionary, contract, holdout, write.staging
+        )
+        variant_file = write.place(staged, VARIANT_FILES[request.precision])
+        report_file = write.place(write.staging / report_name, report_name)
+        cache_file = write.place(write.staging / cache, cache) if cache else None
         entry = {
             "file": variant_file,
             "precision": request.precision,
             **made,
-            "calibration": calibration.describe() | {"cache": cache} if calibration is not None else None,
+            "calibration": calibration.describe() | {"cache": cache_file} if calibration is not None else None,
             "parity": {
                 "report": report_file,
                 "against": "fp32-onnx",
@@ -132,21 +131,29 @@ def add_variant(request: VariantRequest) -> dict:
                 "failures": report["failures"],
             },
         }
+        if trunk_entry is not None:
+            trunk_name = TRUNK_FILES[request.precision]
+            entry["trunk"] = {"file": write.place(write.staging / trunk_name, trunk_name), "parity": trunk_entry}
         if pairs is not None:
             entry["pairs"] = report["pairs"]
-        new_files = [variant_file, report_file] + ([cache] if cache else [])
-        for relative in new_files:
-            (bundle / relative).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / relative, bundle / relative)
         manifest["variants"][request.precision] = entry
-        manifest["files"] = sorted(set(manifest["files"]) | set(new_files))
-        write_manifest(bundle, manifest)
-        return entry
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        write.commit(manifest)
+    return entry
 
 
-def _make(request, fp32_path, fp32_hash, out_path, calibration, dictionary, contract, staging):
+def _trunk(bundle, manifest, precision, variant, full, dictionary, contract, holdout, staging) -> dict | None:
+    """The variant's trunk, checked with the bundle's folded head against the variant itself.
+
+    None for a bundle without a folded head (exported by an older pdsn-deploy): it serves no gallery.
+    """
+    if not manifest.get("head"):
+        return None
+    head = FoldedHead.load(bundle_file(bundle, manifest, manifest["head"]["file"], "head.file"))
+    trunk = staging / TRUNK_FILES[precision]
+    return write_trunk(variant, precision, trunk, head, full, dictionary, contract, holdout.images)
+
+
+def _make(request, manifest, fp32_path, out_path, calibration, dictionary, contract, staging):
     """Build the variant file; returns (manifest fields, calibration cache path or None).
 
     The INT8 calibration cache is named by method, calibration data and FP32 model, so it is
@@ -163,11 +170,12 @@ def _make(request, fp32_path, fp32_hash, out_path, calibration, dictionary, cont
         return make_int8_modelopt(fp32_path, out_path, calibration, dictionary, contract, request.method), None
     from pdsn.calib.int8 import make_int8
 
+    fp32_hash = manifest["files"][manifest["variants"]["fp32"]["file"]]["sha256"]
     cache = f"calibration/int8-{request.method}-{calibration.fingerprint[:16]}-{fp32_hash[:12]}.json"
     staged_cache = staging / cache
     staged_cache.parent.mkdir(parents=True, exist_ok=True)
-    if (request.bundle / cache).is_file():
-        shutil.copy2(request.bundle / cache, staged_cache)
+    if cache in manifest["files"]:
+        shutil.copy2(bundle_file(request.bundle, manifest, cache, entry_of(manifest, cache)), staged_cache)
     made = make_int8(
         fp32_path,
         out_path,

@@ -3,8 +3,9 @@
 The network is strongly typed, so the engine's precision is the variant's: FP16 from the
 FP16-typed ONNX, INT8 from its explicit Q/DQ nodes. One optimization profile spans the batch
 dimension of every input that has one (image and occlusion; the dictionary's shape is fixed). The
-engine is written under a temporary name and moved into place, then the manifest is rewritten
-with its hash; a failed build leaves the bundle as it was. Flavour differences live in
+build runs in a ``BundleWrite``: under the bundle's write lock, the engine (and the flavour's
+timing cache) are placed under names no listed file has, then the manifest switch records them; a
+failed or killed build leaves the bundle as it was. Flavour differences live in
 :mod:`pdsn.engines.flavour`.
 
 ``fdm_impl="plugin"`` first rewrites the variant (:mod:`pdsn.engines.fdm_plugin_graph`) so that the
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from pdsn.engines.flavour import BuildTargets, Flavour, load_flavour, report_to_stderr
 from pdsn.engines.turing_graph import TURING
-from pdsn.model.bundle_format import read_manifest, sha256_file, verify_files, write_manifest
+from pdsn.model.bundle_format import bundle_file, entry_of, sha256_file, verify_files
+from pdsn.model.bundle_write import BundleWrite
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -102,56 +103,68 @@ def build_engine(request: EngineBuildRequest) -> dict:
     if request.fdm_impl not in FDM_IMPLS:
         raise ValueError(f"--fdm-impl {request.fdm_impl!r} is not one of {FDM_IMPLS}")
     bundle = Path(request.bundle)
-    manifest = read_manifest(bundle)
-    verify_files(bundle, manifest)
-    variant = _variant(bundle, manifest, request.precision)
-    flavour = load_flavour(request.flavour)
-    flavour.check_targets(request.targets)
-    flavour.check_fdm_impl(request.fdm_impl)
-    compiled = _compile(flavour, request, bundle, variant["file"], batch)
+    with BundleWrite(bundle, f"pdsn build --precision {request.precision} --flavour {request.flavour}") as write:
+        manifest = write.existing
+        verify_files(bundle, manifest)
+        variant = _variant(bundle, manifest, request.precision)
+        flavour = load_flavour(request.flavour)
+        flavour.check_targets(request.targets)
+        flavour.check_fdm_impl(request.fdm_impl)
+        compiled = _compile(flavour, request, bundle, manifest, variant["file"], batch)
 
-    engine_file = engine_file_name(flavour, compiled.target, request)
-    new_files = [engine_file]
-    (bundle / ENGINES_DIR).mkdir(exist_ok=True)
-    _write_atomically(bundle / engine_file, memoryview(compiled.plan))
-    entry: dict[str, Any] = {
-        "file": engine_file,
-        "sha256": sha256_file(bundle / engine_file),
-        "bytes": (bundle / engine_file).stat().st_size,
-        "flavour": flavour.name,
-        "version": flavour.version,
-        "compute_capability": compiled.target,
-        "precision": request.precision,
-        "variant": {
-            "file": variant["file"],
-            "sha256": manifest["files"][variant["file"]]["sha256"],
-            "gate_passed": bool(variant.get("parity", {}).get("passed", False)),
-        },
-        "profile": {"min": batch[0], "opt": batch[1], "max": batch[2]},
-        "fdm_impl": request.fdm_impl,
-        "turing_fp16_gemms": compiled.turing,
-        "inputs": compiled.inputs,
-        "hardware_compatibility": request.targets.hardware_compatibility,
-        "version_compatible": request.targets.version_compatible,
-        "optimization_level": request.optimization_level,
-        "build_seconds": round(compiled.seconds, 2),
-        # When the build finished (UTC): the runtime picks the newest engine by this, not by manifest order.
-        "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
-        "timing_cache": None,
-    }
-    if compiled.timing_cache is not None:
-        cache_file = _timing_cache_file(flavour)
-        _write_atomically(bundle / cache_file, compiled.timing_cache)
-        new_files.append(cache_file)
-        entry["timing_cache"] = {"file": cache_file, "loaded_bytes": compiled.timing_cache_loaded}
-    manifest.setdefault("engines", {})[Path(engine_file).stem] = entry
-    manifest["files"] = sorted(set(manifest["files"]) | set(new_files))
-    write_manifest(bundle, manifest)
+        preferred = engine_file_name(flavour, compiled.target, request)
+        staged = write.staging / Path(preferred).name
+        staged.write_bytes(memoryview(compiled.plan))
+        engine_file = write.place(staged, preferred)
+        entry: dict[str, Any] = {
+            "file": engine_file,
+            "sha256": sha256_file(bundle / engine_file),
+            "bytes": (bundle / engine_file).stat().st_size,
+            "flavour": flavour.name,
+            "version": flavour.version,
+            "compute_capability": compiled.target,
+            "precision": request.precision,
+            "variant": {
+                "file": variant["file"],
+                "sha256": manifest["files"][variant["file"]]["sha256"],
+                "gate_passed": bool(variant.get("parity", {}).get("passed", False)),
+            },
+            "profile": {"min": batch[0], "opt": batch[1], "max": batch[2]},
+            "fdm_impl": request.fdm_impl,
+            "turing_fp16_gemms": compiled.turing,
+            "inputs": compiled.inputs,
+            "hardware_compatibility": request.targets.hardware_compatibility,
+            "version_compatible": request.targets.version_compatible,
+            "optimization_level": request.optimization_level,
+            "build_seconds": round(compiled.seconds, 2),
+            # When the build finished (UTC): the runtime picks the newest engine by this, not by manifest order.
+            "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
+            "timing_cache": None,
+        }
+        engines = manifest.setdefault("engines", {})
+        engines[Path(preferred).stem] = entry
+        if compiled.timing_cache is not None:
+            staged = write.staging / Path(_timing_cache_file(flavour)).name
+            staged.write_bytes(compiled.timing_cache)
+            cache_file = write.place(staged, _timing_cache_file(flavour))
+            entry["timing_cache"] = {"file": cache_file, "loaded_bytes": compiled.timing_cache_loaded}
+            for other in engines.values():  # one timing cache per flavour and version: the newest
+                if other.get("timing_cache") and (other["flavour"], other["version"]) == (
+                    flavour.name,
+                    flavour.version,
+                ):
+                    other["timing_cache"]["file"] = cache_file
+        write.commit(manifest)
     return entry
 
 
 def _compile(
-    flavour: Flavour, request: EngineBuildRequest, bundle: Path, variant_file: str, batch: tuple[int, int, int]
+    flavour: Flavour,
+    request: EngineBuildRequest,
+    bundle: Path,
+    manifest: dict,
+    variant_file: str,
+    batch: tuple[int, int, int],
 ) -> _Compiled:
     """Parse, configure and build; the parser lives until the build is done (it owns the weights)."""
     started = time.perf_counter()
@@ -159,15 +172,16 @@ def _compile(
     builder = flavour.module.Builder(logger)
     network = builder.create_network(flavour.network_flags())
     turing = TURING in request.targets.compute_capabilities
-    with _network_source(bundle / variant_file, request.fdm_impl, turing) as source:
-        turing_parity = _check_turing_rewrite(bundle, variant_file, source) if turing else None
+    variant = bundle_file(bundle, manifest, variant_file, entry_of(manifest, variant_file))
+    with _network_source(variant, request.fdm_impl, turing) as source:
+        turing_parity = _check_turing_rewrite(bundle, manifest, variant, source) if turing else None
         parser = _parse(flavour, network, logger, source)
     config = builder.create_builder_config()
     config.add_optimization_profile(_batch_profile(flavour, builder, network, batch))
     target = flavour.apply_targets(config, request.targets)
     if request.optimization_level is not None:
         config.builder_optimization_level = request.optimization_level
-    cache_loaded = _attach_timing_cache(flavour, config, bundle / _timing_cache_file(flavour))
+    cache_loaded = _attach_timing_cache(flavour, config, bundle, manifest)
     monitor = flavour.progress_monitor(request.progress) if request.progress else None
     if monitor is not None:
         config.progress_monitor = monitor
@@ -222,7 +236,7 @@ def _network_source(variant: Path, fdm_impl: str, turing: bool) -> Iterator[Path
         yield rewritten
 
 
-def _check_turing_rewrite(bundle: Path, variant_file: str, rewritten: Path) -> dict:
+def _check_turing_rewrite(bundle: Path, manifest: dict, variant: Path, rewritten: Path) -> dict:
     """The Turing rewrite against its variant on held-out synthetic faces (ONNX Runtime, FP16 gate)."""
     import numpy as np
 
@@ -231,25 +245,24 @@ def _check_turing_rewrite(bundle: Path, variant_file: str, rewritten: Path) -> d
     from pdsn.model.bundle_format import ModelContract
     from pdsn.model.comparison import onnx_embedder
 
-    manifest = read_manifest(bundle)
     contract = ModelContract.from_dict(manifest["contract"])
-    dictionary = np.load(bundle / manifest["dictionary"]["file"], allow_pickle=False)
+    dictionary = np.load(bundle_file(bundle, manifest, manifest["dictionary"]["file"], "dictionary.file"))
     _, faces = load_face_sets(SYNTHETIC, 0, 32, progress=False)
     report = variant_parity(
-        onnx_embedder(bundle / variant_file, dictionary, contract),
+        onnx_embedder(variant, dictionary, contract),
         onnx_embedder(rewritten, dictionary, contract),
         faces,
         DEFAULT_GATES["fp16"],
     )
     if not report["passed"]:
         raise EngineBuildError(
-            f"the Turing rewrite of {variant_file} (FP16 GEMMs, since TensorRT-RTX has none in FP32 on "
+            f"the Turing rewrite of {variant.name} (FP16 GEMMs, since TensorRT-RTX has none in FP32 on "
             f"Turing) missed the FP16 gate against it; no engine was built and bundle {bundle} is unchanged:\n"
             + format_variant_table({"turing rewrite vs variant": report})
         )
     overall = report["overall"]
     return {
-        "against": variant_file,
+        "against": variant.name,
         "gate": report["gate"],
         "cosine_min": overall["cosine_min"],
         "max_abs_error": overall["max_abs_error"],
@@ -295,19 +308,18 @@ def _input_shapes(network: trt.INetworkDefinition) -> dict[str, list[int]]:
     return shapes
 
 
-def _attach_timing_cache(flavour: Flavour, config: trt.IBuilderConfig, path: Path) -> int:
-    """Load the bundle's timing cache for this flavour and version; returns the bytes reused."""
+def _attach_timing_cache(flavour: Flavour, config: trt.IBuilderConfig, bundle: Path, manifest: dict) -> int:
+    """Load the bundle's timing cache for this flavour and version; returns the bytes reused.
+
+    The engines of one flavour and version share one cache file (each build stores the grown cache
+    and points them all at it).
+    """
     if not flavour.has_timing_cache:
         return 0
-    stored = path.read_bytes() if path.is_file() else b""
+    stored = b""
+    for key, engine in manifest.get("engines", {}).items():
+        if engine.get("timing_cache") and (engine["flavour"], engine["version"]) == (flavour.name, flavour.version):
+            what = f"engines.{key}.timing_cache.file"
+            stored = bundle_file(bundle, manifest, engine["timing_cache"]["file"], what).read_bytes()
+            break
     return len(stored) if flavour.attach_timing_cache(config, stored) and stored else 0
-
-
-def _write_atomically(path: Path, data: bytes | memoryview) -> None:
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

@@ -1,25 +1,37 @@
 """``pdsn export``: checkpoint + dictionary -> a verified bundle directory.
 
-The bundle is assembled in a hidden sibling directory and moved into place only after the ONNX
-model passed its parity gate, so a failed export never leaves a half-written bundle and never
-touches an existing one.
+The bundle is assembled in a staging folder inside the bundle directory (``BundleWrite``) and its
+files are placed only after the ONNX model passed its parity gate; the manifest switch is the one
+step that replaces an existing bundle. So a failed export never leaves a half-written bundle and
+never touches an existing one, and ``--overwrite`` never leaves the path without a bundle: readers
+see the old bundle until the switch, the new one after it, whose files have new names where the
+old ones' are taken (the old files are removed after the switch).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from pdsn.export.onnx_export import ExportOptions, export_onnx
 from pdsn.export.parity import ParityError, export_parity, format_parity_table, reference_embeddings
-from pdsn.model.bundle_format import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, package_versions, write_manifest
-from pdsn.model.comparison import ExportGate, save_reference
+from pdsn.export.trunk_split import HEAD_FILE, TRUNK_FILES, folded_head, write_trunk
+from pdsn.model.bundle_format import (
+    BUNDLE_FORMAT,
+    BUNDLE_FORMAT_VERSION,
+    MANIFEST_NAME,
+    RESERVED_PREFIX,
+    BundleIntegrityError,
+    package_versions,
+    read_manifest,
+)
+from pdsn.model.bundle_write import BundleWrite
+from pdsn.model.comparison import ExportGate, onnx_embedder, save_reference
 from pdsn.model.dictionary import DEFAULT_TAU, MaskDictionary, build_dictionary
 from pdsn.model.network import LRESNET50E_IR, Architecture, LResNetIR
 from pdsn.model.sample_faces import seeded_faces
@@ -62,10 +74,10 @@ def export_bundle(request: ExportRequest) -> ExportResult:
     model, weights = _load_model(request)
     dictionary = _load_dictionary(request, model)
 
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "reports").mkdir(parents=True)
-    try:
+    with BundleWrite(out, "pdsn export", create=True) as write:
+        _check_destination(out, request.overwrite)  # again, now that no other writer can change it
+        staging = write.staging
+        (staging / "reports").mkdir()
         contract = export_onnx(model, dictionary.masks, staging / MODEL_FILE, request.options)
         np.save(staging / DICTIONARY_FILE, dictionary.masks)
         faces = seeded_faces(request.parity_faces, seed=request.seed + 1000)
@@ -79,21 +91,32 @@ def export_bundle(request: ExportRequest) -> ExportResult:
                 f"{request.gate.min_cosine}, max abs error <= {request.gate.max_abs_error_ratio} x "
                 f"max |reference|); no bundle was written:\n{format_parity_table(parity)}"
             )
+        head = folded_head(onnx.load(str(staging / MODEL_FILE)))
+        head.save(staging / HEAD_FILE)
+        full = onnx_embedder(staging / MODEL_FILE, dictionary.masks, contract)
+        trunk_file = TRUNK_FILES["fp32"]
+        trunk = write_trunk(
+            staging / MODEL_FILE, "fp32", staging / trunk_file, head, full, dictionary.masks, contract, faces
+        )
+        written = (MODEL_FILE, DICTIONARY_FILE, PARITY_REPORT, REFERENCE_EMBEDDINGS, HEAD_FILE, trunk_file)
+        names = {f: write.place(staging / f, f) for f in written}
         manifest = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_FORMAT_VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "model": {"architecture": model.architecture.to_dict(), **weights},
             "contract": contract.to_dict(),
-            "dictionary": {"file": DICTIONARY_FILE, **dictionary.provenance()},
+            "dictionary": {"file": names[DICTIONARY_FILE], **dictionary.provenance()},
+            "head": {"file": names[HEAD_FILE], "source": "the FP32 model's head Gemm (its BatchNorm1d layers folded)"},
             "variants": {
                 "fp32": {
-                    "file": MODEL_FILE,
+                    "file": names[MODEL_FILE],
                     "precision": "fp32",
                     "opset": request.options.opset,
+                    "trunk": {"file": names[trunk_file], "parity": trunk},
                     "parity": {
-                        "report": PARITY_REPORT,
-                        "reference_embeddings": REFERENCE_EMBEDDINGS,
+                        "report": names[PARITY_REPORT],
+                        "reference_embeddings": names[REFERENCE_EMBEDDINGS],
                         "against": "pytorch-fp32",
                         "cosine_min": min(p["cosine_min"] for p in parity["patterns"].values()),
                         "max_abs_error": max(p["max_abs_error"] for p in parity["patterns"].values()),
@@ -107,26 +130,36 @@ def export_bundle(request: ExportRequest) -> ExportResult:
                 "opset": request.options.opset,
                 "seed": request.seed,
             },
-            "files": [MODEL_FILE, DICTIONARY_FILE, PARITY_REPORT, REFERENCE_EMBEDDINGS],
         }
-        write_manifest(staging, manifest)
-        _move_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write.commit(manifest)
     return ExportResult(out, manifest, parity)
 
 
 def _check_destination(out: Path, overwrite: bool) -> None:
+    """``out`` must be missing, empty, or (with ``overwrite``) a bundle; the writers' own files do not count."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: the parent directory {out.parent} does not exist")
+    held = [p.name for p in out.iterdir() if not p.name.startswith(RESERVED_PREFIX)] if out.is_dir() else []
+    if held and not overwrite:
         raise FileExistsError(
             f"--out {out} already exists and is not empty; choose another directory or pass "
             f"--overwrite to replace it (it is replaced only after the new bundle passed its checks)"
         )
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"--out {out}: the parent directory {out.parent} does not exist")
+    if held and MANIFEST_NAME not in held:
+        raise FileExistsError(
+            f"--out {out} holds files but no {MANIFEST_NAME}: it is not a bundle, so --overwrite does not "
+            f"replace it; choose another directory, or empty this one yourself"
+        )
+    if held:
+        try:
+            read_manifest(out)
+        except BundleIntegrityError as exc:
+            raise FileExistsError(
+                f"--out {out}: --overwrite replaces a bundle only after reading which files are its own, and "
+                f"this one's manifest cannot be read ({exc}); remove {out} yourself, then export again"
+            ) from None
 
 
 def _load_model(request: ExportRequest) -> tuple[LResNetIR, dict]:
@@ -177,13 +210,3 @@ def _load_dictionary(request: ExportRequest, model: LResNetIR) -> MaskDictionary
             f"another model would mask the wrong features"
         )
     return build_dictionary(source, tau=request.tau, threshold=request.threshold, feature_shape=feature_shape)
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    if out.exists():
-        retired = out.parent / f".{out.name}.replaced-{os.getpid()}"
-        os.replace(out, retired)
-        os.replace(staging, out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, out)

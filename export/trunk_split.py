@@ -9,6 +9,8 @@ read from the FP32 model, whose Gemm every variant keeps in FP32.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -19,9 +21,56 @@ from pdsn.model.bundle_format import (
     FDM_DOMAIN,
     FDM_OP,
     FEATURES_OUTPUT,
+    IMAGE_INPUT,
     OCCLUSION_INPUT,
+    ModelContract,
 )
+from pdsn.model.comparison import Embed, normalized_nchw, onnx_session, split_parity
 from pdsn.model.folded_head import FoldedHead
+
+TRUNK_FILES = {"fp32": "trunk.onnx", "fp16": "trunk.fp16.onnx", "int8": "trunk.int8.onnx"}
+HEAD_FILE = "head.npz"
+
+
+class SplitParityError(RuntimeError):
+    """The trunk and folded head do not reproduce the full model; nothing was written."""
+
+
+def write_trunk(
+    variant: Path,
+    precision: str,
+    out: Path,
+    head: FoldedHead,
+    full: Embed,
+    dictionary: np.ndarray,
+    contract: ModelContract,
+    faces: np.ndarray,
+) -> dict:
+    """Cut the trunk of ``variant`` into ``out`` and check it with ``head`` against ``full`` on ``faces``.
+
+    Returns the manifest entry's parity; raises SplitParityError (naming the patterns) on a miss.
+    """
+    onnx.save(trunk_model(onnx.load(str(variant))), str(out))
+    session = onnx_session(out)
+
+    def features(batch: np.ndarray) -> np.ndarray:
+        images = batch if contract.image_layout == "nhwc-uint8" else normalized_nchw(batch, contract)
+        return session.run(None, {IMAGE_INPUT: images})[0]
+
+    report = split_parity(full, features, head, dictionary, faces, contract)
+    if not report["passed"]:
+        raise SplitParityError(
+            f"the {precision} trunk and folded head do not reproduce the full {precision} model "
+            f"({'; '.join(report['failures'])}); the bundle is unchanged"
+        )
+    worst = min(p["cosine_min"] for p in report["patterns"].values())
+    return {
+        "against": f"{precision} full model",
+        "faces": len(faces),
+        "cosine_min": worst,
+        "gate": report["gate"],
+        "passed": True,
+    }
 
 
 def trunk_model(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pdsn.model.bundle_format import BundleIntegrityError, ModelContract, read_manifest, verify_files
+from pdsn.model.bundle_format import (
+    BundleIntegrityError,
+    ModelContract,
+    bundle_file,
+    entry_of,
+    load_manifest,
+    verify_files,
+)
 from pdsn.model.dictionary import validate_dictionary
 from pdsn.model.grid import NUM_CELLS
 
@@ -18,38 +25,47 @@ class Bundle:
     manifest: dict
     contract: ModelContract
     dictionary: np.ndarray
+    digest: str  # SHA-256 of the manifest.json this was opened from (see ``open_bundle``'s expected_digest)
 
     @property
     def precisions(self) -> list[str]:
-        return sorted(self.manifest.get("variants", {}))
+        return sorted(self.manifest["variants"])
+
+    def file(self, relative: str, what: str | None = None) -> Path:
+        """The path of a file the manifest lists, checked by ``bundle_file``; ``what`` names the manifest entry."""
+        return bundle_file(self.path, self.manifest, relative, what or entry_of(self.manifest, relative))
 
     def variant_path(self, precision: str) -> Path:
-        variants = self.manifest.get("variants", {})
+        variants = self.manifest["variants"]
         if precision not in variants:
             raise ValueError(
                 f"precision {precision!r} is not in bundle {self.path}; it has {sorted(variants)}. "
                 f"Make the variant first (e.g. `pdsn quantize`), or ask for one of those."
             )
-        return self.path / variants[precision]["file"]
+        return self.file(variants[precision]["file"], f"variants.{precision}.file")
 
     def gate_passed(self, precision: str) -> bool:
         """Whether the variant met its parity gate (fp32 is checked against PyTorch at export)."""
-        return bool(self.manifest["variants"][precision].get("parity", {}).get("passed", False))
+        return self.manifest["variants"][precision]["parity"]["passed"]
 
 
-def open_bundle(path: str | Path, verify: bool = True) -> Bundle:
-    """Read a bundle; with ``verify`` every listed file must exist with its recorded size and SHA-256."""
+def open_bundle(path: str | Path, verify: bool = True, expected_digest: str | None = None) -> Bundle:
+    """Read a bundle; with ``verify`` every listed file must exist with its recorded size and SHA-256.
+
+    ``expected_digest``: the SHA-256 of the ``manifest.json`` to accept (``pdsn verify`` prints it),
+    for deployments that must also detect a replacement bundle whose hashes are consistent.
+    """
     path = Path(path)
-    manifest = read_manifest(path)
+    manifest, digest = load_manifest(path, expected_digest)
     if verify:
         verify_files(path, manifest)
-    if "fp32" not in manifest.get("variants", {}):
+    if "fp32" not in manifest["variants"]:
         raise BundleIntegrityError(
-            f"bundle {path} has no fp32 variant (it lists {sorted(manifest.get('variants', {}))}); "
+            f"bundle {path} has no fp32 variant (it lists {sorted(manifest['variants'])}); "
             f"every bundle starts from `pdsn export`, re-export it"
         )
     contract = ModelContract.from_dict(manifest["contract"])
-    dictionary_file = path / manifest["dictionary"]["file"]
+    dictionary_file = bundle_file(path, manifest, manifest["dictionary"]["file"], "dictionary.file")
     dictionary = np.load(dictionary_file, allow_pickle=False).astype(np.float32, copy=False)
     validate_dictionary(dictionary, binary=True, argument=f"bundle dictionary {dictionary_file}")
     expected = (NUM_CELLS, *contract.feature_shape)
@@ -58,4 +74,4 @@ def open_bundle(path: str | Path, verify: bool = True) -> Bundle:
             f"bundle dictionary {dictionary_file} has shape {dictionary.shape}, but the model's "
             f"contract expects {expected}; re-export the bundle with a matching dictionary"
         )
-    return Bundle(path, manifest, contract, dictionary)
+    return Bundle(path, manifest, contract, dictionary, digest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 import weakref
 from concurrent.futures import Future
@@ -10,10 +11,19 @@ from pathlib import Path
 
 import numpy as np
 
-from pdsn.model.grid import vector_to_cells
+from pdsn.model.folded_head import FoldedHead
+from pdsn.model.grid import NUM_CELLS, vector_to_cells
 from pdsn.runtime.backends import ENGINE_BACKENDS, create_backend, resolve_backend
-from pdsn.runtime.backends.engines import find_engine
-from pdsn.runtime.batcher import BatcherHealth, BatcherStats, DynamicBatcher, check_int, check_real, check_settings
+from pdsn.runtime.backends.engines import find_engine, named_engine
+from pdsn.runtime.batcher import (
+    BatcherClosedError,
+    BatcherHealth,
+    BatcherStats,
+    DynamicBatcher,
+    check_int,
+    check_real,
+    check_settings,
+)
 from pdsn.runtime.bundle import Bundle, open_bundle
 from pdsn.runtime.inputs import prepare_images, prepare_occlusion
 from pdsn.runtime.preprocess import align_face
@@ -44,16 +54,21 @@ class Recognizer:
     unclosed is closed when garbage-collected, with a ``ResourceWarning``.
     """
 
-    def __init__(self, bundle: Bundle, backend, precision: str, batcher: DynamicBatcher) -> None:
+    def __init__(self, bundle: Bundle, backend, precision: str, batcher: DynamicBatcher, trunk: _TrunkSpec) -> None:
         self.bundle = bundle
         self.contract = bundle.contract
         self.precision = precision
         self.max_batch = batcher.max_batch
         self._backend = backend
         self._batcher = batcher
-        # Holds the batcher, never self: the worker thread must not keep a dropped Recognizer alive.
-        self._finalizer = weakref.finalize(self, _close_unclosed, batcher, str(bundle.path))
-        self._finalizer.atexit = False  # at exit the daemon worker simply ends with the process
+        self._trunk_spec = trunk
+        self._trunk: DynamicBatcher | None = None
+        self._head: FoldedHead | None = None
+        self._lock = threading.Lock()
+        # Holds the batchers, never self: the worker threads must not keep a dropped Recognizer alive.
+        self._batchers = [batcher]
+        self._finalizer = weakref.finalize(self, _close_unclosed, self._batchers, str(bundle.path))
+        self._finalizer.atexit = False  # at exit the daemon workers simply end with the process
 
     @classmethod
     def open(
@@ -67,6 +82,8 @@ class Recognizer:
         queue_size: int | None = None,
         verify: bool = True,
         allow_ungated: bool = False,
+        engine: str | None = None,
+        expected_digest: str | None = None,
         **backend_options,
     ) -> Recognizer:
         """Open ``bundle`` (hashes checked unless ``verify=False``) on ``backend``/``device``.
@@ -78,15 +95,26 @@ class Recognizer:
         60 000) for a batch to fill (0 for a single caller that wants no added latency) and holds at
         most ``queue_size`` faces (default 4 × ``max_batch``) before ``submit`` rejects. These, and
         ``threads`` among ``backend_options``, are checked before the bundle is read.
+
+        ``engine``: a TensorRT engine of the bundle by manifest key or file name (default: the
+        newest built for the backend and precision). ``expected_digest``: the SHA-256 of the
+        bundle's manifest that must be opened (``pdsn verify`` prints it), for deployments that
+        must also detect a replaced bundle whose own hashes are consistent.
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
         check_settings(max_batch, max_delay_ms, queue_size)
         if "threads" in backend_options:
             check_int("threads", backend_options["threads"], 1, optional=True)
-        loaded = open_bundle(bundle, verify=verify)
+        if "engine" in backend_options:
+            raise TypeError("engine is a named argument of Recognizer.open (an engine's manifest key or file name)")
+        loaded = open_bundle(bundle, verify=verify, expected_digest=expected_digest)
         backend = resolve_backend(backend, device, loaded.manifest)
         engines = backend in ENGINE_BACKENDS
+        if engine is not None and not engines:
+            raise ValueError(f"engine={engine!r} names a TensorRT engine, but backend {backend!r} runs ONNX variants")
+        if engine is not None and precision == "auto":
+            precision = named_engine(loaded.manifest, engine)["precision"]
         if precision == "auto":
             order = AUTO_ORDER.get(device, AUTO_ORDER["cpu"])
             built = {e["precision"] for e in loaded.manifest.get("engines", {}).values() if e["flavour"] == backend}
@@ -108,15 +136,16 @@ class Recognizer:
             )
         model_path = loaded.variant_path(precision)
         if engines:
-            entry = find_engine(loaded.manifest, backend, precision)
-            model_path, backend_options = loaded.path / entry["file"], {**backend_options, "engine": entry}
+            entry = find_engine(loaded.manifest, backend, precision, engine)
+            model_path = loaded.file(entry["file"], f"engines.{entry['file']}")
+            backend_options = {**backend_options, "engine": entry}
             if max_batch > entry["profile"]["max"]:
                 raise ValueError(
                     f"max_batch {max_batch} exceeds the engine's profile (batch {entry['profile']['min']}.."
                     f"{entry['profile']['max']}); open with max_batch <= {entry['profile']['max']} or "
                     f"rebuild with `pdsn build --batch MIN,OPT,MAX`"
                 )
-        engine = create_backend(
+        runner = create_backend(
             backend,
             str(model_path),
             loaded.dictionary,
@@ -124,17 +153,12 @@ class Recognizer:
             device=device,
             **backend_options,
         )
-        batcher = DynamicBatcher(
-            engine.start if engine.pipelined else engine.infer,
-            max_batch,
-            max_delay_ms,
-            queue_size,
-            engine.preferred_batch_sizes,
-            pipelined=engine.pipelined,
-            embedding_size=loaded.contract.embedding_size,
-            on_stop=engine.close,
-        )
-        return cls(loaded, engine, precision, batcher)
+        batcher = _batcher_over(runner, max_batch, max_delay_ms, queue_size, loaded.contract.embedding_size)
+        trunk_options = {k: v for k, v in backend_options.items() if k not in ("engine", "cuda_stream", "cuda_context")}
+        # Engines hold the whole model; their trunk features come from the ONNX trunk on ONNX Runtime.
+        trunk_backend = "onnxruntime" if engines else backend
+        trunk = _TrunkSpec(trunk_backend, device, trunk_options, max_batch, max_delay_ms, queue_size)
+        return cls(loaded, runner, precision, batcher, trunk)
 
     @property
     def backend_info(self) -> dict:
@@ -185,6 +209,52 @@ class Recognizer:
         ]
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
+    @property
+    def folded_head(self) -> FoldedHead:
+        """The head after the mask as one linear map (``W'``, ``b'``), from the bundle's head file."""
+        with self._lock:
+            if self._head is None:
+                entry = self.bundle.manifest.get("head")
+                if entry is None:
+                    raise ValueError(
+                        f"bundle {self.bundle.path} has no folded head (exported by an older pdsn-deploy); "
+                        f"re-export it with `pdsn export` to use trunk features and galleries"
+                    )
+                head = FoldedHead.load(self.bundle.file(entry["file"], "head.file"))
+                expected = (self.contract.embedding_size, int(np.prod(self.contract.feature_shape)))
+                if head.weight.shape != expected:
+                    raise ValueError(
+                        f"bundle {self.bundle.path}: the folded head is {head.weight.shape}, the contract says "
+                        f"{expected}; re-export the bundle"
+                    )
+                self._head = head
+            return self._head
+
+    def features(self, images: object, landmarks: object = None) -> np.ndarray:
+        """The trunk's flat features (N, C·H·W) of aligned crops (or photos with ``landmarks``), float32.
+
+        The feature map before the mask: with ``folded_head`` it gives the embedding under any
+        occlusion pattern, which is how a gallery applies each probe's pattern to stored faces.
+        """
+        trunk = self._trunk_batcher()
+        trunk.check_may_wait("Recognizer.features()")
+        if landmarks is not None:
+            images = self._align(images, landmarks)
+        batch = prepare_images(images, self.contract)
+        none = np.zeros((len(batch), NUM_CELLS), dtype=np.float32)
+        chunks = [
+            trunk.submit(batch[i : i + self.max_batch], none[i : i + self.max_batch]).result()
+            for i in range(0, len(batch), self.max_batch)
+        ]
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+    def submit_features(self, image: object, deadline: float | None = None) -> Future:
+        """``features`` from any thread without waiting, as ``submit`` is to ``embed``."""
+        batch = prepare_images(image, self.contract)
+        single = isinstance(image, np.ndarray) and image.ndim == 3
+        none = np.zeros((len(batch), NUM_CELLS), dtype=np.float32)
+        return self._trunk_batcher().submit(batch, none, deadline, single)
+
     def direct_call(self, images: object, occlusion: object = None):
         """The engine's own call on these inputs, prepared once (for measuring the runtime's overhead)."""
         if self._batcher.closed:
@@ -221,6 +291,10 @@ class Recognizer:
         drains and releases the backend itself.
         """
         self._finalizer.detach()
+        with self._lock:
+            trunk, self._trunk_spec = self._trunk, None
+        if trunk is not None:
+            trunk.close()
         self._batcher.close()
 
     def __enter__(self) -> Recognizer:
@@ -228,6 +302,34 @@ class Recognizer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _trunk_batcher(self) -> DynamicBatcher:
+        """The trunk's backend and batcher, made on first use (a second model session)."""
+        with self._lock:
+            if self._trunk is None:
+                spec = self._trunk_spec
+                if spec is None or self._batcher.closed:
+                    raise BatcherClosedError("this Recognizer was closed; open a new one")
+                entry = self.bundle.manifest["variants"][self.precision].get("trunk")
+                if entry is None:
+                    raise ValueError(
+                        f"bundle {self.bundle.path} has no trunk model for {self.precision} (made by an older "
+                        f"pdsn-deploy); re-export it with `pdsn export` and re-make its variants"
+                    )
+                path = self.bundle.file(entry["file"], f"variants.{self.precision}.trunk.file")
+                runner = create_backend(
+                    spec.backend,
+                    str(path),
+                    self.bundle.dictionary,
+                    self.contract,
+                    device=spec.device,
+                    role="features",
+                    **spec.options,
+                )
+                size = int(np.prod(self.contract.feature_shape))
+                self._trunk = _batcher_over(runner, spec.max_batch, spec.max_delay_ms, spec.queue_size, size)
+                self._batchers.append(self._trunk)
+            return self._trunk
 
     def _single(self, image: np.ndarray, argument: str) -> np.ndarray:
         batch = prepare_images(image, self.contract, argument)
@@ -247,11 +349,37 @@ class Recognizer:
         ]
 
 
-def _close_unclosed(batcher: DynamicBatcher, bundle: str) -> None:
+@dataclass(frozen=True)
+class _TrunkSpec:
+    """How to open the trunk's backend when features are first asked for."""
+
+    backend: str
+    device: str
+    options: dict
+    max_batch: int
+    max_delay_ms: float
+    queue_size: int | None
+
+
+def _batcher_over(runner, max_batch: int, max_delay_ms: float, queue_size: int | None, width: int) -> DynamicBatcher:
+    return DynamicBatcher(
+        runner.start if runner.pipelined else runner.infer,
+        max_batch,
+        max_delay_ms,
+        queue_size,
+        runner.preferred_batch_sizes,
+        pipelined=runner.pipelined,
+        embedding_size=width,
+        on_stop=runner.close,
+    )
+
+
+def _close_unclosed(batchers: list[DynamicBatcher], bundle: str) -> None:
     warnings.warn(
         f"a Recognizer for {bundle} was garbage-collected without close(); its worker thread and backend "
         f"are released now. Call close() or use `with Recognizer.open(...) as recognizer:`",
         ResourceWarning,
         stacklevel=2,
     )
-    batcher.stop()
+    for batcher in batchers:
+        batcher.stop()

@@ -141,7 +141,9 @@ def test_a_rebuild_replaces_the_engine_and_its_record(built, tmp_path):
     before = read_manifest(bundle)["engines"]
     again = build_engine(EngineBuildRequest(bundle, "fp32", flavour="tensorrt-rtx", progress=None))
     after = read_manifest(bundle)["engines"]
-    assert sorted(after) == sorted(before) and again["file"] == built[1]["fp32"]["file"]
+    old = built[1]["fp32"]["file"]
+    assert sorted(after) == sorted(before) and again["file"] != old, "a new engine never overwrites a listed one"
+    assert not (bundle / old).exists(), "the replaced engine is removed after the manifest switch"
     open_bundle(bundle, verify=True)
 
 
@@ -168,7 +170,7 @@ def test_turing_builds_run_both_gemms_in_fp16_after_a_parity_check(rtx, quantize
 
 
 def test_a_turing_rewrite_that_misses_its_gate_is_refused(rtx, quantized, tmp_path, monkeypatch):
-    from pdsn.export import turing_graph
+    from pdsn.engines import turing_graph
 
     rewrite = turing_graph.turing_model
 
@@ -303,15 +305,18 @@ def test_datacentre_build_keeps_and_reuses_its_timing_cache(datacentre, quantize
     assert (bundle / cache["file"]).read_bytes() == b"+timings"
     second = build_engine(EngineBuildRequest(bundle, "int8", flavour="tensorrt", progress=None))
     assert second["timing_cache"]["loaded_bytes"] == len(b"+timings"), "the second build reads the cache"
-    assert (bundle / cache["file"]).read_bytes() == b"+timings+timings"
-    assert cache["file"] in read_manifest(bundle)["files"]
+    grown = second["timing_cache"]["file"]
+    assert (bundle / grown).read_bytes() == b"+timings+timings" and not (bundle / cache["file"]).exists()
+    manifest = read_manifest(bundle)
+    assert grown in manifest["files"] and {e["timing_cache"]["file"] for e in manifest["engines"].values()} == {grown}
     open_bundle(bundle, verify=True)
 
 
 def test_datacentre_cache_from_another_gpu_is_set_aside(datacentre, quantized, tmp_path):
     bundle = _copy(quantized, tmp_path)
-    (bundle / "engines").mkdir()
-    (bundle / "engines/timing-tensorrt-10.13.0.35.cache").write_bytes(b"other-gpu")
+    cache = build_engine(EngineBuildRequest(bundle, "fp16", flavour="tensorrt", progress=None))["timing_cache"]
+    (bundle / cache["file"]).write_bytes(b"other-gpu")
+    write_manifest(bundle, read_manifest(bundle))
     entry = build_engine(EngineBuildRequest(bundle, "fp32", flavour="tensorrt", progress=None))
     assert entry["timing_cache"]["loaded_bytes"] == 0
     assert FakeBuilder.configs[-1].cache.blob == b""

@@ -99,7 +99,15 @@ def test_fold_head_is_exact():
 
 def test_manifest_records_contract_dictionary_hashes_and_provenance(tiny_bundle, tiny_checkpoint):
     manifest = read_manifest(tiny_bundle)
-    assert set(manifest["files"]) == {"model.onnx", "dictionary.npy", "reports/parity.json", REFERENCE_EMBEDDINGS}
+    assert set(manifest["files"]) == {
+        "model.onnx",
+        "dictionary.npy",
+        "reports/parity.json",
+        REFERENCE_EMBEDDINGS,
+        "head.npz",
+        "trunk.onnx",
+    }
+    assert manifest["head"]["file"] == "head.npz" and manifest["variants"]["fp32"]["trunk"]["parity"]["passed"]
     for relative, entry in manifest["files"].items():
         assert entry["sha256"] == sha256_file(tiny_bundle / relative)
     assert manifest["model"]["weights"] == "checkpoint"

@@ -14,7 +14,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # Modules of pdsn.model that may import torch; every other model module is numpy-only.
-TORCH_MODEL_MODULES = {"pdsn.model.network", "pdsn.model.checkpoint", "pdsn.model.demo_weights"}
+TORCH_MODEL_MODULES = {
+    "pdsn.model.network",
+    "pdsn.model.checkpoint",
+    "pdsn.model.demo_weights",
+    "pdsn.model.occlusion_net",
+}
 ALLOWED = {
     "model": {"model"},
     "kernels": {"kernels"},

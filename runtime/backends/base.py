@@ -19,9 +19,7 @@ class Backend(ABC):
     # Batch sizes this backend runs fastest (e.g. CUDA-graph buckets); the batcher dispatches early
     # when the queue makes exactly one of them. Empty: no preference.
     preferred_batch_sizes: tuple[int, ...] = ()
-    # A pipelined backend also has ``start(images, occlusion) -> call that waits for the
-    # embeddings``, returning before the batch is done (GPU streams): the batcher then starts the
-    # next batch, and its input copies, while this one computes.
+    # True when this backend has ``PipelinedBackend.start``: the batcher then calls it instead of ``infer``.
     pipelined: bool = False
 
     @abstractmethod
@@ -39,3 +37,17 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - a backend with nothing to release need not override it
         """Release sessions and device memory; the backend is unusable afterwards."""
+
+
+class PipelinedBackend(Backend):
+    """A backend that queues a batch and returns before it is done (GPU streams), so the batcher
+    starts the next batch, and its input copies, while this one computes."""
+
+    pipelined = True
+
+    @abstractmethod
+    def start(self, images: np.ndarray, occlusion: np.ndarray) -> Callable[[], np.ndarray]:
+        """Queue a validated batch; the returned call waits for it and returns its embeddings."""
+
+    def infer(self, images: np.ndarray, occlusion: np.ndarray) -> np.ndarray:
+        return self.start(images, occlusion)()

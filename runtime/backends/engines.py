@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
+from pathlib import PurePosixPath
 
 from pdsn.kernels.tensorrt_modules import INSTALL_HINTS
 from pdsn.runtime.backends.base import BackendUnavailableError
 
 # Compute capabilities a "portable" (ahead-of-time, no target given) TensorRT-RTX engine runs on.
 RTX_PORTABLE = ("8.0", "8.6", "8.9", "12.0")
+_OLDEST = datetime.min.replace(tzinfo=timezone.utc)
 
 
 class EngineMismatchError(BackendUnavailableError):
@@ -54,8 +57,22 @@ def check_engine(entry: dict, installed_version: str | None, compute_capability:
         )
 
 
-def find_engine(manifest: dict, flavour: str, precision: str) -> dict:
-    """The bundle's engine entry for ``flavour`` and ``precision`` (the newest build if several)."""
+def find_engine(manifest: dict, flavour: str, precision: str, name: str | None = None) -> dict:
+    """The bundle's engine entry to run for ``flavour`` and ``precision``.
+
+    ``name`` picks one (see :func:`named_engine`). Otherwise the newest by its recorded ``built``
+    time; entries from bundles older than that field count as oldest, and among equal times the
+    last file name in sorted order wins, so the choice never depends on the manifest's order.
+    """
+    if name is not None:
+        entry = named_engine(manifest, name)
+        if (entry["flavour"], entry["precision"]) != (flavour, precision):
+            raise ValueError(
+                f"engine {name!r} is a {entry['flavour']} {entry['precision']} engine, but a {flavour} "
+                f"{precision} one was asked for; open it with backend={entry['flavour']!r}, "
+                f"precision={entry['precision']!r}"
+            )
+        return entry
     engines = [
         e for e in manifest.get("engines", {}).values() if e["flavour"] == flavour and e["precision"] == precision
     ]
@@ -65,7 +82,33 @@ def find_engine(manifest: dict, flavour: str, precision: str) -> dict:
             f"the bundle has no {flavour} engine for {precision} (it has {', '.join(have) or 'no engines'}); "
             f"build one with `pdsn build --bundle BUNDLE --precision {precision} --flavour {flavour}`"
         )
-    return engines[-1]
+    return max(engines, key=lambda e: (_built_at(e), e["file"]))
+
+
+def named_engine(manifest: dict, name: str) -> dict:
+    """The engine entry ``name`` names: its manifest key, its file (``engines/….engine``) or that file's name."""
+    engines = manifest.get("engines", {})
+    for key, entry in sorted(engines.items()):
+        if name in (key, entry["file"], PurePosixPath(entry["file"]).name):
+            return entry
+    raise ValueError(
+        f"the bundle has no engine {name!r}; it has {', '.join(sorted(engines)) or 'none'} "
+        f"(pass one of these manifest keys, or its file name)"
+    )
+
+
+def _built_at(entry: dict) -> datetime:
+    """When the engine was built (UTC); an entry without the time counts as the oldest."""
+    if entry.get("built") is None:
+        return _OLDEST
+    try:
+        built = datetime.fromisoformat(entry["built"])
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"engine {entry['file']} records built={entry['built']!r}, not an ISO 8601 time; rebuild it with "
+            f"`pdsn build` or pick an engine by name"
+        ) from None
+    return built if built.tzinfo else built.replace(tzinfo=timezone.utc)
 
 
 def _major(capability: str) -> int:

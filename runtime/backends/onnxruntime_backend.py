@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from pdsn.model.bundle_format import DICTIONARY_INPUT, EMBEDDING_OUTPUT, IMAGE_INPUT, OCCLUSION_INPUT, ModelContract
+from pdsn.model.bundle_format import (
+    DICTIONARY_INPUT,
+    EMBEDDING_OUTPUT,
+    FEATURES_OUTPUT,
+    IMAGE_INPUT,
+    OCCLUSION_INPUT,
+    ModelContract,
+)
 from pdsn.runtime.backends.base import Backend, BackendUnavailableError
+from pdsn.runtime.model_io import TensorSpec, check_model_io, check_role
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int32)": "int32"}
 
 
 class OnnxRuntimeBackend(Backend):
+    """``role="features"`` runs a trunk model: its infer returns the flat feature maps (occlusion unused)."""
+
     name = "onnxruntime"
 
     def __init__(
@@ -21,7 +32,10 @@ class OnnxRuntimeBackend(Backend):
         device: str = "cpu",
         device_id: int = 0,
         threads: int | None = None,
+        role: str = "embedding",
     ) -> None:
+        self._embeds = check_role(role) == "embedding"
+        self._output = EMBEDDING_OUTPUT if self._embeds else FEATURES_OUTPUT
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -48,10 +62,17 @@ class OnnxRuntimeBackend(Backend):
                 f"ONNX Runtime did not start {provider} (active providers: {active}); refusing to "
                 f"run on another device than the one asked for"
             )
+        check_model_io(
+            contract,
+            _specs(self._session.get_inputs()),
+            _specs(self._session.get_outputs()),
+            f"model {model_path}",
+            role,
+        )
         self._device, self._device_id, self._threads = device, device_id, threads
         self._model_path = str(model_path)
         self._dictionary = None
-        if contract.dictionary_binding == "input":
+        if contract.dictionary_binding == "input" and self._embeds:
             # Uploaded once; every call binds this same buffer (device memory on CUDA).
             self._dictionary = ort.OrtValue.ortvalue_from_numpy(
                 np.ascontiguousarray(dictionary, dtype=np.float32), device, device_id
@@ -62,24 +83,25 @@ class OnnxRuntimeBackend(Backend):
             raise RuntimeError("the onnxruntime backend was closed")
         binding = self._session.io_binding()
         binding.bind_cpu_input(IMAGE_INPUT, images)
-        binding.bind_cpu_input(OCCLUSION_INPUT, occlusion)
+        if self._embeds:
+            binding.bind_cpu_input(OCCLUSION_INPUT, occlusion)
         if self._dictionary is not None:
             binding.bind_ortvalue_input(DICTIONARY_INPUT, self._dictionary)
-        binding.bind_output(EMBEDDING_OUTPUT, "cpu")
+        binding.bind_output(self._output, "cpu")
         self._session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        out = binding.copy_outputs_to_cpu()[0]
+        return out if self._embeds else out.reshape(len(out), -1)
 
     def direct_call(self, images: np.ndarray, occlusion: np.ndarray):
         import onnxruntime as ort
 
-        feeds = {
-            IMAGE_INPUT: ort.OrtValue.ortvalue_from_numpy(images),
-            OCCLUSION_INPUT: ort.OrtValue.ortvalue_from_numpy(occlusion),
-        }
+        feeds = {IMAGE_INPUT: ort.OrtValue.ortvalue_from_numpy(images)}
+        if self._embeds:
+            feeds[OCCLUSION_INPUT] = ort.OrtValue.ortvalue_from_numpy(occlusion)
         if self._dictionary is not None:
             feeds[DICTIONARY_INPUT] = self._dictionary
-        session = self._session
-        return lambda: session.run_with_ort_values([EMBEDDING_OUTPUT], feeds)
+        session, output = self._session, self._output
+        return lambda: session.run_with_ort_values([output], feeds)
 
     def describe(self) -> dict:
         import onnxruntime as ort
@@ -97,3 +119,13 @@ class OnnxRuntimeBackend(Backend):
     def close(self) -> None:
         self._session = None
         self._dictionary = None
+
+
+def _specs(args) -> list[TensorSpec]:
+    """ONNX Runtime's ``NodeArg``s as TensorSpecs: symbolic or unknown dimensions are dynamic."""
+    return [
+        TensorSpec(
+            a.name, _DTYPES.get(a.type, a.type), tuple(d if isinstance(d, int) and d >= 0 else None for d in a.shape)
+        )
+        for a in args
+    ]

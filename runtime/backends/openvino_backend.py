@@ -8,8 +8,16 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pdsn.model.bundle_format import DICTIONARY_INPUT, EMBEDDING_OUTPUT, IMAGE_INPUT, OCCLUSION_INPUT, ModelContract
+from pdsn.model.bundle_format import (
+    DICTIONARY_INPUT,
+    EMBEDDING_OUTPUT,
+    FEATURES_OUTPUT,
+    IMAGE_INPUT,
+    OCCLUSION_INPUT,
+    ModelContract,
+)
 from pdsn.runtime.backends.base import Backend, BackendUnavailableError
+from pdsn.runtime.model_io import TensorSpec, check_model_io, check_role
 
 HINTS = ("latency", "throughput")
 _INSTALL_HINT = 'pip install "pdsn-deploy[openvino]"'
@@ -33,7 +41,10 @@ class OpenVinoBackend(Backend):
         device: str = "cpu",
         hint: str = "latency",
         threads: int | None = None,
+        role: str = "embedding",
     ) -> None:
+        self._embeds = check_role(role) == "embedding"
+        self._output = EMBEDDING_OUTPUT if self._embeds else FEATURES_OUTPUT
         if device != "cpu":
             raise BackendUnavailableError(
                 f"device={device!r}: the openvino backend runs on the CPU only (OpenVINO's CPU "
@@ -60,15 +71,11 @@ class OpenVinoBackend(Backend):
             config[props.inference_num_threads] = threads
         core = ov.Core()
         self._compiled = core.compile_model(core.read_model(_inlined_onnx(model_path)), "CPU", config)
-        inputs = {name for port in self._compiled.inputs for name in port.get_names()}
+        check_model_io(
+            contract, _specs(self._compiled.inputs), _specs(self._compiled.outputs), f"model {model_path}", role
+        )
         self._dictionary = None
-        if contract.dictionary_binding == "input":
-            if DICTIONARY_INPUT not in inputs:
-                raise ValueError(
-                    f"model {model_path}: the contract binds the dictionary as input "
-                    f"{DICTIONARY_INPUT!r}, but the model's inputs are {sorted(inputs)}; "
-                    f"re-export the bundle"
-                )
+        if contract.dictionary_binding == "input" and self._embeds:
             # Bound once per request: set_tensor persists across infers. Measured on the full
             # LResNet50E-IR against folding the dictionary into the model as a constant, the two
             # ran equally fast at batch 1 and 8 (within 2%, wall and CPU time, noise either way), so
@@ -97,10 +104,8 @@ class OpenVinoBackend(Backend):
             raise RuntimeError("the openvino backend was closed")
         request = requests.get()
         try:
-            result = request.infer(
-                {IMAGE_INPUT: images, OCCLUSION_INPUT: occlusion}, share_inputs=True, share_outputs=False
-            )
-            return result[EMBEDDING_OUTPUT]
+            result = request.infer(self._feeds(images, occlusion), share_inputs=True, share_outputs=False)
+            return self._shaped(result[self._output])
         finally:
             requests.put(request)
 
@@ -111,7 +116,7 @@ class OpenVinoBackend(Backend):
             raise RuntimeError("the openvino backend was closed")
         request = requests.get()
         try:
-            request.start_async({IMAGE_INPUT: images, OCCLUSION_INPUT: occlusion}, share_inputs=True)
+            request.start_async(self._feeds(images, occlusion), share_inputs=True)
         except BaseException:
             requests.put(request)
             raise
@@ -119,7 +124,7 @@ class OpenVinoBackend(Backend):
         def wait() -> np.ndarray:
             try:
                 request.wait()
-                return request.get_tensor(EMBEDDING_OUTPUT).data.copy()
+                return self._shaped(request.get_tensor(self._output).data.copy())
             finally:
                 requests.put(request)
 
@@ -133,10 +138,18 @@ class OpenVinoBackend(Backend):
 
         request = self._compiled.create_infer_request()
         request.set_tensor(IMAGE_INPUT, ov.Tensor(np.ascontiguousarray(images)))
-        request.set_tensor(OCCLUSION_INPUT, ov.Tensor(np.ascontiguousarray(occlusion)))
+        if self._embeds:
+            request.set_tensor(OCCLUSION_INPUT, ov.Tensor(np.ascontiguousarray(occlusion)))
         if self._dictionary is not None:
             request.set_tensor(DICTIONARY_INPUT, self._dictionary)
         return request.infer
+
+    def _feeds(self, images: np.ndarray, occlusion: np.ndarray) -> dict:
+        return {IMAGE_INPUT: images, OCCLUSION_INPUT: occlusion} if self._embeds else {IMAGE_INPUT: images}
+
+    def _shaped(self, output: np.ndarray) -> np.ndarray:
+        """Embeddings as they are; a trunk's feature maps flattened to (N, C*H*W)."""
+        return output if self._embeds else output.reshape(len(output), -1)
 
     def describe(self) -> dict:
         return {
@@ -170,7 +183,7 @@ def _inlined_onnx(model_path: str) -> io.BytesIO:
     """The model with its local functions inlined, serialized in memory for ``Core.read_model``.
 
     OpenVINO has no conversion rule for ONNX model-local functions such as ``ai.pdsn::FdmGatherMul``
-    (ARCHITECTURE.md §4); their bodies are standard ops, so inlining them is exact.
+    (docs/architecture.md, "The ONNX contract"); their bodies are standard ops, so inlining them is exact.
     """
     try:
         import onnx
@@ -181,3 +194,15 @@ def _inlined_onnx(model_path: str) -> io.BytesIO:
         ) from exc
     model = inline_local_functions(onnx.load(str(model_path)))
     return io.BytesIO(model.SerializeToString())
+
+
+def _specs(ports) -> list[TensorSpec]:
+    """A compiled model's ports as TensorSpecs, each by the contract's name where it has several."""
+    specs = []
+    for port in ports:
+        names = port.get_names()
+        known = (IMAGE_INPUT, OCCLUSION_INPUT, DICTIONARY_INPUT, EMBEDDING_OUTPUT, FEATURES_OUTPUT)
+        name = next((n for n in known if n in names), None)
+        shape = tuple(None if d.is_dynamic else d.get_length() for d in port.get_partial_shape())
+        specs.append(TensorSpec(name or port.get_any_name(), port.get_element_type().to_dtype().name, shape))
+    return specs
