@@ -5,13 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from pdsn.runtime.backends import BACKEND_CHOICES, DEVICES
+from pdsn.commands.arguments import (
+    bundle_options,
+    cells,
+    cosine,
+    delays,
+    json_path,
+    names,
+    npy_path,
+    numbers,
+    positive,
+)
 
 # What a user can cause and fix: bad values or files, and the errors pdsn raises on purpose (its own
 # RuntimeError subclasses: a missed gate, a backend not installed, ...). Anything else, a bare
@@ -76,19 +85,19 @@ def _parser() -> argparse.ArgumentParser:
     export.set_defaults(run=_export)
 
     embed = commands.add_parser("embed", help="embed aligned face crops")
-    _bundle_options(embed)
+    bundle_options(embed)
     embed.add_argument("images", nargs="+", type=Path, help="aligned 112x96 RGB crops")
-    embed.add_argument("--occlusion", type=_cells, help="occluded cells for every image, e.g. 10,11,12,13")
-    embed.add_argument("--out", type=_npy_path, help="write embeddings to this .npy file instead of printing")
+    embed.add_argument("--occlusion", type=cells, help="occluded cells for every image, e.g. 10,11,12,13")
+    embed.add_argument("--out", type=npy_path, help="write embeddings to this .npy file instead of printing")
     embed.set_defaults(run=_embed)
 
     compare = commands.add_parser("compare", help="verification score of two aligned faces (PDSN protocol)")
-    _bundle_options(compare)
+    bundle_options(compare)
     compare.add_argument("image_a", type=Path)
     compare.add_argument("image_b", type=Path)
-    compare.add_argument("--occlusion-a", type=_cells, help="occluded cells of image A")
-    compare.add_argument("--occlusion-b", type=_cells, help="occluded cells of image B")
-    compare.add_argument("--threshold", type=_cosine, help="decide same/different at this cosine score")
+    compare.add_argument("--occlusion-a", type=cells, help="occluded cells of image A")
+    compare.add_argument("--occlusion-b", type=cells, help="occluded cells of image B")
+    compare.add_argument("--threshold", type=cosine, help="decide same/different at this cosine score")
     compare.set_defaults(run=_compare)
 
     quantize = commands.add_parser("quantize", help="add a gated FP16 or calibrated INT8 variant to a bundle")
@@ -110,14 +119,14 @@ def _parser() -> argparse.ArgumentParser:
         "whose 16-bit multiply-adds 8-bit weights can overflow; 8 for GPUs and VNNI CPUs "
         "(and always with modelopt)",
     )
-    quantize.add_argument("--samples", type=_positive, default=512, help="calibration images (default 512)")
-    quantize.add_argument("--holdout", type=_positive, default=64, help="held-out faces for the gate (default 64)")
+    quantize.add_argument("--samples", type=positive, default=512, help="calibration images (default 512)")
+    quantize.add_argument("--holdout", type=positive, default=64, help="held-out faces for the gate (default 64)")
     quantize.add_argument("--seed", type=int, default=0)
     quantize.add_argument("--pairs", type=Path, help="LFW-format pairs.txt: report the accuracy change")
     quantize.add_argument("--pairs-root", type=Path, help="folder of the pairs' aligned crops")
-    quantize.add_argument("--min-cosine", type=_cosine, help="gate: minimum cosine to FP32 (fp16 default 0.9995)")
-    quantize.add_argument("--mean-cosine", type=_cosine, help="gate: mean cosine to FP32 (int8 default 0.99)")
-    quantize.add_argument("--p1-cosine", type=_cosine, help="gate: 1st-percentile cosine (int8 default 0.98)")
+    quantize.add_argument("--min-cosine", type=cosine, help="gate: minimum cosine to FP32 (fp16 default 0.9995)")
+    quantize.add_argument("--mean-cosine", type=cosine, help="gate: mean cosine to FP32 (int8 default 0.99)")
+    quantize.add_argument("--p1-cosine", type=cosine, help="gate: 1st-percentile cosine (int8 default 0.98)")
     quantize.set_defaults(run=_quantize)
 
     build = commands.add_parser("build", help="compile a bundle's ONNX variant into a TensorRT engine")
@@ -134,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="data-centre TensorRT or TensorRT-RTX (default: tensorrt if installed, else RTX)",
     )
-    build.add_argument("--batch", type=_numbers, default=(1, 16, 128), help="profile MIN,OPT,MAX (default 1,16,128)")
+    build.add_argument("--batch", type=numbers, default=(1, 16, 128), help="profile MIN,OPT,MAX (default 1,16,128)")
     build.add_argument(
         "--fdm-impl",
         choices=("native", "plugin"),
@@ -143,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument(
         "--compute-capability",
-        type=_names,
+        type=names,
         default=(),
         help="TensorRT-RTX targets, e.g. 7.5 or 8.6,8.9 (default: portable, 8.0+)",
     )
@@ -165,10 +174,11 @@ def _parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="check a bundle's files and every variant on every backend")
     verify.add_argument("--bundle", type=Path, required=True)
     verify.add_argument("--holdout", default="synthetic", help="faces to compare on: folder, list file or 'synthetic'")
-    verify.add_argument("--faces", type=_positive, default=32, help="how many held-out faces (default 32)")
+    verify.add_argument("--faces", type=positive, default=32, help="how many held-out faces (default 32)")
     verify.add_argument(
-        "--report", type=_json_path, help="where to write the JSON (default BUNDLE/reports/verify.json)"
+        "--digest", help="refuse any manifest but the one with this SHA-256 (printed by an earlier pdsn verify)"
     )
+    verify.add_argument("--report", type=json_path, help="where to write the JSON (default BUNDLE/reports/verify.json)")
     verify.set_defaults(run=_verify)
 
     bench = commands.add_parser("bench", help="throughput and latency of every backend/precision/batch, side by side")
@@ -177,20 +187,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--work", type=Path, default=Path("pdsn-bench-bundle"), help="where the timing bundle lives")
     bench.add_argument("--architecture", default="lresnet50e-ir", help="the timing bundle's architecture")
-    bench.add_argument("--backends", type=_names, default=("onnxruntime", "openvino"))
-    bench.add_argument("--precisions", type=_names, default=("fp32", "int8"))
-    bench.add_argument("--batches", type=_numbers, default=(1, 8, 32))
+    bench.add_argument("--backends", type=names, default=("onnxruntime", "openvino"))
+    bench.add_argument("--precisions", type=names, default=("fp32", "int8"))
+    bench.add_argument("--batches", type=numbers, default=(1, 8, 32))
     bench.add_argument("--seconds", type=float, default=3.0, help="minimum measuring window per configuration")
     bench.add_argument("--no-reference", action="store_true", help="skip the PyTorch eager FP32 baseline")
     bench.add_argument(
         "--clients",
-        type=_numbers,
+        type=numbers,
         default=(1, 2, 4, 8, 16),
         help="concurrency sweep: closed-loop single-face clients (default 1,2,4,8,16)",
     )
     bench.add_argument(
         "--delays",
-        type=_delays,
+        type=delays,
         default=(0.0, 2.0, 10.0),
         help="concurrency sweep: the batcher's max_delay_ms values (default 0,2,10)",
     )
@@ -220,91 +230,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=_demo)
 
+    from pdsn.commands.gallery import add_gallery_commands
     from pdsn.train.cli import add_training_commands
+
+    add_gallery_commands(commands)
 
     add_training_commands(commands)
     return parser
-
-
-def _bundle_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bundle", type=Path, required=True)
-    parser.add_argument(
-        "--backend",
-        choices=BACKEND_CHOICES,
-        default="auto",
-        help="inference backend (default auto: the fastest installed for the device and bundle)",
-    )
-    parser.add_argument("--device", choices=DEVICES, default="cpu")
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _list_of(kind: type, minimum: float, what: str):
-    """An argparse type for comma-separated values of ``kind``, each at least ``minimum``."""
-
-    def parse(text: str) -> tuple:
-        try:
-            values = tuple(kind(part) for part in text.split(",") if part.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
-        if not values or min(values) < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return values
-
-    return parse
-
-
-_numbers = _list_of(int, 1, "positive integers")
-_delays = _list_of(float, 0.0, "milliseconds >= 0")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
-def _cosine(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a cosine similarity in [-1, 1], got {text!r}") from None
-    if not math.isfinite(value) or not -1.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a cosine similarity in [-1, 1], got {text!r}")
-    return value
-
-
-def _output_file(suffix: str):
-    """An argparse type for a file to write: ending in ``suffix``, not an existing folder."""
-
-    def parse(text: str) -> Path:
-        path = Path(text)
-        if path.is_dir():
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is a folder; give a file path such as {path / ('out' + suffix)}"
-            )
-        if path.suffix.lower() != suffix:
-            raise argparse.ArgumentTypeError(f"{text!r} must end in {suffix} (the file is written as {suffix})")
-        return path
-
-    return parse
-
-
-_npy_path = _output_file(".npy")
-_json_path = _output_file(".json")
-
-
-def _cells(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated cell ids 0..24, got {text!r}") from None
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -444,7 +376,7 @@ def _build(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from pdsn.verify import print_and_save, verify_bundle
 
-    result = verify_bundle(args.bundle, args.holdout, args.faces)
+    result = verify_bundle(args.bundle, args.holdout, args.faces, expected_digest=args.digest)
     print(f"bundle {args.bundle}: every file matches its manifest hash")
     print_and_save(result, args.report or args.bundle / "reports" / "verify.json")
     return 0 if result["passed"] else 1

@@ -1,0 +1,1 @@
+"""Subcommands of ``pdsn``, one module each, each registering its own parser."""

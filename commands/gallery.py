@@ -1,0 +1,150 @@
+"""``pdsn gallery enroll|identify|list|remove``: a gallery of enrolled identities from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pdsn.commands.arguments import bundle_options, cells, cosine, positive
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def add_gallery_commands(commands: argparse._SubParsersAction) -> None:
+    """Register ``pdsn gallery`` and its subcommands."""
+    gallery = commands.add_parser("gallery", help="enroll, identify, list and remove identities (1:N, PDSN protocol)")
+    actions = gallery.add_subparsers(dest="action", required=True)
+
+    enroll = actions.add_parser("enroll", help="enroll a folder of identity sub-folders of aligned 112x96 crops")
+    _common(enroll)
+    enroll.add_argument("folder", type=Path, help="one sub-folder per identity, named by the identity")
+    enroll.add_argument("--replace", action="store_true", help="replace identities already enrolled")
+    enroll.add_argument("--occlusion", type=cells, help="occluded cells of every enrolled face (default none)")
+    enroll.add_argument(
+        "--no-features",
+        action="store_true",
+        help="a new gallery keeps only the warm patterns' embeddings, not the trunk features",
+    )
+    enroll.set_defaults(run=_enroll)
+
+    identify = actions.add_parser("identify", help="the best-matching identities of aligned face crops")
+    _common(identify)
+    identify.add_argument("images", nargs="+", type=Path, help="aligned 112x96 RGB crops")
+    identify.add_argument("--occlusion", type=cells, help="occluded cells of the probe, e.g. 10,11,12,13")
+    identify.add_argument("-k", type=positive, default=5, help="how many identities (default 5)")
+    identify.add_argument("--threshold", type=cosine, help="only matches scoring at least this cosine")
+    identify.set_defaults(run=_identify)
+
+    listing = actions.add_parser("list", help="enrolled identities")
+    _common(listing)
+    listing.add_argument("--offset", type=int, default=0)
+    listing.add_argument("--limit", type=positive)
+    listing.set_defaults(run=_list)
+
+    remove = actions.add_parser("remove", help="remove identities and their faces")
+    _common(remove)
+    remove.add_argument("identities", nargs="+")
+    remove.set_defaults(run=_remove)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    bundle_options(parser)
+    parser.add_argument("--gallery", type=Path, required=True, help="the gallery file (SQLite; created on enroll)")
+    parser.add_argument("--precision", default="auto", help="trunk precision (the gallery records it; default auto)")
+
+
+def _open(args: argparse.Namespace, create: bool = False, **options):
+    from pdsn.runtime import Recognizer
+    from pdsn.runtime.gallery import Gallery
+
+    recognizer = Recognizer.open(args.bundle, backend=args.backend, device=args.device, precision=args.precision)
+    try:
+        return recognizer, Gallery.open(args.gallery, recognizer, create=create, **options)
+    except BaseException:
+        recognizer.close()
+        raise
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from pdsn.runtime import load_image
+
+    people = _identity_folders(args.folder)
+    recognizer, gallery = _open(args, create=True, keep_features=not args.no_features)
+    with recognizer, gallery:
+        faces = 0
+        for name, paths in _progress(people, "enrolling"):
+            images = [load_image(path) for path in paths]
+            faces += len(gallery.enroll(name, images, occlusion=args.occlusion, replace=args.replace))
+        print(f"enrolled {len(people)} identities ({faces} faces) into {args.gallery}; it holds {len(gallery)}")
+    return 0
+
+
+def _identify(args: argparse.Namespace) -> int:
+    from pdsn.runtime import load_image
+
+    recognizer, gallery = _open(args)
+    with recognizer, gallery:
+        images = [load_image(path) for path in args.images]
+        results = gallery.identify_many(images, occlusion=args.occlusion, k=args.k, threshold=args.threshold)
+        for path, result in zip(args.images, results):
+            print(
+                json.dumps(
+                    {
+                        "image": str(path),
+                        "occluded_cells": result.occluded_cells,
+                        "matches": [
+                            {
+                                "identity": m.identity,
+                                "score": round(m.score, 6),
+                                "face_id": m.face_id,
+                                "occluded_cells": m.occluded_cells,
+                                "exact": m.exact,
+                            }
+                            for m in result.matches
+                        ],
+                    }
+                )
+            )
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    recognizer, gallery = _open(args)
+    with recognizer, gallery:
+        for name in gallery.identities(args.offset, args.limit):
+            print(name)
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    recognizer, gallery = _open(args)
+    with recognizer, gallery:
+        for name in args.identities:
+            gallery.remove(name)
+        print(f"removed {len(args.identities)} identities; {len(gallery)} remain in {args.gallery}")
+    return 0
+
+
+def _identity_folders(folder: Path) -> list[tuple[str, list[Path]]]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"gallery enroll: {folder} is not a folder of identity sub-folders")
+    people = []
+    for person in sorted(p for p in folder.iterdir() if p.is_dir()):
+        images = sorted(p for p in person.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if images:
+            people.append((person.name, images))
+    if not people:
+        raise ValueError(
+            f"gallery enroll: {folder} has no identity sub-folders with images ({', '.join(IMAGE_SUFFIXES)}); "
+            f"expected FOLDER/<identity>/<image>"
+        )
+    return people
+
+
+def _progress(items: list, description: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=description, unit="identity", leave=False)

@@ -1,0 +1,558 @@
+"""``Gallery``: 1:N identification under the PDSN protocol — trunk once per face, head per pattern.
+
+A probe with occluded cells P and a gallery face enrolled with cells G are compared as
+``Recognizer.verify`` compares two faces: both masked by the union U = P ∪ G. The trunk runs once
+per face at enrollment and its features are stored; the gallery's embeddings under U are the
+folded head applied to the stored features (one matrix product over the kept or the discarded
+columns), cached per pattern. Faces enrolled with the same cells form a group, so a probe needs one
+union pattern per group.
+
+With ``keep_features=False`` only the warm patterns' embeddings are stored; a probe whose union is
+not among them is compared under the smallest stored pattern that covers it, and its matches say
+so (``exact`` is False).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pdsn.runtime.gallery.patterns import (
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_WARM_PATTERNS,
+    CacheStats,
+    PatternCache,
+    cells_of,
+    pattern_of,
+    warm_pattern_masks,
+)
+from pdsn.runtime.gallery.records import (
+    GALLERY_FORMAT,
+    GALLERY_FORMAT_VERSION,
+    FaceRecord,
+    Fingerprint,
+    GalleryError,
+)
+from pdsn.runtime.gallery.rows import Rows
+from pdsn.runtime.gallery.sqlite_store import SqliteStore, meta_values
+from pdsn.runtime.inputs import prepare_occlusion
+
+FEATURE_DTYPES = ("float16", "float32")
+MAX_IDENTITY_LENGTH = 256
+_SCHEMES = re.compile(r"^(postgres|postgresql)://")
+
+
+@dataclass(frozen=True)
+class Match:
+    """One enrolled identity that matched, by its best-scoring face."""
+
+    identity: str
+    score: float
+    face_id: int
+    occluded_cells: list[int]  # the union of the probe's and the face's cells, which masked both
+    exact: bool = True  # False: compared under a stored pattern that covers the union
+
+
+@dataclass(frozen=True)
+class Identification:
+    matches: list[Match]
+    occluded_cells: list[int]  # the probe's own cells
+
+
+@dataclass(frozen=True)
+class GalleryStats:
+    identities: int
+    faces: int
+    groups: int
+    feature_bytes: int
+    cache: CacheStats
+
+
+@dataclass
+class _Group:
+    """Faces enrolled with the same occluded cells, row-aligned across every array."""
+
+    cells: int
+    face_ids: list[int] = field(default_factory=list)
+    identities: list[str] = field(default_factory=list)
+    base: Rows | None = None  # unmasked embeddings, float32
+    features: Rows | None = None  # trunk features, float16/float32; None without keep_features
+    stored: dict[int, Rows] = field(default_factory=dict)  # pattern -> normalised embeddings (no features)
+
+
+class Gallery:
+    """Enrolled identities with their faces' trunk features, searchable under any occlusion pattern."""
+
+    def __init__(self, store: SqliteStore, recognizer, settings: dict, cache_bytes: int) -> None:
+        self._store = store
+        self._recognizer = recognizer
+        self._head = recognizer.folded_head
+        self.keep_features = bool(settings["keep_features"])
+        self.feature_dtype = np.dtype(settings["feature_dtype"])
+        self.warm_patterns = tuple(int(p) for p in settings["warm_patterns"])
+        self._cache = PatternCache(cache_bytes)
+        self._discard = 1.0 - recognizer.bundle.dictionary.reshape(len(recognizer.bundle.dictionary), -1)
+        self._discarded: dict[int, np.ndarray] = {}
+        self._groups: dict[int, _Group] = {}
+        self._rows: dict[int, tuple[int, int]] = {}  # face id -> (group cells, row), rebuilt on change
+        self._lock = threading.RLock()
+        self._closed = False
+        self._load(store.faces(embedding_size=self._head.embedding_size))
+
+    @classmethod
+    def open(
+        cls,
+        location: str | Path,
+        recognizer,
+        *,
+        create: bool = True,
+        keep_features: bool = True,
+        feature_dtype: str = "float16",
+        warm_patterns: Sequence[Sequence[int]] = DEFAULT_WARM_PATTERNS,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> Gallery:
+        """Open the gallery at ``location`` (a SQLite file), creating it when ``create`` and absent.
+
+        ``keep_features``, ``feature_dtype`` and ``warm_patterns`` apply when the gallery is
+        created; an existing gallery keeps its own. Opening a gallery enrolled with another model,
+        dictionary or trunk precision is refused, saying which.
+        """
+        if _SCHEMES.match(str(location)):
+            raise GalleryError(f"gallery {location}: PostgreSQL galleries are not supported by this version")
+        if feature_dtype not in FEATURE_DTYPES:
+            raise ValueError(f"feature_dtype {feature_dtype!r} is not one of {FEATURE_DTYPES}")
+        if not isinstance(keep_features, bool):
+            raise TypeError(f"keep_features must be True or False, got {keep_features!r}")
+        store = SqliteStore(location, create)
+        try:
+            settings = _bind(store, recognizer, keep_features, feature_dtype, warm_pattern_masks(tuple(warm_patterns)))
+            return cls(store, recognizer, settings, cache_bytes)
+        except BaseException:
+            store.close()
+            raise
+
+    @classmethod
+    def create(cls, location: str | Path, recognizer, **options) -> Gallery:
+        """A new, empty gallery at ``location``; refused if one exists there."""
+        if Path(location).exists():
+            raise GalleryError(f"gallery {location} already exists; open it with Gallery.open, or choose another path")
+        return cls.open(location, recognizer, create=True, **options)
+
+    # -- enrollment ---------------------------------------------------------------------------
+
+    def enroll(
+        self,
+        identity: str,
+        images: object,
+        occlusion: object = None,
+        metadata: dict | None = None,
+        replace: bool = False,
+        landmarks: object = None,
+    ) -> list[int]:
+        """Enroll one or more faces of ``identity`` in one transaction; returns their face ids.
+
+        ``images``: aligned crops as ``Recognizer.embed`` takes them (or photos with ``landmarks``);
+        ``occlusion``: the faces' own occluded cells, in any form ``embed`` accepts. An identity
+        already enrolled is refused unless ``replace``, which swaps its faces atomically.
+        """
+        self._check_open()
+        features = self._recognizer.features(images, landmarks=landmarks)
+        return self.enroll_features(identity, features, occlusion, metadata, replace)
+
+    def enroll_features(
+        self,
+        identity: str,
+        features: np.ndarray,
+        occlusion: object = None,
+        metadata: dict | None = None,
+        replace: bool = False,
+    ) -> list[int]:
+        """``enroll`` from trunk features already computed (``Recognizer.features``), e.g. elsewhere."""
+        self._check_open()
+        name = _identity(identity)
+        metadata = _metadata(metadata)
+        features = self._checked_features(features)
+        masks = [pattern_of(row) for row in prepare_occlusion(occlusion, len(features))]
+        base = self._head.embed(features)
+        records = []
+        for row, cells in enumerate(masks):
+            kept = features[row].astype(self.feature_dtype) if self.keep_features else None
+            patterns = {} if self.keep_features else self._warm_embeddings(features[row : row + 1], cells, base[row])
+            records.append(FaceRecord(0, name, cells, base[row], kept, patterns))
+        with self._lock:
+            ids = self._store.add_identity(name, metadata, records, replace)
+            if replace:
+                self._forget(lambda face_identity: face_identity == name)
+            for face_id, record in zip(ids, records):
+                record.face_id = face_id
+            self._add(records)
+        return ids
+
+    def remove(self, identity: str) -> None:
+        """Remove ``identity`` and all its faces (UnknownIdentityError if it is not enrolled)."""
+        self._check_open()
+        name = _identity(identity)
+        with self._lock:
+            self._store.remove_identity(name)
+            self._forget(lambda face_identity: face_identity == name)
+
+    def identities(self, offset: int = 0, limit: int | None = None) -> list[str]:
+        """Enrolled identity names, sorted; ``offset``/``limit`` page through them."""
+        self._check_open()
+        return self._store.identities(offset, limit)
+
+    def metadata(self, identity: str) -> dict:
+        self._check_open()
+        return self._store.metadata(_identity(identity))
+
+    def __len__(self) -> int:
+        self._check_open()
+        return self._store.count()
+
+    def __contains__(self, identity: object) -> bool:
+        self._check_open()
+        return isinstance(identity, str) and self._store.contains(identity)
+
+    # -- identification -----------------------------------------------------------------------
+
+    def identify(
+        self, image: object, occlusion: object = None, k: int = 5, threshold: float | None = None, landmarks=None
+    ) -> Identification:
+        """The ``k`` best-matching identities of one face, best first (scores as ``Recognizer.verify``)."""
+        images = [image] if isinstance(image, np.ndarray) and image.ndim == 3 else image
+        landmarks = None if landmarks is None else [landmarks]
+        one_face = occlusion is not None and _one_pattern(occlusion)
+        results = self.identify_many(images, [occlusion] if one_face else occlusion, k, threshold, landmarks)
+        if len(results) != 1:
+            raise ValueError(f"image: expected one face, got {len(results)}; use identify_many for a batch")
+        return results[0]
+
+    def identify_many(
+        self, images: object, occlusion: object = None, k: int = 5, threshold: float | None = None, landmarks=None
+    ) -> list[Identification]:
+        """Identify a batch of faces; probes with the same pattern share one pattern computation."""
+        self._check_open()
+        features = self._recognizer.features(images, landmarks=landmarks)
+        return self.identify_features(features, occlusion, k, threshold)
+
+    def identify_features(
+        self, features: np.ndarray, occlusion: object = None, k: int = 5, threshold: float | None = None
+    ) -> list[Identification]:
+        """``identify_many`` from probes' trunk features already computed (``Recognizer.features``)."""
+        self._check_open()
+        k = _positive_int(k, "k")
+        threshold = _threshold(threshold)
+        features = self._checked_features(features)
+        vectors = prepare_occlusion(occlusion, len(features))
+        probe_patterns = [pattern_of(row) for row in vectors]
+        with self._lock:
+            self._sync()
+            scores_of: dict[int, list[tuple[_Group, np.ndarray, int, bool]]] = {}
+            by_pattern: dict[int, list[int]] = {}
+            for index, pattern in enumerate(probe_patterns):
+                by_pattern.setdefault(pattern, []).append(index)
+            for pattern, probes in by_pattern.items():
+                for group in self._groups.values():
+                    union, exact = self._pattern_for(group, pattern | group.cells)
+                    gallery = self._embeddings(group, union)
+                    probe = _normalised(self._head.masked(features[probes], self._discarded_columns(union), None))
+                    scores = probe @ gallery.T
+                    for row, index in enumerate(probes):
+                        scores_of.setdefault(index, []).append((group, scores[row], union, exact))
+            return [
+                Identification(_best(scores_of.get(i, []), k, threshold), cells_of(probe_patterns[i]))
+                for i in range(len(features))
+            ]
+
+    def stats(self) -> GalleryStats:
+        self._check_open()
+        with self._lock:
+            feature_bytes = sum(g.features.nbytes for g in self._groups.values() if g.features is not None)
+            faces = sum(len(g.face_ids) for g in self._groups.values())
+            return GalleryStats(self._store.count(), faces, len(self._groups), feature_bytes, self._cache.stats())
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._store.close()
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GalleryError("this gallery was closed; open it again with Gallery.open")
+
+    def _checked_features(self, features: object) -> np.ndarray:
+        if not isinstance(features, np.ndarray) or features.ndim < 2 or not len(features):
+            raise ValueError(
+                f"features: expected a non-empty (N, {self._head.feature_size}) array from Recognizer.features, "
+                f"got {getattr(features, 'shape', type(features).__name__)}"
+            )
+        flat = features.reshape(len(features), -1)
+        if flat.shape[1] != self._head.feature_size or flat.dtype.kind != "f" or not np.isfinite(flat).all():
+            raise ValueError(
+                f"features: expected finite floats of {self._head.feature_size} values per face (this model's "
+                f"trunk), got {flat.dtype} with {flat.shape[1]} per face"
+            )
+        return flat
+
+    def _discarded_columns(self, pattern: int) -> np.ndarray:
+        columns = self._discarded.get(pattern)
+        if columns is None:
+            cells = cells_of(pattern)
+            columns = np.flatnonzero(self._discard[cells].sum(axis=0) > 0) if cells else np.zeros(0, np.int64)
+            self._discarded[pattern] = columns
+        return columns
+
+    def _warm_embeddings(self, features: np.ndarray, cells: int, base: np.ndarray) -> dict[int, np.ndarray]:
+        out = {}
+        for warm in self.warm_patterns:
+            union = warm | cells
+            out[union] = _normalised(self._head.masked(features, self._discarded_columns(union), base[None]))[0]
+        return out
+
+    def _pattern_for(self, group: _Group, union: int) -> tuple[int, bool]:
+        """The pattern to compare ``group`` under: ``union`` itself, or the smallest stored one covering it."""
+        if self.keep_features or union in group.stored:
+            return union, True
+        covering = [p for p in group.stored if p & union == union]
+        if not covering:
+            stored = ", ".join(str(cells_of(p)) for p in sorted(group.stored)) or "none"
+            raise GalleryError(
+                f"the gallery keeps no features, and no stored pattern covers cells {cells_of(union)} (stored: "
+                f"{stored}); re-create it with keep_features=True, or with this pattern among warm_patterns"
+            )
+        return min(covering, key=lambda p: (bin(p).count("1"), p)), False
+
+    def _embeddings(self, group: _Group, pattern: int, probe: bool = True) -> np.ndarray:
+        """The group's normalised embeddings under ``pattern``: stored, cached, or computed now.
+
+        ``probe``: a probe's lookup, counted in the cache's hits and misses (warming is not).
+        """
+        if not self.keep_features:
+            return group.stored[pattern].array
+        key = (group.cells, pattern)
+        cached = self._cache.get(key, count=probe)
+        if cached is not None:
+            return cached
+        started = time.perf_counter()
+        computed = self._compute(group, pattern, slice(None))
+        self._cache.put(key, computed, time.perf_counter() - started)
+        return computed
+
+    def _compute(self, group: _Group, pattern: int, rows: slice) -> np.ndarray:
+        base = group.base.array[rows]
+        features = group.features.array[rows]
+        return _normalised(self._head.masked(features, self._discarded_columns(pattern), base))
+
+    def _load(self, records) -> None:
+        self._add(list(records))
+
+    def _add(self, records: list[FaceRecord]) -> None:
+        """Append faces to their groups, and their rows to every cached pattern of those groups."""
+        by_group: dict[int, list[FaceRecord]] = {}
+        for record in records:
+            if self.keep_features and record.features is None:
+                raise GalleryError(f"gallery {self._store.location}: face {record.face_id} has no stored features")
+            by_group.setdefault(record.cells, []).append(record)
+        width = self._head.embedding_size
+        for cells, members in by_group.items():
+            group = self._groups.get(cells)
+            if group is None:
+                group = self._groups[cells] = _Group(cells, base=Rows(width, np.float32))
+                if self.keep_features:
+                    group.features = Rows(self._head.feature_size, self.feature_dtype)
+            first = len(group.face_ids)
+            group.face_ids += [m.face_id for m in members]
+            group.identities += [m.identity for m in members]
+            group.base.append(np.stack([m.base for m in members]))
+            if self.keep_features:
+                group.features.append(np.stack([m.features for m in members]).astype(self.feature_dtype))
+                for key in self._cache.keys_of_group(cells):
+                    cached = self._cache.get(key, count=False)
+                    if cached is not None:
+                        added = self._compute(group, key[1], slice(first, None))
+                        self._cache.replace(key, np.concatenate([cached, added]))
+                for warm in self.warm_patterns:
+                    self._embeddings(group, warm | cells, probe=False)
+            else:
+                for pattern in {p for m in members for p in m.patterns}:
+                    if pattern not in group.stored:
+                        group.stored[pattern] = Rows(width, np.float32)
+                    group.stored[pattern].append(np.stack([m.patterns[pattern] for m in members]))
+        self._index()
+
+    def _forget(self, gone) -> None:
+        """Drop the faces whose identity satisfies ``gone`` (a predicate), from groups and caches."""
+        for group in list(self._groups.values()):
+            keep = np.array([not gone(name) for name in group.identities], dtype=bool)
+            if keep.all():
+                continue
+            self._drop_rows(group, keep)
+        self._index()
+
+    def _drop_rows(self, group: _Group, keep: np.ndarray) -> None:
+        if not keep.any():
+            del self._groups[group.cells]
+            self._cache.drop_group(group.cells)
+            return
+        group.face_ids = [f for f, k in zip(group.face_ids, keep) if k]
+        group.identities = [n for n, k in zip(group.identities, keep) if k]
+        group.base.keep(keep)
+        if group.features is not None:
+            group.features.keep(keep)
+        for rows in group.stored.values():
+            rows.keep(keep)
+        for key in self._cache.keys_of_group(group.cells):
+            cached = self._cache.get(key, count=False)
+            if cached is not None:
+                self._cache.replace(key, cached[keep])
+
+    def _index(self) -> None:
+        self._rows = {face: (cells, row) for cells, g in self._groups.items() for row, face in enumerate(g.face_ids)}
+
+    def _sync(self) -> None:
+        """Take in what other connections (processes) enrolled or removed since the last look."""
+        if not self._store.changed():
+            return
+        stored = self._store.face_ids()
+        held = set(self._rows)
+        gone = held - stored
+        if gone:
+            for group in list(self._groups.values()):
+                keep = np.array([f not in gone for f in group.face_ids], dtype=bool)
+                if not keep.all():
+                    self._drop_rows(group, keep)
+            self._index()
+        new = stored - held
+        if new:
+            self._add(list(self._store.faces(sorted(new), self._head.embedding_size)))
+
+
+def _bind(store: SqliteStore, recognizer, keep_features: bool, feature_dtype: str, warm: tuple[int, ...]) -> dict:
+    """The gallery's settings; a new gallery records the recognizer's fingerprint, an old one must match it."""
+    fingerprint = recognizer_fingerprint(recognizer)
+    meta = store.read_meta()
+    if not meta:
+        settings = {"keep_features": keep_features, "feature_dtype": feature_dtype, "warm_patterns": list(warm)}
+        store.write_meta(meta_values(fingerprint.to_dict(), settings))
+        return settings
+    if meta.get("format") != GALLERY_FORMAT or meta.get("format_version") != str(GALLERY_FORMAT_VERSION):
+        raise GalleryError(
+            f"{store.location} is not a {GALLERY_FORMAT} version {GALLERY_FORMAT_VERSION} gallery "
+            f"(format {meta.get('format')!r}, version {meta.get('format_version')!r})"
+        )
+    try:
+        recorded = Fingerprint.from_dict(json.loads(meta["fingerprint"]))
+        settings = json.loads(meta["settings"])
+    except (KeyError, ValueError) as exc:
+        raise GalleryError(f"gallery {store.location}: its model record is damaged ({exc!r})") from None
+    problems = recorded.mismatch(fingerprint)
+    if problems:
+        raise GalleryError(
+            f"gallery {store.location} was enrolled with another model than this recognizer's:\n  "
+            + "\n  ".join(problems)
+            + "\nOpen it with the bundle (and precision) it was enrolled with, or re-enroll the faces into a new "
+            "gallery with this bundle"
+        )
+    return settings
+
+
+def recognizer_fingerprint(recognizer) -> Fingerprint:
+    """What the recognizer's trunk features and head depend on."""
+    manifest = recognizer.bundle.manifest
+    files = manifest["files"]
+    head = recognizer.folded_head
+    return Fingerprint(
+        model_sha256=files[manifest["variants"]["fp32"]["file"]]["sha256"],
+        dictionary_sha256=files[manifest["dictionary"]["file"]]["sha256"],
+        precision=recognizer.precision,
+        feature_size=head.feature_size,
+        embedding_size=head.embedding_size,
+    )
+
+
+def _best(parts: list[tuple[_Group, np.ndarray, int, bool]], k: int, threshold: float | None) -> list[Match]:
+    """The best face per identity across groups, top ``k`` identities, at or above ``threshold``."""
+    candidates: dict[str, Match] = {}
+    for group, scores, union, exact in parts:
+        if not len(scores):
+            continue
+        # Enough of the group's best faces to find k identities even if each has several faces.
+        top = min(len(scores), k * 16)
+        order = np.argpartition(-scores, top - 1)[:top] if top < len(scores) else np.arange(len(scores))
+        for row in order[np.argsort(-scores[order], kind="stable")]:
+            score = float(scores[row])
+            if threshold is not None and score < threshold:
+                break
+            name = group.identities[row]
+            best = candidates.get(name)
+            if best is None or score > best.score:
+                candidates[name] = Match(name, score, group.face_ids[row], cells_of(union), exact)
+    return sorted(candidates.values(), key=lambda m: (-m.score, m.identity))[:k]
+
+
+def _normalised(embeddings: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return (embeddings / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _one_pattern(occlusion: object) -> bool:
+    """Whether ``occlusion`` describes one face's cells (so ``identify`` wraps it for the batch call)."""
+    if isinstance(occlusion, str):
+        return True
+    if isinstance(occlusion, np.ndarray):
+        return occlusion.ndim == 1
+    return all(not isinstance(item, (list, tuple, set, frozenset, np.ndarray)) for item in occlusion)  # type: ignore[union-attr]
+
+
+def _identity(identity: object) -> str:
+    if not isinstance(identity, str) or not identity.strip():
+        raise ValueError(f"identity must be a non-empty string, got {identity!r}")
+    if len(identity) > MAX_IDENTITY_LENGTH or any(ord(c) < 32 for c in identity):
+        raise ValueError(
+            f"identity must be at most {MAX_IDENTITY_LENGTH} printable characters, got {len(identity)} characters"
+        )
+    return identity
+
+
+def _metadata(metadata: object) -> dict:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict of JSON values, got {type(metadata).__name__}")
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata must be JSON-serialisable: {exc}") from None
+    return metadata
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def _threshold(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"threshold must be a cosine score in [-1, 1] or None, got {value!r}")
+    if not np.isfinite(value) or not -1.0 <= float(value) <= 1.0:
+        raise ValueError(f"threshold must be a finite cosine score in [-1, 1], got {value!r}")
+    return float(value)

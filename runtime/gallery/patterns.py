@@ -1,0 +1,117 @@
+"""Occlusion patterns as 25-bit masks, and the per-pattern cache of a gallery's embeddings.
+
+Under the PDSN protocol a probe and a gallery face are both masked by the union of their occluded
+cells, so the gallery's embeddings depend on the probe's pattern. The cache keeps, per group of
+faces enrolled with the same cells and per union pattern, the group's normalised embeddings: the
+first probe with a pattern pays one matrix product over the stored features, later ones a dot
+product per face. Entries are evicted least recently used beyond a byte budget.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from pdsn.model.grid import NUM_CELLS, SCARF_CELLS, SUNGLASSES_CELLS
+
+ALL_CELLS = (1 << NUM_CELLS) - 1
+# Computed for every face at enrollment: none, sunglasses (cells 10-13), lower face (cells 20-24).
+DEFAULT_WARM_PATTERNS: tuple[tuple[int, ...], ...] = ((), tuple(SUNGLASSES_CELLS), tuple(SCARF_CELLS))
+DEFAULT_CACHE_BYTES = 1 << 30
+
+
+def pattern_of(vector: np.ndarray) -> int:
+    """A (25,) 0/1 occlusion vector -> its 25-bit mask (bit j = cell j occluded)."""
+    return int(np.dot(np.asarray(vector) != 0, 1 << np.arange(NUM_CELLS, dtype=np.int64)))
+
+
+def cells_of(pattern: int) -> list[int]:
+    return [cell for cell in range(NUM_CELLS) if pattern >> cell & 1]
+
+
+def warm_pattern_masks(patterns: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
+    """The warm list as masks, checked: each entry a collection of cell ids 0..24."""
+    masks = []
+    for index, cells in enumerate(patterns):
+        if isinstance(cells, (str, bytes)) or not all(
+            isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < NUM_CELLS for c in cells
+        ):
+            raise ValueError(f"warm_patterns[{index}] = {cells!r}: expected a collection of cell ids 0..24")
+        masks.append(sum(1 << int(c) for c in set(cells)))
+    return tuple(dict.fromkeys(masks))
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    hits: int
+    misses: int
+    compute_seconds: float
+    bytes: int
+    entries: int
+    budget_bytes: int
+
+
+class PatternCache:
+    """Normalised embeddings per (group, union pattern), least recently used out beyond ``budget_bytes``."""
+
+    def __init__(self, budget_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 0:
+            raise ValueError(f"cache_bytes must be a whole number of bytes >= 0, got {budget_bytes!r}")
+        self.budget_bytes = budget_bytes
+        self._entries: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._hits = self._misses = 0
+        self._compute = 0.0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int], count: bool = True) -> np.ndarray | None:
+        """The entry, most recently used now; ``count`` it as a hit or miss (a probe's lookup)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if count:
+                self._hits += entry is not None
+                self._misses += entry is None
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: tuple[int, int], embeddings: np.ndarray, seconds: float) -> None:
+        with self._lock:
+            self._compute += seconds
+            self._drop(key)
+            if embeddings.nbytes > self.budget_bytes:
+                return
+            self._entries[key] = embeddings
+            self._bytes += embeddings.nbytes
+            while self._bytes > self.budget_bytes:
+                self._drop(next(iter(self._entries)))
+
+    def keys_of_group(self, group: int) -> list[tuple[int, int]]:
+        with self._lock:
+            return [key for key in self._entries if key[0] == group]
+
+    def replace(self, key: tuple[int, int], embeddings: np.ndarray) -> None:
+        """Swap an entry for its updated rows (after faces joined or left the group)."""
+        with self._lock:
+            if key in self._entries:
+                self._bytes += embeddings.nbytes - self._entries[key].nbytes
+                self._entries[key] = embeddings
+
+    def drop_group(self, group: int) -> None:
+        with self._lock:
+            for key in [key for key in self._entries if key[0] == group]:
+                self._drop(key)
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(
+                self._hits, self._misses, self._compute, self._bytes, len(self._entries), self.budget_bytes
+            )
+
+    def _drop(self, key: tuple[int, int]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry.nbytes

@@ -1,0 +1,250 @@
+"""The embedded gallery store: one SQLite file, the system of record for enrolled faces.
+
+WAL journaling lets several processes open one gallery: readers never block, writers take turns
+(a writer waits up to ``busy_timeout`` for another, then fails with a clear error). Every
+enrollment is one transaction, committed with ``synchronous=FULL`` before it is acknowledged, so a
+killed process leaves every acknowledged identity whole and no identity half-enrolled. Each
+face's arrays carry a CRC-32 that is checked when they are read back.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pdsn.runtime.gallery.records import (
+    GALLERY_FORMAT,
+    GALLERY_FORMAT_VERSION,
+    DuplicateIdentityError,
+    FaceRecord,
+    GalleryError,
+    UnknownIdentityError,
+    checksum,
+)
+
+BUSY_TIMEOUT_MS = 10_000
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS identities (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    metadata TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS faces (
+    id INTEGER PRIMARY KEY,
+    identity_id INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+    cells INTEGER NOT NULL,
+    base BLOB NOT NULL,
+    features BLOB,
+    feature_dtype TEXT,
+    patterns TEXT NOT NULL,
+    pattern_blob BLOB,
+    crc INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS faces_by_identity ON faces(identity_id);
+"""
+
+
+class SqliteStore:
+    """Faces and identities in one SQLite file; safe to share between threads and processes."""
+
+    def __init__(self, path: str | Path, create: bool) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise GalleryError(f"gallery {self.path} does not exist; create it with Gallery.create or create=True")
+        if self.path.exists() and not self.path.is_file():
+            raise GalleryError(f"gallery {self.path} is not a file")
+        if not self.path.parent.is_dir():
+            raise GalleryError(f"gallery {self.path}: the folder {self.path.parent} does not exist")
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            with self._db:
+                self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise GalleryError(
+                f"gallery {self.path} is not a readable SQLite gallery ({exc}); restore it from a backup or re-enroll"
+            ) from None
+        self._version = self._data_version()
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def read_meta(self) -> dict[str, str]:
+        with self._lock, self._errors("read"):
+            return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+
+    def write_meta(self, values: dict[str, str]) -> None:
+        """Record the gallery's format and fingerprint once, at creation."""
+        with self._lock, self._errors("write"), self._db:
+            self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", sorted(values.items()))
+
+    def add_identity(self, name: str, metadata: dict, faces: Sequence[FaceRecord], replace: bool) -> list[int]:
+        """Enroll ``name`` with ``faces`` in one transaction; returns the new face ids."""
+        with self._lock, self._errors("enroll"), self._db:
+            row = self._db.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
+            if row is not None and not replace:
+                raise DuplicateIdentityError(
+                    f"identity {name!r} is already enrolled in {self.path}; pass replace=True to replace its faces"
+                )
+            if row is not None:
+                self._db.execute("DELETE FROM identities WHERE id = ?", (row[0],))
+            cursor = self._db.execute(
+                "INSERT INTO identities (name, metadata, created) VALUES (?, ?, ?)",
+                (name, json.dumps(metadata, sort_keys=True), time.time()),
+            )
+            identity_id = cursor.lastrowid
+            ids = []
+            for face in faces:
+                patterns = sorted(face.patterns)
+                stacked = np.stack([face.patterns[p] for p in patterns]).astype(np.float32) if patterns else None
+                features = face.features
+                cursor = self._db.execute(
+                    "INSERT INTO faces (identity_id, cells, base, features, feature_dtype, patterns, pattern_blob, crc)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        identity_id,
+                        face.cells,
+                        face.base.astype(np.float32).tobytes(),
+                        None if features is None else features.tobytes(),
+                        None if features is None else features.dtype.name,
+                        json.dumps(patterns),
+                        None if stacked is None else stacked.tobytes(),
+                        checksum(face.base.astype(np.float32), features, stacked),
+                    ),
+                )
+                ids.append(int(cursor.lastrowid))
+            return ids
+
+    def remove_identity(self, name: str) -> None:
+        with self._lock, self._errors("remove"), self._db:
+            if self._db.execute("DELETE FROM identities WHERE name = ?", (name,)).rowcount == 0:
+                raise UnknownIdentityError(f"identity {name!r} is not enrolled in {self.path}")
+
+    def metadata(self, name: str) -> dict:
+        with self._lock, self._errors("read"):
+            row = self._db.execute("SELECT metadata FROM identities WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise UnknownIdentityError(f"identity {name!r} is not enrolled in {self.path}")
+        return json.loads(row[0])
+
+    def identities(self, offset: int = 0, limit: int | None = None) -> list[str]:
+        with self._lock, self._errors("read"):
+            rows = self._db.execute(
+                "SELECT name FROM identities ORDER BY name LIMIT ? OFFSET ?", (-1 if limit is None else limit, offset)
+            ).fetchall()
+        return [name for (name,) in rows]
+
+    def count(self) -> int:
+        with self._lock, self._errors("read"):
+            return int(self._db.execute("SELECT COUNT(*) FROM identities").fetchone()[0])
+
+    def contains(self, name: str) -> bool:
+        with self._lock, self._errors("read"):
+            return self._db.execute("SELECT 1 FROM identities WHERE name = ?", (name,)).fetchone() is not None
+
+    def face_ids(self) -> set[int]:
+        with self._lock, self._errors("read"):
+            return {face_id for (face_id,) in self._db.execute("SELECT id FROM faces")}
+
+    def faces(self, ids: Sequence[int] | None = None, embedding_size: int = 0) -> Iterator[FaceRecord]:
+        """Every face (or those of ``ids``), each checked against its CRC-32."""
+        query = (
+            "SELECT f.id, i.name, f.cells, f.base, f.features, f.feature_dtype, f.patterns, f.pattern_blob, f.crc"
+            " FROM faces f JOIN identities i ON i.id = f.identity_id"
+        )
+        with self._lock, self._errors("read"):
+            if ids is None:
+                rows = self._db.execute(query + " ORDER BY f.id").fetchall()
+            else:
+                wanted = sorted(ids)
+                rows = []
+                for start in range(0, len(wanted), 900):
+                    chunk = wanted[start : start + 900]
+                    rows += self._db.execute(
+                        query + f" WHERE f.id IN ({','.join('?' * len(chunk))}) ORDER BY f.id", chunk
+                    ).fetchall()
+        for face_id, name, cells, base, features, dtype, patterns, blob, crc in rows:
+            yield _record(self.path, face_id, name, cells, base, features, dtype, patterns, blob, crc, embedding_size)
+
+    def changed(self) -> bool:
+        """Whether another connection (thread or process) wrote since the last call."""
+        with self._lock, self._errors("read"):
+            version = self._data_version()
+            changed, self._version = version != self._version, version
+            return changed
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _data_version(self) -> int:
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def _errors(self, action: str):
+        return _StoreErrors(self.path, action)
+
+
+class _StoreErrors:
+    """Turns SQLite's errors into GalleryError naming the file and what to do."""
+
+    def __init__(self, path: Path, action: str) -> None:
+        self._path, self._action = path, action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, traceback) -> bool:
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            raise GalleryError(
+                f"gallery {self._path} is busy: another process held its write lock for over "
+                f"{BUSY_TIMEOUT_MS / 1000:.0f} s; retry the {self._action}"
+            ) from None
+        if isinstance(exc, sqlite3.DatabaseError):
+            raise GalleryError(
+                f"gallery {self._path} could not {self._action}: {exc}; if the file is damaged, restore it from "
+                f"a backup or re-enroll into a new gallery"
+            ) from None
+        return False
+
+
+def _record(path, face_id, name, cells, base, features, dtype, patterns, blob, crc, embedding_size) -> FaceRecord:
+    base_array = np.frombuffer(base, dtype=np.float32)
+    feature_array = None if features is None else np.frombuffer(features, dtype=np.dtype(dtype))
+    pattern_ids = json.loads(patterns)
+    stacked = None if blob is None else np.frombuffer(blob, dtype=np.float32).reshape(len(pattern_ids), -1)
+    if checksum(base_array, feature_array, stacked) != crc or (embedding_size and len(base_array) != embedding_size):
+        raise GalleryError(
+            f"gallery {path}: face {face_id} of identity {name!r} is damaged (checksum mismatch); restore the "
+            f"gallery from a backup, or remove and re-enroll {name!r}"
+        )
+    return FaceRecord(
+        face_id,
+        name,
+        int(cells),
+        base_array,
+        feature_array,
+        {} if stacked is None else {int(p): stacked[i] for i, p in enumerate(pattern_ids)},
+    )
+
+
+def meta_values(fingerprint: dict, settings: dict) -> dict[str, str]:
+    """The meta table's rows for a new gallery."""
+    return {
+        "format": GALLERY_FORMAT,
+        "format_version": str(GALLERY_FORMAT_VERSION),
+        "fingerprint": json.dumps(fingerprint, sort_keys=True),
+        "settings": json.dumps(settings, sort_keys=True),
+    }

@@ -1,0 +1,293 @@
+"""`Gallery`: 1:N identification under the PDSN union rule, its pattern cache, persistence and faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pdsn.model.grid import SCARF_CELLS, SUNGLASSES_CELLS
+from pdsn.runtime import Recognizer
+from pdsn.runtime.gallery import DuplicateIdentityError, Gallery, GalleryError, UnknownIdentityError
+from pdsn.train.occlusion import occlude
+from pdsn.train.synthetic import SyntheticFaces
+
+IDENTITIES, IMAGES = 12, 3
+
+
+@pytest.fixture(scope="module")
+def demo_bundle(tmp_path_factory) -> Path:
+    """The trained demo model (synthetic faces), FP32 only: its embeddings identify synthetic identities."""
+    from pdsn.export.bundle_writer import ExportRequest, export_bundle
+
+    out = tmp_path_factory.mktemp("gallery") / "demo"
+    export_bundle(ExportRequest(out=out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def recognizer(demo_bundle):
+    with Recognizer.open(demo_bundle, backend="onnxruntime", precision="fp32", max_delay_ms=0.0) as rec:
+        yield rec
+
+
+@pytest.fixture(scope="module")
+def faces():
+    images, _ = SyntheticFaces(IDENTITIES, IMAGES, seed=77).generate()
+    return images.reshape(IDENTITIES, IMAGES, *images.shape[1:])
+
+
+def _enrolled(path, recognizer, faces, **options) -> Gallery:
+    gallery = Gallery.open(path, recognizer, **options)
+    for i in range(IDENTITIES):
+        gallery.enroll(f"person-{i:02d}", faces[i, :1], metadata={"index": i})
+    return gallery
+
+
+def _sunglasses(image, seed):
+    occluded = occlude(image, "sunglasses", np.random.default_rng(seed))
+    return occluded.image, [int(c) for c in np.flatnonzero(occluded.cells)]
+
+
+def test_identifies_occluded_probes_and_scores_as_verify(tmp_path, recognizer, faces):
+    with _enrolled(tmp_path / "g.db", recognizer, faces, feature_dtype="float32") as gallery:
+        assert len(gallery) == IDENTITIES and "person-03" in gallery and "nobody" not in gallery
+        assert gallery.identities(offset=2, limit=2) == ["person-02", "person-03"]
+        correct = 0
+        for i in range(IDENTITIES):
+            probe, cells = _sunglasses(faces[i, 1], seed=i)
+            result = gallery.identify(probe, occlusion=cells, k=3)
+            assert result.occluded_cells == cells and len(result.matches) == 3
+            best = result.matches[0]
+            correct += best.identity == f"person-{i:02d}"
+            assert best.occluded_cells == cells and best.exact
+            expected = recognizer.verify(probe, faces[int(best.identity[-2:]), 0], occlusion_a=cells).score
+            assert abs(best.score - expected) <= 1e-5
+            assert [m.score for m in result.matches] == sorted((m.score for m in result.matches), reverse=True)
+        assert correct >= IDENTITIES - 2, f"rank-1 {correct}/{IDENTITIES}"
+
+
+def test_union_rule_with_a_gallery_face_enrolled_occluded(tmp_path, recognizer, faces):
+    scarf_face = occlude(faces[0, 0], "scarf", np.random.default_rng(3))
+    face_cells = [int(c) for c in np.flatnonzero(scarf_face.cells)]
+    with Gallery.open(tmp_path / "g.db", recognizer, feature_dtype="float32") as gallery:
+        gallery.enroll("scarfed", scarf_face.image, occlusion=face_cells)
+        gallery.enroll("clean", faces[1, 0])
+        probe, probe_cells = _sunglasses(faces[0, 1], seed=5)
+        matches = {m.identity: m for m in gallery.identify(probe, occlusion=probe_cells, k=5).matches}
+        union = sorted(set(face_cells) | set(probe_cells))
+        assert matches["scarfed"].occluded_cells == union and matches["clean"].occluded_cells == probe_cells
+        expected = recognizer.verify(probe, scarf_face.image, occlusion_a=probe_cells, occlusion_b=face_cells).score
+        assert abs(matches["scarfed"].score - expected) <= 1e-5
+
+
+def test_identify_many_shares_one_computation_per_pattern(tmp_path, recognizer, faces):
+    with _enrolled(tmp_path / "g.db", recognizer, faces, warm_patterns=[()]) as gallery:
+        before = gallery.stats().cache
+        assert before.entries == 1 and before.misses == 0  # the warm clean pattern, computed at enrollment
+        probes = [faces[i, 2] for i in range(6)]
+        patterns = [[12], [12], [3, 4], [12], [], [3, 4]]
+        results = gallery.identify_many(probes, occlusion=patterns, k=1)
+        assert [r.occluded_cells for r in results] == [sorted(p) for p in patterns]
+        after = gallery.stats().cache
+        assert after.misses - before.misses == 2 and after.hits - before.hits == 1 and after.entries == 3
+        one = [gallery.identify(p, occlusion=c, k=1).matches[0] for p, c in zip(probes, patterns)]
+        assert [r.matches[0].identity for r in results] == [m.identity for m in one]
+        assert all(abs(r.matches[0].score - m.score) < 1e-5 for r, m in zip(results, one))
+
+
+def test_warm_patterns_are_hits_and_the_cache_keeps_its_budget(tmp_path, recognizer, faces):
+    with _enrolled(tmp_path / "g.db", recognizer, faces) as gallery:
+        stats = gallery.stats()
+        assert stats.cache.entries == 3 and stats.faces == IDENTITIES
+        gallery.identify(faces[0, 1], occlusion=list(SUNGLASSES_CELLS))
+        gallery.identify(faces[0, 1], occlusion=list(SCARF_CELLS))
+        assert gallery.stats().cache.hits == 2 and gallery.stats().cache.misses == 0
+    entry = IDENTITIES * 512 * 4
+    with Gallery.open(tmp_path / "g.db", recognizer, cache_bytes=2 * entry) as gallery:
+        for cell in range(5):
+            gallery.identify(faces[0, 1], occlusion=[cell])
+        stats = gallery.stats().cache
+        assert stats.entries == 2 and stats.bytes <= 2 * entry and stats.misses == 5
+
+
+def test_without_features_a_covering_pattern_answers_and_says_so(tmp_path, recognizer, faces):
+    with _enrolled(tmp_path / "full.db", recognizer, faces) as full:
+        expected = full.identify(faces[2, 1], occlusion=list(SUNGLASSES_CELLS)).matches
+    with _enrolled(tmp_path / "g.db", recognizer, faces, keep_features=False) as gallery:
+        assert gallery.stats().feature_bytes == 0
+        stored = gallery.identify(faces[2, 1], occlusion=list(SUNGLASSES_CELLS)).matches
+        assert all(m.exact for m in stored)
+        assert [m.identity for m in stored] == [m.identity for m in expected]
+        assert np.allclose([m.score for m in stored], [m.score for m in expected], atol=2e-3)  # fp16 features
+        covered = gallery.identify(faces[2, 1], occlusion=[11]).matches
+        assert not any(m.exact for m in covered) and covered[0].occluded_cells == list(SUNGLASSES_CELLS)
+        assert [m.identity for m in covered] == [m.identity for m in stored]
+        with pytest.raises(GalleryError, match="no stored pattern covers cells"):
+            gallery.identify(faces[2, 1], occlusion=[0, 24])
+
+
+def test_persists_and_reloads(tmp_path, recognizer, faces):
+    with _enrolled(tmp_path / "g.db", recognizer, faces) as gallery:
+        before = gallery.identify(faces[5, 1], occlusion=[20, 21]).matches
+        gallery.remove("person-00")
+    with Gallery.open(tmp_path / "g.db", recognizer, create=False) as gallery:
+        assert len(gallery) == IDENTITIES - 1 and "person-00" not in gallery
+        assert gallery.metadata("person-05") == {"index": 5}
+        after = gallery.identify(faces[5, 1], occlusion=[20, 21]).matches
+        kept = [(m.identity, round(m.score, 6)) for m in before if m.identity != "person-00"]
+        assert [(m.identity, round(m.score, 6)) for m in after][: len(kept)] == kept
+
+
+def test_enrollment_errors_and_empty_gallery(tmp_path, recognizer, faces):
+    with Gallery.open(tmp_path / "g.db", recognizer) as gallery:
+        assert gallery.identify(faces[0, 0]).matches == []
+        gallery.enroll("a", faces[0, :2])
+        with pytest.raises(DuplicateIdentityError, match="already enrolled"):
+            gallery.enroll("a", faces[1, 0])
+        gallery.enroll("a", faces[1, 0], replace=True)
+        assert gallery.stats().faces == 1
+        assert gallery.identify(faces[1, 1], k=1).matches[0].identity == "a"
+        with pytest.raises(UnknownIdentityError, match="'b' is not enrolled"):
+            gallery.remove("b")
+        for bad in ("", "  ", 7, "x" * 300):
+            with pytest.raises((ValueError, TypeError), match="identity"):
+                gallery.enroll(bad, faces[0, 0])
+        with pytest.raises(ValueError, match="JSON"):
+            gallery.enroll("c", faces[0, 0], metadata={"x": float("nan")})
+        for k in (0, -1, 1.5, "3"):
+            with pytest.raises(ValueError, match="k must be"):
+                gallery.identify(faces[0, 0], k=k)
+        with pytest.raises(ValueError, match="threshold"):
+            gallery.identify(faces[0, 0], threshold=2.0)
+        assert all(m.score >= 0.99 for m in gallery.identify(faces[1, 0], threshold=0.99).matches)
+    with pytest.raises(GalleryError, match="already exists"):
+        Gallery.create(tmp_path / "g.db", recognizer)
+    with pytest.raises(GalleryError, match="does not exist"):
+        Gallery.open(tmp_path / "absent.db", recognizer, create=False)
+
+
+def test_a_gallery_of_another_model_is_refused(tmp_path, recognizer, faces, tiny_bundle):
+    with Gallery.open(tmp_path / "g.db", recognizer) as gallery:
+        gallery.enroll("a", faces[0, 0])
+    with (
+        Recognizer.open(tiny_bundle, backend="onnxruntime") as other,
+        pytest.raises(GalleryError, match="enrolled with another model") as refused,
+    ):
+        Gallery.open(tmp_path / "g.db", other)
+    assert "model (FP32 file SHA-256)" in str(refused.value) and "re-enroll" in str(refused.value)
+
+
+def test_damaged_files_are_refused_clearly(tmp_path, recognizer, faces):
+    with _enrolled(tmp_path / "g.db", recognizer, faces) as gallery:
+        gallery.close()
+    data = (tmp_path / "g.db").read_bytes()
+    (tmp_path / "truncated.db").write_bytes(data[: len(data) // 3])
+    (tmp_path / "garbage.db").write_bytes(b"not a database at all" * 100)
+    for name in ("truncated.db", "garbage.db"):
+        with pytest.raises(GalleryError, match=name):
+            Gallery.open(tmp_path / name, recognizer, create=False)
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "g.db")
+    blob = bytearray(db.execute("SELECT features FROM faces WHERE id = 3").fetchone()[0])
+    blob[100] ^= 0xFF
+    db.execute("UPDATE faces SET features = ? WHERE id = 3", (bytes(blob),))
+    db.commit()
+    db.close()
+    with pytest.raises(GalleryError, match="damaged"):
+        Gallery.open(tmp_path / "g.db", recognizer, create=False)
+
+
+def test_threads_enroll_and_identify_at_once(tmp_path, recognizer, faces):
+    errors = []
+    with Gallery.open(tmp_path / "g.db", recognizer) as gallery:
+        gallery.enroll("seed", faces[0, 0])
+
+        def enroll(i):
+            try:
+                gallery.enroll(f"t-{i:02d}", faces[i % IDENTITIES, 0])
+            except Exception as exc:
+                errors.append(exc)
+
+        def identify(i):
+            try:
+                assert gallery.identify(faces[i % IDENTITIES, 1], occlusion=[i % 25], k=2).matches
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=f, args=(i,)) for i in range(20) for f in (enroll, identify)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not errors, errors[:3]
+        assert len(gallery) == 21 and gallery.stats().faces == 21
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from pdsn.runtime import Recognizer
+    from pdsn.runtime.gallery import Gallery
+    from pdsn.train.synthetic import SyntheticFaces
+
+    bundle, path, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    images, _ = SyntheticFaces(40, 4, seed=5).generate()
+    with Recognizer.open(bundle, backend="onnxruntime", precision="fp32") as rec, Gallery.open(path, rec) as gallery:
+        if mode == "one":
+            gallery.enroll("from-another-process", images[:1])
+            print("enrolled", flush=True)
+        else:
+            for i in range(40):
+                gallery.enroll(f"bulk-{i:02d}", images[4 * i : 4 * i + 4])
+                print(f"acked bulk-{i:02d}", flush=True)
+    """
+)
+
+
+def test_a_second_process_sees_and_adds_to_the_same_gallery(tmp_path, demo_bundle, recognizer, faces):
+    with _enrolled(tmp_path / "g.db", recognizer, faces) as gallery:
+        child = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(demo_bundle), str(tmp_path / "g.db"), "one"],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert child.returncode == 0, child.stderr
+        assert len(gallery) == IDENTITIES + 1
+        names = {m.identity for m in gallery.identify(faces[0, 1], k=IDENTITIES + 1).matches}
+        assert "from-another-process" in names
+
+
+def test_kill_9_during_a_large_enrollment_loses_nothing_acknowledged(tmp_path, demo_bundle, recognizer):
+    path = tmp_path / "g.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(demo_bundle), str(path), "bulk"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    acked = []
+    deadline = time.monotonic() + 240
+    while len(acked) < 6 and time.monotonic() < deadline:
+        line = child.stdout.readline()
+        if not line:
+            break
+        acked.append(line.split()[-1])
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(30)
+    assert len(acked) >= 6, child.stderr.read()
+    with Gallery.open(path, recognizer, create=False) as gallery:
+        names = gallery.identities()
+        assert set(acked) <= set(names)
+        assert gallery.stats().faces == 4 * len(names), "an identity was half-enrolled"
