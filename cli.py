@@ -209,6 +209,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-sweep", action="store_true", help="skip the concurrency sweep")
     bench.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for the JSON and Markdown")
     bench.add_argument("--name", default="cpu", help="file name stem of the results")
+    bench.add_argument(
+        "--gallery",
+        type=numbers,
+        help="instead: 1:N identification against galleries of these sizes, e.g. 1000,10000,100000 (seeded features)",
+    )
     bench.set_defaults(run=_bench)
 
     from pdsn.train.evaluate import EVAL_PAIRS
@@ -394,6 +399,8 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"preparing the timing bundle ({args.architecture}, seeded weights) in {args.work} (reused when present)")
         prepare_timing_bundle(args.work, args.architecture, reuse=True)
         bundle = args.work
+    if args.gallery:
+        return _bench_gallery(bundle, args)
     if args.max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")
     sweep = None if args.no_sweep else SweepConfig(args.clients, args.delays, args.max_batch, args.sweep_seconds)
@@ -409,6 +416,20 @@ def _bench(args: argparse.Namespace) -> int:
     print(terminal_table(result))
     for path in write_results(result, args.out, args.name):
         print(f"wrote {path}")
+    return 0
+
+
+def _bench_gallery(bundle: Path, args: argparse.Namespace) -> int:
+    from pdsn.bench.gallery import GalleryBenchConfig, gallery_markdown, run_gallery_benchmark
+
+    work = args.work.parent / f"{args.work.name}-galleries"  # beside the bundle, never inside it
+    result = run_gallery_benchmark(bundle, GalleryBenchConfig(sizes=args.gallery), work)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"{args.name}-gallery"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(gallery_markdown(result))
+    print(gallery_markdown(result))
+    print(f"wrote {stem}.json and {stem}.md")
     return 0
 
 

@@ -26,7 +26,9 @@ def prepare_timing_bundle(out: Path, architecture_name: str, reuse: bool, progre
     architecture = architecture_by_name(architecture_name)
     existing = existing_bundle(out, "seeded")
     fits = existing is not None and existing["model"]["architecture"]["name"] == architecture.name
-    if reuse and fits and set(VARIANT_PRECISIONS) <= set(existing["variants"]):
+    # A bundle from before the trunk/head split cannot serve galleries: remade, not reused.
+    split = fits and existing.get("head") and all("trunk" in v for v in existing["variants"].values())
+    if reuse and split and set(VARIANT_PRECISIONS) <= set(existing["variants"]):
         return existing["variants"]
     export_bundle(
         ExportRequest(out=out, architecture=architecture, seeded_weights=True, overwrite=existing is not None)

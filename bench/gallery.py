@@ -1,0 +1,200 @@
+"""``pdsn bench --gallery``: 1:N identification against galleries of growing size, beside the naive way.
+
+Gallery faces get seeded trunk features of the bundle's model (speed does not depend on their
+values), enrolled through ``Gallery.enroll_features``: the trunk itself runs once per face at
+enrollment whatever the gallery does, so enrollment is timed without it, and the trunk's time per
+face is reported on its own. Identification is timed from the probe's features (its own
+embedding is the same with or without a gallery): with a cached pattern, and with a pattern the
+gallery has not seen (a cache miss, one matrix product over the stored features). The naive way
+it replaces re-embeds every gallery face under the probe's pattern: the engine's time per face
+(measured, batch 8) times the gallery size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pdsn.bench.machine import describe_machine
+from pdsn.bench.timing import measure
+
+# Goals on a 2-core CPU with LResNet50E-IR features and 10,000 faces.
+GOAL_SIZE = 10_000
+GOAL_CACHED_P99_MS = 5.0
+GOAL_NEW_PATTERN_S = 1.5
+GOAL_SPEEDUP = 300.0
+GOAL_LOAD_SIZE = 100_000
+GOAL_LOAD_S = 30.0
+GOAL_DISK_BYTES = 5 * 10**9
+# Patterns no warm list holds, for the cache-miss timings: single cells and pairs across the face.
+NEW_PATTERNS = ((6,), (8,), (16, 17), (2, 7), (14, 19), (0, 5), (21,), (3, 8, 13))
+
+
+@dataclass(frozen=True)
+class GalleryBenchConfig:
+    sizes: tuple[int, ...] = (1_000, 10_000, 100_000)
+    probes: int = 200  # cached-pattern identifications timed per size
+    new_patterns: int = 5  # cache-miss identifications timed per size
+    enroll_batch: int = 1_000  # faces generated (not enrolled) at once, to bound memory
+    feature_dtype: str = "float16"
+
+
+def run_gallery_benchmark(bundle: Path, config: GalleryBenchConfig, work: Path, progress: bool = True) -> dict:
+    from pdsn.model.sample_faces import seeded_faces
+    from pdsn.runtime import Recognizer
+    from pdsn.runtime.gallery import Gallery
+
+    work.mkdir(parents=True, exist_ok=True)
+    with Recognizer.open(bundle, backend="auto", precision="auto", allow_ungated=True, max_delay_ms=0.0) as rec:
+        faces = seeded_faces(8, seed=99)
+        trunk = measure(lambda: rec.features(faces), batch=8, min_seconds=2.0)
+        embed = measure(lambda: rec.embed(faces, occlusion=[12]), batch=8, min_seconds=2.0)
+        per_face_s = embed.p50_ms / 8 / 1000
+        rows = []
+        for size in config.sizes:
+            path = work / f"gallery-{size}.db"
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            row = {"faces": size}
+            with Gallery.open(path, rec, feature_dtype=config.feature_dtype) as gallery:
+                row["enroll_s"] = _enroll(gallery, size, rec.folded_head.feature_size, config.enroll_batch, progress)
+                row["enroll_faces_per_s"] = size / row["enroll_s"]
+                stats = gallery.stats()
+                row["memory_bytes_per_face"] = (stats.feature_bytes + size * rec.folded_head.embedding_size * 4) / size
+                row["cache_bytes"] = stats.cache.bytes
+                probe = np.random.default_rng(1).standard_normal((1, rec.folded_head.feature_size)).astype(np.float32)
+                cached = measure(
+                    lambda g=gallery, p=probe: g.identify_features(p, occlusion=[10, 11, 12, 13], k=5),
+                    batch=1,
+                    min_iterations=config.probes,
+                    min_seconds=0.5,
+                )
+                row["cached"] = asdict(cached)
+                misses = []
+                for cells in NEW_PATTERNS[: config.new_patterns]:
+                    started = time.perf_counter()
+                    gallery.identify_features(probe, occlusion=list(cells), k=5)
+                    misses.append(time.perf_counter() - started)
+                row["new_pattern_s"] = {
+                    "mean": float(np.mean(misses)),
+                    "max": float(np.max(misses)),
+                    "patterns": [list(c) for c in NEW_PATTERNS[: config.new_patterns]],
+                }
+            row["disk_bytes"] = sum(os.path.getsize(f"{path}{s}") for s in ("", "-wal") if os.path.exists(f"{path}{s}"))
+            started = time.perf_counter()
+            with Gallery.open(path, rec, create=False) as reloaded:
+                row["load_s"] = time.perf_counter() - started
+                assert len(reloaded) == size
+            row["naive_reembed_s"] = per_face_s * size
+            row["speedup_new_pattern"] = row["naive_reembed_s"] / row["new_pattern_s"]["mean"]
+            rows.append(row)
+            if progress:
+                print(
+                    f"  gallery {size:>7}: enroll {row['enroll_faces_per_s']:.0f} faces/s, cached p99 "
+                    f"{cached.p99_ms:.2f} ms, new pattern {row['new_pattern_s']['mean']:.3f} s, load "
+                    f"{row['load_s']:.1f} s",
+                    flush=True,
+                )
+            path.unlink()
+        info = rec.backend_info
+    return {
+        "bundle": str(bundle),
+        "model": rec.bundle.manifest["model"]["architecture"]["name"],
+        "feature_size": rec.folded_head.feature_size,
+        "backend": info,
+        "machine": describe_machine(("pdsn-deploy", "numpy", "onnxruntime", "openvino")),
+        "config": asdict(config),
+        "trunk_ms_per_face": trunk.p50_ms / 8,
+        "embed_ms_per_face": embed.p50_ms / 8,
+        "rows": rows,
+        "goals": gallery_goals(rows),
+    }
+
+
+def _enroll(gallery, size: int, feature_size: int, batch: int, progress: bool) -> float:
+    """Enroll ``size`` identities of one seeded face each; returns the seconds spent enrolling."""
+    rng = np.random.default_rng(size)
+    spent = 0.0
+    for start in range(0, size, batch):
+        count = min(batch, size - start)
+        features = np.abs(rng.standard_normal((count, feature_size), dtype=np.float32))
+        started = time.perf_counter()
+        for i in range(count):
+            gallery.enroll_features(f"id-{start + i:07d}", features[i : i + 1])
+        spent += time.perf_counter() - started
+    return spent
+
+
+def gallery_goals(rows: list[dict]) -> list[dict]:
+    goals = []
+    for row in rows:
+        if row["faces"] == GOAL_SIZE:
+            goals.append(
+                {
+                    "goal": f"cached pattern p99 <= {GOAL_CACHED_P99_MS} ms beyond the probe's embedding",
+                    "value": row["cached"]["p99_ms"],
+                    "met": row["cached"]["p99_ms"] <= GOAL_CACHED_P99_MS,
+                }
+            )
+            goals.append(
+                {
+                    "goal": f"new pattern <= {GOAL_NEW_PATTERN_S} s",
+                    "value": row["new_pattern_s"]["max"],
+                    "met": row["new_pattern_s"]["max"] <= GOAL_NEW_PATTERN_S,
+                }
+            )
+            goals.append(
+                {
+                    "goal": f"new pattern >= {GOAL_SPEEDUP:.0f}x faster than re-embedding",
+                    "value": row["speedup_new_pattern"],
+                    "met": row["speedup_new_pattern"] >= GOAL_SPEEDUP,
+                }
+            )
+        if row["faces"] == GOAL_LOAD_SIZE:
+            goals.append(
+                {
+                    "goal": f"{GOAL_LOAD_SIZE} faces reload in <= {GOAL_LOAD_S} s",
+                    "value": row["load_s"],
+                    "met": row["load_s"] <= GOAL_LOAD_S,
+                }
+            )
+            goals.append(
+                {
+                    "goal": f"{GOAL_LOAD_SIZE} faces within {GOAL_DISK_BYTES / 1e9:.0f} GB on disk",
+                    "value": row["disk_bytes"],
+                    "met": row["disk_bytes"] <= GOAL_DISK_BYTES,
+                }
+            )
+    return goals
+
+
+def gallery_markdown(result: dict) -> str:
+    machine = result["machine"]
+    lines = [
+        f"# Gallery benchmark: {result['model']} features ({result['feature_size']} per face)",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['system']}; "
+        + ", ".join(f"{k} {v}" for k, v in machine["packages"].items()),
+        f"Backend: {result['backend']['backend']} {result['backend'].get('version', '')}, precision "
+        f"{result['backend']['precision']}. Trunk {result['trunk_ms_per_face']:.1f} ms per face, full embedding "
+        f"{result['embed_ms_per_face']:.1f} ms per face (batch 8).",
+        "",
+        "| faces | enroll faces/s | cached identify p50 / p99 ms | new pattern s (mean / max) | naive re-embed s "
+        "| speed-up | memory per face | disk per face | load s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['faces']:,} | {r['enroll_faces_per_s']:.0f} | {r['cached']['p50_ms']:.2f} / "
+            f"{r['cached']['p99_ms']:.2f} | {r['new_pattern_s']['mean']:.3f} / {r['new_pattern_s']['max']:.3f} | "
+            f"{r['naive_reembed_s']:.0f} | {r['speedup_new_pattern']:.0f}x | "
+            f"{r['memory_bytes_per_face'] / 1024:.1f} KiB | {r['disk_bytes'] / r['faces'] / 1024:.1f} KiB | "
+            f"{r['load_s']:.1f} |"
+        )
+    lines += ["", "Goals:"]
+    lines += [f"- {g['goal']}: {g['value']:.4g} — {'met' if g['met'] else 'MISSED'}" for g in result["goals"]]
+    return "\n".join(lines) + "\n"
