@@ -31,6 +31,7 @@ GOAL_LOAD_SIZE = 100_000
 GOAL_LOAD_S = 30.0
 GOAL_DISK_BYTES = 5 * 10**9
 # Patterns no warm list holds, for the cache-miss timings: single cells and pairs across the face.
+SINGLE = 500  # enrollments timed one call each; the rest go through enroll_batch
 NEW_PATTERNS = ((6,), (8,), (16, 17), (2, 7), (14, 19), (0, 5), (21,), (3, 8, 13))
 
 
@@ -39,7 +40,7 @@ class GalleryBenchConfig:
     sizes: tuple[int, ...] = (1_000, 10_000, 100_000)
     probes: int = 200  # cached-pattern identifications timed per size
     new_patterns: int = 5  # cache-miss identifications timed per size
-    enroll_batch: int = 1_000  # faces generated (not enrolled) at once, to bound memory
+    enroll_batch: int = 1_000  # identities per enroll_batch call
     feature_dtype: str = "float16"
 
 
@@ -54,6 +55,11 @@ def run_gallery_benchmark(bundle: Path, config: GalleryBenchConfig, work: Path, 
         trunk = measure(lambda: rec.features(faces), batch=8, min_seconds=2.0)
         embed = measure(lambda: rec.embed(faces, occlusion=[12]), batch=8, min_seconds=2.0)
         per_face_s = embed.p50_ms / 8 / 1000
+        # The probe's own embedding under the pattern: the head over the pattern's columns, as the gallery runs it.
+        head = rec.folded_head
+        sunglasses = head.slice(_discarded(rec, (10, 11, 12, 13)))
+        one = np.abs(np.random.default_rng(2).standard_normal((1, head.feature_size), dtype=np.float32))
+        probe_head = measure(lambda: sunglasses.apply(one, None, head), batch=1, min_iterations=50, min_seconds=0.5)
         rows = []
         for size in config.sizes:
             path = work / f"gallery-{size}.db"
@@ -61,8 +67,12 @@ def run_gallery_benchmark(bundle: Path, config: GalleryBenchConfig, work: Path, 
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             row = {"faces": size}
             with Gallery.open(path, rec, feature_dtype=config.feature_dtype) as gallery:
-                row["enroll_s"] = _enroll(gallery, size, rec.folded_head.feature_size, config.enroll_batch, progress)
-                row["enroll_faces_per_s"] = size / row["enroll_s"]
+                single, bulk = _enroll(gallery, size, rec.folded_head.feature_size, config.enroll_batch)
+                row["enroll_single_faces_per_s"], row["enroll_s"] = single, bulk
+                row["enroll_faces_per_s"] = size / bulk
+                started = time.perf_counter()
+                gallery.warm()
+                row["warm_s"] = time.perf_counter() - started
                 stats = gallery.stats()
                 row["memory_bytes_per_face"] = (stats.feature_bytes + size * rec.folded_head.embedding_size * 4) / size
                 row["cache_bytes"] = stats.cache.bytes
@@ -74,6 +84,8 @@ def run_gallery_benchmark(bundle: Path, config: GalleryBenchConfig, work: Path, 
                     min_seconds=0.5,
                 )
                 row["cached"] = asdict(cached)
+                beyond = {"p50": cached.p50_ms - probe_head.p50_ms, "p99": cached.p99_ms - probe_head.p50_ms}
+                row["cached_beyond_probe_ms"] = beyond
                 misses = []
                 for cells in NEW_PATTERNS[: config.new_patterns]:
                     started = time.perf_counter()
@@ -110,23 +122,37 @@ def run_gallery_benchmark(bundle: Path, config: GalleryBenchConfig, work: Path, 
         "config": asdict(config),
         "trunk_ms_per_face": trunk.p50_ms / 8,
         "embed_ms_per_face": embed.p50_ms / 8,
+        "probe_head_ms": probe_head.p50_ms,
         "rows": rows,
         "goals": gallery_goals(rows),
     }
 
 
-def _enroll(gallery, size: int, feature_size: int, batch: int, progress: bool) -> float:
-    """Enroll ``size`` identities of one seeded face each; returns the seconds spent enrolling."""
+def _enroll(gallery, size: int, feature_size: int, batch: int) -> tuple[float, float]:
+    """Enroll ``size`` identities of one seeded face each: the first ``SINGLE`` one call each, the rest
+    with ``enroll_batch`` in batches; returns (faces per second one call each, total seconds)."""
+    from pdsn.runtime.gallery import Enrollment
+
     rng = np.random.default_rng(size)
-    spent = 0.0
-    for start in range(0, size, batch):
+    single = min(SINGLE, size)
+    features = np.abs(rng.standard_normal((single, feature_size), dtype=np.float32))
+    started = time.perf_counter()
+    for i in range(single):
+        gallery.enroll_features(f"id-{i:07d}", features[i : i + 1])
+    spent = time.perf_counter() - started
+    single_rate = single / spent
+    for start in range(single, size, batch):
         count = min(batch, size - start)
         features = np.abs(rng.standard_normal((count, feature_size), dtype=np.float32))
         started = time.perf_counter()
-        for i in range(count):
-            gallery.enroll_features(f"id-{start + i:07d}", features[i : i + 1])
+        gallery.enroll_batch([Enrollment(f"id-{start + i:07d}", features[i : i + 1]) for i in range(count)])
         spent += time.perf_counter() - started
-    return spent
+    return single_rate, spent
+
+
+def _discarded(rec, cells: tuple[int, ...]) -> np.ndarray:
+    discard = 1.0 - rec.bundle.dictionary.reshape(len(rec.bundle.dictionary), -1)
+    return np.flatnonzero(discard[list(cells)].sum(axis=0) > 0)
 
 
 def gallery_goals(rows: list[dict]) -> list[dict]:
@@ -136,8 +162,8 @@ def gallery_goals(rows: list[dict]) -> list[dict]:
             goals.append(
                 {
                     "goal": f"cached pattern p99 <= {GOAL_CACHED_P99_MS} ms beyond the probe's embedding",
-                    "value": row["cached"]["p99_ms"],
-                    "met": row["cached"]["p99_ms"] <= GOAL_CACHED_P99_MS,
+                    "value": row["cached_beyond_probe_ms"]["p99"],
+                    "met": row["cached_beyond_probe_ms"]["p99"] <= GOAL_CACHED_P99_MS,
                 }
             )
             goals.append(
@@ -183,14 +209,20 @@ def gallery_markdown(result: dict) -> str:
         f"{result['backend']['precision']}. Trunk {result['trunk_ms_per_face']:.1f} ms per face, full embedding "
         f"{result['embed_ms_per_face']:.1f} ms per face (batch 8).",
         "",
-        "| faces | enroll faces/s | cached identify p50 / p99 ms | new pattern s (mean / max) | naive re-embed s "
-        "| speed-up | memory per face | disk per face | load s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"The probe's own head under the sunglasses pattern takes {result['probe_head_ms']:.2f} ms (p50); "
+        "'beyond probe' subtracts it from the identification. Enrollment: one call per identity for the first "
+        f"{SINGLE}, then `enroll_batch`; warm: the warm patterns for every face afterwards.",
+        "",
+        "| faces | enroll faces/s (one call / batch) | warm s | cached identify p50 / p99 ms | beyond probe p99 ms "
+        "| new pattern s (mean / max) | naive re-embed s | speed-up | memory per face | disk per face | load s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['faces']:,} | {r['enroll_faces_per_s']:.0f} | {r['cached']['p50_ms']:.2f} / "
-            f"{r['cached']['p99_ms']:.2f} | {r['new_pattern_s']['mean']:.3f} / {r['new_pattern_s']['max']:.3f} | "
+            f"| {r['faces']:,} | {r['enroll_single_faces_per_s']:.0f} / {r['enroll_faces_per_s']:.0f} | "
+            f"{r['warm_s']:.2f} | {r['cached']['p50_ms']:.2f} / {r['cached']['p99_ms']:.2f} | "
+            f"{r['cached_beyond_probe_ms']['p99']:.2f} | "
+            f"{r['new_pattern_s']['mean']:.3f} / {r['new_pattern_s']['max']:.3f} | "
             f"{r['naive_reembed_s']:.0f} | {r['speedup_new_pattern']:.0f}x | "
             f"{r['memory_bytes_per_face'] / 1024:.1f} KiB | {r['disk_bytes'] / r['faces'] / 1024:.1f} KiB | "
             f"{r['load_s']:.1f} |"

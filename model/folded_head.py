@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 HEAD_FORMAT = "pdsn-folded-head"
+BLOCK_ROWS = 2048  # faces per product in HeadSlice.apply
 
 
 @dataclass(frozen=True)
@@ -46,21 +47,18 @@ class FoldedHead:
         return self.masked(features, np.flatnonzero(keep == 0), base=None)
 
     def masked(self, features: np.ndarray, discarded: np.ndarray, base: np.ndarray | None) -> np.ndarray:
-        """Embeddings of ``features`` with the ``discarded`` feature columns zeroed.
+        """Embeddings of ``features`` with the ``discarded`` feature columns zeroed (see ``HeadSlice``)."""
+        return self.slice(discarded).apply(self._flat(features), base, self)
 
-        Computed over whichever is smaller, the kept or the discarded columns; ``base`` (the
-        unmasked embeddings of the same rows, when the caller has them) saves a product when the
-        discarded columns are fewer.
-        """
-        features = self._flat(features)
-        if len(discarded) == 0:
-            return base if base is not None else features @ self.weight.T + self.bias
+    def slice(self, discarded: np.ndarray) -> HeadSlice:
+        """The columns to compute over for a mask discarding ``discarded``: the kept or the discarded
+        ones, whichever are fewer, with their weights gathered once (reuse it for many products)."""
+        discarded = np.asarray(discarded, dtype=np.int64)
         if len(discarded) * 2 <= self.feature_size:
-            if base is None:
-                base = features @ self.weight.T + self.bias
-            return base - _columns(features, discarded) @ self.weight[:, discarded].T
-        kept = np.setdiff1d(np.arange(self.feature_size), discarded, assume_unique=True)
-        return _columns(features, kept) @ self.weight[:, kept].T + self.bias
+            columns, subtract = discarded, True
+        else:
+            columns, subtract = np.setdiff1d(np.arange(self.feature_size), discarded, assume_unique=True), False
+        return HeadSlice(columns, np.ascontiguousarray(self.weight[:, columns].T), subtract)
 
     def save(self, path: str | Path) -> None:
         with open(path, "wb") as handle:
@@ -86,6 +84,43 @@ class FoldedHead:
         return flat
 
 
+@dataclass(frozen=True)
+class HeadSlice:
+    """The head's weights over some feature columns, transposed (columns, E), gathered once.
+
+    ``subtract``: the columns are the discarded ones, so an embedding is the unmasked one minus
+    their product; otherwise they are the kept ones, and it is their product plus the bias.
+    """
+
+    columns: np.ndarray
+    weight_t: np.ndarray
+    subtract: bool
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight_t.nbytes + self.columns.nbytes
+
+    def apply(self, features: np.ndarray, base: np.ndarray | None, head: FoldedHead) -> np.ndarray:
+        """Embeddings (N, E) of flat ``features`` (N, F); ``base``: their unmasked embeddings, if known.
+
+        Rows go in blocks, so the gathered float32 columns stay small whatever N is.
+        """
+        if not len(self.columns) and not self.subtract:  # every column discarded: the bias alone
+            return np.broadcast_to(head.bias, (len(features), head.embedding_size)).copy()
+        if not len(self.columns):
+            return head.embed(features) if base is None else base
+        out = np.empty((len(features), head.embedding_size), dtype=np.float32)
+        for start in range(0, len(features), BLOCK_ROWS):
+            rows = slice(start, start + BLOCK_ROWS)
+            product = _columns(features[rows], self.columns) @ self.weight_t
+            if not self.subtract:
+                out[rows] = product + head.bias
+            else:
+                out[rows] = (head.embed(features[rows]) if base is None else base[rows]) - product
+        return out
+
+
 def _columns(features: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """``features[:, columns]`` as float32 (stored features may be float16)."""
-    return np.ascontiguousarray(features[:, columns], dtype=np.float32)
+    """``features[:, columns]`` as float32 (stored features may be float16); ``np.take`` then one cast
+    measured twice as fast as fancy indexing with a cast on float16 features."""
+    return np.take(features, columns, axis=1).astype(np.float32, copy=False)

@@ -91,8 +91,9 @@ def test_union_rule_with_a_gallery_face_enrolled_occluded(tmp_path, recognizer, 
 
 def test_identify_many_shares_one_computation_per_pattern(tmp_path, recognizer, faces):
     with _enrolled(tmp_path / "g.db", recognizer, faces, warm_patterns=[()]) as gallery:
+        gallery.warm()
         before = gallery.stats().cache
-        assert before.entries == 1 and before.misses == 0  # the warm clean pattern, computed at enrollment
+        assert before.entries == 1 and before.misses == 0  # the warm clean pattern: warming is not a miss
         probes = [faces[i, 2] for i in range(6)]
         patterns = [[12], [12], [3, 4], [12], [], [3, 4]]
         results = gallery.identify_many(probes, occlusion=patterns, k=1)
@@ -106,6 +107,7 @@ def test_identify_many_shares_one_computation_per_pattern(tmp_path, recognizer, 
 
 def test_warm_patterns_are_hits_and_the_cache_keeps_its_budget(tmp_path, recognizer, faces):
     with _enrolled(tmp_path / "g.db", recognizer, faces) as gallery:
+        gallery.warm()
         stats = gallery.stats()
         assert stats.cache.entries == 3 and stats.faces == IDENTITIES
         gallery.identify(faces[0, 1], occlusion=list(SUNGLASSES_CELLS))
@@ -205,6 +207,32 @@ def test_damaged_files_are_refused_clearly(tmp_path, recognizer, faces):
     db.close()
     with pytest.raises(GalleryError, match="damaged"):
         Gallery.open(tmp_path / "g.db", recognizer, create=False)
+
+
+def test_enroll_batch_is_one_transaction_and_scores_as_single_enrollments(tmp_path, recognizer, faces):
+    from pdsn.runtime.gallery import Enrollment
+
+    features = recognizer.features(faces[:, 0])
+    with (
+        Gallery.open(tmp_path / "one.db", recognizer) as single,
+        Gallery.open(tmp_path / "batch.db", recognizer) as bulk,
+    ):
+        for i in range(IDENTITIES):
+            single.enroll_features(f"p{i}", features[i : i + 1])
+        bulk.enroll("p0", faces[0, 0])
+        batch = [Enrollment(f"p{i}", features[i : i + 1], metadata={"i": i}) for i in range(IDENTITIES)]
+        with pytest.raises(DuplicateIdentityError):
+            bulk.enroll_batch(batch)
+        assert len(bulk) == 1  # all or none
+        bulk.enroll_batch(batch, replace=True)
+        assert len(bulk) == IDENTITIES and bulk.metadata("p3") == {"i": 3}
+        probe = recognizer.features(faces[4, 1])
+        one = single.identify_features(probe, occlusion=[7], k=3)[0].matches
+        many = bulk.identify_features(probe, occlusion=[7], k=3)[0].matches
+        assert [m.identity for m in one] == [m.identity for m in many]
+        assert np.allclose([m.score for m in one], [m.score for m in many], atol=1e-6)
+        with pytest.raises(ValueError, match="repeat"):
+            bulk.enroll_batch([batch[0], batch[0]])
 
 
 def test_threads_enroll_and_identify_at_once(tmp_path, recognizer, faces):

@@ -1,6 +1,6 @@
 """1:N identification under the PDSN protocol: an occlusion-aware gallery of enrolled faces."""
 
-from pdsn.runtime.gallery.gallery import Gallery, GalleryStats, Identification, Match
+from pdsn.runtime.gallery.gallery import Enrollment, Gallery, GalleryStats, Identification, Match
 from pdsn.runtime.gallery.patterns import DEFAULT_WARM_PATTERNS, CacheStats
 from pdsn.runtime.gallery.records import DuplicateIdentityError, GalleryError, UnknownIdentityError
 
@@ -8,6 +8,7 @@ __all__ = [
     "DEFAULT_WARM_PATTERNS",
     "CacheStats",
     "DuplicateIdentityError",
+    "Enrollment",
     "Gallery",
     "GalleryError",
     "GalleryStats",

@@ -18,12 +18,14 @@ import json
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pdsn.model.folded_head import HeadSlice
 from pdsn.runtime.gallery.patterns import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_WARM_PATTERNS,
@@ -45,8 +47,20 @@ from pdsn.runtime.gallery.sqlite_store import SqliteStore, meta_values
 from pdsn.runtime.inputs import prepare_occlusion
 
 FEATURE_DTYPES = ("float16", "float32")
+# Head weights gathered per pattern (up to 42 MB each for LResNet50E-IR), least recently used out beyond this.
+SLICE_BUDGET_BYTES = 512 << 20
 MAX_IDENTITY_LENGTH = 256
 _SCHEMES = re.compile(r"^(postgres|postgresql)://")
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """One identity for ``Gallery.enroll_batch``: its faces' trunk features and their own occlusion."""
+
+    identity: str
+    features: np.ndarray
+    occlusion: object = None
+    metadata: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -99,9 +113,10 @@ class Gallery:
         self.warm_patterns = tuple(int(p) for p in settings["warm_patterns"])
         self._cache = PatternCache(cache_bytes)
         self._discard = 1.0 - recognizer.bundle.dictionary.reshape(len(recognizer.bundle.dictionary), -1)
-        self._discarded: dict[int, np.ndarray] = {}
         self._groups: dict[int, _Group] = {}
-        self._rows: dict[int, tuple[int, int]] = {}  # face id -> (group cells, row), rebuilt on change
+        self._face_ids: set[int] = set()  # every face held in memory, to diff against the store
+        self._slices: OrderedDict[int, HeadSlice] = OrderedDict()
+        self._slice_bytes = 0
         self._lock = threading.RLock()
         self._closed = False
         self._load(store.faces(embedding_size=self._head.embedding_size))
@@ -175,25 +190,61 @@ class Gallery:
         replace: bool = False,
     ) -> list[int]:
         """``enroll`` from trunk features already computed (``Recognizer.features``), e.g. elsewhere."""
+        return self.enroll_batch([Enrollment(identity, features, occlusion, metadata)], replace)[0]
+
+    def enroll_batch(self, enrollments: Sequence[Enrollment], replace: bool = False) -> list[list[int]]:
+        """Enroll many identities from their features in one transaction (all or none): bulk imports.
+
+        The head's products for all their faces run as one matrix product, much faster per face than
+        one call each. Returns each identity's face ids.
+        """
         self._check_open()
-        name = _identity(identity)
-        metadata = _metadata(metadata)
-        features = self._checked_features(features)
-        masks = [pattern_of(row) for row in prepare_occlusion(occlusion, len(features))]
+        if not enrollments:
+            return []
+        names = [_identity(e.identity) for e in enrollments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"enroll_batch: identities repeat ({sorted(n for n in set(names) if names.count(n) > 1)})")
+        metadata = [_metadata(e.metadata) for e in enrollments]
+        blocks = [self._checked_features(e.features) for e in enrollments]
+        cells = [
+            [pattern_of(row) for row in prepare_occlusion(e.occlusion, len(f))] for e, f in zip(enrollments, blocks)
+        ]
+        features = np.concatenate(blocks)
         base = self._head.embed(features)
-        records = []
-        for row, cells in enumerate(masks):
-            kept = features[row].astype(self.feature_dtype) if self.keep_features else None
-            patterns = {} if self.keep_features else self._warm_embeddings(features[row : row + 1], cells, base[row])
-            records.append(FaceRecord(0, name, cells, base[row], kept, patterns))
+        flat_cells = [c for group in cells for c in group]
+        warm = {} if self.keep_features else self._warm_embeddings(features, flat_cells, base)
+        records, people, row = [], [], 0
+        for name, meta, block in zip(names, metadata, blocks):
+            faces = []
+            for _ in range(len(block)):
+                kept = features[row].astype(self.feature_dtype) if self.keep_features else None
+                patterns = warm.get(row, {})
+                faces.append(FaceRecord(0, name, flat_cells[row], base[row], kept, patterns))
+                row += 1
+            records += faces
+            people.append((name, meta, faces))
         with self._lock:
-            ids = self._store.add_identity(name, metadata, records, replace)
+            ids = self._store.add_identities(people, replace)
             if replace:
-                self._forget(lambda face_identity: face_identity == name)
-            for face_id, record in zip(ids, records):
+                chosen = set(names)
+                self._forget(lambda face_identity: face_identity in chosen)
+            for face_id, record in zip((i for group in ids for i in group), records):
                 record.face_id = face_id
             self._add(records)
         return ids
+
+    def warm(self) -> None:
+        """Compute the warm patterns' embeddings for every face that lacks them (one product per group).
+
+        Identifications do this themselves for the patterns they need; call it after a bulk
+        enrollment (e.g. from a background thread) so the first probes find them ready.
+        """
+        self._check_open()
+        with self._lock:
+            if self.keep_features:
+                for group in self._groups.values():
+                    for pattern in self.warm_patterns:
+                        self._embeddings(group, pattern | group.cells, probe=False)
 
     def remove(self, identity: str) -> None:
         """Remove ``identity`` and all its faces (UnknownIdentityError if it is not enrolled)."""
@@ -262,7 +313,7 @@ class Gallery:
                 for group in self._groups.values():
                     union, exact = self._pattern_for(group, pattern | group.cells)
                     gallery = self._embeddings(group, union)
-                    probe = _normalised(self._head.masked(features[probes], self._discarded_columns(union), None))
+                    probe = _normalised(self._slice(union).apply(features[probes], None, self._head))
                     scores = probe @ gallery.T
                     for row, index in enumerate(probes):
                         scores_of.setdefault(index, []).append((group, scores[row], union, exact))
@@ -310,19 +361,29 @@ class Gallery:
             )
         return flat
 
-    def _discarded_columns(self, pattern: int) -> np.ndarray:
-        columns = self._discarded.get(pattern)
-        if columns is None:
+    def _slice(self, pattern: int) -> HeadSlice:
+        """The head's weights over the columns a pattern's products need, gathered once per pattern."""
+        found = self._slices.get(pattern)
+        if found is None:
             cells = cells_of(pattern)
-            columns = np.flatnonzero(self._discard[cells].sum(axis=0) > 0) if cells else np.zeros(0, np.int64)
-            self._discarded[pattern] = columns
-        return columns
+            discarded = np.flatnonzero(self._discard[cells].sum(axis=0) > 0) if cells else np.zeros(0, np.int64)
+            found = self._slices[pattern] = self._head.slice(discarded)
+            self._slice_bytes += found.nbytes
+            while self._slice_bytes > SLICE_BUDGET_BYTES and len(self._slices) > 1:
+                self._slice_bytes -= self._slices.popitem(last=False)[1].nbytes
+        self._slices.move_to_end(pattern)
+        return found
 
-    def _warm_embeddings(self, features: np.ndarray, cells: int, base: np.ndarray) -> dict[int, np.ndarray]:
-        out = {}
-        for warm in self.warm_patterns:
-            union = warm | cells
-            out[union] = _normalised(self._head.masked(features, self._discarded_columns(union), base[None]))[0]
+    def _warm_embeddings(self, features: np.ndarray, cells: list[int], base: np.ndarray) -> dict[int, dict]:
+        """Row -> {pattern: normalised embedding} for the warm patterns of each face (without stored features)."""
+        out: dict[int, dict] = {row: {} for row in range(len(features))}
+        unions = [[warm | c for c in cells] for warm in self.warm_patterns]
+        for patterns in unions:
+            for pattern in set(patterns):
+                rows = [r for r, p in enumerate(patterns) if p == pattern]
+                embedded = _normalised(self._slice(pattern).apply(features[rows], base[rows], self._head))
+                for r, e in zip(rows, embedded):
+                    out[r][pattern] = e
         return out
 
     def _pattern_for(self, group: _Group, union: int) -> tuple[int, bool]:
@@ -339,25 +400,32 @@ class Gallery:
         return min(covering, key=lambda p: (bin(p).count("1"), p)), False
 
     def _embeddings(self, group: _Group, pattern: int, probe: bool = True) -> np.ndarray:
-        """The group's normalised embeddings under ``pattern``: stored, cached, or computed now.
+        """The group's normalised embeddings under ``pattern``: stored, cached (completed for faces
+        enrolled since), or computed now.
 
         ``probe``: a probe's lookup, counted in the cache's hits and misses (warming is not).
         """
         if not self.keep_features:
             return group.stored[pattern].array
         key = (group.cells, pattern)
-        cached = self._cache.get(key, count=probe)
-        if cached is not None:
-            return cached
-        started = time.perf_counter()
-        computed = self._compute(group, pattern, slice(None))
-        self._cache.put(key, computed, time.perf_counter() - started)
-        return computed
+        entry = self._cache.get(key, count=probe)
+        have = 0 if entry is None else len(entry)
+        if have < len(group.face_ids):
+            started = time.perf_counter()
+            rows = self._compute(group, pattern, slice(have, None))
+            if entry is None:
+                entry = Rows(self._head.embedding_size, np.float32)
+                entry.append(rows)
+                self._cache.put(key, entry, time.perf_counter() - started)
+            else:
+                entry.append(rows)
+                self._cache.resized(key, time.perf_counter() - started)
+        return entry.array
 
     def _compute(self, group: _Group, pattern: int, rows: slice) -> np.ndarray:
         base = group.base.array[rows]
         features = group.features.array[rows]
-        return _normalised(self._head.masked(features, self._discarded_columns(pattern), base))
+        return _normalised(self._slice(pattern).apply(features.reshape(len(features), -1), base, self._head))
 
     def _load(self, records) -> None:
         self._add(list(records))
@@ -376,25 +444,17 @@ class Gallery:
                 group = self._groups[cells] = _Group(cells, base=Rows(width, np.float32))
                 if self.keep_features:
                     group.features = Rows(self._head.feature_size, self.feature_dtype)
-            first = len(group.face_ids)
             group.face_ids += [m.face_id for m in members]
             group.identities += [m.identity for m in members]
             group.base.append(np.stack([m.base for m in members]))
             if self.keep_features:
                 group.features.append(np.stack([m.features for m in members]).astype(self.feature_dtype))
-                for key in self._cache.keys_of_group(cells):
-                    cached = self._cache.get(key, count=False)
-                    if cached is not None:
-                        added = self._compute(group, key[1], slice(first, None))
-                        self._cache.replace(key, np.concatenate([cached, added]))
-                for warm in self.warm_patterns:
-                    self._embeddings(group, warm | cells, probe=False)
             else:
                 for pattern in {p for m in members for p in m.patterns}:
                     if pattern not in group.stored:
                         group.stored[pattern] = Rows(width, np.float32)
                     group.stored[pattern].append(np.stack([m.patterns[pattern] for m in members]))
-        self._index()
+        self._face_ids.update(record.face_id for record in records)
 
     def _forget(self, gone) -> None:
         """Drop the faces whose identity satisfies ``gone`` (a predicate), from groups and caches."""
@@ -403,9 +463,9 @@ class Gallery:
             if keep.all():
                 continue
             self._drop_rows(group, keep)
-        self._index()
 
     def _drop_rows(self, group: _Group, keep: np.ndarray) -> None:
+        self._face_ids.difference_update(f for f, k in zip(group.face_ids, keep) if not k)
         if not keep.any():
             del self._groups[group.cells]
             self._cache.drop_group(group.cells)
@@ -418,26 +478,23 @@ class Gallery:
         for rows in group.stored.values():
             rows.keep(keep)
         for key in self._cache.keys_of_group(group.cells):
-            cached = self._cache.get(key, count=False)
-            if cached is not None:
-                self._cache.replace(key, cached[keep])
-
-    def _index(self) -> None:
-        self._rows = {face: (cells, row) for cells, g in self._groups.items() for row, face in enumerate(g.face_ids)}
+            entry = self._cache.get(key, count=False)
+            if entry is not None:
+                entry.keep(keep[: len(entry)])  # an entry covers a prefix of the group's rows
+                self._cache.resized(key, 0.0)
 
     def _sync(self) -> None:
         """Take in what other connections (processes) enrolled or removed since the last look."""
         if not self._store.changed():
             return
         stored = self._store.face_ids()
-        held = set(self._rows)
+        held = set(self._face_ids)
         gone = held - stored
         if gone:
             for group in list(self._groups.values()):
                 keep = np.array([f not in gone for f in group.face_ids], dtype=bool)
                 if not keep.all():
                     self._drop_rows(group, keep)
-            self._index()
         new = stored - held
         if new:
             self._add(list(self._store.faces(sorted(new), self._head.embedding_size)))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pdsn.model.grid import NUM_CELLS, SCARF_CELLS, SUNGLASSES_CELLS
+from pdsn.runtime.gallery.rows import Rows
 
 ALL_CELLS = (1 << NUM_CELLS) - 1
 # Computed for every face at enrollment: none, sunglasses (cells 10-13), lower face (cells 20-24).
@@ -55,19 +56,22 @@ class CacheStats:
 
 
 class PatternCache:
-    """Normalised embeddings per (group, union pattern), least recently used out beyond ``budget_bytes``."""
+    """Normalised embeddings per (group, union pattern) as growable ``Rows``, least recently used out
+    beyond ``budget_bytes``. An entry may cover fewer rows than its group has (faces enrolled since);
+    the gallery completes it when it is next used."""
 
     def __init__(self, budget_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 0:
             raise ValueError(f"cache_bytes must be a whole number of bytes >= 0, got {budget_bytes!r}")
         self.budget_bytes = budget_bytes
-        self._entries: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, int], Rows] = OrderedDict()
+        self._sizes: dict[tuple[int, int], int] = {}
         self._bytes = 0
         self._hits = self._misses = 0
         self._compute = 0.0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[int, int], count: bool = True) -> np.ndarray | None:
+    def get(self, key: tuple[int, int], count: bool = True) -> Rows | None:
         """The entry, most recently used now; ``count`` it as a hit or miss (a probe's lookup)."""
         with self._lock:
             entry = self._entries.get(key)
@@ -78,27 +82,22 @@ class PatternCache:
                 self._entries.move_to_end(key)
             return entry
 
-    def put(self, key: tuple[int, int], embeddings: np.ndarray, seconds: float) -> None:
+    def put(self, key: tuple[int, int], rows: Rows, seconds: float) -> None:
         with self._lock:
-            self._compute += seconds
             self._drop(key)
-            if embeddings.nbytes > self.budget_bytes:
-                return
-            self._entries[key] = embeddings
-            self._bytes += embeddings.nbytes
-            while self._bytes > self.budget_bytes:
-                self._drop(next(iter(self._entries)))
+            self._entries[key] = rows
+            self._sizes[key] = 0
+            self._account(key, seconds)
+
+    def resized(self, key: tuple[int, int], seconds: float) -> None:
+        """An entry grew or shrank in place (``seconds``: the time spent computing its new rows)."""
+        with self._lock:
+            if key in self._entries:
+                self._account(key, seconds)
 
     def keys_of_group(self, group: int) -> list[tuple[int, int]]:
         with self._lock:
             return [key for key in self._entries if key[0] == group]
-
-    def replace(self, key: tuple[int, int], embeddings: np.ndarray) -> None:
-        """Swap an entry for its updated rows (after faces joined or left the group)."""
-        with self._lock:
-            if key in self._entries:
-                self._bytes += embeddings.nbytes - self._entries[key].nbytes
-                self._entries[key] = embeddings
 
     def drop_group(self, group: int) -> None:
         with self._lock:
@@ -111,7 +110,14 @@ class PatternCache:
                 self._hits, self._misses, self._compute, self._bytes, len(self._entries), self.budget_bytes
             )
 
+    def _account(self, key: tuple[int, int], seconds: float) -> None:
+        self._compute += seconds
+        size = self._entries[key].nbytes
+        self._bytes += size - self._sizes[key]
+        self._sizes[key] = size
+        while self._bytes > self.budget_bytes and self._entries:
+            self._drop(next(iter(self._entries)))
+
     def _drop(self, key: tuple[int, int]) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._bytes -= entry.nbytes
+        if self._entries.pop(key, None) is not None:
+            self._bytes -= self._sizes.pop(key)

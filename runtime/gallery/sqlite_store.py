@@ -91,42 +91,47 @@ class SqliteStore:
         with self._lock, self._errors("write"), self._db:
             self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", sorted(values.items()))
 
-    def add_identity(self, name: str, metadata: dict, faces: Sequence[FaceRecord], replace: bool) -> list[int]:
-        """Enroll ``name`` with ``faces`` in one transaction; returns the new face ids."""
+    def add_identities(
+        self, people: Sequence[tuple[str, dict, Sequence[FaceRecord]]], replace: bool
+    ) -> list[list[int]]:
+        """Enroll every (name, metadata, faces) in one transaction: all or none; returns their face ids."""
         with self._lock, self._errors("enroll"), self._db:
-            row = self._db.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
-            if row is not None and not replace:
-                raise DuplicateIdentityError(
-                    f"identity {name!r} is already enrolled in {self.path}; pass replace=True to replace its faces"
-                )
-            if row is not None:
-                self._db.execute("DELETE FROM identities WHERE id = ?", (row[0],))
-            cursor = self._db.execute(
-                "INSERT INTO identities (name, metadata, created) VALUES (?, ?, ?)",
-                (name, json.dumps(metadata, sort_keys=True), time.time()),
+            return [self._insert(name, metadata, faces, replace) for name, metadata, faces in people]
+
+    def _insert(self, name: str, metadata: dict, faces: Sequence[FaceRecord], replace: bool) -> list[int]:
+        row = self._db.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
+        if row is not None and not replace:
+            raise DuplicateIdentityError(
+                f"identity {name!r} is already enrolled in {self.path}; pass replace=True to replace its faces"
             )
-            identity_id = cursor.lastrowid
-            ids = []
-            for face in faces:
-                patterns = sorted(face.patterns)
-                stacked = np.stack([face.patterns[p] for p in patterns]).astype(np.float32) if patterns else None
-                features = face.features
-                cursor = self._db.execute(
-                    "INSERT INTO faces (identity_id, cells, base, features, feature_dtype, patterns, pattern_blob, crc)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        identity_id,
-                        face.cells,
-                        face.base.astype(np.float32).tobytes(),
-                        None if features is None else features.tobytes(),
-                        None if features is None else features.dtype.name,
-                        json.dumps(patterns),
-                        None if stacked is None else stacked.tobytes(),
-                        checksum(face.base.astype(np.float32), features, stacked),
-                    ),
-                )
-                ids.append(int(cursor.lastrowid))
-            return ids
+        if row is not None:
+            self._db.execute("DELETE FROM identities WHERE id = ?", (row[0],))
+        cursor = self._db.execute(
+            "INSERT INTO identities (name, metadata, created) VALUES (?, ?, ?)",
+            (name, json.dumps(metadata, sort_keys=True), time.time()),
+        )
+        identity_id = cursor.lastrowid
+        ids = []
+        for face in faces:
+            patterns = sorted(face.patterns)
+            stacked = np.stack([face.patterns[p] for p in patterns]).astype(np.float32) if patterns else None
+            features = face.features
+            cursor = self._db.execute(
+                "INSERT INTO faces (identity_id, cells, base, features, feature_dtype, patterns, pattern_blob, crc)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    identity_id,
+                    face.cells,
+                    face.base.astype(np.float32).tobytes(),
+                    None if features is None else features.tobytes(),
+                    None if features is None else features.dtype.name,
+                    json.dumps(patterns),
+                    None if stacked is None else stacked.tobytes(),
+                    checksum(face.base.astype(np.float32), features, stacked),
+                ),
+            )
+            ids.append(int(cursor.lastrowid))
+        return ids
 
     def remove_identity(self, name: str) -> None:
         with self._lock, self._errors("remove"), self._db:
