@@ -236,9 +236,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     from pdsn.commands.gallery import add_gallery_commands
+    from pdsn.commands.serve import add_serve_command
     from pdsn.train.cli import add_training_commands
 
     add_gallery_commands(commands)
+    add_serve_command(commands)
 
     add_training_commands(commands)
     return parser

@@ -1,0 +1,331 @@
+"""``pdsn bench-serve``: closed-loop HTTP clients against a live ``pdsn serve``, beside the in-process batcher.
+
+Both sides use the same bundle, backend, precision and batcher settings, the same faces and
+occlusion, and the same closed loop: each client sends one face, waits for its embedding and
+sends the next. In process, clients are threads calling ``Recognizer.submit``
+(``pdsn.bench.concurrency.closed_loop``); over HTTP they are threads with one keep-alive
+connection each, against a server process started here on 127.0.0.1. Each concurrency is
+measured on every path in turn (never two at once), so machine drift falls on all alike. The
+HTTP overhead per request is the HTTP mean latency minus the in-process mean latency at the same
+concurrency. Requests are built before the window, so the clients' own work is small; the
+clients still share the CPU with the server, as any co-located client does.
+
+Routes: ``v2-binary`` (KServe v2 with binary tensors: the raw uint8 crop), ``v2-json`` (the same
+in JSON) and ``v1-embed`` (the face API: a base64 PNG, decoded by the server).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pdsn.bench.concurrency import SweepConfig, closed_loop
+from pdsn.bench.machine import describe_machine
+from pdsn.bench.timing import NOISY_WINDOW_PCT, window_spread
+
+SERVE_COMMAND = [sys.executable, "-m", "pdsn", "serve"]
+ROUTES = ("v2-binary", "v2-json", "v1-embed")
+# Goals on a 2-core CPU with the demo model.
+GOAL_OVERHEAD_MS = 2.0
+GOAL_CLIENTS = 8
+GOAL_THROUGHPUT_RATIO = 0.85
+READY_TIMEOUT_S = 120.0
+FACES = 64
+
+
+@dataclass(frozen=True)
+class ServeBenchConfig:
+    backend: str = "auto"
+    precision: str = "auto"
+    clients: tuple[int, ...] = (1, 8, 32)
+    routes: tuple[str, ...] = ("v2-binary", "v1-embed")
+    max_batch: int = 8
+    max_delay_ms: float = 2.0
+    queue_size: int | None = None  # default: room for every client
+    seconds: float = 5.0
+    warmup_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.routes) - set(ROUTES))
+        if unknown:
+            raise ValueError(f"routes {unknown} are not among {ROUTES}")
+
+
+def run_serve_benchmark(bundle: Path, config: ServeBenchConfig, progress: bool = True) -> dict:
+    """In-process rows, then HTTP rows per route, each per concurrency; goals where both sides ran."""
+    from pdsn.model.sample_faces import occlusion_mix, seeded_faces
+    from pdsn.runtime import Recognizer
+
+    faces, occlusion = seeded_faces(FACES, seed=4242), occlusion_mix(FACES, seed=4242)
+    queue = config.queue_size or max(4 * config.max_batch, max(config.clients))
+    loop = SweepConfig(seconds=config.seconds, warmup_seconds=config.warmup_seconds)
+    recognizer = Recognizer.open(
+        bundle,
+        backend=config.backend,
+        precision=config.precision,
+        max_batch=config.max_batch,
+        max_delay_ms=config.max_delay_ms,
+        queue_size=queue,
+        allow_ungated=True,
+    )
+    with recognizer:
+        backend, precision = recognizer.backend_info["backend"], recognizer.precision
+        options = [
+            "--backend", backend, "--precision", precision, "--max-batch", str(config.max_batch),
+            "--max-delay-ms", str(config.max_delay_ms), "--queue-size", str(queue), "--deadline-ms", "0",
+        ]  # fmt: skip
+        requests = {route: [_request(route, faces[i], occlusion[i]) for i in range(FACES)] for route in config.routes}
+        rows = []
+        with _Server(bundle, options) as server:
+            # Each concurrency in turn on every path, so machine drift falls on all paths alike.
+            for clients in config.clients:
+                rows.append({"path": "in-process", **_lean(closed_loop(recognizer, clients, loop, faces, occlusion))})
+                _say(progress, rows[-1])
+                for route in config.routes:
+                    rows.append({"path": route, **_http_loop(server.port, requests[route], clients, config)})
+                    _say(progress, rows[-1])
+    _compare(rows)
+    return {
+        "bundle": str(bundle),
+        "backend": backend,
+        "precision": precision,
+        "machine": describe_machine(("pdsn-deploy", "numpy", "onnxruntime", "openvino", "fastapi", "uvicorn")),
+        "config": asdict(config),
+        "rows": rows,
+        "goals": _goals(rows),
+    }
+
+
+def write_serve_results(result: dict, out_dir: Path, stem: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    md_path.write_text(markdown(result), encoding="utf-8")
+    return [json_path, md_path]
+
+
+def markdown(result: dict) -> str:
+    config = result["config"]
+    lines = [
+        f"# pdsn serve: HTTP vs the in-process batcher ({result['backend']} {result['precision']})",
+        "",
+        f"Bundle `{result['bundle']}`; {result['machine']['cpu']}, {result['machine']['cores']} cores. "
+        f"max_batch {config['max_batch']}, max_delay_ms {config['max_delay_ms']:g}, window {config['seconds']:g} s "
+        f"after {config['warmup_seconds']:g} s of warm-up. One face per request, closed loop.",
+        "",
+        "| path | clients | img/s | p50 ms | p99 ms | mean ms | mean batch | vs in-process | added ms/request |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        ratio = f"{100 * row['vs_in_process']:.0f}%" if "vs_in_process" in row else "-"
+        added = f"{row['added_ms']:+.2f}" if "added_ms" in row else "-"
+        batch = f"{row['mean_batch']:.1f}"
+        lines.append(
+            f"| {row['path']} | {row['clients']} | {row['throughput_img_s']:.1f} | {row['p50_ms']:.2f} | "
+            f"{row['p99_ms']:.2f} | {row['mean_ms']:.2f} | {batch} | {ratio} | {added} |"
+        )
+    lines += ["", "Goals:", ""]
+    for goal in result["goals"]:
+        lines.append(
+            f"- {goal['goal']} ({goal['path']}): {goal['value']} against {goal['bound']}: {'met' if goal['met'] else 'MISSED'}"
+        )
+    noisy = [f"{r['path']}/{r['clients']}" for r in result["rows"] if r.get("noisy")]
+    if noisy:
+        lines += ["", f"Noisy windows (thirds differ by > {NOISY_WINDOW_PCT:g}%): {', '.join(noisy)}."]
+    return "\n".join(lines) + "\n"
+
+
+def _request(route: str, face: np.ndarray, occlusion: np.ndarray) -> tuple[str, bytes, dict]:
+    """(path, body, headers) of one single-face request on ``route``."""
+    cells = [int(c) for c in np.flatnonzero(occlusion)]
+    if route == "v1-embed":
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(face).save(buffer, "PNG")
+        body = {"images": [base64.b64encode(buffer.getvalue()).decode()], "occlusion": cells}
+        return "/v1/embed", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    image = {"name": "image", "datatype": "UINT8", "shape": [1, *face.shape]}
+    mask = {"name": "occlusion", "datatype": "FP32", "shape": [1, len(occlusion)]}
+    vector = occlusion.astype(np.float32)
+    if route == "v2-json":
+        inputs = [{**image, "data": face.ravel().tolist()}, {**mask, "data": vector.tolist()}]
+        return "/v2/models/pdsn/infer", json.dumps({"inputs": inputs}).encode(), {"Content-Type": "application/json"}
+    inputs = [
+        {**image, "parameters": {"binary_data_size": face.nbytes}},
+        {**mask, "parameters": {"binary_data_size": vector.nbytes}},
+    ]
+    header = json.dumps({"inputs": inputs, "outputs": [{"name": "embedding", "parameters": {"binary_data": True}}]})
+    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+    return "/v2/models/pdsn/infer", header.encode() + face.tobytes() + vector.tobytes(), headers
+
+
+def _http_loop(port: int, requests: list, clients: int, config: ServeBenchConfig) -> dict:
+    """Like ``closed_loop``, over HTTP: ``clients`` threads, one keep-alive connection each."""
+    stop = threading.Event()
+    records: list[list[tuple[float, float]]] = [[] for _ in range(clients)]
+    errors: list[BaseException] = []
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        k = index
+        try:
+            while not stop.is_set():
+                path, body, headers = requests[k % len(requests)]
+                started = time.perf_counter()
+                connection.request("POST", path, body, headers)
+                response = connection.getresponse()
+                response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"{path} answered {response.status}")
+                records[index].append((started, time.perf_counter()))
+                k += clients
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(config.warmup_seconds)
+    batches_before = _server_batches(port)
+    start = time.perf_counter()
+    time.sleep(config.seconds)
+    end = time.perf_counter()
+    batches_after = _server_batches(port)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise RuntimeError(f"an HTTP benchmark client failed: {errors[0]}") from errors[0]
+    done = [(t0, t1) for rs in records for t0, t1 in rs if start <= t1 <= end]
+    if not done:
+        raise RuntimeError(f"no request completed inside the {config.seconds} s window; use a longer --seconds")
+    latency = np.array([(t1 - t0) * 1000 for t0, t1 in done])
+    thirds, _ = np.histogram([t1 for _, t1 in done], np.linspace(start, end, 4))
+    spread = window_spread(thirds.tolist()) if len(done) >= 6 else float("nan")
+    faces, batches = (after - before for after, before in zip(batches_after, batches_before))
+    return {
+        "clients": clients,
+        "requests": len(done),
+        "throughput_img_s": len(done) / (end - start),
+        "p50_ms": float(np.percentile(latency, 50)),
+        "p99_ms": float(np.percentile(latency, 99)),
+        "mean_ms": float(latency.mean()),
+        "mean_batch": faces / batches if batches else float("nan"),
+        "window_spread_pct": spread,
+        "noisy": spread > NOISY_WINDOW_PCT,
+    }
+
+
+def _server_batches(port: int) -> tuple[float, float]:
+    """(faces, batches) the server's batcher has run so far, from its Prometheus batch-size histogram."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("pdsn_batcher_batch_size_sum", "pdsn_batcher_batch_size_count"):
+            values[name] = float(value)
+    return values.get("pdsn_batcher_batch_size_sum", 0.0), values.get("pdsn_batcher_batch_size_count", 0.0)
+
+
+def _lean(row: dict) -> dict:
+    keys = ("clients", "requests", "throughput_img_s", "p50_ms", "p99_ms", "mean_ms", "mean_batch", "rejected")
+    return {key: row[key] for key in keys} | {"window_spread_pct": row["window_spread_pct"], "noisy": row["noisy"]}
+
+
+def _compare(rows: list[dict]) -> None:
+    base = {r["clients"]: r for r in rows if r["path"] == "in-process"}
+    for row in rows:
+        if row["path"] != "in-process" and row["clients"] in base:
+            row["vs_in_process"] = row["throughput_img_s"] / base[row["clients"]]["throughput_img_s"]
+            row["added_ms"] = row["mean_ms"] - base[row["clients"]]["mean_ms"]
+
+
+def _goals(rows: list[dict]) -> list[dict]:
+    goals = []
+    for row in rows:
+        if "added_ms" in row and row["clients"] == 1:
+            goals.append(
+                {
+                    "goal": "HTTP overhead per request at 1 client",
+                    "path": row["path"],
+                    "value": f"{row['added_ms']:.2f} ms",
+                    "bound": f"<= {GOAL_OVERHEAD_MS:g} ms",
+                    "met": row["added_ms"] <= GOAL_OVERHEAD_MS,
+                }
+            )
+        if "vs_in_process" in row and row["clients"] == GOAL_CLIENTS:
+            goals.append(
+                {
+                    "goal": f"throughput at {GOAL_CLIENTS} clients vs the in-process batcher",
+                    "path": row["path"],
+                    "value": f"{100 * row['vs_in_process']:.0f}%",
+                    "bound": f">= {100 * GOAL_THROUGHPUT_RATIO:.0f}%",
+                    "met": row["vs_in_process"] >= GOAL_THROUGHPUT_RATIO,
+                }
+            )
+    return goals
+
+
+def _say(enabled: bool, row: dict) -> None:
+    if enabled:
+        print(
+            f"  {row['path']:<11} {row['clients']:>2} clients: {row['throughput_img_s']:8.1f} img/s, "
+            f"p50 {row['p50_ms']:7.2f} ms, p99 {row['p99_ms']:7.2f} ms",
+            flush=True,
+        )
+
+
+class _Server:
+    """``pdsn serve`` on a free 127.0.0.1 port for the benchmark's duration."""
+
+    def __init__(self, bundle: Path, options: list[str]) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.command = [*SERVE_COMMAND, "--bundle", str(bundle), "--port", str(self.port), *options]
+
+    def __enter__(self) -> _Server:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                _, errors = self.process.communicate()
+                raise RuntimeError(f"pdsn serve exited with {self.process.returncode}: {errors.decode()}")
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+                connection.request("GET", "/v2/health/ready")
+                if connection.getresponse().status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.__exit__()
+        raise TimeoutError(f"pdsn serve was not ready within {READY_TIMEOUT_S:g} s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

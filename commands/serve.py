@@ -1,0 +1,216 @@
+"""``pdsn serve``: the HTTP service; ``pdsn bench-serve``: its closed-loop HTTP benchmark beside the batcher."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import queue
+import signal
+import sys
+from logging.handlers import QueueHandler, QueueListener
+from pathlib import Path
+
+from pdsn.commands.arguments import bundle_options, names, numbers, positive
+
+DEFAULT_PORT = 8000
+
+
+def add_serve_command(commands: argparse._SubParsersAction) -> None:
+    """Register ``pdsn serve`` and ``pdsn bench-serve``."""
+    from pdsn.runtime.recognizer import PRECISIONS
+    from pdsn.serve.config import DEFAULT_DEADLINE_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS
+
+    serve = commands.add_parser(
+        "serve", help="HTTP service: face API (/v1), KServe v2 inference protocol (/v2), Prometheus /metrics"
+    )
+    bundle_options(serve)
+    serve.add_argument("--precision", choices=PRECISIONS, default="auto", help="variant to serve (default auto)")
+    serve.add_argument(
+        "--gallery", type=Path, help="gallery file (SQLite, created if absent) for /v1/identify and /v1/identities"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    serve.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    serve.add_argument(
+        "--api-key-file", type=Path, help="require one of these keys (one per line) on every route but health and docs"
+    )
+    _batcher_options(serve)
+    serve.add_argument(
+        "--deadline-ms",
+        type=_time(zero=True),
+        default=DEFAULT_DEADLINE_MS,
+        help=f"deadline of a request without X-Deadline-Ms (default {DEFAULT_DEADLINE_MS:g}; 0: none)",
+    )
+    serve.add_argument(
+        "--max-body-bytes", type=positive, default=DEFAULT_MAX_BODY_BYTES, help="larger bodies are refused (413)"
+    )
+    serve.add_argument(
+        "--max-pixels", type=positive, default=DEFAULT_MAX_PIXELS, help="larger images are refused unread (413)"
+    )
+    serve.add_argument("--model-name", default="pdsn", help="the model's name on /v2 (default pdsn)")
+    serve.add_argument("--io-threads", type=positive, default=4, help="threads for decoding and the gallery")
+    serve.add_argument("--ssl-certfile", type=Path, help="serve HTTPS with this certificate (PEM)")
+    serve.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM)")
+    serve.add_argument(
+        "--drain-seconds",
+        type=_time(zero=False, unit="seconds"),
+        default=30.0,
+        help="on SIGTERM, wait at most this long for requests in flight (default 30)",
+    )
+    serve.set_defaults(run=_serve)
+
+    bench = commands.add_parser(
+        "bench-serve", help="closed-loop HTTP clients against a live `pdsn serve`, beside the in-process batcher"
+    )
+    bundle_options(bench)
+    bench.add_argument("--precision", choices=PRECISIONS, default="auto")
+    _batcher_options(bench, max_batch=8)
+    bench.add_argument("--clients", type=numbers, default=(1, 8, 32), help="concurrency levels (default 1,8,32)")
+    bench.add_argument(
+        "--routes",
+        type=names,
+        default=("v2-binary", "v1-embed"),
+        help="HTTP routes timed (v2-binary, v2-json, v1-embed)",
+    )
+    bench.add_argument("--seconds", type=_time(zero=False, unit="seconds"), default=5.0, help="window per point")
+    bench.add_argument("--warmup-seconds", type=_time(zero=True, unit="seconds"), default=1.0)
+    bench.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for the JSON and Markdown")
+    bench.add_argument("--name", default="serve", help="file name stem of the results")
+    bench.set_defaults(run=_bench_serve)
+
+
+def _batcher_options(parser: argparse.ArgumentParser, max_batch: int = 64) -> None:
+    parser.add_argument("--max-batch", type=positive, default=max_batch, help=f"faces per batch (default {max_batch})")
+    parser.add_argument("--max-delay-ms", type=_time(zero=True), default=2.0, help="batching delay (default 2)")
+    parser.add_argument("--queue-size", type=positive, help="faces queued before 429 (default 4 x --max-batch)")
+
+
+class ServeExtraMissing(RuntimeError):
+    """The ``serve`` extra (FastAPI, uvicorn, ...) is not installed."""
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from pdsn.serve.app import create_app
+    except ImportError as exc:
+        raise ServeExtraMissing(f"pdsn serve needs the serve extra ({exc}): pip install 'pdsn-deploy[serve]'") from None
+    from pdsn.serve.config import ServeConfig
+    from pdsn.serve.limits import load_api_keys
+
+    if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
+        raise ValueError("--ssl-certfile and --ssl-keyfile go together: give both for HTTPS, or neither")
+    if not args.bundle.is_dir():
+        raise FileNotFoundError(f"--bundle: {args.bundle} is not a bundle folder (made by `pdsn export`)")
+    config = ServeConfig(
+        bundle=args.bundle,
+        gallery=args.gallery,
+        backend=args.backend,
+        device=args.device,
+        precision=args.precision,
+        max_batch=args.max_batch,
+        max_delay_ms=args.max_delay_ms,
+        queue_size=args.queue_size,
+        deadline_ms=args.deadline_ms or None,
+        max_body_bytes=args.max_body_bytes,
+        max_pixels=args.max_pixels,
+        api_keys=load_api_keys(args.api_key_file) if args.api_key_file else (),
+        model_name=args.model_name,
+        io_threads=args.io_threads,
+    )
+    failures: list[BaseException] = []
+
+    def stop(exc: BaseException) -> None:
+        failures.append(exc)
+        server.should_exit = True
+
+    access_log = _log_to_console(args.verbose)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config, on_load_failure=stop),
+            host=args.host,
+            port=args.port,
+            ssl_certfile=args.ssl_certfile,
+            ssl_keyfile=args.ssl_keyfile,
+            timeout_graceful_shutdown=math.ceil(args.drain_seconds),
+            log_config=None,
+            access_log=False,
+            server_header=False,
+        )
+    )
+    # uvicorn drains on SIGTERM, then raises the signal again under the handler it found; this one lets
+    # the process exit 0 after a clean drain instead of dying by the signal.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    access_log.start()
+    try:
+        server.run()
+    finally:
+        access_log.stop()
+    if failures:
+        raise failures[0]
+    return 0
+
+
+def _bench_serve(args: argparse.Namespace) -> int:
+    from pdsn.bench.serve import ServeBenchConfig, markdown, run_serve_benchmark, write_serve_results
+
+    config = ServeBenchConfig(
+        backend=args.backend,
+        precision=args.precision,
+        clients=args.clients,
+        routes=args.routes,
+        max_batch=args.max_batch,
+        max_delay_ms=args.max_delay_ms,
+        queue_size=args.queue_size,
+        seconds=args.seconds,
+        warmup_seconds=args.warmup_seconds,
+    )
+    result = run_serve_benchmark(args.bundle, config)
+    print(markdown(result))
+    for path in write_serve_results(result, args.out, args.name):
+        print(f"wrote {path}")
+    return 0
+
+
+def _log_to_console(verbose: bool) -> QueueListener:
+    """Access log: one JSON line per request on stdout, written by the returned listener's thread (so a
+    slow reader of stdout never stalls the event loop). Server messages go to stderr."""
+    records: queue.SimpleQueue = queue.SimpleQueue()
+    access = logging.getLogger("pdsn.serve.access")
+    access.handlers[:] = [QueueHandler(records)]
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("pdsn.serve", "uvicorn"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [errors]
+        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+        logger.propagate = False
+    return QueueListener(records, logging.StreamHandler(sys.stdout))
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}")
+    return value
+
+
+def _time(zero: bool, unit: str = "milliseconds"):
+    """An argparse type for a finite time in ``unit``: > 0, or >= 0 with ``zero``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"expected {unit} {'>=' if zero else '>'} 0, got {text!r}")
+        return value
+
+    return parse

@@ -1,0 +1,77 @@
+"""The ASGI app: one ``ServeState`` (recognizer, gallery, thread pool), the face API, KServe v2 and metrics.
+
+Loading runs in the background once the server starts, so ``/v2/health/live`` answers at once and
+``/v2/health/ready`` turns 200 only after the bundle and gallery are loaded and a warm-up batch ran.
+At shutdown (after the server has answered every request it accepted) the gallery and the
+recognizer are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import FastAPI, Response
+
+from pdsn.serve.access import AccessMiddleware
+from pdsn.serve.config import ServeConfig
+from pdsn.serve.errors import install_error_handlers
+from pdsn.serve.face_api import face_router
+from pdsn.serve.kserve import kserve_router
+from pdsn.serve.limits import ApiKeyMiddleware, BodyLimitMiddleware
+from pdsn.serve.metrics import ServeMetrics
+from pdsn.serve.state import ServeState
+
+logger = logging.getLogger("pdsn.serve")
+
+
+def create_app(config: ServeConfig, on_load_failure: Callable[[BaseException], None] | None = None) -> FastAPI:
+    """The service for ``config``. ``on_load_failure`` is told if the bundle or gallery cannot be opened
+    (``pdsn serve`` then stops the server); without it the server stays up, not ready, saying why."""
+    state = ServeState(config)
+    metrics = ServeMetrics(state)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.get_running_loop().run_in_executor(None, state.load)
+        loading.add_done_callback(lambda done: _loaded(state, done, on_load_failure))
+        try:
+            yield
+        finally:
+            await asyncio.wait([loading])
+            await asyncio.get_running_loop().run_in_executor(None, state.close)
+
+    app = FastAPI(
+        title="pdsn serve",
+        summary="Occlusion-robust face recognition (PDSN): face API, KServe v2 inference protocol, metrics",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.pdsn = state
+    routers = [face_router(state), kserve_router(state)]
+    for router in routers:
+        app.include_router(router)
+
+    @app.get("/metrics", summary="Prometheus metrics", tags=["operations"])
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    if config.api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=config.api_keys)
+    routes = [*(r for router in routers for r in router.routes), *(r for r in app.router.routes if hasattr(r, "path"))]
+    app.add_middleware(AccessMiddleware, metrics=metrics, routes=routes)
+    return app
+
+
+def _loaded(state: ServeState, done: asyncio.Future, on_failure: Callable[[BaseException], None] | None) -> None:
+    exc = None if done.cancelled() else done.exception()
+    if exc is None:
+        return
+    state.failed(exc)
+    logger.error("pdsn serve: could not load: %s", exc)
+    if on_failure is not None:
+        on_failure(exc)

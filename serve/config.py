@@ -1,0 +1,50 @@
+"""What one ``pdsn serve`` process serves, and with which limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+# Far above any face photo; a decompression bomb is refused from its header, before decoding.
+DEFAULT_MAX_PIXELS = 16_000_000
+DEFAULT_DEADLINE_MS = 10_000.0
+# The longest deadline a request may ask for (X-Deadline-Ms).
+MAX_DEADLINE_MS = 600_000.0
+MODEL_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The bundle and gallery a server opens, its batcher settings and its limits.
+
+    ``deadline_ms``: the deadline of a request that sends no ``X-Deadline-Ms`` (None: none).
+    ``api_keys``: when given, every route but the health checks and the API docs needs one.
+    """
+
+    bundle: Path
+    gallery: Path | None = None
+    backend: str = "auto"
+    device: str = "cpu"
+    precision: str = "auto"
+    max_batch: int = 64
+    max_delay_ms: float = 2.0
+    queue_size: int | None = None
+    deadline_ms: float | None = DEFAULT_DEADLINE_MS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    api_keys: tuple[str, ...] = ()
+    model_name: str = "pdsn"
+    io_threads: int = 4
+
+    def __post_init__(self) -> None:
+        if self.deadline_ms is not None and not 0 < self.deadline_ms <= MAX_DEADLINE_MS:
+            raise ValueError(
+                f"deadline_ms must be in (0, {MAX_DEADLINE_MS:g}] milliseconds or None, got {self.deadline_ms!r}"
+            )
+        for name in ("max_body_bytes", "max_pixels", "io_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not self.model_name or "/" in self.model_name:
+            raise ValueError(f"model_name must be a non-empty name without '/', got {self.model_name!r}")

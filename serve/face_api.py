@@ -1,0 +1,202 @@
+"""The face API (``/v1``): embed, verify (the PDSN union rule), identify, and the gallery's identities.
+
+Each route reads its body (JSON or multipart), decodes and aligns images on the thread pool, awaits
+the batcher, and searches or commits the gallery on the thread pool again: the event loop never
+blocks. Every answer says which cells masked the comparison and which model and precision answered.
+An enrollment is answered 201 only once the gallery has committed it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel
+
+from pdsn.model.bundle_format import ModelContract
+from pdsn.model.grid import vector_to_cells
+from pdsn.runtime.inputs import prepare_occlusion
+from pdsn.serve import dispatch
+from pdsn.serve.dispatch import Deadline, in_pool
+from pdsn.serve.errors import identity_errors, input_errors
+from pdsn.serve.images import load_faces
+from pdsn.serve.payloads import EmbedRequest, EnrollRequest, IdentifyRequest, VerifyRequest, body_docs, read_body
+from pdsn.serve.responses import (
+    EmbedResponse,
+    EnrollResponse,
+    ErrorAnswer,
+    IdentifyResponse,
+    IdentityAnswer,
+    IdentityList,
+    MatchAnswer,
+    Removed,
+    VerifyResponse,
+)
+from pdsn.serve.state import ServeState
+
+MAX_PAGE = 1000
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorAnswer} for status in (401, 404, 413, 415, 422, 429, 503, 504)
+}
+
+
+def face_router(state: ServeState) -> APIRouter:
+    """The ``/v1`` routes over ``state``'s recognizer and gallery."""
+    router = APIRouter(prefix="/v1", tags=["face API"], responses=_ERRORS)
+    config = state.config
+
+    @router.post(
+        "/embed",
+        summary="Embeddings of faces, each masked by its occluded cells",
+        responses={200: {"model": EmbedResponse}},
+        openapi_extra=body_docs(EmbedRequest),
+    )
+    async def embed(request: Request) -> Response:
+        recognizer = state.serving()
+        body = await read_body(request, EmbedRequest, state.pool)
+        deadline = Deadline.of(request, config.deadline_ms)
+        batch = await in_pool(
+            state.pool, load_faces, body.images, "images", recognizer.contract, config.max_pixels, body.landmarks
+        )
+        occlusion = _occlusion(body.occlusion, len(batch), "occlusion")
+        result = await dispatch.embeddings(recognizer, batch, occlusion, deadline)
+        cells = [None] * len(batch) if isinstance(occlusion, str) else [vector_to_cells(row) for row in occlusion]
+        return _json(EmbedResponse, state, embeddings=result.tolist(), occluded_cells=cells)
+
+    @router.post(
+        "/verify",
+        summary="Do two faces match? Both are masked by the union of their occluded cells",
+        responses={200: {"model": VerifyResponse}},
+        openapi_extra=body_docs(VerifyRequest),
+    )
+    async def verify(request: Request) -> Response:
+        recognizer = state.serving()
+        body = await read_body(request, VerifyRequest, state.pool)
+        deadline = Deadline.of(request, config.deadline_ms)
+        union = np.maximum(_cells(body.occlusion_a, 1, "occlusion_a"), _cells(body.occlusion_b, 1, "occlusion_b"))
+        pair = await in_pool(state.pool, _pair, body, recognizer.contract, config.max_pixels)
+        first, second = await dispatch.embeddings(recognizer, pair, np.repeat(union, 2, axis=0), deadline)
+        score = float(np.dot(first, second) / max(np.linalg.norm(first) * np.linalg.norm(second), 1e-12))
+        match = None if body.threshold is None else score >= body.threshold
+        return _json(VerifyResponse, state, score=score, match=match, occluded_cells=vector_to_cells(union[0]))
+
+    @router.post(
+        "/identify",
+        summary="The best-matching enrolled identities of one face (each compared under the union rule)",
+        responses={200: {"model": IdentifyResponse}},
+        openapi_extra=body_docs(IdentifyRequest),
+    )
+    async def identify(request: Request) -> Response:
+        gallery = state.serving_gallery()
+        body = await read_body(request, IdentifyRequest, state.pool)
+        deadline = Deadline.of(request, config.deadline_ms)
+        occlusion = _cells(body.occlusion, 1, "occlusion")
+        landmarks = None if body.landmarks is None else [body.landmarks]
+        probe = await in_pool(
+            state.pool,
+            load_faces,
+            [body.image],
+            "image",
+            state.recognizer.contract,
+            config.max_pixels,
+            landmarks=landmarks,
+            single=True,
+        )
+        features = await dispatch.features(state.recognizer, probe, deadline)
+        with input_errors("occlusion", "k", "threshold"):
+            (result,) = await in_pool(
+                state.pool, gallery.identify_features, features, occlusion, body.k, body.threshold
+            )
+        matches = [
+            MatchAnswer(
+                identity=m.identity, score=m.score, face_id=m.face_id, occluded_cells=m.occluded_cells, exact=m.exact
+            )
+            for m in result.matches
+        ]
+        return _json(IdentifyResponse, state, matches=matches, occluded_cells=result.occluded_cells)
+
+    @router.post(
+        "/identities",
+        status_code=201,
+        summary="Enroll an identity's faces; answered once committed",
+        responses={201: {"model": EnrollResponse}, 409: {"model": ErrorAnswer}},
+        openapi_extra=body_docs(EnrollRequest),
+    )
+    async def enroll(request: Request) -> Response:
+        gallery = state.serving_gallery()
+        body = await read_body(request, EnrollRequest, state.pool)
+        deadline = Deadline.of(request, config.deadline_ms)
+        faces = await in_pool(
+            state.pool, load_faces, body.images, "images", state.recognizer.contract, config.max_pixels, body.landmarks
+        )
+        occlusion = _cells(body.occlusion, len(faces), "occlusion")
+        features = await dispatch.features(state.recognizer, faces, deadline)
+        with identity_errors(body.identity), input_errors("identity", "metadata", "occlusion"):
+            face_ids = await in_pool(
+                state.pool, gallery.enroll_features, body.identity, features, occlusion, body.metadata, body.replace
+            )
+        cells = [vector_to_cells(row) for row in occlusion]
+        answer = _json(
+            EnrollResponse, state, identity=body.identity, face_ids=face_ids, occluded_cells=cells, status=201
+        )
+        answer.headers["Location"] = f"/v1/identities/{quote(body.identity, safe='')}"
+        return answer
+
+    @router.get("/identities", summary="Enrolled identities, sorted, a page at a time", response_model=IdentityList)
+    async def identities(offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=MAX_PAGE)) -> IdentityList:
+        gallery = state.serving_gallery()
+        names = await in_pool(state.pool, gallery.identities, offset, limit)
+        total = await in_pool(state.pool, len, gallery)
+        return IdentityList(identities=names, total=total, offset=offset, limit=limit)
+
+    @router.get("/identities/{identity:path}", summary="One identity's metadata", response_model=IdentityAnswer)
+    async def identity(identity: str) -> IdentityAnswer:
+        gallery = state.serving_gallery()
+        with identity_errors(identity), input_errors("identity"):
+            metadata = await in_pool(state.pool, gallery.metadata, identity)
+        return IdentityAnswer(identity=identity, metadata=metadata)
+
+    @router.delete("/identities/{identity:path}", summary="Remove an identity and its faces", response_model=Removed)
+    async def remove(identity: str) -> Removed:
+        gallery = state.serving_gallery()
+        with identity_errors(identity), input_errors("identity"):
+            await in_pool(state.pool, gallery.remove, identity)
+        return Removed(identity=identity, removed=True, total=await in_pool(state.pool, len, gallery))
+
+    return router
+
+
+def _occlusion(value: object, count: int, field: str) -> np.ndarray | str:
+    """(count, 25) vectors from the request's cells; ``"auto"`` goes to the runtime's batcher as is."""
+    return value if value == "auto" else _cells(value, count, field)
+
+
+def _cells(value: object, count: int, field: str) -> np.ndarray:
+    """(count, 25) vectors, read by the runtime (which refuses what it cannot resolve, e.g. ``"auto"`` here)."""
+    with input_errors(field):
+        return prepare_occlusion(value, count, field)
+
+
+def _pair(body: VerifyRequest, contract: ModelContract, max_pixels: int) -> np.ndarray:
+    faces = []
+    for side in ("a", "b"):
+        points = getattr(body, f"landmarks_{side}")
+        faces.append(
+            load_faces(
+                [getattr(body, f"image_{side}")],
+                f"image_{side}",
+                contract,
+                max_pixels,
+                None if points is None else [points],
+                f"landmarks_{side}",
+                single=True,
+            )
+        )
+    return np.concatenate(faces)
+
+
+def _json(model: type[BaseModel], state: ServeState, status: int = 200, **fields) -> Response:
+    answer = model(model=state.model_id, precision=state.recognizer.precision, **fields)
+    return Response(answer.model_dump_json(), status, media_type="application/json")

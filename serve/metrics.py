@@ -1,0 +1,118 @@
+"""Prometheus metrics, in a registry of the app's own: HTTP traffic, and the runtime's state read at scrape.
+
+HTTP requests and latency are counted per route template (``/v2/models/{name}/infer``, never the
+raw path), method and status. The batcher's and the gallery's figures are read from their
+``stats()`` when Prometheus scrapes, so nothing on the request path counts them twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pdsn.runtime.gallery import GalleryError
+from pdsn.serve.state import ServeState
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_QUANTILES = ("p50", "p90", "p99")
+
+
+class ServeMetrics:
+    """The app's registry with its HTTP metrics and the runtime collector."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, state: ServeState) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ("route", "method", "status")
+        self.requests = Counter("pdsn_http_requests", "HTTP requests answered", labels, registry=self.registry)
+        self.latency = Histogram(
+            "pdsn_http_request_duration_seconds",
+            "Time from a request's arrival to its answer",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge("pdsn_http_requests_in_flight", "HTTP requests being answered", registry=self.registry)
+        self.registry.register(RuntimeCollector(state))
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method, str(status)).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RuntimeCollector(Collector):
+    """Readiness, the batcher's counters and batch sizes, and the gallery's size and pattern cache."""
+
+    def __init__(self, state: ServeState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        ready, _ = self.state.readiness()
+        yield GaugeMetricFamily("pdsn_ready", "1 when the server is ready to answer", value=float(ready))
+        if self.state.recognizer is not None:
+            yield from _batcher(self.state.recognizer.stats())
+        if self.state.gallery is not None:
+            try:
+                stats = self.state.gallery.stats()
+            except GalleryError:  # closed while shutting down
+                return
+            yield from _gallery(stats)
+
+
+def _batcher(stats) -> Iterator[Metric]:
+    counters = {
+        "requests": ("pdsn_batcher_requests", "Requests the batcher accepted"),
+        "faces": ("pdsn_batcher_faces", "Faces the batcher accepted"),
+        "completed": ("pdsn_batcher_completed", "Requests answered with embeddings"),
+        "rejected": ("pdsn_batcher_rejected", "Requests refused because the queue was full (HTTP 429)"),
+        "timed_out": ("pdsn_batcher_timeouts", "Requests dropped unrun because their deadline passed in the queue"),
+        "cancelled": ("pdsn_batcher_cancelled", "Requests cancelled while queued"),
+        "failed": ("pdsn_batcher_failed", "Requests whose batch failed"),
+        "batches": ("pdsn_batcher_batches", "Batches run"),
+    }
+    for key, (name, documentation) in counters.items():
+        yield CounterMetricFamily(name, documentation, value=getattr(stats, key))
+    answered = stats.completed + stats.timed_out + stats.cancelled + stats.failed
+    yield GaugeMetricFamily(
+        "pdsn_batcher_queue_depth",
+        "Requests accepted and not yet answered (queued or running)",
+        value=stats.requests - answered,
+    )
+    buckets = [
+        (str(float(bound)), sum(count for size, count in stats.batch_sizes.items() if size <= bound))
+        for bound in BATCH_BUCKETS
+    ]
+    buckets.append(("+Inf", sum(stats.batch_sizes.values())))
+    batch = HistogramMetricFamily("pdsn_batcher_batch_size", "Faces per batch run")
+    batch.add_metric([], buckets, sum_value=sum(size * count for size, count in stats.batch_sizes.items()))
+    yield batch
+    for name, values, documentation in (
+        ("pdsn_batcher_queue_wait_seconds", stats.queue_wait_ms, "Queue wait per request, recent requests"),
+        ("pdsn_batcher_compute_seconds", stats.compute_ms, "Compute time of each request's batch, recent requests"),
+    ):
+        family = GaugeMetricFamily(name, documentation, labels=["quantile"])
+        for quantile in _QUANTILES:
+            if quantile in values:
+                family.add_metric([f"0.{quantile[1:]}"], values[quantile] / 1000.0)
+        yield family
+
+
+def _gallery(stats) -> Iterator[Metric]:
+    yield GaugeMetricFamily("pdsn_gallery_identities", "Identities enrolled", value=stats.identities)
+    yield GaugeMetricFamily("pdsn_gallery_faces", "Faces enrolled", value=stats.faces)
+    yield GaugeMetricFamily("pdsn_gallery_groups", "Groups of faces enrolled with the same cells", value=stats.groups)
+    yield CounterMetricFamily("pdsn_gallery_pattern_cache_hits", "Probe patterns found cached", value=stats.cache.hits)
+    yield CounterMetricFamily(
+        "pdsn_gallery_pattern_cache_misses", "Probe patterns computed from the features", value=stats.cache.misses
+    )
+    yield GaugeMetricFamily(
+        "pdsn_gallery_pattern_cache_bytes", "Bytes the pattern cache holds", value=stats.cache.bytes
+    )

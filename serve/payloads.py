@@ -1,0 +1,188 @@
+"""The face API's request bodies, read from JSON (images base64) or from multipart forms (images as files).
+
+Both encodings fill the same pydantic models, so both are checked alike: a bad field is a 422
+naming it. In a multipart form, files are the images, a field typed as text (``identity``) is
+taken as sent, and every other field holds JSON (e.g. ``occlusion=[10, 11]``, ``k=3``).
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from concurrent.futures import Executor
+from typing import Annotated, TypeVar
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
+from starlette.datastructures import UploadFile
+
+from pdsn.serve.dispatch import in_pool
+from pdsn.serve.errors import ApiError
+from pdsn.serve.images import Upload, image_bytes
+
+MAX_IMAGES = 256
+# Larger JSON bodies are parsed off the event loop: a few aligned crops fit below, photos do not.
+INLINE_JSON_BYTES = 256 * 1024
+MAX_FORM_FIELDS = 32
+MAX_K = 1000
+MAX_IDENTITY_LENGTH = 256
+
+_CELLS_SCHEMA = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 24}}
+_OCCLUSION_HELP = (
+    'null (no cell occluded), "auto" (the bundle\'s occlusion estimator decides), a list of occluded cell ids '
+    "0..24 (row-major 5x5 grid) for every image, or one such list per image"
+)
+
+
+def _occlusion(value: object) -> object:
+    def is_cells(item: object) -> bool:
+        return isinstance(item, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in item)
+
+    if value is None or value == "auto" or is_cells(value):
+        return value
+    if isinstance(value, list) and all(is_cells(item) for item in value):
+        return value
+    raise ValueError(f"expected {_OCCLUSION_HELP}; got {json.dumps(value)[:80]}")
+
+
+ImageFile = Annotated[
+    bytes,
+    PlainValidator(image_bytes),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64", "description": "an image file, base64"}),
+]
+Occlusion = Annotated[
+    object,
+    PlainValidator(_occlusion),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "null"},
+                {"const": "auto"},
+                _CELLS_SCHEMA,
+                {"type": "array", "items": _CELLS_SCHEMA},
+            ],
+            "description": _OCCLUSION_HELP,
+        }
+    ),
+]
+# Five (x, y) points in the photo: left eye, right eye, nose tip, left and right mouth corners.
+Landmarks = list[list[float]]
+Threshold = Annotated[float | None, Field(ge=-1.0, le=1.0, description="match at or above this cosine score")]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class EmbedRequest(_Body):
+    images: list[ImageFile] = Field(min_length=1, max_length=MAX_IMAGES)
+    occlusion: Occlusion = None
+    landmarks: list[Landmarks] | None = Field(None, description="one set of 5 (x, y) points per image (photos)")
+
+
+class VerifyRequest(_Body):
+    image_a: ImageFile
+    image_b: ImageFile
+    occlusion_a: Occlusion = None
+    occlusion_b: Occlusion = None
+    threshold: Threshold = None
+    landmarks_a: Landmarks | None = None
+    landmarks_b: Landmarks | None = None
+
+
+class IdentifyRequest(_Body):
+    image: ImageFile
+    occlusion: Occlusion = None
+    k: int = Field(5, ge=1, le=MAX_K, strict=True)
+    threshold: Threshold = None
+    landmarks: Landmarks | None = None
+
+
+class EnrollRequest(_Body):
+    identity: str = Field(min_length=1, max_length=MAX_IDENTITY_LENGTH)
+    images: list[ImageFile] = Field(min_length=1, max_length=MAX_IMAGES)
+    occlusion: Occlusion = None
+    metadata: dict | None = None
+    landmarks: list[Landmarks] | None = None
+    replace: bool = False
+
+
+Body = TypeVar("Body", bound=_Body)
+
+
+def body_docs(model: type[_Body]) -> dict:
+    """The route's OpenAPI request body: ``model`` as JSON, and as a multipart form with image files."""
+    schema = model.model_json_schema()
+    form = {"type": "object", "properties": {}, "required": schema.get("required", [])}
+    for name, prop in schema["properties"].items():
+        image = prop.get("contentEncoding") == "base64"
+        images = prop.get("items", {}).get("contentEncoding") == "base64"
+        if image or images:
+            binary = {"type": "string", "format": "binary"}
+            form["properties"][name] = {"type": "array", "items": binary} if images else binary
+        else:
+            text = "text" if prop.get("type") == "string" else "JSON text"
+            form["properties"][name] = {"type": "string", "description": f"{prop.get('description', name)} ({text})"}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema}, "multipart/form-data": {"schema": form}},
+        }
+    }
+
+
+async def read_body(request: Request, model: type[Body], pool: Executor) -> Body:
+    """The request's body as ``model``: JSON, or a multipart form; 415 for any other content type.
+
+    A JSON body over INLINE_JSON_BYTES is parsed (and its base64 decoded) on ``pool``.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if content_type == "multipart/form-data":
+            return model.model_validate(await _form(request, model))
+        if content_type in ("application/json", "") or content_type.endswith("+json"):
+            body = await request.body()
+            if len(body) <= INLINE_JSON_BYTES:
+                return model.model_validate_json(body)
+            return await in_pool(pool, model.model_validate_json, body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
+    raise ApiError(
+        415,
+        f"content type {content_type!r} is not accepted; send application/json (images base64) or "
+        f"multipart/form-data (images as files)",
+        "content-type",
+    )
+
+
+async def _form(request: Request, model: type[_Body]) -> dict:
+    form = await request.form(max_files=MAX_IMAGES, max_fields=MAX_FORM_FIELDS)
+    data = {}
+    for name in dict.fromkeys(form.keys()):
+        values = [await _value(v) for v in form.getlist(name)]
+        field = model.model_fields.get(name)
+        if field is None:
+            data[name] = values[0]  # refused by the model as an unknown field, by name
+            continue
+        files = all(isinstance(v, Upload) for v in values)
+        if files and typing.get_origin(field.annotation) is list:
+            data[name] = values
+        elif len(values) == 1:
+            data[name] = values[0] if files or field.annotation is str else _json_field(name, values[0])
+        else:
+            raise ApiError(422, f"{name}: sent {len(values)} times; send it once", name)
+    return data
+
+
+async def _value(value: UploadFile | str) -> Upload | str:
+    return Upload(await value.read()) if isinstance(value, UploadFile) else value
+
+
+def _json_field(name: str, text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ApiError(
+            422, f"{name}: multipart form fields other than files and text fields hold JSON, got {text[:80]!r}", name
+        ) from None
