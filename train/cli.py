@@ -20,11 +20,12 @@ from pdsn.train.data import (
     SYNTHETIC_IDENTITIES,
     SYNTHETIC_IMAGES_PER_IDENTITY,
 )
-from pdsn.train.evaluate import DEFAULT_FARS, EVAL_PAIRS, EVAL_SEED
+from pdsn.train.evaluate import DEFAULT_FARS, EVAL_IDENTITIES, EVAL_PAIRS, EVAL_SEED
 
 
 def add_training_commands(commands: argparse._SubParsersAction) -> None:
-    """Add train-stage0, train-pdsn, build-dictionary, finetune, evaluate and train-demo."""
+    """Add train-stage0, train-pdsn, build-dictionary, finetune, evaluate, train-demo, train-occlusion and
+    evaluate-occlusion."""
     stage0 = commands.add_parser("train-stage0", help="stage 0: train the recognition network (CosFace)")
     _data_options(stage0)
     stage0.add_argument(
@@ -117,6 +118,15 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
         default=",".join(map(str, DEFAULT_FARS)),
         help="comma-separated false accept rates (default %(default)s)",
     )
+    evaluate.add_argument(
+        "--identification",
+        action="store_true",
+        help="1:N instead: closed-set rank-1 and open-set TPIR@FPIR on synthetic identities with occluded probes",
+    )
+    evaluate.add_argument("--enrolled", type=int, default=100, help="identification: enrolled identities with probes")
+    evaluate.add_argument("--distractors", type=int, default=100, help="identification: gallery-only identities")
+    evaluate.add_argument("--unenrolled", type=int, default=50, help="identification: identities of non-mated probes")
+    evaluate.add_argument("--fpir", default="0.1,0.01", help="identification: false positive identification rates")
     evaluate.add_argument("--report", type=Path, help="write the JSON report here")
     evaluate.add_argument("--markdown", type=Path, help="write the Markdown table here")
     evaluate.add_argument("--threads", type=int, help="torch intra-op threads (PyTorch rows)")
@@ -134,6 +144,54 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--eval-pairs", type=int, help=f"synthetic evaluation pairs (default {EVAL_PAIRS})")
     demo.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     demo.set_defaults(run=_train_demo)
+    _occlusion_commands(commands)
+
+
+def _occlusion_commands(commands: argparse._SubParsersAction) -> None:
+    occlusion = commands.add_parser(
+        "train-occlusion", help="train the occlusion estimator (which grid cells are occluded) and its thresholds"
+    )
+    occlusion.add_argument("--data", default=SYNTHETIC, help="'synthetic' or a folder of aligned 112x96 crops")
+    occlusion.add_argument("--out", type=Path, required=True, help="folder for occlusion_estimator.pth and .json")
+    occlusion.add_argument("--seed", type=int, default=0, help="faces, occluders, initialisation and shuffling")
+    occlusion.add_argument("--epochs", type=int, help="default 16")
+    occlusion.add_argument("--identities", type=int, help="synthetic training identities (default 400)")
+    occlusion.add_argument("--images-per-identity", type=int, help="synthetic images each (default 5)")
+    occlusion.add_argument("--validation-identities", type=int, help="synthetic held-out identities (default 120)")
+    occlusion.add_argument("--batch-size", type=int, help="default 32")
+    occlusion.add_argument("--lr", type=float, help="AdamW learning rate (default 3e-3)")
+    occlusion.add_argument("--clean-fraction", type=float, help="share of training faces left clean (default 0.25)")
+    occlusion.add_argument(
+        "--max-clean-false-alarm",
+        type=float,
+        help="thresholds are raised until at most this share of clean validation faces has a cell flagged "
+        "(default 0.02)",
+    )
+    occlusion.add_argument("--threads", type=int, help="torch intra-op threads (default 1)")
+    occlusion.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    occlusion.set_defaults(run=_train_occlusion)
+
+    evaluate = commands.add_parser(
+        "evaluate-occlusion",
+        help="the occlusion estimator: cell P/R/F1 per occluder, and verification/identification "
+        "with no FDM, the estimator's FDM and the true cells' FDM",
+    )
+    evaluate.add_argument("--estimator", type=Path, help="occlusion_estimator.pth (default: the shipped one)")
+    evaluate.add_argument("--checkpoint", type=Path, help="recognition checkpoint (default: the trained demo model)")
+    evaluate.add_argument("--dictionary", type=Path, help="its dictionary (default: the demo model's)")
+    evaluate.add_argument("--tau", type=float, help=f"binarisation of a mean-mask folder (default {DEFAULT_TAU})")
+    evaluate.add_argument(
+        "--num-pairs", type=int, default=EVAL_PAIRS, help="synthetic pairs, a multiple of 20 (default %(default)s)"
+    )
+    evaluate.add_argument(
+        "--identities", type=int, default=EVAL_IDENTITIES, help="synthetic pair identities (default %(default)s)"
+    )
+    evaluate.add_argument("--seed", type=int, default=EVAL_SEED, help="pairs and occluders (default %(default)s)")
+    evaluate.add_argument("--no-identification", action="store_true", help="skip the identification rows")
+    evaluate.add_argument("--report", type=Path, help="write the JSON report here")
+    evaluate.add_argument("--markdown", type=Path, help="write the Markdown tables here")
+    evaluate.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    evaluate.set_defaults(run=_threaded(_evaluate_occlusion))
 
 
 def _data_options(parser: argparse.ArgumentParser, pair_list: bool = False) -> None:
@@ -328,6 +386,8 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.identification:
+        return _evaluate_identification(args)
     from pdsn.train.evaluate import (
         BundleEmbedder,
         evaluation_report,
@@ -373,6 +433,53 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_identification(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+
+    from pdsn.train.evaluate import BundleEmbedder
+    from pdsn.train.identification import (
+        brute_force_scores,
+        format_identification_table,
+        gallery_scores,
+        identification_report,
+        synthetic_identification,
+    )
+
+    if args.checkpoint is None and args.bundle is None:
+        raise ValueError("nothing to evaluate: pass --checkpoint (with --dictionary) and/or --bundle")
+    if args.pairs is not None:
+        raise ValueError("--identification evaluates synthetic identities; --pairs is for verification")
+    data = synthetic_identification(args.enrolled, args.distractors, args.unenrolled, seed=args.seed)
+    rows = []
+    if args.checkpoint is not None:
+        torch_model = _torch_embedder(args)
+        rows += [
+            (torch_model.name, "re-embedding", fdm, brute_force_scores(torch_model, data, fdm)) for fdm in (False, True)
+        ]
+    for precision in (p.strip() for p in args.precision.split(",") if p.strip()) if args.bundle else ():
+        embedder = BundleEmbedder.open(args.bundle, args.backend, precision, args.device, args.allow_ungated)
+        with embedder.recognizer, tempfile.TemporaryDirectory(prefix="pdsn-identify-") as folder:
+            for fdm in (False, True):
+                rows.append((embedder.name, "re-embedding", fdm, brute_force_scores(embedder, data, fdm)))
+                scores = gallery_scores(embedder.recognizer, data, fdm, Path(folder) / "gallery.db")
+                rows.append((embedder.name, "Gallery", fdm, scores))
+    report = identification_report(rows, data, _fars(args.fpir))
+    described = report["data"]
+    print(
+        f"{described['gallery']} gallery identities ({described['distractors']} distractors), "
+        f"{described['mated_probes']} mated and {described['non_mated_probes']} non-mated probes, every probe "
+        f"occluded ({described['occluders']}); SYNTHETIC faces\n"
+    )
+    table = format_identification_table(report)
+    print(table)
+    if args.report is not None:
+        args.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if args.markdown is not None:
+        args.markdown.write_text(f"# Identification\n\n{report['protocol']}.\n\n{table}\n", encoding="utf-8")
+    return 0
+
+
 def _torch_embedder(args: argparse.Namespace):
     from pdsn.model.checkpoint import load_recognition_model
     from pdsn.model.dictionary import build_dictionary
@@ -413,4 +520,62 @@ def _train_demo(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     train_demo(args.out, config, work=args.work)
+    return 0
+
+
+def _train_occlusion(args: argparse.Namespace) -> int:
+    from pdsn.train.occlusion_estimator import EstimatorConfig, describe, train_occlusion
+
+    config = _config(
+        EstimatorConfig(),
+        data=str(args.data),
+        seed=args.seed,
+        epochs=args.epochs,
+        identities=args.identities,
+        images_per_identity=args.images_per_identity,
+        validation_identities=args.validation_identities,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        clean_fraction=args.clean_fraction,
+        max_clean_false_alarm=args.max_clean_false_alarm,
+        threads=args.threads,
+    )
+    print(describe(train_occlusion(args.out, config, progress=not args.quiet)))
+    return 0
+
+
+def _evaluate_occlusion(args: argparse.Namespace) -> int:
+    import json
+
+    from pdsn.model.checkpoint import load_recognition_model
+    from pdsn.model.demo_weights import TRAINED_DEMO_CHECKPOINT, TRAINED_DEMO_DICTIONARY
+    from pdsn.model.dictionary import build_dictionary
+    from pdsn.model.occlusion_net import SHIPPED_ESTIMATOR, load_estimator
+    from pdsn.train.estimator_evaluation import evaluate_estimator, format_report
+    from pdsn.train.evaluate import TorchEmbedder
+
+    if (args.checkpoint is None) != (args.dictionary is None):
+        raise ValueError(
+            "--checkpoint and --dictionary go together (a recognition model and its mask dictionary); "
+            "pass both, or neither for the trained demo model"
+        )
+    model, _ = load_recognition_model(args.checkpoint or TRAINED_DEMO_CHECKPOINT)
+    dictionary = build_dictionary(
+        args.dictionary or TRAINED_DEMO_DICTIONARY, tau=args.tau, feature_shape=model.architecture.feature_shape
+    )
+    estimator = load_estimator(args.estimator or SHIPPED_ESTIMATOR)
+    report = evaluate_estimator(
+        estimator,
+        TorchEmbedder(model, dictionary, "pytorch fp32"),
+        num_pairs=args.num_pairs,
+        seed=args.seed,
+        identities=args.identities,
+        identification=not args.no_identification,
+    )
+    text = format_report(report)
+    print(text)
+    if args.report is not None:
+        args.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if args.markdown is not None:
+        args.markdown.write_text(f"# Occlusion estimator (SYNTHETIC)\n\n{text}\n", encoding="utf-8")
     return 0

@@ -1,11 +1,20 @@
 """Synthetic occluders drawn over aligned 112x96 face crops (numpy only).
 
-Four kinds: ``bar`` (a solid, uniformly coloured rectangle), ``patch`` (a rectangle with a random
-striped and blotchy texture), both placed over one grid cell or a given box; ``sunglasses`` (two
-dark lenses over the eyes with a bridge and temple arms) and ``scarf`` (a textured cloth over the
-lower face from just below the nose), both placed from the face's five landmarks. Every occluder is
-opaque with hard edges, so the returned pixel mask is exactly the set of pixels it replaced, and
-the 25-vector of occluded cells is ``pdsn.model.grid.cells_from_mask(mask, min_coverage)``.
+``OCCLUDER_KINDS``, the four kinds every published evaluation draws from: ``bar`` (a solid,
+uniformly coloured rectangle), ``patch`` (a rectangle with a random striped and blotchy texture),
+both placed over one grid cell or a given box; ``sunglasses`` (two dark lenses over the eyes with a
+bridge and temple arms) and ``scarf`` (a textured cloth over the lower face from just below the
+nose), both placed from the face's five landmarks.
+
+``ESTIMATOR_OCCLUDER_KINDS`` adds two kinds for training and testing the occlusion estimator, both
+placed from the landmarks: ``hand`` (an irregular smooth blob anywhere on the face: a hand with
+fingers in a skin tone, or an object with a random texture) and ``face_mask`` (a pleated medical
+mask over nose and mouth, sometimes with ear loops). ``OCCLUDER_KINDS`` stays as it is, so seeded
+draws from it are unchanged.
+
+Every occluder is opaque with hard edges, so the returned pixel mask is exactly the set of pixels
+it replaced, and the 25-vector of occluded cells is ``pdsn.model.grid.cells_from_mask(mask,
+min_coverage)``.
 """
 
 from __future__ import annotations
@@ -26,7 +35,13 @@ from pdsn.model.grid import (
 )
 
 OCCLUDER_KINDS = ("bar", "patch", "sunglasses", "scarf")
+ESTIMATOR_OCCLUDER_KINDS = (*OCCLUDER_KINDS, "hand", "face_mask")
 _PLACED_BY_REGION = ("bar", "patch")
+# Skin tones of hands: drawn between these, light to dark.
+_SKIN_LIGHT = np.array([236.0, 200.0, 176.0])
+_SKIN_DARK = np.array([92.0, 62.0, 48.0])
+# Face-mask fabrics: surgical blue, white, black, pale green.
+_MASK_COLOURS = np.array([[150, 190, 220], [235, 235, 232], [32, 32, 36], [170, 205, 185]], dtype=np.float64)
 
 _ROWS, _COLS = np.mgrid[0:CROP_HEIGHT, 0:CROP_WIDTH].astype(np.float64)
 # Pixel centres, in the same continuous coordinates as grid boxes (pixel k spans [k, k + 1)).
@@ -62,13 +77,14 @@ def occlude(
 
     ``bar`` and ``patch`` need exactly one of ``cell`` (0..24; the occluder covers the cell grown by
     a random 0..``margin`` pixels on each side) or ``box`` (x0, y0, x1, y1 in crop pixels).
-    ``sunglasses`` and ``scarf`` take neither; they are placed from ``landmarks`` ((5, 2): eyes,
-    nose, mouth corners in crop pixels; default: the alignment template). The result is a
-    deterministic function of the arguments and the state of ``rng``.
+    The other kinds (``sunglasses``, ``scarf``, ``hand``, ``face_mask``) take neither; they are
+    placed from ``landmarks`` ((5, 2): eyes, nose, mouth corners in crop pixels; default: the
+    alignment template). The result is a deterministic function of the arguments and the state of
+    ``rng``.
     """
     crop = _check_image(image)
-    if not isinstance(kind, str) or kind not in OCCLUDER_KINDS:
-        raise ValueError(f"kind must be one of {OCCLUDER_KINDS}, got {kind!r}")
+    if not isinstance(kind, str) or kind not in ESTIMATOR_OCCLUDER_KINDS:
+        raise ValueError(f"kind must be one of {ESTIMATOR_OCCLUDER_KINDS}, got {kind!r}")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
     if isinstance(margin, bool) or not isinstance(margin, numbers.Integral) or margin < 0:
@@ -89,8 +105,7 @@ def occlude(
                     f"{name} is not used by kind {kind!r}, which is placed from landmarks; "
                     f"got {name}={value!r}. Use kind 'bar' or 'patch' to cover a cell or a box"
                 )
-        points = _check_landmarks(landmarks)
-        colours, mask = _sunglasses(points, rng) if kind == "sunglasses" else _scarf(points, rng)
+        colours, mask = _PLACED_BY_LANDMARKS[kind](_check_landmarks(landmarks), rng)
 
     occluded = crop.copy()
     occluded[mask] = np.clip(colours[mask] + 0.5, 0, 255).astype(np.uint8)
@@ -104,9 +119,13 @@ def random_occlusion(
     landmarks: np.ndarray | None = None,
     min_coverage: float = DEFAULT_MIN_COVERAGE,
 ) -> Occlusion:
-    """One occluder of a kind drawn from ``kinds``; bars and patches cover a random cell."""
-    if isinstance(kinds, str) or not kinds or any(k not in OCCLUDER_KINDS for k in kinds):
-        raise ValueError(f"kinds must be a non-empty tuple drawn from {OCCLUDER_KINDS}, got {kinds!r}")
+    """One occluder of a kind drawn from ``kinds``; bars and patches cover a random cell.
+
+    ``kinds`` may hold any of ``ESTIMATOR_OCCLUDER_KINDS``; for a given tuple the draws do not
+    depend on which other kinds exist.
+    """
+    if isinstance(kinds, str) or not kinds or any(k not in ESTIMATOR_OCCLUDER_KINDS for k in kinds):
+        raise ValueError(f"kinds must be a non-empty tuple drawn from {ESTIMATOR_OCCLUDER_KINDS}, got {kinds!r}")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     kind = kinds[int(rng.integers(len(kinds)))]
@@ -243,3 +262,79 @@ def _scarf(points: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np
     cloth += (stripes > rng.uniform(-0.3, 0.6))[..., None] * rng.uniform(-80, 80, 3)
     folds = 1.0 + 0.15 * np.sin(rng.uniform(0.15, 0.35) * u + rng.uniform(0, 2 * np.pi))
     return cloth * folds[..., None], mask
+
+
+def _hand(points: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A hand (skin-toned palm and fingers) or an object (textured blob) anywhere on the face.
+
+    A hand is shaded like a rounded solid, darker towards every part's rim, so that fingers and
+    the palm's outline show even when its tone matches the face's.
+    """
+    frame = _eye_frame(points)
+    u, v = _to_frame(_COLS, _ROWS, frame)
+    eye_distance = frame[3]
+    centre = np.array([eye_distance * rng.uniform(-1.1, 1.1), eye_distance * rng.uniform(-1.0, 1.7)])
+    radius = eye_distance * rng.uniform(0.35, 0.75)
+    is_hand = rng.uniform() < 0.5
+    du, dv = u - centre[0], v - centre[1]
+    angle = np.arctan2(dv, du)
+    wobble = 1.0 + sum(
+        rng.uniform(-1.0, 1.0) * (0.12 if is_hand else 0.25) / order * np.cos(order * angle + rng.uniform(0, 2 * np.pi))
+        for order in (2, 3, 4, 5)
+    )
+    # Relative depth into the shape: 0 on a part's axis or centre, 1 on its rim.
+    rim = np.hypot(du, dv) / (radius * wobble)
+    if not is_hand:
+        return _texture(rng), rim <= 1.0
+    pointing = rng.uniform(0, 2 * np.pi)
+    spread, length, width = rng.uniform(0.25, 0.5), radius * rng.uniform(0.9, 1.5), radius * rng.uniform(0.15, 0.25)
+    for offset in np.linspace(-spread, spread, int(rng.integers(2, 5))):
+        direction = np.array([np.cos(pointing + offset), np.sin(pointing + offset)])
+        start = centre + 0.5 * radius * direction
+        finger = _segment_distance(u, v, start, start + length * rng.uniform(0.8, 1.1) * direction) / width
+        rim = np.minimum(rim, finger)
+    skin = _SKIN_LIGHT + rng.uniform(0, 1) * (_SKIN_DARK - _SKIN_LIGHT)
+    light = rng.uniform(-0.15, 0.15, 2)
+    shade = 1.0 - rng.uniform(0.25, 0.45) * np.clip(rim, 0.0, 1.0) ** 3 + (light[0] * du + light[1] * dv) / radius
+    return skin * shade[..., None] + rng.normal(0, 5, (CROP_HEIGHT, CROP_WIDTH, 3)), rim <= 1.0
+
+
+def _segment_distance(u: np.ndarray, v: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Distance of every point to the segment ``start``-``end`` (in frame coordinates)."""
+    along = end - start
+    t = np.clip(((u - start[0]) * along[0] + (v - start[1]) * along[1]) / max(float(along @ along), 1e-9), 0.0, 1.0)
+    return np.hypot(u - start[0] - t * along[0], v - start[1] - t * along[1])
+
+
+def _face_mask(points: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A pleated medical mask from the nose bridge to below the chin, optionally with ear loops."""
+    frame = _eye_frame(points)
+    u, v = _to_frame(_COLS, _ROWS, frame)
+    eye_distance = frame[3]
+    nose_u, nose_v = _to_frame(points[2, 0], points[2, 1], frame)
+    _, mouth_v = _to_frame(points[3:, 0].mean(), points[3:, 1].mean(), frame)
+    half_width = eye_distance * rng.uniform(0.85, 1.1)
+    across = ((u - nose_u) / half_width) ** 2
+    top = nose_v - eye_distance * rng.uniform(0.25, 0.45) + eye_distance * rng.uniform(0.05, 0.25) * across
+    bottom = mouth_v + eye_distance * rng.uniform(0.45, 0.8) - eye_distance * rng.uniform(0.0, 0.2) * across
+    height = np.maximum(bottom - top, 1e-6)
+    bulge = 0.8 + 0.2 * np.sin(np.pi * np.clip((v - top) / height, 0.0, 1.0))
+    body = (v >= top) & (v <= bottom) & (np.abs(u - nose_u) <= half_width * bulge)
+    mask = body.copy()
+    if rng.uniform() < 0.6:
+        thickness = rng.uniform(0.5, 1.0)
+        top_v, bottom_v = nose_v - eye_distance * 0.3, mouth_v + eye_distance * 0.5
+        ear_v = eye_distance * rng.uniform(0.2, 0.45)
+        for side in (-1.0, 1.0):
+            ear = np.array([nose_u + side * eye_distance * rng.uniform(1.25, 1.45), ear_v])
+            for corner_v in (top_v, bottom_v):
+                corner = np.array([nose_u + side * 0.8 * half_width, corner_v])
+                mask |= _segment_distance(u, v, corner, ear) <= thickness
+    fabric = _MASK_COLOURS[rng.integers(len(_MASK_COLOURS))] * rng.uniform(0.85, 1.05)
+    pleats = 1.0 - 0.12 * (np.sin(2 * np.pi * (v - top) / (height / rng.uniform(3.0, 4.5))) > 0.6)
+    colours = fabric * pleats[..., None] + rng.normal(0, 4, (CROP_HEIGHT, CROP_WIDTH, 3))
+    loop = np.broadcast_to(fabric * 0.95, colours.shape)
+    return np.where(body[..., None], colours, loop), mask
+
+
+_PLACED_BY_LANDMARKS = {"sunglasses": _sunglasses, "scarf": _scarf, "hand": _hand, "face_mask": _face_mask}

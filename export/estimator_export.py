@@ -1,0 +1,245 @@
+"""The occlusion estimator to ONNX (``estimator.onnx``), checked against PyTorch.
+
+The graph takes the recognition model's input, ``image`` uint8 [N, 112, 96, 3] RGB, and does the
+cast, NHWC -> NCHW and ``(x/255 - 0.5)/0.5`` inside, as ``DeployGraph`` does; it returns
+``occlusion_probability`` float32 [N, 25], the sigmoid of the cell logits. The per-cell thresholds
+stay outside the graph, in the contract this module returns, so a runtime applies them with
+``pdsn.model.estimator_contract.cells_from_probabilities`` and a bundle can record them.
+
+The parity gate runs the file on ONNX Runtime's CPU provider and PyTorch eager FP32 on the same
+faces: the probabilities must agree to ``max_abs_error``, and the thresholded cells must agree
+everywhere except where PyTorch's probability is within that error of the cell's threshold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from pdsn.model.comparison import onnx_session
+from pdsn.model.estimator_contract import (
+    ESTIMATOR_FILE,
+    ESTIMATOR_FORMAT,
+    ESTIMATOR_FORMAT_VERSION,
+    ESTIMATOR_IMAGE_INPUT,
+    ESTIMATOR_OUTPUT,
+)
+from pdsn.model.grid import (
+    CELL_X_BOUNDS,
+    CELL_Y_BOUNDS,
+    CROP_HEIGHT,
+    CROP_WIDTH,
+    GRID_COLS,
+    GRID_ROWS,
+    NUM_CELLS,
+    cell_bounds,
+)
+from pdsn.model.occlusion_net import OcclusionNet, TrainedEstimator
+from pdsn.model.sample_faces import seeded_faces
+
+ESTIMATOR_PARITY_REPORT = "reports/estimator-parity.json"
+DEFAULT_OPSET = 18
+PARITY_FACES = 16
+
+
+class EstimatorParityError(RuntimeError):
+    """The exported estimator does not reproduce the PyTorch one."""
+
+
+@dataclass(frozen=True)
+class EstimatorGate:
+    """FP32 ONNX must match PyTorch to float rounding: probabilities, and cells away from the thresholds."""
+
+    max_abs_error: float = 1e-4
+
+
+class EstimatorGraph(nn.Module):
+    """What gets traced: uint8 NHWC crops -> normalised NCHW -> the network -> sigmoid."""
+
+    def __init__(self, model: OcclusionNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        # Cast before Transpose: TensorRT's Transpose does not take UInt8 tensors.
+        x = (image.to(torch.float32).permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.5
+        return torch.sigmoid(self.model(x))
+
+
+def export_estimator(estimator: TrainedEstimator, path: str | Path, opset: int = DEFAULT_OPSET) -> dict:
+    """Write ``estimator`` as ONNX to ``path``; returns the contract (tensors, normalisation, grid, thresholds)."""
+    proto = _trace(EstimatorGraph(estimator.model.eval()).eval(), opset)
+    proto.producer_name = "pdsn-deploy"
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
+    return estimator_contract(estimator, opset)
+
+
+def estimator_contract(estimator: TrainedEstimator, opset: int = DEFAULT_OPSET) -> dict:
+    """What a caller feeds ``estimator.onnx``, what it returns, and how to read the output."""
+    return {
+        "format": ESTIMATOR_FORMAT,
+        "format_version": ESTIMATOR_FORMAT_VERSION,
+        "inputs": {
+            ESTIMATOR_IMAGE_INPUT: {"dtype": "uint8", "shape": ["N", CROP_HEIGHT, CROP_WIDTH, 3], "color": "RGB"}
+        },
+        "outputs": {ESTIMATOR_OUTPUT: {"dtype": "float32", "shape": ["N", NUM_CELLS], "meaning": "sigmoid"}},
+        "normalization": {"scale": 255.0, "mean": 0.5, "std": 0.5, "inside_graph": True},
+        "grid": {
+            "rows": GRID_ROWS,
+            "cols": GRID_COLS,
+            "x_bounds": list(CELL_X_BOUNDS),
+            "y_bounds": list(CELL_Y_BOUNDS),
+        },
+        "thresholds": [round(float(t), 6) for t in estimator.thresholds],
+        "rule": "cell occluded where occlusion_probability >= thresholds[cell]",
+        "min_coverage": estimator.record.get("min_coverage"),
+        "opset": opset,
+    }
+
+
+def parity_faces(count: int = PARITY_FACES, seed: int = 0) -> np.ndarray:
+    """Seeded face-like crops, every second one with a solid box over a random 2x2 block of cells.
+
+    Occluded faces put probabilities across the whole range, so the cell check sees decisions both ways.
+    """
+    faces = seeded_faces(count, seed)
+    rng = np.random.default_rng([seed, 1])
+    for face in faces[1::2]:
+        row, col = (int(i) for i in rng.integers(0, GRID_ROWS - 1, size=2))
+        x0, y0, _, _ = cell_bounds(row * GRID_COLS + col)
+        _, _, x1, y1 = cell_bounds((row + 1) * GRID_COLS + col + 1)
+        face[y0:y1, x0:x1] = rng.integers(0, 256, 3, dtype=np.uint8)
+    return faces
+
+
+def estimator_parity(
+    estimator: TrainedEstimator, onnx_path: str | Path, faces: np.ndarray, gate: EstimatorGate = EstimatorGate()
+) -> dict:
+    """ONNX Runtime (CPU) against PyTorch eager FP32 on ``faces``: probability error and cell agreement, judged."""
+    reference = estimator.probabilities(faces)
+    session = onnx_session(onnx_path)
+    got = session.run([ESTIMATOR_OUTPUT], {ESTIMATOR_IMAGE_INPUT: np.ascontiguousarray(faces, dtype=np.uint8)})[0]
+    if got.shape != reference.shape:
+        raise EstimatorParityError(
+            f"{onnx_path} returned {ESTIMATOR_OUTPUT} of shape {got.shape} for {len(faces)} faces, expected "
+            f"{reference.shape}; the file is not an occlusion estimator of this contract"
+        )
+    error = np.abs(got.astype(np.float64) - reference)
+    disagree = (got >= estimator.thresholds) != (reference >= estimator.thresholds)
+    near = np.abs(reference - estimator.thresholds) <= gate.max_abs_error
+    failures = []
+    if not error.max() <= gate.max_abs_error:
+        failures.append(f"max |probability error| {error.max():.2e} > {gate.max_abs_error:.0e}")
+    if (disagree & ~near).any():
+        failures.append(
+            f"{int((disagree & ~near).sum())} cell decision(s) differ away from the threshold "
+            f"(of {disagree.size}; {int(disagree.sum())} differ in all)"
+        )
+    return {
+        "compared": f"onnxruntime CPU ({Path(onnx_path).name}) vs PyTorch eager FP32",
+        "faces": len(faces),
+        "gate": asdict(gate),
+        "max_abs_error": float(error.max()),
+        "mean_abs_error": float(error.mean()),
+        "cell_agreement": float(1.0 - disagree.mean()),
+        "cells_differing": int(disagree.sum()),
+        "cells_near_threshold": int(near.sum()),
+        "cells_flagged_by_pytorch": int((reference >= estimator.thresholds).sum()),
+        "passed": not failures,
+        "failures": failures,
+    }
+
+
+def write_estimator(
+    estimator: TrainedEstimator,
+    directory: str | Path,
+    faces: np.ndarray | None = None,
+    gate: EstimatorGate = EstimatorGate(),
+    opset: int = DEFAULT_OPSET,
+) -> dict:
+    """Export to ``directory/estimator.onnx``, gate it, write ``reports/estimator-parity.json``; returns the entry.
+
+    The entry (for a bundle manifest; its ``files`` hashes are the manifest writer's job) holds the
+    file, the contract with thresholds, the parity summary and the estimator's provenance. A missed
+    gate deletes the exported file, writes no report and raises ``EstimatorParityError`` naming
+    what failed.
+    """
+    directory = Path(directory)
+    onnx_path, report_path = directory / ESTIMATOR_FILE, directory / ESTIMATOR_PARITY_REPORT
+    contract = export_estimator(estimator, onnx_path, opset)
+    try:
+        report = estimator_parity(estimator, onnx_path, parity_faces() if faces is None else faces, gate)
+        if not report["passed"]:
+            raise EstimatorParityError(
+                f"{ESTIMATOR_FILE} does not reproduce PyTorch on {report['faces']} faces: "
+                f"{'; '.join(report['failures'])}"
+            )
+    except BaseException:
+        onnx_path.unlink(missing_ok=True)
+        raise
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return {
+        "file": ESTIMATOR_FILE,
+        "contract": contract,
+        "parity": {
+            "report": ESTIMATOR_PARITY_REPORT,
+            "against": "pytorch-fp32",
+            "max_abs_error": report["max_abs_error"],
+            "cell_agreement": report["cell_agreement"],
+            "passed": True,
+        },
+        "provenance": {
+            "name": estimator.name,
+            "network": estimator.record.get("network"),
+            "validation": _validation_summary(estimator.record),
+        },
+    }
+
+
+def _validation_summary(record: dict) -> dict | None:
+    validation = record.get("validation")
+    if not validation:
+        return None
+    return {
+        "f1": validation["all"]["f1"],
+        "precision": validation["all"]["precision"],
+        "recall": validation["all"]["recall"],
+        "clean_false_alarm_rate": validation["clean_false_alarm_rate"],
+    }
+
+
+def _trace(graph: EstimatorGraph, opset: int) -> onnx.ModelProto:
+    image = torch.randint(0, 256, (2, CROP_HEIGHT, CROP_WIDTH, 3), dtype=torch.uint8)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            # The exporter's own deprecation chatter; real problems surface as exceptions.
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            program = torch.onnx.export(
+                graph,
+                (image,),
+                input_names=[ESTIMATOR_IMAGE_INPUT],
+                output_names=[ESTIMATOR_OUTPUT],
+                opset_version=opset,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                dynamo=True,
+                verbose=False,
+            )
+    finally:
+        quiet.setLevel(level)
+    return program.model_proto
