@@ -83,8 +83,11 @@ npy_path = output_file(".npy")
 json_path = output_file(".json")
 
 
-def cells(text: str) -> list[int]:
+def cells(text: str) -> list[int] | str:
+    """Comma-separated cell ids 0..24, or ``auto`` for the bundle's occlusion estimator."""
+    if text.strip() == "auto":
+        return "auto"
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated cell ids 0..24, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated cell ids 0..24 or 'auto', got {text!r}") from None

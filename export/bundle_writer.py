@@ -132,6 +132,10 @@ def export_bundle(request: ExportRequest) -> ExportResult:
             },
         }
         write.commit(manifest)
+    if weights["weights"] == "trained-demo":  # the demo model ships with an estimator trained on its data
+        from pdsn.export.estimator_bundle import add_estimator
+
+        manifest["estimator"] = add_estimator(out)
     return ExportResult(out, manifest, parity)
 
 

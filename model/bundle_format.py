@@ -253,6 +253,10 @@ def validate_manifest(manifest: dict) -> None:
     _get(_get(manifest, "dictionary", dict, ""), "file", str, "dictionary")
     if head := _optional(manifest, "head", dict, ""):
         _get(head, "file", str, "head")
+    if estimator := _optional(manifest, "estimator", dict, ""):
+        _get(estimator, "file", str, "estimator")
+        _get(_get(estimator, "contract", dict, "estimator"), "thresholds", list, "estimator.contract")
+        _optional(_get(estimator, "parity", dict, "estimator"), "report", str, "estimator.parity")
     for precision, variant in _get(manifest, "variants", dict, "").items():
         where = f"variants.{precision}"
         _get(_typed(variant, dict, where), "file", str, where)
@@ -287,6 +291,10 @@ def referenced_files(manifest: dict) -> dict[str, str]:
     references = {"dictionary.file": manifest["dictionary"]["file"]}
     if manifest.get("head"):
         references["head.file"] = manifest["head"]["file"]
+    if manifest.get("estimator"):
+        references["estimator.file"] = manifest["estimator"]["file"]
+        if manifest["estimator"]["parity"].get("report"):
+            references["estimator.parity.report"] = manifest["estimator"]["parity"]["report"]
     for precision, variant in manifest["variants"].items():
         references[f"variants.{precision}.file"] = variant["file"]
         if variant.get("trunk"):

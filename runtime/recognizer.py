@@ -26,6 +26,7 @@ from pdsn.runtime.batcher import (
 )
 from pdsn.runtime.bundle import Bundle, open_bundle
 from pdsn.runtime.inputs import prepare_images, prepare_occlusion
+from pdsn.runtime.occlusion_estimator import AUTO, OcclusionEstimator
 from pdsn.runtime.preprocess import align_face
 
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
@@ -64,6 +65,7 @@ class Recognizer:
         self._trunk_spec = trunk
         self._trunk: DynamicBatcher | None = None
         self._head: FoldedHead | None = None
+        self._estimator: OcclusionEstimator | None = None
         self._lock = threading.Lock()
         # Holds the batchers, never self: the worker threads must not keep a dropped Recognizer alive.
         self._batchers = [batcher]
@@ -189,7 +191,7 @@ class Recognizer:
         if the batcher's worker failed: see ``health()``).
         """
         batch = prepare_images(image, self.contract)
-        masks = prepare_occlusion(occlusion, len(batch))
+        masks = self._occlusion(occlusion, batch)
         single = isinstance(image, np.ndarray) and image.ndim == 3
         return self._batcher.submit(batch, masks, deadline, single)
 
@@ -202,7 +204,7 @@ class Recognizer:
         if landmarks is not None:
             images = self._align(images, landmarks)
         batch = prepare_images(images, self.contract)
-        masks = prepare_occlusion(occlusion, len(batch))
+        masks = self._occlusion(occlusion, batch)
         chunks = [
             self._batcher.submit(batch[i : i + self.max_batch], masks[i : i + self.max_batch]).result()
             for i in range(0, len(batch), self.max_batch)
@@ -255,6 +257,15 @@ class Recognizer:
         none = np.zeros((len(batch), NUM_CELLS), dtype=np.float32)
         return self._trunk_batcher().submit(batch, none, deadline, single)
 
+    def estimate_occlusion(self, images: object, landmarks: object = None) -> np.ndarray:
+        """The occluded cells the bundle's estimator finds: float32 (N, 25) 0/1 vectors.
+
+        This is what ``occlusion="auto"`` uses wherever occlusion is accepted.
+        """
+        if landmarks is not None:
+            images = self._align(images, landmarks)
+        return self._occlusion(AUTO, prepare_images(images, self.contract))
+
     def direct_call(self, images: object, occlusion: object = None):
         """The engine's own call on these inputs, prepared once (for measuring the runtime's overhead)."""
         if self._batcher.closed:
@@ -276,10 +287,11 @@ class Recognizer:
         """
         check_real("threshold", threshold, -1.0, 1.0, optional=True)
         self._batcher.check_may_wait("Recognizer.verify()")
-        union = np.maximum(
-            prepare_occlusion(occlusion_a, 1, "occlusion_a"), prepare_occlusion(occlusion_b, 1, "occlusion_b")
-        )
         pair = [self._single(image_a, "image_a"), self._single(image_b, "image_b")]
+        union = np.maximum(
+            self._occlusion(occlusion_a, pair[0][None], "occlusion_a"),
+            self._occlusion(occlusion_b, pair[1][None], "occlusion_b"),
+        )
         first, second = self.embed(pair, occlusion=np.repeat(union, 2, axis=0))
         score = float(np.dot(first, second) / max(np.linalg.norm(first) * np.linalg.norm(second), 1e-12))
         return Verification(score, vector_to_cells(union[0]), None if threshold is None else score >= threshold)
@@ -302,6 +314,16 @@ class Recognizer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _occlusion(self, occlusion: object, batch: np.ndarray, argument: str = "occlusion") -> np.ndarray:
+        """``prepare_occlusion``, or for ``"auto"`` the estimator's cells of the prepared ``batch``."""
+        if not (isinstance(occlusion, str) and occlusion == AUTO):
+            return prepare_occlusion(occlusion, len(batch), argument)
+        with self._lock:
+            if self._estimator is None:
+                self._estimator = OcclusionEstimator(self.bundle)
+            estimator = self._estimator
+        return estimator.cells(batch)
 
     def _trunk_batcher(self) -> DynamicBatcher:
         """The trunk's backend and batcher, made on first use (a second model session)."""

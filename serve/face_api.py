@@ -60,9 +60,9 @@ def face_router(state: ServeState) -> APIRouter:
         batch = await in_pool(
             state.pool, load_faces, body.images, "images", recognizer.contract, config.max_pixels, body.landmarks
         )
-        occlusion = _occlusion(body.occlusion, len(batch), "occlusion")
+        occlusion = await _cells(state, body.occlusion, batch, "occlusion")
         result = await dispatch.embeddings(recognizer, batch, occlusion, deadline)
-        cells = [None] * len(batch) if isinstance(occlusion, str) else [vector_to_cells(row) for row in occlusion]
+        cells = [vector_to_cells(row) for row in occlusion]
         return _json(EmbedResponse, state, embeddings=result.tolist(), occluded_cells=cells)
 
     @router.post(
@@ -75,8 +75,11 @@ def face_router(state: ServeState) -> APIRouter:
         recognizer = state.serving()
         body = await read_body(request, VerifyRequest, state.pool)
         deadline = Deadline.of(request, config.deadline_ms)
-        union = np.maximum(_cells(body.occlusion_a, 1, "occlusion_a"), _cells(body.occlusion_b, 1, "occlusion_b"))
         pair = await in_pool(state.pool, _pair, body, recognizer.contract, config.max_pixels)
+        union = np.maximum(
+            await _cells(state, body.occlusion_a, pair[:1], "occlusion_a"),
+            await _cells(state, body.occlusion_b, pair[1:], "occlusion_b"),
+        )
         first, second = await dispatch.embeddings(recognizer, pair, np.repeat(union, 2, axis=0), deadline)
         score = float(np.dot(first, second) / max(np.linalg.norm(first) * np.linalg.norm(second), 1e-12))
         match = None if body.threshold is None else score >= body.threshold
@@ -92,7 +95,6 @@ def face_router(state: ServeState) -> APIRouter:
         gallery = state.serving_gallery()
         body = await read_body(request, IdentifyRequest, state.pool)
         deadline = Deadline.of(request, config.deadline_ms)
-        occlusion = _cells(body.occlusion, 1, "occlusion")
         landmarks = None if body.landmarks is None else [body.landmarks]
         probe = await in_pool(
             state.pool,
@@ -104,6 +106,7 @@ def face_router(state: ServeState) -> APIRouter:
             landmarks=landmarks,
             single=True,
         )
+        occlusion = await _cells(state, body.occlusion, probe, "occlusion")
         features = await dispatch.features(state.recognizer, probe, deadline)
         with input_errors("occlusion", "k", "threshold"):
             (result,) = await in_pool(
@@ -131,7 +134,7 @@ def face_router(state: ServeState) -> APIRouter:
         faces = await in_pool(
             state.pool, load_faces, body.images, "images", state.recognizer.contract, config.max_pixels, body.landmarks
         )
-        occlusion = _cells(body.occlusion, len(faces), "occlusion")
+        occlusion = await _cells(state, body.occlusion, faces, "occlusion")
         features = await dispatch.features(state.recognizer, faces, deadline)
         with identity_errors(body.identity), input_errors("identity", "metadata", "occlusion"):
             face_ids = await in_pool(
@@ -168,15 +171,13 @@ def face_router(state: ServeState) -> APIRouter:
     return router
 
 
-def _occlusion(value: object, count: int, field: str) -> np.ndarray | str:
-    """(count, 25) vectors from the request's cells; ``"auto"`` goes to the runtime's batcher as is."""
-    return value if value == "auto" else _cells(value, count, field)
-
-
-def _cells(value: object, count: int, field: str) -> np.ndarray:
-    """(count, 25) vectors, read by the runtime (which refuses what it cannot resolve, e.g. ``"auto"`` here)."""
+async def _cells(state, value: object, faces: np.ndarray, field: str) -> np.ndarray:
+    """(count, 25) vectors from the request's cells; ``"auto"``: the bundle's estimator on ``faces``
+    (a 422 naming the field when the bundle has none)."""
     with input_errors(field):
-        return prepare_occlusion(value, count, field)
+        if isinstance(value, str) and value == "auto":
+            return await in_pool(state.pool, state.recognizer.estimate_occlusion, faces)
+        return prepare_occlusion(value, len(faces), field)
 
 
 def _pair(body: VerifyRequest, contract: ModelContract, max_pixels: int) -> np.ndarray:

@@ -179,6 +179,8 @@ class Gallery:
         """
         self._check_open()
         features = self._recognizer.features(images, landmarks=landmarks)
+        if isinstance(occlusion, str) and occlusion == "auto":
+            occlusion = self._recognizer.estimate_occlusion(images, landmarks=landmarks)
         return self.enroll_features(identity, features, occlusion, metadata, replace)
 
     def enroll_features(
@@ -279,7 +281,7 @@ class Gallery:
         """The ``k`` best-matching identities of one face, best first (scores as ``Recognizer.verify``)."""
         images = [image] if isinstance(image, np.ndarray) and image.ndim == 3 else image
         landmarks = None if landmarks is None else [landmarks]
-        one_face = occlusion is not None and _one_pattern(occlusion)
+        one_face = occlusion is not None and not isinstance(occlusion, str) and _one_pattern(occlusion)
         results = self.identify_many(images, [occlusion] if one_face else occlusion, k, threshold, landmarks)
         if len(results) != 1:
             raise ValueError(f"image: expected one face, got {len(results)}; use identify_many for a batch")
@@ -291,6 +293,8 @@ class Gallery:
         """Identify a batch of faces; probes with the same pattern share one pattern computation."""
         self._check_open()
         features = self._recognizer.features(images, landmarks=landmarks)
+        if isinstance(occlusion, str) and occlusion == "auto":
+            occlusion = self._recognizer.estimate_occlusion(images, landmarks=landmarks)
         return self.identify_features(features, occlusion, k, threshold)
 
     def identify_features(
@@ -570,8 +574,6 @@ def _normalised(embeddings: np.ndarray) -> np.ndarray:
 
 def _one_pattern(occlusion: object) -> bool:
     """Whether ``occlusion`` describes one face's cells (so ``identify`` wraps it for the batch call)."""
-    if isinstance(occlusion, str):
-        return True
     if isinstance(occlusion, np.ndarray):
         return occlusion.ndim == 1
     return all(not isinstance(item, (list, tuple, set, frozenset, np.ndarray)) for item in occlusion)  # type: ignore[union-attr]

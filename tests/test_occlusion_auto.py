@@ -1,0 +1,101 @@
+"""occlusion="auto": the bundle's estimator finds the cells wherever occlusion is accepted."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from pdsn.cli import main
+from pdsn.model.bundle_format import BundleIntegrityError, read_manifest, write_manifest
+from pdsn.runtime import Recognizer
+from pdsn.runtime.gallery import Gallery
+from pdsn.train.occlusion import occlude
+from pdsn.train.synthetic import SyntheticFaces
+
+
+@pytest.fixture(scope="module")
+def estimator_bundle(tiny_bundle, tmp_path_factory):
+    from pdsn.export.estimator_bundle import add_estimator
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("auto") / "b")
+    entry = add_estimator(bundle)
+    assert entry["parity"]["passed"] and read_manifest(bundle)["estimator"]["file"] in read_manifest(bundle)["files"]
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def faces():
+    images, _ = SyntheticFaces(3, 2, seed=12).generate()
+    scarf = occlude(images[1], "scarf", np.random.default_rng(4)).image
+    return images, scarf
+
+
+def test_every_entry_point_uses_the_estimated_cells(estimator_bundle, faces, tmp_path):
+    images, scarf = faces
+    with Recognizer.open(estimator_bundle, backend="onnxruntime") as rec:
+        cells = rec.estimate_occlusion(scarf)
+        assert cells.shape == (1, 25) and cells[0, 20:].sum() >= 3  # the scarf covers the bottom row
+        assert np.allclose(rec.embed(scarf, occlusion="auto"), rec.embed(scarf, occlusion=cells))
+        assert np.allclose(rec.submit(scarf, occlusion="auto").result(), rec.embed(scarf, occlusion=cells)[0])
+        clean = rec.estimate_occlusion(images[0])
+        result = rec.verify(images[0], scarf, occlusion_a="auto", occlusion_b="auto")
+        expected = sorted(set(np.flatnonzero(cells[0])) | set(np.flatnonzero(clean[0])))
+        assert result.occluded_cells == [int(c) for c in expected]
+        with Gallery.open(tmp_path / "g.db", rec) as gallery:
+            gallery.enroll("a", images[0], occlusion="auto")
+            gallery.enroll("b", images[2])
+            found = gallery.identify(scarf, occlusion="auto", k=2)
+            assert found.occluded_cells == [int(c) for c in np.flatnonzero(cells[0])]
+
+
+def test_without_an_estimator_auto_names_the_command(tiny_bundle, faces):
+    with Recognizer.open(tiny_bundle, backend="onnxruntime") as rec, pytest.raises(ValueError, match="add-estimator"):
+        rec.embed(faces[1], occlusion="auto")
+
+
+def test_an_estimator_for_another_model_or_bad_thresholds_is_refused(estimator_bundle, faces, tmp_path):
+    for change, error in (
+        (lambda m: m["estimator"]["contract"]["grid"].update(rows=4), BundleIntegrityError),
+        (lambda m: m["estimator"]["contract"]["thresholds"].__setitem__(3, 1.5), ValueError),
+    ):
+        bundle = shutil.copytree(estimator_bundle, tmp_path / f"b{len(list(tmp_path.iterdir()))}")
+        manifest = read_manifest(bundle)
+        change(manifest)
+        write_manifest(bundle, manifest)
+        with Recognizer.open(bundle, backend="onnxruntime") as rec, pytest.raises(error):
+            rec.embed(faces[1], occlusion="auto")
+
+
+def test_cli_add_estimator_and_auto(tiny_bundle, tmp_path, capsys, faces):
+    from PIL import Image
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "b")
+    assert main(["add-estimator", "--bundle", str(bundle)]) == 0
+    assert "occlusion='auto' now works" in capsys.readouterr().out
+    Image.fromarray(faces[1]).save(tmp_path / "scarf.png")
+    assert main(["embed", "--bundle", str(bundle), str(tmp_path / "scarf.png"), "--occlusion", "auto"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--bundle",
+                str(bundle),
+                str(tmp_path / "scarf.png"),
+                str(tmp_path / "scarf.png"),
+                "--occlusion-a",
+                "auto",
+            ]
+        )
+        == 0
+    )
+    assert "masked cells" in capsys.readouterr().out
+
+
+def test_float_input_bundles_get_no_estimator(tiny_float_bundle, tmp_path):
+    from pdsn.export.estimator_bundle import add_estimator
+
+    bundle = shutil.copytree(tiny_float_bundle, tmp_path / "f")
+    with pytest.raises(ValueError, match="uint8"):
+        add_estimator(bundle)
