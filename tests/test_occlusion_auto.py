@@ -99,3 +99,29 @@ def test_float_input_bundles_get_no_estimator(tiny_float_bundle, tmp_path):
     bundle = shutil.copytree(tiny_float_bundle, tmp_path / "f")
     with pytest.raises(ValueError, match="uint8"):
         add_estimator(bundle)
+
+
+def test_the_service_resolves_auto_on_every_face_route(estimator_bundle, faces, tmp_path):
+    import httpx
+    from serve_harness import ServerProcess, b64
+
+    images, scarf = faces
+    with Recognizer.open(estimator_bundle, backend="onnxruntime", precision="fp32") as rec:
+        cells = [int(c) for c in np.flatnonzero(rec.estimate_occlusion(scarf)[0])]
+    options = ("--backend", "onnxruntime", "--precision", "fp32", "--gallery", str(tmp_path / "g.db"))
+    with (
+        ServerProcess(estimator_bundle, tmp_path / "server.log", *options) as server,
+        httpx.Client(base_url=server.url, timeout=30.0) as client,
+    ):
+        embedded = client.post("/v1/embed", json={"images": [b64(scarf)], "occlusion": "auto"})
+        assert embedded.status_code == 200 and embedded.json()["occluded_cells"] == [cells]
+        verified = client.post(
+            "/v1/verify", json={"image_a": b64(images[0]), "image_b": b64(scarf), "occlusion_b": "auto"}
+        )
+        assert verified.status_code == 200 and set(cells) <= set(verified.json()["occluded_cells"])
+        enrolled = client.post(
+            "/v1/identities", json={"identity": "a", "images": [b64(images[0])], "occlusion": "auto"}
+        )
+        assert enrolled.status_code == 201
+        found = client.post("/v1/identify", json={"image": b64(scarf), "occlusion": "auto", "k": 1})
+        assert found.status_code == 200 and found.json()["occluded_cells"] == cells
