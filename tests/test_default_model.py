@@ -86,8 +86,8 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys):
         "`pdsn verify`",
         "int8 on onnxruntime",
         f"| {runtime} int8 | occluded | on |",
-        "identification, 12 enrolled identities",
-        "the estimator found cells",
+        "identification, 12 identities enrolled clean",
+        "the estimator found exactly the true cells",
     ):
         assert step in printed
     assert "FAIL" not in printed
