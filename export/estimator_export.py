@@ -13,11 +13,7 @@ everywhere except where PyTorch's probability is within that error of the cell's
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +22,7 @@ import onnx
 import torch
 from torch import nn
 
+from pdsn.export.onnx_export import traced_onnx
 from pdsn.model.comparison import onnx_session
 from pdsn.model.estimator_contract import (
     ESTIMATOR_FILE,
@@ -222,24 +219,4 @@ def _validation_summary(record: dict) -> dict | None:
 
 def _trace(graph: EstimatorGraph, opset: int) -> onnx.ModelProto:
     image = torch.randint(0, 256, (2, CROP_HEIGHT, CROP_WIDTH, 3), dtype=torch.uint8)
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            # The exporter's own deprecation chatter; real problems surface as exceptions.
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            program = torch.onnx.export(
-                graph,
-                (image,),
-                input_names=[ESTIMATOR_IMAGE_INPUT],
-                output_names=[ESTIMATOR_OUTPUT],
-                opset_version=opset,
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                dynamo=True,
-                verbose=False,
-            )
-    finally:
-        quiet.setLevel(level)
-    return program.model_proto
+    return traced_onnx(graph, (image,), [ESTIMATOR_IMAGE_INPUT], [ESTIMATOR_OUTPUT], opset)

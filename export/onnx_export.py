@@ -125,6 +125,13 @@ def _trace(graph: DeployGraph, contract: ModelContract, opset: int) -> onnx.Mode
         else torch.randn(2, *contract.image_shape)
     )
     mask = torch.ones(2, *contract.feature_shape)
+    return traced_onnx(graph, (image, mask), [IMAGE_INPUT, _MASK_PLACEHOLDER], [EMBEDDING_OUTPUT], opset)
+
+
+def traced_onnx(
+    graph: nn.Module, inputs: tuple, input_names: list[str], output_names: list[str], opset: int
+) -> onnx.ModelProto:
+    """``torch.onnx.export`` (dynamo) of ``graph`` with a dynamic batch on every input, its chatter quieted."""
     batch = torch.export.Dim("batch")
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
@@ -136,11 +143,11 @@ def _trace(graph: DeployGraph, contract: ModelContract, opset: int) -> onnx.Mode
             warnings.simplefilter("ignore", UserWarning)
             program = torch.onnx.export(
                 graph,
-                (image, mask),
-                input_names=[IMAGE_INPUT, _MASK_PLACEHOLDER],
-                output_names=[EMBEDDING_OUTPUT],
+                inputs,
+                input_names=input_names,
+                output_names=output_names,
                 opset_version=opset,
-                dynamic_shapes=({0: batch}, {0: batch}),
+                dynamic_shapes=tuple({0: batch} for _ in inputs),
                 dynamo=True,
                 verbose=False,
             )
