@@ -240,6 +240,12 @@ def _parser() -> argparse.ArgumentParser:
     add_estimator.add_argument(
         "--estimator", type=Path, help="a `pdsn train-occlusion` .pth (default: the shipped one)"
     )
+    add_estimator.add_argument(
+        "--evaluation",
+        type=Path,
+        help="its `pdsn evaluate-occlusion --report` JSON, copied into the bundle (default: NAME_evaluation.json "
+        "beside the .pth, when present)",
+    )
     add_estimator.set_defaults(run=_add_estimator)
 
     from pdsn.commands.gallery import add_gallery_commands
@@ -446,11 +452,21 @@ def _add_estimator(args: argparse.Namespace) -> int:
     from pdsn.export.estimator_bundle import add_estimator
     from pdsn.model.occlusion_net import SHIPPED_ESTIMATOR
 
-    entry = add_estimator(args.bundle, args.estimator or SHIPPED_ESTIMATOR)
+    estimator = args.estimator or SHIPPED_ESTIMATOR
+    entry = add_estimator(args.bundle, estimator, args.evaluation)
     print(
         f"added {entry['file']} to {args.bundle} (parity: max |error| {entry['parity']['max_abs_error']:.2e}, "
         f"cells agree {entry['parity']['cell_agreement']:.4f}); occlusion='auto' now works with this bundle"
     )
+    evaluation = entry["evaluation"]
+    if evaluation is None:
+        print(
+            f"no evaluation report of {estimator} was found, so the bundle carries none; write one with "
+            f"`pdsn evaluate-occlusion --estimator {estimator} --report REPORT.json` and pass --evaluation"
+        )
+    else:
+        verdict = "every goal met" if evaluation["goals_met"] else "NOT every goal met"
+        print(f"its evaluation report is {evaluation['report']} in the bundle ({verdict})")
     return 0
 
 

@@ -13,20 +13,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from pdsn.calib.data import SYNTHETIC, load_face_sets
 from pdsn.calib.gates import DEFAULT_GATES, PrecisionGate, format_variant_table, variant_parity
 from pdsn.model.bundle_format import leftovers
 from pdsn.model.bundle_write import writer_active
 from pdsn.model.comparison import ExportGate, judge_against_reference, load_reference
+from pdsn.model.estimator_parity import judge_estimator, parity_faces
 from pdsn.runtime import Recognizer
 from pdsn.runtime.backends import BACKENDS, ENGINE_BACKENDS, BackendUnavailableError
-from pdsn.runtime.bundle import open_bundle
+from pdsn.runtime.bundle import Bundle, open_bundle
+from pdsn.runtime.occlusion_estimator import ESTIMATOR_BACKENDS, OcclusionEstimator
 
 
 def verify_bundle(
     bundle: Path, holdout_source: str = SYNTHETIC, holdout: int = 32, seed: int = 0, expected_digest: str | None = None
 ) -> dict:
-    """Returns {"rows": {label: parity report}, "skipped": {backend: reason}, "passed": bool,
+    """Returns {"rows": {label: parity report}, "estimator": {label: parity report}, "skipped": {backend: reason}, "passed": bool,
     "manifest_sha256": str, "leftovers": [names], "writer_active": bool}; ``expected_digest`` pins the
     manifest's SHA-256."""
     loaded = open_bundle(bundle, expected_digest=expected_digest)
@@ -68,14 +72,45 @@ def verify_bundle(
                         rows[label] = judge_against_reference(
                             references, candidate.embed, faces_seen, ExportGate(), "pytorch-fp32 (recorded at export)"
                         )
+    estimator = _verify_estimator(loaded, skipped)
     return {
         "rows": rows,
+        "estimator": estimator,
         "skipped": skipped,
-        "passed": all(r["passed"] for r in rows.values()),
+        "passed": all(r["passed"] for r in [*rows.values(), *estimator.values()]),
         "manifest_sha256": loaded.digest,
         "leftovers": leftovers(bundle),
         "writer_active": writer_active(bundle),
     }
+
+
+def _verify_estimator(loaded: Bundle, skipped: dict) -> dict:
+    """The occlusion estimator on each CPU backend against PyTorch's probabilities recorded at export."""
+    entry = loaded.manifest.get("estimator")
+    if not entry:
+        return {}
+    parity = json.loads(loaded.file(entry["parity"]["report"], "estimator.parity.report").read_text(encoding="utf-8"))
+    reference = parity.get("reference")
+    if not reference:
+        skipped["estimator"] = (
+            "its parity report records no PyTorch probabilities (added by an older pdsn-deploy); "
+            "`pdsn add-estimator` again to check it on every backend"
+        )
+        return {}
+    faces = parity_faces(reference["faces"]["count"], reference["faces"]["seed"])
+    thresholds = np.asarray(entry["contract"]["thresholds"], dtype=np.float32)
+    rows = {}
+    for backend in ESTIMATOR_BACKENDS:
+        try:
+            estimator = OcclusionEstimator(loaded, backend)
+        except (BackendUnavailableError, ImportError) as exc:
+            skipped[f"estimator on {backend}"] = str(exc)
+            continue
+        compared = f"occlusion estimator on {backend} vs PyTorch eager FP32 (recorded at export)"
+        rows[f"estimator on {backend}"] = judge_estimator(
+            reference["pytorch_probabilities"], estimator.probabilities(faces), thresholds, compared
+        )
+    return rows
 
 
 def _recorded_gate(variant: dict, precision: str) -> PrecisionGate:
@@ -88,6 +123,12 @@ def format_verification(result: dict) -> str:
     """The parity table of every variant on every backend, what was not checked and why, then the
     manifest's digest and any leftovers of interrupted writes."""
     lines = [format_variant_table(result["rows"])]
+    for label, report in result.get("estimator", {}).items():
+        verdict = "pass" if report["passed"] else "FAIL: " + "; ".join(report["failures"])
+        lines.append(
+            f"{label:<28} max |probability error| {report['max_abs_error']:.2e}, cells agree "
+            f"{report['cell_agreement']:.4f}  {verdict}"
+        )
     lines += [f"  {what}: not checked ({reason})" for what, reason in result["skipped"].items()]
     lines.append(f"manifest SHA-256 {result['manifest_sha256']} (pin it: expected_digest=...)")
     if result["leftovers"]:

@@ -257,6 +257,9 @@ def validate_manifest(manifest: dict) -> None:
         _get(estimator, "file", str, "estimator")
         _get(_get(estimator, "contract", dict, "estimator"), "thresholds", list, "estimator.contract")
         _optional(_get(estimator, "parity", dict, "estimator"), "report", str, "estimator.parity")
+        if evaluation := _optional(estimator, "evaluation", dict, "estimator"):
+            _get(evaluation, "report", str, "estimator.evaluation")
+            _optional(evaluation, "markdown", str, "estimator.evaluation")
     for precision, variant in _get(manifest, "variants", dict, "").items():
         where = f"variants.{precision}"
         _get(_typed(variant, dict, where), "file", str, where)
@@ -295,6 +298,9 @@ def referenced_files(manifest: dict) -> dict[str, str]:
         references["estimator.file"] = manifest["estimator"]["file"]
         if manifest["estimator"]["parity"].get("report"):
             references["estimator.parity.report"] = manifest["estimator"]["parity"]["report"]
+        for key, path in (manifest["estimator"].get("evaluation") or {}).items():
+            if key in ("report", "markdown") and path:
+                references[f"estimator.evaluation.{key}"] = path
     for precision, variant in manifest["variants"].items():
         references[f"variants.{precision}.file"] = variant["file"]
         if variant.get("trunk"):

@@ -26,7 +26,7 @@ from pdsn.runtime.batcher import (
 )
 from pdsn.runtime.bundle import Bundle, open_bundle
 from pdsn.runtime.inputs import prepare_images, prepare_occlusion
-from pdsn.runtime.occlusion_estimator import AUTO, OcclusionEstimator
+from pdsn.runtime.occlusion_estimator import AUTO, ESTIMATOR_BACKENDS, OcclusionEstimator
 from pdsn.runtime.preprocess import align_face
 
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
@@ -63,6 +63,11 @@ class Recognizer:
         self._backend = backend
         self._batcher = batcher
         self._trunk_spec = trunk
+        # The estimator runs beside the trunk; a remote model server's node keeps it local, on the CPU.
+        local = trunk.backend in ESTIMATOR_BACKENDS
+        self._estimator_spec = (
+            (trunk.backend, trunk.device, trunk.options.get("threads")) if local else ("onnxruntime", "cpu", None)
+        )
         self._trunk: DynamicBatcher | None = None
         self._head: FoldedHead | None = None
         self._estimator: OcclusionEstimator | None = None
@@ -157,14 +162,18 @@ class Recognizer:
         )
         batcher = _batcher_over(runner, max_batch, max_delay_ms, queue_size, loaded.contract.embedding_size)
         trunk_options = {k: v for k, v in backend_options.items() if k not in ("engine", "cuda_stream", "cuda_context")}
-        # Engines hold the whole model; their trunk features come from the ONNX trunk on ONNX Runtime.
+        # Engines hold the whole model; their trunk features (and the occlusion estimator) come from
+        # ONNX models on ONNX Runtime.
         trunk_backend = "onnxruntime" if engines else backend
         trunk = _TrunkSpec(trunk_backend, device, trunk_options, max_batch, max_delay_ms, queue_size)
         return cls(loaded, runner, precision, batcher, trunk)
 
     @property
     def backend_info(self) -> dict:
-        return {**self._backend.describe(), "precision": self.precision}
+        info = {**self._backend.describe(), "precision": self.precision}
+        if self._estimator is not None:
+            info["occlusion_estimator"] = self._estimator.describe()
+        return info
 
     def stats(self, reset: bool = False) -> BatcherStats:
         """The batcher's counters: requests, rejections, timeouts, batch sizes, queue wait, compute.
@@ -321,7 +330,7 @@ class Recognizer:
             return prepare_occlusion(occlusion, len(batch), argument)
         with self._lock:
             if self._estimator is None:
-                self._estimator = OcclusionEstimator(self.bundle)
+                self._estimator = OcclusionEstimator(self.bundle, *self._estimator_spec)
             estimator = self._estimator
         return estimator.cells(batch)
 

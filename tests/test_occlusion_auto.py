@@ -125,3 +125,62 @@ def test_the_service_resolves_auto_on_every_face_route(estimator_bundle, faces, 
         assert enrolled.status_code == 201
         found = client.post("/v1/identify", json={"image": b64(scarf), "occlusion": "auto", "k": 1})
         assert found.status_code == 200 and found.json()["occluded_cells"] == cells
+
+
+def test_the_estimator_runs_on_the_models_backend_and_agrees(estimator_bundle, faces):
+    images, scarf = faces
+    batch = np.stack([images[0], scarf])
+    cells = {}
+    for backend in ("onnxruntime", "openvino"):
+        with Recognizer.open(estimator_bundle, backend=backend, precision="fp32") as rec:
+            cells[backend] = rec.estimate_occlusion(batch)
+            assert rec.backend_info["occlusion_estimator"]["backend"] == backend
+    assert np.array_equal(cells["onnxruntime"], cells["openvino"])
+
+
+def test_the_bundle_carries_the_estimators_evaluation_report(estimator_bundle):
+    import json
+
+    from pdsn.model.bundle_format import sha256_file
+    from pdsn.model.occlusion_net import SHIPPED_ESTIMATOR
+
+    entry = read_manifest(estimator_bundle)["estimator"]
+    evaluation = entry["evaluation"]
+    assert {evaluation["report"], evaluation["markdown"]} <= set(read_manifest(estimator_bundle)["files"])
+    report = json.loads((estimator_bundle / evaluation["report"]).read_text())
+    assert report["estimator_sha256"] == sha256_file(SHIPPED_ESTIMATOR)
+    assert evaluation["goals_met"] and set(evaluation["goals"]) == set(report["goals"])
+    assert "Verification" in (estimator_bundle / evaluation["markdown"]).read_text()
+
+
+def test_an_evaluation_of_other_weights_or_a_missing_one_is_refused(tiny_bundle, tmp_path):
+    import json
+
+    from pdsn.export.estimator_bundle import add_estimator, evaluation_beside
+    from pdsn.model.occlusion_net import SHIPPED_ESTIMATOR
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "b")
+    other = json.loads(evaluation_beside(SHIPPED_ESTIMATOR).read_text())
+    other["estimator_sha256"] = "0" * 64
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="not a report of"):
+        add_estimator(bundle, SHIPPED_ESTIMATOR, tmp_path / "other.json")
+    with pytest.raises(FileNotFoundError, match="evaluate-occlusion"):
+        add_estimator(bundle, SHIPPED_ESTIMATOR, tmp_path / "missing.json")
+    assert "estimator" not in read_manifest(bundle)
+
+
+def test_verify_judges_the_estimator_on_every_cpu_backend(estimator_bundle):
+    from pdsn.model.estimator_parity import judge_estimator
+    from pdsn.verify import format_verification, verify_bundle
+
+    result = verify_bundle(estimator_bundle, holdout=2)
+    assert set(result["estimator"]) == {"estimator on onnxruntime", "estimator on openvino"}
+    assert result["passed"] and all(row["passed"] for row in result["estimator"].values())
+    assert "estimator on openvino" in format_verification(result)
+    reference = np.full((2, 25), 0.2)
+    thresholds = np.full(25, 0.5, np.float32)
+    off = reference.copy()
+    off[1, 3] = 0.9
+    judged = judge_estimator(reference, off, thresholds, "a broken estimator")
+    assert not judged["passed"] and judged["cells_differing"] == 1 and len(judged["failures"]) == 2

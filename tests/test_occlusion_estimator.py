@@ -17,7 +17,6 @@ from pdsn.export.estimator_export import (
     EstimatorGraph,
     EstimatorParityError,
     estimator_parity,
-    parity_faces,
     write_estimator,
 )
 from pdsn.model.estimator_contract import (
@@ -27,6 +26,7 @@ from pdsn.model.estimator_contract import (
     cells_from_probabilities,
     check_thresholds,
 )
+from pdsn.model.estimator_parity import parity_faces
 from pdsn.model.grid import NUM_CELLS, cells_from_mask
 from pdsn.model.occlusion_net import (
     SHIPPED_ESTIMATOR,

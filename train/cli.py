@@ -547,6 +547,7 @@ def _train_occlusion(args: argparse.Namespace) -> int:
 def _evaluate_occlusion(args: argparse.Namespace) -> int:
     import json
 
+    from pdsn.model.bundle_format import sha256_file
     from pdsn.model.checkpoint import load_recognition_model
     from pdsn.model.demo_weights import TRAINED_DEMO_CHECKPOINT, TRAINED_DEMO_DICTIONARY
     from pdsn.model.dictionary import build_dictionary
@@ -563,7 +564,8 @@ def _evaluate_occlusion(args: argparse.Namespace) -> int:
     dictionary = build_dictionary(
         args.dictionary or TRAINED_DEMO_DICTIONARY, tau=args.tau, feature_shape=model.architecture.feature_shape
     )
-    estimator = load_estimator(args.estimator or SHIPPED_ESTIMATOR)
+    estimator_path = args.estimator or SHIPPED_ESTIMATOR
+    estimator = load_estimator(estimator_path)
     report = evaluate_estimator(
         estimator,
         TorchEmbedder(model, dictionary, "pytorch fp32"),
@@ -572,6 +574,8 @@ def _evaluate_occlusion(args: argparse.Namespace) -> int:
         identities=args.identities,
         identification=not args.no_identification,
     )
+    # Binds the report to these weights, so `pdsn add-estimator` puts it only beside this estimator.
+    report["estimator_sha256"] = sha256_file(estimator_path)
     text = format_report(report)
     print(text)
     if args.report is not None:
