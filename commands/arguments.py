@@ -91,3 +91,8 @@ def cells(text: str) -> list[int] | str:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated cell ids 0..24 or 'auto', got {text!r}") from None
+
+
+def gallery_location(text: str) -> str | Path:
+    """A gallery: a ``postgresql://`` URL (kept as text) or a SQLite file path."""
+    return text if text.startswith(("postgresql://", "postgres://")) else Path(text)

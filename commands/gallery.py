@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pdsn.commands.arguments import bundle_options, cells, cosine, positive
+from pdsn.commands.arguments import bundle_options, cells, cosine, gallery_location, positive
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -50,7 +50,12 @@ def add_gallery_commands(commands: argparse._SubParsersAction) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     bundle_options(parser)
-    parser.add_argument("--gallery", type=Path, required=True, help="the gallery file (SQLite; created on enroll)")
+    parser.add_argument(
+        "--gallery",
+        type=gallery_location,
+        required=True,
+        help="the gallery: a SQLite file (created on enroll) or a postgresql:// URL",
+    )
     parser.add_argument("--precision", default="auto", help="trunk precision (the gallery records it; default auto)")
 
 
@@ -76,7 +81,7 @@ def _enroll(args: argparse.Namespace) -> int:
         for name, paths in _progress(people, "enrolling"):
             images = [load_image(path) for path in paths]
             faces += len(gallery.enroll(name, images, occlusion=args.occlusion, replace=args.replace))
-        print(f"enrolled {len(people)} identities ({faces} faces) into {args.gallery}; it holds {len(gallery)}")
+        print(f"enrolled {len(people)} identities ({faces} faces) into {gallery.location}; it holds {len(gallery)}")
     return 0
 
 
@@ -122,7 +127,7 @@ def _remove(args: argparse.Namespace) -> int:
     with recognizer, gallery:
         for name in args.identities:
             gallery.remove(name)
-        print(f"removed {len(args.identities)} identities; {len(gallery)} remain in {args.gallery}")
+        print(f"removed {len(args.identities)} identities; {len(gallery)} remain in {gallery.location}")
     return 0
 
 

@@ -11,7 +11,7 @@ import sys
 from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 
-from pdsn.commands.arguments import bundle_options, names, numbers, positive
+from pdsn.commands.arguments import bundle_options, gallery_location, names, numbers, positive
 
 DEFAULT_PORT = 8000
 
@@ -27,7 +27,10 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     bundle_options(serve)
     serve.add_argument("--precision", choices=PRECISIONS, default="auto", help="variant to serve (default auto)")
     serve.add_argument(
-        "--gallery", type=Path, help="gallery file (SQLite, created if absent) for /v1/identify and /v1/identities"
+        "--gallery",
+        type=gallery_location,
+        help="gallery for /v1/identify and /v1/identities: a SQLite file (created if absent) or a postgresql:// URL "
+        "that several servers share",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     serve.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")

@@ -23,7 +23,7 @@ class ServeConfig:
     """
 
     bundle: Path
-    gallery: Path | None = None
+    gallery: Path | str | None = None  # a SQLite file or a postgresql:// URL
     backend: str = "auto"
     device: str = "cpu"
     precision: str = "auto"

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from pdsn.runtime import Recognizer
-from pdsn.runtime.gallery import Gallery
+from pdsn.runtime.gallery import Gallery, shown_location
 from pdsn.serve.config import ServeConfig
 from pdsn.serve.errors import ApiError, not_ready
 
@@ -48,7 +48,7 @@ class ServeState:
         try:
             gallery = None
             if config.gallery is not None:
-                self._reason = f"opening the gallery {config.gallery}"
+                self._reason = f"opening the gallery {shown_location(config.gallery)}"
                 gallery = Gallery.open(config.gallery, recognizer, create=True)
             self._reason = "running the warm-up batch"
             _warm_up(recognizer, gallery is not None)

@@ -75,3 +75,22 @@ def quantized(tiny_bundle, tmp_path_factory) -> Path:
         )
     )
     return bundle
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server on 127.0.0.1 for the session (the gallery's shared store), stopped after."""
+    import tempfile
+
+    from postgres_harness import INSTALL_HINT, PostgresServer, server_binaries
+
+    binaries = server_binaries()
+    if binaries is None:
+        pytest.skip(f"PostgreSQL is not installed here: {INSTALL_HINT}")
+    pytest.importorskip("psycopg", reason='psycopg is not installed: pip install "pdsn-deploy[postgres]"')
+    with tempfile.TemporaryDirectory(prefix="pdsn-pg-") as root:
+        server = PostgresServer(Path(root), binaries)
+        try:
+            yield server
+        finally:
+            server.stop("immediate")

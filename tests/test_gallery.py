@@ -45,6 +45,15 @@ def faces():
     return images.reshape(IDENTITIES, IMAGES, *images.shape[1:])
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def place(request, tmp_path):
+    """``place(name)``: the location of a gallery named ``name`` in this test, a SQLite file or a database."""
+    if request.param == "sqlite":
+        return lambda name: tmp_path / f"{name}.db"
+    server, places = request.getfixturevalue("postgres"), {}
+    return lambda name: places.setdefault(name, server.database())
+
+
 def _enrolled(path, recognizer, faces, **options) -> Gallery:
     gallery = Gallery.open(path, recognizer, **options)
     for i in range(IDENTITIES):
@@ -57,8 +66,8 @@ def _sunglasses(image, seed):
     return occluded.image, [int(c) for c in np.flatnonzero(occluded.cells)]
 
 
-def test_identifies_occluded_probes_and_scores_as_verify(tmp_path, recognizer, faces):
-    with _enrolled(tmp_path / "g.db", recognizer, faces, feature_dtype="float32") as gallery:
+def test_identifies_occluded_probes_and_scores_as_verify(place, recognizer, faces):
+    with _enrolled(place("g"), recognizer, faces, feature_dtype="float32") as gallery:
         assert len(gallery) == IDENTITIES and "person-03" in gallery and "nobody" not in gallery
         assert gallery.identities(offset=2, limit=2) == ["person-02", "person-03"]
         correct = 0
@@ -75,10 +84,10 @@ def test_identifies_occluded_probes_and_scores_as_verify(tmp_path, recognizer, f
         assert correct >= IDENTITIES - 2, f"rank-1 {correct}/{IDENTITIES}"
 
 
-def test_union_rule_with_a_gallery_face_enrolled_occluded(tmp_path, recognizer, faces):
+def test_union_rule_with_a_gallery_face_enrolled_occluded(place, recognizer, faces):
     scarf_face = occlude(faces[0, 0], "scarf", np.random.default_rng(3))
     face_cells = [int(c) for c in np.flatnonzero(scarf_face.cells)]
-    with Gallery.open(tmp_path / "g.db", recognizer, feature_dtype="float32") as gallery:
+    with Gallery.open(place("g"), recognizer, feature_dtype="float32") as gallery:
         gallery.enroll("scarfed", scarf_face.image, occlusion=face_cells)
         gallery.enroll("clean", faces[1, 0])
         probe, probe_cells = _sunglasses(faces[0, 1], seed=5)
@@ -89,8 +98,8 @@ def test_union_rule_with_a_gallery_face_enrolled_occluded(tmp_path, recognizer, 
         assert abs(matches["scarfed"].score - expected) <= 1e-5
 
 
-def test_identify_many_shares_one_computation_per_pattern(tmp_path, recognizer, faces):
-    with _enrolled(tmp_path / "g.db", recognizer, faces, warm_patterns=[()]) as gallery:
+def test_identify_many_shares_one_computation_per_pattern(place, recognizer, faces):
+    with _enrolled(place("g"), recognizer, faces, warm_patterns=[()]) as gallery:
         gallery.warm()
         before = gallery.stats().cache
         assert before.entries == 1 and before.misses == 0  # the warm clean pattern: warming is not a miss
@@ -105,8 +114,8 @@ def test_identify_many_shares_one_computation_per_pattern(tmp_path, recognizer, 
         assert all(abs(r.matches[0].score - m.score) < 1e-5 for r, m in zip(results, one))
 
 
-def test_warm_patterns_are_hits_and_the_cache_keeps_its_budget(tmp_path, recognizer, faces):
-    with _enrolled(tmp_path / "g.db", recognizer, faces) as gallery:
+def test_warm_patterns_are_hits_and_the_cache_keeps_its_budget(place, recognizer, faces):
+    with _enrolled(place("g"), recognizer, faces) as gallery:
         gallery.warm()
         stats = gallery.stats()
         assert stats.cache.entries == 3 and stats.faces == IDENTITIES
@@ -114,17 +123,17 @@ def test_warm_patterns_are_hits_and_the_cache_keeps_its_budget(tmp_path, recogni
         gallery.identify(faces[0, 1], occlusion=list(SCARF_CELLS))
         assert gallery.stats().cache.hits == 2 and gallery.stats().cache.misses == 0
     entry = IDENTITIES * 512 * 4
-    with Gallery.open(tmp_path / "g.db", recognizer, cache_bytes=2 * entry) as gallery:
+    with Gallery.open(place("g"), recognizer, cache_bytes=2 * entry) as gallery:
         for cell in range(5):
             gallery.identify(faces[0, 1], occlusion=[cell])
         stats = gallery.stats().cache
         assert stats.entries == 2 and stats.bytes <= 2 * entry and stats.misses == 5
 
 
-def test_without_features_a_covering_pattern_answers_and_says_so(tmp_path, recognizer, faces):
-    with _enrolled(tmp_path / "full.db", recognizer, faces) as full:
+def test_without_features_a_covering_pattern_answers_and_says_so(place, recognizer, faces):
+    with _enrolled(place("full"), recognizer, faces) as full:
         expected = full.identify(faces[2, 1], occlusion=list(SUNGLASSES_CELLS)).matches
-    with _enrolled(tmp_path / "g.db", recognizer, faces, keep_features=False) as gallery:
+    with _enrolled(place("g"), recognizer, faces, keep_features=False) as gallery:
         assert gallery.stats().feature_bytes == 0
         stored = gallery.identify(faces[2, 1], occlusion=list(SUNGLASSES_CELLS)).matches
         assert all(m.exact for m in stored)
@@ -137,11 +146,11 @@ def test_without_features_a_covering_pattern_answers_and_says_so(tmp_path, recog
             gallery.identify(faces[2, 1], occlusion=[0, 24])
 
 
-def test_persists_and_reloads(tmp_path, recognizer, faces):
-    with _enrolled(tmp_path / "g.db", recognizer, faces) as gallery:
+def test_persists_and_reloads(place, recognizer, faces):
+    with _enrolled(place("g"), recognizer, faces) as gallery:
         before = gallery.identify(faces[5, 1], occlusion=[20, 21]).matches
         gallery.remove("person-00")
-    with Gallery.open(tmp_path / "g.db", recognizer, create=False) as gallery:
+    with Gallery.open(place("g"), recognizer, create=False) as gallery:
         assert len(gallery) == IDENTITIES - 1 and "person-00" not in gallery
         assert gallery.metadata("person-05") == {"index": 5}
         after = gallery.identify(faces[5, 1], occlusion=[20, 21]).matches
@@ -149,8 +158,8 @@ def test_persists_and_reloads(tmp_path, recognizer, faces):
         assert [(m.identity, round(m.score, 6)) for m in after][: len(kept)] == kept
 
 
-def test_enrollment_errors_and_empty_gallery(tmp_path, recognizer, faces):
-    with Gallery.open(tmp_path / "g.db", recognizer) as gallery:
+def test_enrollment_errors_and_empty_gallery(place, recognizer, faces):
+    with Gallery.open(place("g"), recognizer) as gallery:
         assert gallery.identify(faces[0, 0]).matches == []
         gallery.enroll("a", faces[0, :2])
         with pytest.raises(DuplicateIdentityError, match="already enrolled"):
@@ -172,19 +181,19 @@ def test_enrollment_errors_and_empty_gallery(tmp_path, recognizer, faces):
             gallery.identify(faces[0, 0], threshold=2.0)
         assert all(m.score >= 0.99 for m in gallery.identify(faces[1, 0], threshold=0.99).matches)
     with pytest.raises(GalleryError, match="already exists"):
-        Gallery.create(tmp_path / "g.db", recognizer)
-    with pytest.raises(GalleryError, match="does not exist"):
-        Gallery.open(tmp_path / "absent.db", recognizer, create=False)
+        Gallery.create(place("g"), recognizer)
+    with pytest.raises(GalleryError, match="does not exist|holds no gallery"):
+        Gallery.open(place("absent"), recognizer, create=False)
 
 
-def test_a_gallery_of_another_model_is_refused(tmp_path, recognizer, faces, tiny_bundle):
-    with Gallery.open(tmp_path / "g.db", recognizer) as gallery:
+def test_a_gallery_of_another_model_is_refused(place, recognizer, faces, tiny_bundle):
+    with Gallery.open(place("g"), recognizer) as gallery:
         gallery.enroll("a", faces[0, 0])
     with (
         Recognizer.open(tiny_bundle, backend="onnxruntime") as other,
         pytest.raises(GalleryError, match="enrolled with another model") as refused,
     ):
-        Gallery.open(tmp_path / "g.db", other)
+        Gallery.open(place("g"), other)
     assert "model (FP32 file SHA-256)" in str(refused.value) and "re-enroll" in str(refused.value)
 
 
@@ -209,13 +218,13 @@ def test_damaged_files_are_refused_clearly(tmp_path, recognizer, faces):
         Gallery.open(tmp_path / "g.db", recognizer, create=False)
 
 
-def test_enroll_batch_is_one_transaction_and_scores_as_single_enrollments(tmp_path, recognizer, faces):
+def test_enroll_batch_is_one_transaction_and_scores_as_single_enrollments(place, recognizer, faces):
     from pdsn.runtime.gallery import Enrollment
 
     features = recognizer.features(faces[:, 0])
     with (
-        Gallery.open(tmp_path / "one.db", recognizer) as single,
-        Gallery.open(tmp_path / "batch.db", recognizer) as bulk,
+        Gallery.open(place("one"), recognizer) as single,
+        Gallery.open(place("batch"), recognizer) as bulk,
     ):
         for i in range(IDENTITIES):
             single.enroll_features(f"p{i}", features[i : i + 1])
@@ -235,9 +244,9 @@ def test_enroll_batch_is_one_transaction_and_scores_as_single_enrollments(tmp_pa
             bulk.enroll_batch([batch[0], batch[0]])
 
 
-def test_threads_enroll_and_identify_at_once(tmp_path, recognizer, faces):
+def test_threads_enroll_and_identify_at_once(place, recognizer, faces):
     errors = []
-    with Gallery.open(tmp_path / "g.db", recognizer) as gallery:
+    with Gallery.open(place("g"), recognizer) as gallery:
         gallery.enroll("seed", faces[0, 0])
 
         def enroll(i):
@@ -283,10 +292,10 @@ _CHILD = textwrap.dedent(
 )
 
 
-def test_a_second_process_sees_and_adds_to_the_same_gallery(tmp_path, demo_bundle, recognizer, faces):
-    with _enrolled(tmp_path / "g.db", recognizer, faces) as gallery:
+def test_a_second_process_sees_and_adds_to_the_same_gallery(place, demo_bundle, recognizer, faces):
+    with _enrolled(place("g"), recognizer, faces) as gallery:
         child = subprocess.run(
-            [sys.executable, "-c", _CHILD, str(demo_bundle), str(tmp_path / "g.db"), "one"],
+            [sys.executable, "-c", _CHILD, str(demo_bundle), str(place("g")), "one"],
             capture_output=True,
             text=True,
             timeout=240,
@@ -297,8 +306,8 @@ def test_a_second_process_sees_and_adds_to_the_same_gallery(tmp_path, demo_bundl
         assert "from-another-process" in names
 
 
-def test_kill_9_during_a_large_enrollment_loses_nothing_acknowledged(tmp_path, demo_bundle, recognizer):
-    path = tmp_path / "g.db"
+def test_kill_9_during_a_large_enrollment_loses_nothing_acknowledged(place, demo_bundle, recognizer):
+    path = place("g")
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(demo_bundle), str(path), "bulk"],
         stdout=subprocess.PIPE,

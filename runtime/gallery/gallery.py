@@ -41,9 +41,11 @@ from pdsn.runtime.gallery.records import (
     FaceRecord,
     Fingerprint,
     GalleryError,
+    GalleryStore,
+    meta_values,
 )
 from pdsn.runtime.gallery.rows import Rows
-from pdsn.runtime.gallery.sqlite_store import SqliteStore, meta_values
+from pdsn.runtime.gallery.sqlite_store import SqliteStore
 from pdsn.runtime.inputs import prepare_occlusion
 
 FEATURE_DTYPES = ("float16", "float32")
@@ -104,7 +106,7 @@ class _Group:
 class Gallery:
     """Enrolled identities with their faces' trunk features, searchable under any occlusion pattern."""
 
-    def __init__(self, store: SqliteStore, recognizer, settings: dict, cache_bytes: int) -> None:
+    def __init__(self, store: GalleryStore, recognizer, settings: dict, cache_bytes: int) -> None:
         self._store = store
         self._recognizer = recognizer
         self._head = recognizer.folded_head
@@ -133,19 +135,21 @@ class Gallery:
         warm_patterns: Sequence[Sequence[int]] = DEFAULT_WARM_PATTERNS,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> Gallery:
-        """Open the gallery at ``location`` (a SQLite file), creating it when ``create`` and absent.
+        """Open the gallery at ``location``, creating it when ``create`` and absent.
+
+        ``location``: a SQLite file (the embedded default), or a ``postgresql://`` URL whose database
+        several processes and hosts share (the system of record; each Gallery holds its own
+        in-memory search data and takes in the others' enrollments as PostgreSQL notifies them).
 
         ``keep_features``, ``feature_dtype`` and ``warm_patterns`` apply when the gallery is
         created; an existing gallery keeps its own. Opening a gallery enrolled with another model,
         dictionary or trunk precision is refused, saying which.
         """
-        if _SCHEMES.match(str(location)):
-            raise GalleryError(f"gallery {location}: PostgreSQL galleries are not supported by this version")
         if feature_dtype not in FEATURE_DTYPES:
             raise ValueError(f"feature_dtype {feature_dtype!r} is not one of {FEATURE_DTYPES}")
         if not isinstance(keep_features, bool):
             raise TypeError(f"keep_features must be True or False, got {keep_features!r}")
-        store = SqliteStore(location, create)
+        store = _open_store(location, create)
         try:
             settings = _bind(store, recognizer, keep_features, feature_dtype, warm_pattern_masks(tuple(warm_patterns)))
             return cls(store, recognizer, settings, cache_bytes)
@@ -156,8 +160,18 @@ class Gallery:
     @classmethod
     def create(cls, location: str | Path, recognizer, **options) -> Gallery:
         """A new, empty gallery at ``location``; refused if one exists there."""
-        if Path(location).exists():
-            raise GalleryError(f"gallery {location} already exists; open it with Gallery.open, or choose another path")
+        if _is_database(location):
+            store = _open_store(location, create=True)
+            try:
+                exists = bool(store.read_meta())
+            finally:
+                store.close()
+        else:
+            exists = Path(location).exists()
+        if exists:
+            raise GalleryError(
+                f"gallery {shown_location(location)} already exists; open it with Gallery.open, or choose another location"
+            )
         return cls.open(location, recognizer, create=True, **options)
 
     # -- enrollment ---------------------------------------------------------------------------
@@ -264,6 +278,11 @@ class Gallery:
     def metadata(self, identity: str) -> dict:
         self._check_open()
         return self._store.metadata(_identity(identity))
+
+    @property
+    def location(self) -> str:
+        """Where the gallery is stored: its file, or its database URL without the password."""
+        return self._store.location
 
     def __len__(self) -> int:
         self._check_open()
@@ -504,14 +523,15 @@ class Gallery:
             self._add(list(self._store.faces(sorted(new), self._head.embedding_size)))
 
 
-def _bind(store: SqliteStore, recognizer, keep_features: bool, feature_dtype: str, warm: tuple[int, ...]) -> dict:
+def _bind(store: GalleryStore, recognizer, keep_features: bool, feature_dtype: str, warm: tuple[int, ...]) -> dict:
     """The gallery's settings; a new gallery records the recognizer's fingerprint, an old one must match it."""
     fingerprint = recognizer_fingerprint(recognizer)
     meta = store.read_meta()
     if not meta:
         settings = {"keep_features": keep_features, "feature_dtype": feature_dtype, "warm_patterns": list(warm)}
         store.write_meta(meta_values(fingerprint.to_dict(), settings))
-        return settings
+        # Another process may have created it first: what counts is what was recorded.
+        meta = store.read_meta()
     if meta.get("format") != GALLERY_FORMAT or meta.get("format_version") != str(GALLERY_FORMAT_VERSION):
         raise GalleryError(
             f"{store.location} is not a {GALLERY_FORMAT} version {GALLERY_FORMAT_VERSION} gallery "
@@ -531,6 +551,28 @@ def _bind(store: SqliteStore, recognizer, keep_features: bool, feature_dtype: st
             "gallery with this bundle"
         )
     return settings
+
+
+def _is_database(location: object) -> bool:
+    return isinstance(location, str) and _SCHEMES.match(location) is not None
+
+
+def _open_store(location: str | Path, create: bool) -> GalleryStore:
+    """A PostgreSQL store for a ``postgresql://`` URL, else the SQLite file at ``location``."""
+    if _is_database(location):
+        from pdsn.runtime.gallery.postgres_store import PostgresStore
+
+        return PostgresStore(str(location), create)
+    return SqliteStore(location, create)
+
+
+def shown_location(location: str | Path) -> str:
+    """``location`` as messages show it: a database URL without its password."""
+    if _is_database(location):
+        from pdsn.runtime.gallery.postgres_store import redacted
+
+        return redacted(str(location))
+    return str(location)
 
 
 def recognizer_fingerprint(recognizer) -> Fingerprint:

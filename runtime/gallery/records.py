@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -91,6 +94,27 @@ class FaceRecord:
     patterns: dict[int, np.ndarray] = field(default_factory=dict)
 
 
+class GalleryStore(Protocol):
+    """The system of record a Gallery reads and writes (SQLite file or PostgreSQL database)."""
+
+    location: str  # for messages: a file path, or a database URL without its password
+
+    def read_meta(self) -> dict[str, str]: ...
+    def write_meta(self, values: dict[str, str]) -> None: ...
+    def add_identities(
+        self, people: Sequence[tuple[str, dict, Sequence[FaceRecord]]], replace: bool
+    ) -> list[list[int]]: ...
+    def remove_identity(self, name: str) -> None: ...
+    def metadata(self, name: str) -> dict: ...
+    def identities(self, offset: int = 0, limit: int | None = None) -> list[str]: ...
+    def count(self) -> int: ...
+    def contains(self, name: str) -> bool: ...
+    def face_ids(self) -> set[int]: ...
+    def faces(self, ids: Sequence[int] | None = None, embedding_size: int = 0) -> Iterator[FaceRecord]: ...
+    def changed(self) -> bool: ...
+    def close(self) -> None: ...
+
+
 def checksum(*arrays: np.ndarray | None) -> int:
     """CRC-32 over the arrays' bytes, to catch a damaged file's blobs at load."""
     value = 0
@@ -98,3 +122,53 @@ def checksum(*arrays: np.ndarray | None) -> int:
         if array is not None:
             value = zlib.crc32(np.ascontiguousarray(array).data, value)
     return value
+
+
+def encode_face(face: FaceRecord) -> tuple:
+    """A face as a store's row: cells, base, features, feature dtype, pattern ids (JSON), pattern blob, CRC-32."""
+    patterns = sorted(face.patterns)
+    stacked = np.stack([face.patterns[p] for p in patterns]).astype(np.float32) if patterns else None
+    base = face.base.astype(np.float32)
+    features = face.features
+    return (
+        face.cells,
+        base.tobytes(),
+        None if features is None else features.tobytes(),
+        None if features is None else features.dtype.name,
+        json.dumps(patterns),
+        None if stacked is None else stacked.tobytes(),
+        checksum(base, features, stacked),
+    )
+
+
+def decode_face(
+    where, face_id, name, cells, base, features, dtype, patterns, blob, crc, embedding_size: int
+) -> FaceRecord:
+    """The face of a store's row, its CRC-32 checked (a damaged row is refused naming ``where``)."""
+    base_array = np.frombuffer(base, dtype=np.float32)
+    feature_array = None if features is None else np.frombuffer(features, dtype=np.dtype(dtype))
+    pattern_ids = json.loads(patterns)
+    stacked = None if blob is None else np.frombuffer(blob, dtype=np.float32).reshape(len(pattern_ids), -1)
+    if checksum(base_array, feature_array, stacked) != crc or (embedding_size and len(base_array) != embedding_size):
+        raise GalleryError(
+            f"gallery {where}: face {face_id} of identity {name!r} is damaged (checksum mismatch); restore the "
+            f"gallery from a backup, or remove and re-enroll {name!r}"
+        )
+    return FaceRecord(
+        face_id,
+        name,
+        int(cells),
+        base_array,
+        feature_array,
+        {} if stacked is None else {int(p): stacked[i] for i, p in enumerate(pattern_ids)},
+    )
+
+
+def meta_values(fingerprint: dict, settings: dict) -> dict[str, str]:
+    """The meta table's rows for a new gallery."""
+    return {
+        "format": GALLERY_FORMAT,
+        "format_version": str(GALLERY_FORMAT_VERSION),
+        "fingerprint": json.dumps(fingerprint, sort_keys=True),
+        "settings": json.dumps(settings, sort_keys=True),
+    }

@@ -16,16 +16,13 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from pdsn.runtime.gallery.records import (
-    GALLERY_FORMAT,
-    GALLERY_FORMAT_VERSION,
     DuplicateIdentityError,
     FaceRecord,
     GalleryError,
     UnknownIdentityError,
-    checksum,
+    decode_face,
+    encode_face,
 )
 
 BUSY_TIMEOUT_MS = 10_000
@@ -87,9 +84,9 @@ class SqliteStore:
             return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
 
     def write_meta(self, values: dict[str, str]) -> None:
-        """Record the gallery's format and fingerprint once, at creation."""
+        """Record the gallery's format and fingerprint at creation; keys already recorded are kept."""
         with self._lock, self._errors("write"), self._db:
-            self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", sorted(values.items()))
+            self._db.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", sorted(values.items()))
 
     def add_identities(
         self, people: Sequence[tuple[str, dict, Sequence[FaceRecord]]], replace: bool
@@ -113,22 +110,10 @@ class SqliteStore:
         identity_id = cursor.lastrowid
         ids = []
         for face in faces:
-            patterns = sorted(face.patterns)
-            stacked = np.stack([face.patterns[p] for p in patterns]).astype(np.float32) if patterns else None
-            features = face.features
             cursor = self._db.execute(
                 "INSERT INTO faces (identity_id, cells, base, features, feature_dtype, patterns, pattern_blob, crc)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    identity_id,
-                    face.cells,
-                    face.base.astype(np.float32).tobytes(),
-                    None if features is None else features.tobytes(),
-                    None if features is None else features.dtype.name,
-                    json.dumps(patterns),
-                    None if stacked is None else stacked.tobytes(),
-                    checksum(face.base.astype(np.float32), features, stacked),
-                ),
+                (identity_id, *encode_face(face)),
             )
             ids.append(int(cursor.lastrowid))
         return ids
@@ -182,7 +167,9 @@ class SqliteStore:
                         query + f" WHERE f.id IN ({','.join('?' * len(chunk))}) ORDER BY f.id", chunk
                     ).fetchall()
         for face_id, name, cells, base, features, dtype, patterns, blob, crc in rows:
-            yield _record(self.path, face_id, name, cells, base, features, dtype, patterns, blob, crc, embedding_size)
+            yield decode_face(
+                self.path, face_id, name, cells, base, features, dtype, patterns, blob, crc, embedding_size
+            )
 
     def changed(self) -> bool:
         """Whether another connection (thread or process) wrote since the last call."""
@@ -223,33 +210,3 @@ class _StoreErrors:
                 f"a backup or re-enroll into a new gallery"
             ) from None
         return False
-
-
-def _record(path, face_id, name, cells, base, features, dtype, patterns, blob, crc, embedding_size) -> FaceRecord:
-    base_array = np.frombuffer(base, dtype=np.float32)
-    feature_array = None if features is None else np.frombuffer(features, dtype=np.dtype(dtype))
-    pattern_ids = json.loads(patterns)
-    stacked = None if blob is None else np.frombuffer(blob, dtype=np.float32).reshape(len(pattern_ids), -1)
-    if checksum(base_array, feature_array, stacked) != crc or (embedding_size and len(base_array) != embedding_size):
-        raise GalleryError(
-            f"gallery {path}: face {face_id} of identity {name!r} is damaged (checksum mismatch); restore the "
-            f"gallery from a backup, or remove and re-enroll {name!r}"
-        )
-    return FaceRecord(
-        face_id,
-        name,
-        int(cells),
-        base_array,
-        feature_array,
-        {} if stacked is None else {int(p): stacked[i] for i, p in enumerate(pattern_ids)},
-    )
-
-
-def meta_values(fingerprint: dict, settings: dict) -> dict[str, str]:
-    """The meta table's rows for a new gallery."""
-    return {
-        "format": GALLERY_FORMAT,
-        "format_version": str(GALLERY_FORMAT_VERSION),
-        "fingerprint": json.dumps(fingerprint, sort_keys=True),
-        "settings": json.dumps(settings, sort_keys=True),
-    }
