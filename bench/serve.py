@@ -242,9 +242,10 @@ def _server_batches(port: int) -> tuple[float, float]:
     values = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        if name in ("pdsn_batcher_batch_size_sum", "pdsn_batcher_batch_size_count"):
-            values[name] = float(value)
-    return values.get("pdsn_batcher_batch_size_sum", 0.0), values.get("pdsn_batcher_batch_size_count", 0.0)
+        values[name] = value
+    labels = '{batcher="embedding"}'
+    faces, batches = (f"pdsn_batcher_batch_size_{part}{labels}" for part in ("sum", "count"))
+    return float(values.get(faces, 0.0)), float(values.get(batches, 0.0))
 
 
 def _lean(row: dict) -> dict:

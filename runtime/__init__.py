@@ -11,7 +11,7 @@ from pdsn.runtime.batcher import (
     QueueFullError,
 )
 from pdsn.runtime.bundle import Bundle, BundleIntegrityError, open_bundle
-from pdsn.runtime.preprocess import decode_image, load_image
+from pdsn.runtime.preprocess import ImageTooLargeError, decode_image, load_image
 from pdsn.runtime.recognizer import Recognizer, Verification
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "Bundle",
     "BundleIntegrityError",
     "DeadlineExceededError",
+    "ImageTooLargeError",
     "QueueFullError",
     "Recognizer",
     "Verification",

@@ -237,6 +237,8 @@ class DynamicBatcher:
             if self._closing:
                 raise BatcherClosedError("the batcher was closed; open a new Recognizer to submit more work")
             if self._queued_faces + size > self.queue_size:
+                self._drop_cancelled()
+            if self._queued_faces + size > self.queue_size:
                 self._counts["rejected"] += 1
                 raise QueueFullError(
                     f"the queue holds {self._queued_faces} of {self.queue_size} faces and cannot take "
@@ -400,6 +402,15 @@ class DynamicBatcher:
                 return True
             faces += request.size
         return faces == self.max_batch or faces in self.preferred_batches
+
+    def _drop_cancelled(self) -> None:
+        """Give back the queue room of requests their callers cancelled (e.g. past a service deadline)."""
+        kept = deque(r for r in self._pending if not r.future.cancelled())
+        dropped = len(self._pending) - len(kept)
+        if dropped:
+            self._queued_faces = sum(r.size for r in kept)
+            self._counts["cancelled"] += dropped
+            self._pending = kept
 
     def _take(self) -> tuple[list[_Request], list[tuple[Future, DeadlineExceededError]]]:
         """The batch, and the expired requests with the error each is to fail with."""

@@ -36,6 +36,10 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Imag
 _OPEN_LOCK = threading.Lock()
 
 
+class ImageTooLargeError(ValueError):
+    """An image file with more pixels than the loader accepts, refused from its header before decoding."""
+
+
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as uint8 RGB (H, W, 3), upright; ValueError naming the file if it is refused."""
     path = Path(path)
@@ -88,7 +92,7 @@ def _decode(file: BinaryIO, name: str, max_pixels: int) -> np.ndarray:
     with _open(file, name, max_pixels) as image:
         width, height = image.size
         if width * height > max_pixels:
-            raise ValueError(
+            raise ImageTooLargeError(
                 f"{name} is {width}x{height} (WxH) = {width * height:,} pixels, over the limit of "
                 f"{max_pixels:,}; refused before decoding. Downscale it, or pass a larger max_pixels "
                 f"if the source is trusted"
@@ -117,7 +121,7 @@ def _open(file: BinaryIO, name: str, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies next
             return Image.open(file)
     except Image.DecompressionBombError as exc:
-        raise ValueError(
+        raise ImageTooLargeError(
             f"{name} was refused before decoding: {exc} This loader's limit is {max_pixels:,} pixels; "
             f"Pillow's own refuses more than 2 x PIL.Image.MAX_IMAGE_PIXELS"
         ) from None

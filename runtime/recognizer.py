@@ -182,6 +182,13 @@ class Recognizer:
         """
         return self._batcher.stats(reset)
 
+    def features_stats(self, reset: bool = False) -> BatcherStats | None:
+        """``stats`` of the trunk's batcher (``features``, the gallery's enrollments and searches); None
+        until features are first asked for."""
+        with self._lock:
+            trunk = self._trunk
+        return None if trunk is None else trunk.stats(reset)
+
     def health(self) -> BatcherHealth:
         """Whether this Recognizer serves requests (e.g. for a readiness probe), and why not when it does not."""
         return self._batcher.health()

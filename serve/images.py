@@ -15,11 +15,8 @@ import numpy as np
 from pdsn.model.bundle_format import ModelContract
 from pdsn.runtime import decode_image
 from pdsn.runtime.inputs import prepare_images
-from pdsn.runtime.preprocess import align_face
+from pdsn.runtime.preprocess import ImageTooLargeError, align_face
 from pdsn.serve.errors import ApiError, input_errors
-
-# How pdsn.runtime.preprocess words a refusal by pixel count (its own limit or Pillow's bomb check).
-_PIXEL_LIMIT_WORDS = "refused before decoding"
 
 
 class Upload(bytes):
@@ -80,7 +77,7 @@ def _decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     try:
         return decode_image(data, max_pixels=max_pixels)
     except ValueError as exc:
-        status = 413 if _PIXEL_LIMIT_WORDS in str(exc) else 422
+        status = 413 if isinstance(exc, ImageTooLargeError) else 422
         raise ApiError(status, f"{name}: {exc}".replace("image bytes", "the image", 1), name) from None
 
 

@@ -57,8 +57,9 @@ class RuntimeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         ready, _ = self.state.readiness()
         yield GaugeMetricFamily("pdsn_ready", "1 when the server is ready to answer", value=float(ready))
-        if self.state.recognizer is not None:
-            yield from _batcher(self.state.recognizer.stats())
+        recognizer = self.state.recognizer
+        if recognizer is not None:
+            yield from _batcher({"embedding": recognizer.stats(), "features": recognizer.features_stats()})
         if self.state.gallery is not None:
             try:
                 stats = self.state.gallery.stats()
@@ -67,41 +68,49 @@ class RuntimeCollector(Collector):
             yield from _gallery(stats)
 
 
-def _batcher(stats) -> Iterator[Metric]:
+def _batcher(batchers: dict) -> Iterator[Metric]:
+    """Each batcher's figures, labelled ``batcher="embedding"`` (the model) or ``"features"`` (the trunk)."""
     counters = {
         "requests": ("pdsn_batcher_requests", "Requests the batcher accepted"),
         "faces": ("pdsn_batcher_faces", "Faces the batcher accepted"),
-        "completed": ("pdsn_batcher_completed", "Requests answered with embeddings"),
+        "completed": ("pdsn_batcher_completed", "Requests answered"),
         "rejected": ("pdsn_batcher_rejected", "Requests refused because the queue was full (HTTP 429)"),
         "timed_out": ("pdsn_batcher_timeouts", "Requests dropped unrun because their deadline passed in the queue"),
         "cancelled": ("pdsn_batcher_cancelled", "Requests cancelled while queued"),
         "failed": ("pdsn_batcher_failed", "Requests whose batch failed"),
         "batches": ("pdsn_batcher_batches", "Batches run"),
     }
+    running = {which: stats for which, stats in batchers.items() if stats is not None}
     for key, (name, documentation) in counters.items():
-        yield CounterMetricFamily(name, documentation, value=getattr(stats, key))
-    answered = stats.completed + stats.timed_out + stats.cancelled + stats.failed
-    yield GaugeMetricFamily(
-        "pdsn_batcher_queue_depth",
-        "Requests accepted and not yet answered (queued or running)",
-        value=stats.requests - answered,
+        family = CounterMetricFamily(name, documentation, labels=["batcher"])
+        for which, stats in running.items():
+            family.add_metric([which], getattr(stats, key))
+        yield family
+    depth = GaugeMetricFamily(
+        "pdsn_batcher_queue_depth", "Requests accepted and not yet answered (queued or running)", labels=["batcher"]
     )
-    buckets = [
-        (str(float(bound)), sum(count for size, count in stats.batch_sizes.items() if size <= bound))
-        for bound in BATCH_BUCKETS
-    ]
-    buckets.append(("+Inf", sum(stats.batch_sizes.values())))
-    batch = HistogramMetricFamily("pdsn_batcher_batch_size", "Faces per batch run")
-    batch.add_metric([], buckets, sum_value=sum(size * count for size, count in stats.batch_sizes.items()))
+    batch = HistogramMetricFamily("pdsn_batcher_batch_size", "Faces per batch run", labels=["batcher"])
+    for which, stats in running.items():
+        answered = stats.completed + stats.timed_out + stats.cancelled + stats.failed
+        depth.add_metric([which], stats.requests - answered)
+        buckets = [
+            (str(float(bound)), sum(count for size, count in stats.batch_sizes.items() if size <= bound))
+            for bound in BATCH_BUCKETS
+        ]
+        buckets.append(("+Inf", sum(stats.batch_sizes.values())))
+        batch.add_metric([which], buckets, sum_value=sum(size * count for size, count in stats.batch_sizes.items()))
+    yield depth
     yield batch
-    for name, values, documentation in (
-        ("pdsn_batcher_queue_wait_seconds", stats.queue_wait_ms, "Queue wait per request, recent requests"),
-        ("pdsn_batcher_compute_seconds", stats.compute_ms, "Compute time of each request's batch, recent requests"),
+    for name, attribute, documentation in (
+        ("pdsn_batcher_queue_wait_seconds", "queue_wait_ms", "Queue wait per request, recent requests"),
+        ("pdsn_batcher_compute_seconds", "compute_ms", "Compute time of each request's batch, recent requests"),
     ):
-        family = GaugeMetricFamily(name, documentation, labels=["quantile"])
-        for quantile in _QUANTILES:
-            if quantile in values:
-                family.add_metric([f"0.{quantile[1:]}"], values[quantile] / 1000.0)
+        family = GaugeMetricFamily(name, documentation, labels=["batcher", "quantile"])
+        for which, stats in running.items():
+            values = getattr(stats, attribute)
+            for quantile in _QUANTILES:
+                if quantile in values:
+                    family.add_metric([which, f"0.{quantile[1:]}"], values[quantile] / 1000.0)
         yield family
 
 

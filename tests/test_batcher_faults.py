@@ -115,6 +115,26 @@ def test_a_cancelled_request_whose_deadline_passes_is_skipped_once():
     assert stats.requests == stats.completed + stats.failed + stats.timed_out + stats.cancelled
 
 
+def test_cancelled_requests_give_their_queue_room_back():
+    engine = HeldEngine()
+    batcher = make(engine, queue_size=4)
+    blocker = engine.occupy(batcher)
+    queued = [batcher.submit(faces(1), masks(1)) for _ in range(4)]
+    with pytest.raises(QueueFullError):
+        batcher.submit(faces(2), masks(1))
+    assert all(f.cancel() for f in queued[:3])  # e.g. callers whose service deadline passed
+    later = [batcher.submit(faces(2), masks(1)) for _ in range(3)]
+    with pytest.raises(QueueFullError):
+        batcher.submit(faces(3), masks(1))
+    engine.release.set()
+    assert blocker.result(5)[0, 0] == 0 and queued[3].result(5)[0, 0] == 1
+    assert [f.result(5)[0, 0] for f in later] == [2, 2, 2]
+    batcher.close(timeout=10)
+    stats = batcher.stats()
+    assert stats.cancelled == 3 and stats.completed == 5 and stats.rejected == 2
+    assert stats.requests == stats.completed + stats.failed + stats.timed_out + stats.cancelled
+
+
 def test_the_largest_delay_is_safe_and_a_larger_one_is_refused():
     with pytest.raises(
         ValueError, match=r"max_delay_ms must be a finite number of milliseconds in \[0, 60000\], got 1e\+300"

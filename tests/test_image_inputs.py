@@ -13,7 +13,7 @@ from PIL import Image
 
 from pdsn.model.alignment import TEMPLATE_112X96
 from pdsn.model.sample_faces import seeded_faces
-from pdsn.runtime import Recognizer
+from pdsn.runtime import ImageTooLargeError, Recognizer
 from pdsn.runtime.preprocess import align_face, decode_image, load_image
 
 
@@ -152,9 +152,9 @@ def test_decompression_bomb_is_our_error_and_warns_nothing(tmp_path, monkeypatch
     warning_sized = _encode(Image.new("L", (100, 15)), "PNG")  # 1500 pixels: Pillow would only warn
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(ValueError, match=r"bomb\.png.*5000 pixels.*limit is 40,000,000"):
+        with pytest.raises(ImageTooLargeError, match=r"bomb\.png.*5000 pixels.*limit is 40,000,000"):
             load_image(bomb)
-        with pytest.raises(ValueError, match=r"image bytes is 100x15 \(WxH\) = 1,500 pixels, over the limit of 1,000"):
+        with pytest.raises(ImageTooLargeError, match=r"image bytes is 100x15 \(WxH\) = 1,500 pixels, over the limit of 1,000"):
             decode_image(warning_sized, max_pixels=1000)
         assert decode_image(warning_sized).shape == (15, 100, 3)
     assert caught == []

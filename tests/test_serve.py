@@ -199,7 +199,7 @@ def test_32_concurrent_clients_each_get_their_own_answer(client, server, referen
     for index, (images, cells) in enumerate(jobs):
         _close(answers[index], reference.embed(images, occlusion=cells))
     metrics = client.get("/metrics").text
-    assert "pdsn_batcher_rejected_total 0.0" in metrics
+    assert 'pdsn_batcher_rejected_total{batcher="embedding"} 0.0' in metrics
 
 
 def _bad_cases(face: np.ndarray) -> list[tuple[str, str, dict, int, str | None]]:
@@ -333,7 +333,7 @@ def test_metrics_and_the_access_log(client, server, faces):
         'pdsn_http_requests_total{method="POST",route="/v1/embed",status="200"}',
         'pdsn_http_requests_total{method="POST",route="/v1/embed",status="401"}',
         'pdsn_http_request_duration_seconds_bucket{le="0.1",method="POST",route="/v1/embed",status="200"}',
-        'pdsn_batcher_batch_size_bucket{le="8.0"}',
+        'pdsn_batcher_batch_size_bucket{batcher="embedding",le="8.0"}',
         "pdsn_batcher_queue_depth",
         "pdsn_batcher_timeouts_total",
         "pdsn_ready 1.0",

@@ -103,6 +103,7 @@ def test_identity_routes(client, enrolled):
     assert (
         f"pdsn_gallery_identities {float(len(enrolled))}" in metrics
         and "pdsn_gallery_pattern_cache_hits_total" in metrics
+        and 'pdsn_batcher_requests_total{batcher="features"}' in metrics  # the trunk's batcher, for the gallery
     )
 
 

@@ -43,7 +43,9 @@ def test_a_full_queue_answers_429_with_retry_after_then_recovers(slow):
     first: list[httpx.Response] = []
     waiting = threading.Thread(target=lambda: first.append(_embed(slow.url, 3, 1, **patient)))
     waiting.start()
-    _wait_for_metric(slow.url, "pdsn_batcher_queue_depth 1.0")  # 3 faces wait for the batch to fill
+    _wait_for_metric(
+        slow.url, 'pdsn_batcher_queue_depth{batcher="embedding"} 1.0'
+    )  # 3 faces wait for the batch to fill
     refused = _embed(slow.url, 2, 2, **patient)
     waiting.join()
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
@@ -62,7 +64,10 @@ def test_a_full_queue_answers_429_with_retry_after_then_recovers(slow):
     assert sorted(set(burst)) == [200, 429] and len(burst) == 8
     assert all(_embed(slow.url, 1, 9, **patient).status_code == 200 for _ in range(3))  # recovered
     metrics = httpx.get(f"{slow.url}/metrics").text
-    assert 'route="/v1/embed",status="429"' in metrics and "pdsn_batcher_rejected_total 0.0" not in metrics
+    assert (
+        'route="/v1/embed",status="429"' in metrics
+        and 'pdsn_batcher_rejected_total{batcher="embedding"} 0.0' not in metrics
+    )
 
 
 def test_a_request_past_its_deadline_is_504(slow):
