@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pdsn.commands.arguments import (
+    backend_options,
     bundle_options,
     cells,
     cosine,
@@ -250,10 +251,12 @@ def _parser() -> argparse.ArgumentParser:
 
     from pdsn.commands.gallery import add_gallery_commands
     from pdsn.commands.serve import add_serve_command
+    from pdsn.commands.triton import add_triton_commands
     from pdsn.train.cli import add_training_commands
 
     add_gallery_commands(commands)
     add_serve_command(commands)
+    add_triton_commands(commands)
 
     add_training_commands(commands)
     return parser
@@ -294,7 +297,7 @@ def _export(args: argparse.Namespace) -> int:
 def _open(args: argparse.Namespace):
     from pdsn.runtime import Recognizer
 
-    return Recognizer.open(args.bundle, backend=args.backend, device=args.device)
+    return Recognizer.open(args.bundle, backend=args.backend, device=args.device, **backend_options(args))
 
 
 def _embed(args: argparse.Namespace) -> int:

@@ -18,6 +18,20 @@ def bundle_options(parser: argparse.ArgumentParser) -> None:
         help="inference backend (default auto: the fastest installed for the device and bundle)",
     )
     parser.add_argument("--device", choices=DEVICES, default="cpu")
+    remote = parser.add_argument_group("--backend triton: a Triton server holding a `pdsn triton-repo` repository")
+    remote.add_argument("--triton-url", help="host:port of its gRPC or HTTP endpoint (default 127.0.0.1:8001 / 8000)")
+    remote.add_argument("--triton-protocol", choices=("grpc", "http"), default="grpc")
+    remote.add_argument("--triton-model", default="pdsn", help="the model's name in the repository (default pdsn)")
+
+
+def backend_options(args: argparse.Namespace) -> dict:
+    """``Recognizer.open``'s backend options from ``bundle_options``' flags (only the triton backend takes any)."""
+    if args.backend != "triton":
+        given = [flag for flag, value in (("--triton-url", args.triton_url),) if value]
+        if given:
+            raise ValueError(f"{given[0]} is for --backend triton, not --backend {args.backend}")
+        return {}
+    return {"url": args.triton_url, "protocol": args.triton_protocol, "model_name": args.triton_model}
 
 
 def names(text: str) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pdsn.commands.arguments import bundle_options, cells, cosine, gallery_location, positive
+from pdsn.commands.arguments import backend_options, bundle_options, cells, cosine, gallery_location, positive
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -63,7 +63,9 @@ def _open(args: argparse.Namespace, create: bool = False, **options):
     from pdsn.runtime import Recognizer
     from pdsn.runtime.gallery import Gallery
 
-    recognizer = Recognizer.open(args.bundle, backend=args.backend, device=args.device, precision=args.precision)
+    recognizer = Recognizer.open(
+        args.bundle, backend=args.backend, device=args.device, precision=args.precision, **backend_options(args)
+    )
     try:
         return recognizer, Gallery.open(args.gallery, recognizer, create=create, **options)
     except BaseException:

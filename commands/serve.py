@@ -11,7 +11,7 @@ import sys
 from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 
-from pdsn.commands.arguments import bundle_options, gallery_location, names, numbers, positive
+from pdsn.commands.arguments import backend_options, bundle_options, gallery_location, names, numbers, positive
 
 DEFAULT_PORT = 8000
 
@@ -110,6 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
         bundle=args.bundle,
         gallery=args.gallery,
         backend=args.backend,
+        backend_options=backend_options(args),
         device=args.device,
         precision=args.precision,
         max_batch=args.max_batch,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -25,6 +25,7 @@ class ServeConfig:
     bundle: Path
     gallery: Path | str | None = None  # a SQLite file or a postgresql:// URL
     backend: str = "auto"
+    backend_options: dict = field(default_factory=dict)  # e.g. the triton backend's url and protocol
     device: str = "cpu"
     precision: str = "auto"
     max_batch: int = 64

@@ -44,6 +44,7 @@ class ServeState:
             max_batch=config.max_batch,
             max_delay_ms=config.max_delay_ms,
             queue_size=config.queue_size,
+            **config.backend_options,
         )
         try:
             gallery = None

@@ -29,10 +29,11 @@ ALLOWED = {
     "runtime": {"model", "kernels", "runtime"},
     "serve": {"model", "kernels", "runtime", "serve"},
     "train": {"model", "kernels", "runtime", "train"},
-    "bench": {"model", "kernels", "export", "calib", "runtime", "bench"},
+    "bench": {"model", "kernels", "export", "calib", "runtime", "bench", "triton_repo"},
+    "triton_repo": {"model", "kernels", "runtime", "triton_repo"},
 }
 # Folders whose modules never import torch, nor a pdsn module that does.
-TORCH_FREE = {"kernels", "calib", "runtime", "serve"}
+TORCH_FREE = {"kernels", "calib", "runtime", "serve", "triton_repo"}
 
 
 def _product_modules() -> dict[str, Path]:

@@ -8,10 +8,13 @@ import platform
 from pdsn.kernels.tensorrt_modules import import_tensorrt
 from pdsn.runtime.backends.base import Backend, BackendUnavailableError
 
+# Local backends: they run the model in this process (`pdsn verify` checks each of them).
 BACKENDS = ("onnxruntime", "openvino", "tensorrt", "tensorrt-rtx")
 ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")  # run a bundle's built engine, not its ONNX file
+# Remote backends: a model server runs the bundle's model (from `pdsn triton-repo`); `auto` never picks one.
+REMOTE_BACKENDS = ("triton",)
 DEVICES = ("cpu", "cuda")
-BACKEND_CHOICES = ("auto", *BACKENDS)
+BACKEND_CHOICES = ("auto", *BACKENDS, *REMOTE_BACKENDS)
 # x86 CPUs, where OpenVINO's CPU plugin ran every precision faster than ONNX Runtime's CPU provider
 # in this project's benchmarks (bench/results).
 _OPENVINO_MACHINES = ("x86_64", "amd64", "i386", "i686")
@@ -42,7 +45,7 @@ def resolve_backend(name: str, device: str, manifest: dict) -> str:
 
 
 def create_backend(name: str, model_path: str, dictionary, contract, device: str = "cpu", **options) -> Backend:
-    """Instantiate backend ``name`` (one of BACKENDS; resolve ``auto`` first with ``resolve_backend``)."""
+    """Instantiate backend ``name`` (one of BACKENDS or REMOTE_BACKENDS; resolve ``auto`` first with ``resolve_backend``)."""
     if device not in DEVICES:
         raise ValueError(f"device {device!r} is not one of {DEVICES}")
     if name == "onnxruntime":
@@ -57,7 +60,13 @@ def create_backend(name: str, model_path: str, dictionary, contract, device: str
         from pdsn.runtime.backends.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(model_path, options.pop("engine"), dictionary, contract, device=device, **options)
-    raise ValueError(f"backend {name!r} is not one of {BACKENDS} (resolve 'auto' with resolve_backend first)")
+    if name == "triton":
+        from pdsn.runtime.backends.triton_backend import TritonBackend
+
+        return TritonBackend(model_path, dictionary, contract, device=device, **options)
+    raise ValueError(
+        f"backend {name!r} is not one of {BACKENDS + REMOTE_BACKENDS} (resolve 'auto' with resolve_backend first)"
+    )
 
 
 __all__ = [
@@ -65,6 +74,7 @@ __all__ = [
     "BACKEND_CHOICES",
     "DEVICES",
     "ENGINE_BACKENDS",
+    "REMOTE_BACKENDS",
     "Backend",
     "BackendUnavailableError",
     "create_backend",
