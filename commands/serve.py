@@ -159,6 +159,11 @@ def _serve(args: argparse.Namespace) -> int:
 def _bench_serve(args: argparse.Namespace) -> int:
     from pdsn.bench.serve import ServeBenchConfig, markdown, run_serve_benchmark, write_serve_results
 
+    if args.backend == "triton":
+        raise ValueError(
+            "--backend triton: bench-serve times the service over an in-process model; for the model through a "
+            "Triton server against in-process, run `python -m pdsn.bench.triton --bundle B`"
+        )
     config = ServeBenchConfig(
         backend=args.backend,
         precision=args.precision,
