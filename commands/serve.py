@@ -52,6 +52,12 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--model-name", default="pdsn", help="the model's name on /v2 (default pdsn)")
     serve.add_argument("--io-threads", type=positive, default=4, help="threads for decoding and the gallery")
+    serve.add_argument(
+        "--ann-min-faces",
+        type=positive,
+        help="search the gallery's warm patterns through HNSW indexes once a group has this many faces (built "
+        "before the server is ready; default: exact search)",
+    )
     serve.add_argument("--ssl-certfile", type=Path, help="serve HTTPS with this certificate (PEM)")
     serve.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM)")
     serve.add_argument(
@@ -109,6 +115,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServeConfig(
         bundle=args.bundle,
         gallery=args.gallery,
+        ann_min_faces=args.ann_min_faces,
         backend=args.backend,
         backend_options=backend_options(args),
         device=args.device,

@@ -24,6 +24,7 @@ class ServeConfig:
 
     bundle: Path
     gallery: Path | str | None = None  # a SQLite file or a postgresql:// URL
+    ann_min_faces: int | None = None  # HNSW indexes for the warm patterns of groups this large
     backend: str = "auto"
     backend_options: dict = field(default_factory=dict)  # e.g. the triton backend's url and protocol
     device: str = "cpu"

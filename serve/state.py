@@ -50,7 +50,9 @@ class ServeState:
             gallery = None
             if config.gallery is not None:
                 self._reason = f"opening the gallery {shown_location(config.gallery)}"
-                gallery = Gallery.open(config.gallery, recognizer, create=True)
+                gallery = Gallery.open(config.gallery, recognizer, create=True, ann_min_faces=config.ann_min_faces)
+                self._reason = "computing the gallery's warm patterns"
+                gallery.warm()
             self._reason = "running the warm-up batch"
             _warm_up(recognizer, gallery is not None)
         except BaseException:

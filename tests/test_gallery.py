@@ -328,3 +328,32 @@ def test_kill_9_during_a_large_enrollment_loses_nothing_acknowledged(place, demo
         names = gallery.identities()
         assert set(acked) <= set(names)
         assert gallery.stats().faces == 4 * len(names), "an identity was half-enrolled"
+
+
+def test_an_hnsw_index_finds_the_exact_matches_of_warm_patterns(tmp_path, recognizer, faces):
+    pytest.importorskip("usearch", reason='needs pip install "pdsn-deploy[ann]"')
+    sunglasses = list(SUNGLASSES_CELLS)
+    with (
+        _enrolled(tmp_path / "g.db", recognizer, faces, feature_dtype="float32") as exact,
+        Gallery.open(tmp_path / "g.db", recognizer, ann_min_faces=5) as indexed,
+    ):
+        indexed.warm()
+        assert indexed.stats().indexes == 3 and indexed.stats().index_bytes > 0  # none, sunglasses, lower face
+        for i in range(IDENTITIES):
+            probe, _ = _sunglasses(faces[i, 1], seed=i)
+            want = exact.identify(probe, occlusion=sunglasses, k=3).matches
+            got = indexed.identify(probe, occlusion=sunglasses, k=3).matches
+            assert [(m.identity, m.face_id) for m in got] == [(m.identity, m.face_id) for m in want]
+            assert np.allclose([m.score for m in got], [m.score for m in want], atol=1e-6)  # scored exactly
+        probes = [_sunglasses(faces[i, 1], seed=i)[0] for i in range(3)]
+        many = indexed.identify_many(probes, occlusion=[sunglasses] * 3, k=2)
+        assert [[m.face_id for m in r.matches] for r in many] == [
+            [m.face_id for m in r.matches] for r in exact.identify_many(probes, occlusion=[sunglasses] * 3, k=2)
+        ]
+        indexed.enroll("late", faces[0, 2])  # after the index was built: it is extended at the next search
+        assert indexed.identify(faces[0, 2], occlusion=sunglasses, k=1).matches[0].identity == "late"
+        indexed.remove("late")  # row positions shift: the group's indexes are dropped, search is exact
+        assert indexed.stats().indexes == 0
+        assert indexed.identify(faces[0, 2], occlusion=sunglasses, k=1).matches[0].identity == "person-00"
+    with pytest.raises(ValueError, match="ann_min_faces"):
+        Gallery.open(tmp_path / "g.db", recognizer, ann_min_faces=0)

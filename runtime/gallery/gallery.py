@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pdsn.model.folded_head import HeadSlice
+from pdsn.runtime.gallery.ann import PatternIndex
 from pdsn.runtime.gallery.patterns import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_WARM_PATTERNS,
@@ -49,6 +50,8 @@ from pdsn.runtime.gallery.sqlite_store import SqliteStore
 from pdsn.runtime.inputs import prepare_occlusion
 
 FEATURE_DTYPES = ("float16", "float32")
+# Faces looked at per identity asked for: enough of a group's best to find k identities with several faces each.
+CANDIDATES_PER_MATCH = 16
 # Head weights gathered per pattern (up to 42 MB each for LResNet50E-IR), least recently used out beyond this.
 SLICE_BUDGET_BYTES = 512 << 20
 MAX_IDENTITY_LENGTH = 256
@@ -89,6 +92,8 @@ class GalleryStats:
     groups: int
     feature_bytes: int
     cache: CacheStats
+    indexes: int = 0  # HNSW indexes held (``ann_min_faces``)
+    index_bytes: int = 0
 
 
 @dataclass
@@ -106,8 +111,11 @@ class _Group:
 class Gallery:
     """Enrolled identities with their faces' trunk features, searchable under any occlusion pattern."""
 
-    def __init__(self, store: GalleryStore, recognizer, settings: dict, cache_bytes: int) -> None:
+    def __init__(
+        self, store: GalleryStore, recognizer, settings: dict, cache_bytes: int, ann_min_faces: int | None = None
+    ) -> None:
         self._store = store
+        self.ann_min_faces = ann_min_faces
         self._recognizer = recognizer
         self._head = recognizer.folded_head
         self.keep_features = bool(settings["keep_features"])
@@ -119,6 +127,7 @@ class Gallery:
         self._face_ids: set[int] = set()  # every face held in memory, to diff against the store
         self._slices: OrderedDict[int, HeadSlice] = OrderedDict()
         self._slice_bytes = 0
+        self._indexes: dict[tuple[int, int], PatternIndex] = {}  # (group cells, pattern) -> its HNSW index
         self._lock = threading.RLock()
         self._closed = False
         self._load(store.faces(embedding_size=self._head.embedding_size))
@@ -134,6 +143,7 @@ class Gallery:
         feature_dtype: str = "float16",
         warm_patterns: Sequence[Sequence[int]] = DEFAULT_WARM_PATTERNS,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        ann_min_faces: int | None = None,
     ) -> Gallery:
         """Open the gallery at ``location``, creating it when ``create`` and absent.
 
@@ -144,15 +154,21 @@ class Gallery:
         ``keep_features``, ``feature_dtype`` and ``warm_patterns`` apply when the gallery is
         created; an existing gallery keeps its own. Opening a gallery enrolled with another model,
         dictionary or trunk precision is refused, saying which.
+
+        ``ann_min_faces``: search the warm patterns of groups of at least this many faces through an
+        HNSW index (usearch; built by ``warm``, about a minute per pattern at 100,000 faces), the
+        candidates scored exactly; None (the default) searches every pattern exactly.
         """
         if feature_dtype not in FEATURE_DTYPES:
             raise ValueError(f"feature_dtype {feature_dtype!r} is not one of {FEATURE_DTYPES}")
         if not isinstance(keep_features, bool):
             raise TypeError(f"keep_features must be True or False, got {keep_features!r}")
+        if ann_min_faces is not None:
+            ann_min_faces = _positive_int(ann_min_faces, "ann_min_faces")
         store = _open_store(location, create)
         try:
             settings = _bind(store, recognizer, keep_features, feature_dtype, warm_pattern_masks(tuple(warm_patterns)))
-            return cls(store, recognizer, settings, cache_bytes)
+            return cls(store, recognizer, settings, cache_bytes, ann_min_faces)
         except BaseException:
             store.close()
             raise
@@ -253,14 +269,19 @@ class Gallery:
         """Compute the warm patterns' embeddings for every face that lacks them (one product per group).
 
         Identifications do this themselves for the patterns they need; call it after a bulk
-        enrollment (e.g. from a background thread) so the first probes find them ready.
+        enrollment (e.g. from a background thread) so the first probes find them ready. With
+        ``ann_min_faces``, it also builds the HNSW index of each warm pattern of a group that large.
         """
         self._check_open()
         with self._lock:
             if self.keep_features:
                 for group in self._groups.values():
                     for pattern in self.warm_patterns:
-                        self._embeddings(group, pattern | group.cells, probe=False)
+                        union = pattern | group.cells
+                        embeddings = self._embeddings(group, union, probe=False)
+                        large = self.ann_min_faces is not None and len(embeddings) >= self.ann_min_faces
+                        if large and (group.cells, union) not in self._indexes:
+                            self._indexes[(group.cells, union)] = PatternIndex(embeddings)
 
     def remove(self, identity: str) -> None:
         """Remove ``identity`` and all its faces (UnknownIdentityError if it is not enrolled)."""
@@ -328,7 +349,7 @@ class Gallery:
         probe_patterns = [pattern_of(row) for row in vectors]
         with self._lock:
             self._sync()
-            scores_of: dict[int, list[tuple[_Group, np.ndarray, int, bool]]] = {}
+            scores_of: dict[int, list] = {}
             by_pattern: dict[int, list[int]] = {}
             for index, pattern in enumerate(probe_patterns):
                 by_pattern.setdefault(pattern, []).append(index)
@@ -337,9 +358,8 @@ class Gallery:
                     union, exact = self._pattern_for(group, pattern | group.cells)
                     gallery = self._embeddings(group, union)
                     probe = _normalised(self._slice(union).apply(features[probes], None, self._head))
-                    scores = probe @ gallery.T
-                    for row, index in enumerate(probes):
-                        scores_of.setdefault(index, []).append((group, scores[row], union, exact))
+                    for index, rows, scores in self._scored(group, union, gallery, probe, probes, k):
+                        scores_of.setdefault(index, []).append((group, rows, scores, union, exact))
             return [
                 Identification(_best(scores_of.get(i, []), k, threshold), cells_of(probe_patterns[i]))
                 for i in range(len(features))
@@ -350,7 +370,16 @@ class Gallery:
         with self._lock:
             feature_bytes = sum(g.features.nbytes for g in self._groups.values() if g.features is not None)
             faces = sum(len(g.face_ids) for g in self._groups.values())
-            return GalleryStats(self._store.count(), faces, len(self._groups), feature_bytes, self._cache.stats())
+            index_bytes = sum(index.nbytes for index in self._indexes.values())
+            return GalleryStats(
+                self._store.count(),
+                faces,
+                len(self._groups),
+                feature_bytes,
+                self._cache.stats(),
+                len(self._indexes),
+                index_bytes,
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -487,7 +516,21 @@ class Gallery:
                 continue
             self._drop_rows(group, keep)
 
+    def _scored(self, group: _Group, union: int, gallery: np.ndarray, probe: np.ndarray, probes: list[int], k: int):
+        """(probe index, gallery rows or None for all, exact scores) per probe: every row's
+        score, or with an HNSW index of this pattern the exact scores of the candidates it found."""
+        index = self._indexes.get((group.cells, union))
+        if index is None:
+            scores = probe @ gallery.T
+            return [(i, None, scores[row]) for row, i in enumerate(probes)]
+        index.extend(gallery)
+        found = index.candidates(probe, CANDIDATES_PER_MATCH * k)
+        return [(i, rows, gallery[rows] @ probe[row]) for row, (i, rows) in enumerate(zip(probes, found))]
+
     def _drop_rows(self, group: _Group, keep: np.ndarray) -> None:
+        # Its indexes are keyed by row position: stale now (exact search until the next warm()).
+        for key in [key for key in self._indexes if key[0] == group.cells]:
+            del self._indexes[key]
         self._face_ids.difference_update(f for f, k in zip(group.face_ids, keep) if not k)
         if not keep.any():
             del self._groups[group.cells]
@@ -589,19 +632,24 @@ def recognizer_fingerprint(recognizer) -> Fingerprint:
     )
 
 
-def _best(parts: list[tuple[_Group, np.ndarray, int, bool]], k: int, threshold: float | None) -> list[Match]:
-    """The best face per identity across groups, top ``k`` identities, at or above ``threshold``."""
+def _best(parts: list, k: int, threshold: float | None) -> list[Match]:
+    """The best face per identity across groups, top ``k`` identities, at or above ``threshold``.
+
+    ``parts``: (group, rows, scores, union, exact); ``scores`` are those of the group's ``rows``
+    (None: of every row, in order).
+    """
     candidates: dict[str, Match] = {}
-    for group, scores, union, exact in parts:
+    for group, rows, scores, union, exact in parts:
         if not len(scores):
             continue
         # Enough of the group's best faces to find k identities even if each has several faces.
-        top = min(len(scores), k * 16)
+        top = min(len(scores), k * CANDIDATES_PER_MATCH)
         order = np.argpartition(-scores, top - 1)[:top] if top < len(scores) else np.arange(len(scores))
-        for row in order[np.argsort(-scores[order], kind="stable")]:
-            score = float(scores[row])
+        for position in order[np.argsort(-scores[order], kind="stable")]:
+            score = float(scores[position])
             if threshold is not None and score < threshold:
                 break
+            row = position if rows is None else int(rows[position])
             name = group.identities[row]
             best = candidates.get(name)
             if best is None or score > best.score:
