@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from pdsn.bench.machine import describe_machine
-from pdsn.commands.arguments import numbers
 
 DIM = 512
 CANDIDATES = 80
@@ -144,7 +143,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=numbers, default=(10_000, 100_000))
+    parser.add_argument("--sizes", type=lambda text: tuple(int(n) for n in text.split(",")), default=(10_000, 100_000))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--name", default="cpu-ann-choice")
     args = parser.parse_args()
