@@ -174,3 +174,15 @@ def test_bad_bench_arguments(argv, capsys):
     with pytest.raises(SystemExit):
         main(["bench", *argv])
     assert "expected" in capsys.readouterr().err
+
+
+def test_gallery_benchmark_runs_exact_and_through_hnsw(tiny_bundle, tmp_path):
+    pytest.importorskip("usearch")
+    from pdsn.bench.gallery import GalleryBenchConfig, gallery_markdown, run_gallery_benchmark
+
+    config = GalleryBenchConfig(sizes=(20, 60), probes=5, new_patterns=1, enroll_batch=10, ann_min_faces=50)
+    result = run_gallery_benchmark(tiny_bundle, config, tmp_path / "galleries", progress=False)
+    small, large = result["rows"]
+    assert "ann" not in small and large["ann"]["indexes"] == 3 and large["ann"]["cached"]["p50_ms"] > 0
+    text = gallery_markdown(result)
+    assert "Through HNSW indexes" in text and "| 60 |" in text
