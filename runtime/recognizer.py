@@ -211,11 +211,17 @@ class Recognizer:
         single = isinstance(image, np.ndarray) and image.ndim == 3
         return self._batcher.submit(batch, masks, deadline, single)
 
-    def embed(self, images: object, occlusion: object = None, landmarks: object = None) -> np.ndarray:
+    def embed(
+        self, images: object, occlusion: object = None, landmarks: object = None, return_cells: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Embeddings (N, 512) for aligned crops, or for whole images when ``landmarks`` are given.
 
         ``landmarks``: one (5, 2) array per image (eyes, nose, mouth corners as x, y).
+        ``return_cells``: also return the float32 (N, 25) occlusion vectors that masked each
+        embedding (with ``occlusion="auto"``, the ones the estimator found).
         """
+        if not isinstance(return_cells, bool):
+            raise TypeError(f"return_cells must be True or False, got {return_cells!r}")
         self._batcher.check_may_wait("Recognizer.embed()")
         if landmarks is not None:
             images = self._align(images, landmarks)
@@ -225,7 +231,8 @@ class Recognizer:
             self._batcher.submit(batch[i : i + self.max_batch], masks[i : i + self.max_batch]).result()
             for i in range(0, len(batch), self.max_batch)
         ]
-        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        embeddings = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        return (embeddings, masks) if return_cells else embeddings
 
     @property
     def folded_head(self) -> FoldedHead:
