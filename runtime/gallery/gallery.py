@@ -642,6 +642,7 @@ def _best(parts: list, k: int, threshold: float | None) -> list[Match]:
     for group, rows, scores, union, exact in parts:
         if not len(scores):
             continue
+        cells = cells_of(union)
         # Enough of the group's best faces to find k identities even if each has several faces.
         top = min(len(scores), k * CANDIDATES_PER_MATCH)
         order = np.argpartition(-scores, top - 1)[:top] if top < len(scores) else np.arange(len(scores))
@@ -653,7 +654,7 @@ def _best(parts: list, k: int, threshold: float | None) -> list[Match]:
             name = group.identities[row]
             best = candidates.get(name)
             if best is None or score > best.score:
-                candidates[name] = Match(name, score, group.face_ids[row], cells_of(union), exact)
+                candidates[name] = Match(name, score, group.face_ids[row], list(cells), exact)
     return sorted(candidates.values(), key=lambda m: (-m.score, m.identity))[:k]
 
 
