@@ -439,15 +439,13 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _bench_gallery(bundle: Path, args: argparse.Namespace) -> int:
     from pdsn.bench.gallery import GalleryBenchConfig, gallery_markdown, run_gallery_benchmark
+    from pdsn.bench.report import save_report
 
     work = args.work.parent / f"{args.work.name}-galleries"  # beside the bundle, never inside it
     result = run_gallery_benchmark(bundle, GalleryBenchConfig(sizes=args.gallery), work)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{args.name}-gallery"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(gallery_markdown(result))
+    for path in save_report(result, gallery_markdown(result), args.out, f"{args.name}-gallery"):
+        print(f"wrote {path}")
     print(gallery_markdown(result))
-    print(f"wrote {stem}.json and {stem}.md")
     return 0
 
 

@@ -14,13 +14,13 @@ pattern, so an index is built per pattern.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from pdsn.bench.machine import describe_machine
+from pdsn.bench.report import save_report
 
 DIM = 512
 CANDIDATES = 80
@@ -148,11 +148,8 @@ def main() -> None:
     parser.add_argument("--name", default="cpu-ann-choice")
     args = parser.parse_args()
     result = run(args.sizes)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    text = markdown(result)
-    (args.out / f"{args.name}.md").write_text(text, encoding="utf-8")
-    print(text)
+    save_report(result, markdown(result), args.out, args.name)
+    print(markdown(result))
 
 
 if __name__ == "__main__":

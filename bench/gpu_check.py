@@ -26,7 +26,6 @@ import argparse
 import copy
 import datetime as _dt
 import importlib
-import json
 import math
 import platform
 import re
@@ -44,6 +43,7 @@ from xml.etree import ElementTree
 import numpy as np
 
 from pdsn.bench.machine import cpu_model
+from pdsn.bench.report import save_report
 from pdsn.bench.timing import LatencyStats, measure_interleaved
 from pdsn.kernels.fdm_pack import pack_dictionary, pack_occlusion
 from pdsn.kernels.fdm_reference import fdm_gather_mul
@@ -389,12 +389,8 @@ def finish(result: dict) -> dict:
 
 def write_results(result: dict, out: Path) -> list[Path]:
     """``gpu-<device-slug>.json`` and ``.md`` under ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"gpu-{device_slug(result['device']['name'])}" + ("-smoke" if result["config"]["smoke"] else "")
-    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
-    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    md_path.write_text(markdown(result), encoding="utf-8")
-    return [json_path, md_path]
+    return save_report(result, markdown(result), out, stem)
 
 
 def device_slug(name: str) -> str:

@@ -11,12 +11,12 @@ concurrencies, the two hints alternating round by round so that machine drift fa
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from pdsn.bench.concurrency import SweepConfig, closed_loop
 from pdsn.bench.machine import describe_machine
+from pdsn.bench.report import save_report
 
 HINTS = ("latency", "throughput")
 
@@ -119,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     config = replace(SweepConfig(), max_batch=args.max_batch, delays_ms=(args.delay_ms,), seconds=args.seconds)
     clients = tuple(int(c) for c in args.clients.split(","))
     result = compare_hints(args.bundle, args.precision, clients, config, args.rounds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{args.name}.md").write_text(markdown(result))
+    save_report(result, markdown(result), args.out, args.name)
     print(markdown(result))
     return 0
 

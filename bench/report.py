@@ -137,14 +137,20 @@ def markdown(result: dict) -> str:
     return header + body + notes + "\n"
 
 
+def save_report(result: dict, text: str, out_dir: Path, stem: str) -> list[Path]:
+    """A benchmark's ``result`` as ``stem.json`` and its Markdown ``text`` as ``stem.md`` under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md"]
+    paths[0].write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    paths[1].write_text(text, encoding="utf-8")
+    return paths
+
+
 def write_results(result: dict, out_dir: Path, stem: str) -> list[Path]:
     """JSON and Markdown, and the PNG plot when the run has a concurrency sweep."""
     from pdsn.bench.plot import plot_latency_throughput
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md"]
-    paths[0].write_text(json.dumps(result, indent=2) + "\n")
-    paths[1].write_text(markdown(result))
+    paths = save_report(result, markdown(result), out_dir, stem)
     if result.get("concurrency"):
         paths.append(plot_latency_throughput(result, out_dir / f"{stem}.png"))
     return paths

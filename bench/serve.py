@@ -32,6 +32,7 @@ import numpy as np
 
 from pdsn.bench.concurrency import SweepConfig, closed_loop
 from pdsn.bench.machine import describe_machine
+from pdsn.bench.report import save_report
 from pdsn.bench.timing import NOISY_WINDOW_PCT, window_spread
 
 SERVE_COMMAND = [sys.executable, "-m", "pdsn", "serve"]
@@ -108,11 +109,7 @@ def run_serve_benchmark(bundle: Path, config: ServeBenchConfig, progress: bool =
 
 
 def write_serve_results(result: dict, out_dir: Path, stem: str) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    md_path.write_text(markdown(result), encoding="utf-8")
-    return [json_path, md_path]
+    return save_report(result, markdown(result), out_dir, stem)
 
 
 def markdown(result: dict) -> str:

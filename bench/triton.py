@@ -18,7 +18,6 @@ same run. The report goes to ``bench/results/<name>.md`` (and ``.json``).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from dataclasses import replace
@@ -28,6 +27,7 @@ import numpy as np
 
 from pdsn.bench.concurrency import SweepConfig, closed_loop
 from pdsn.bench.machine import describe_machine
+from pdsn.bench.report import save_report
 
 PATHS = ("in-process", "triton-grpc", "triton-http")
 CLIENTS = (1, 8)
@@ -148,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = replace(SweepConfig(), seconds=args.seconds, warmup_seconds=1.0, max_batch=MAX_BATCH)
     result = run(args.bundle, args.work.resolve(), args.env.resolve(), config, args.precision)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{args.name}.md").write_text(markdown(result))
+    save_report(result, markdown(result), args.out, args.name)
     print(markdown(result))
     return 0
 

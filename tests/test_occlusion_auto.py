@@ -40,6 +40,8 @@ def test_every_entry_point_uses_the_estimated_cells(estimator_bundle, faces, tmp
         assert np.allclose(rec.embed(scarf, occlusion="auto"), rec.embed(scarf, occlusion=cells))
         embedded, used = rec.embed(scarf, occlusion="auto", return_cells=True)
         assert np.array_equal(used, cells) and np.allclose(embedded, rec.embed(scarf, occlusion=cells))
+        with pytest.raises(TypeError, match="return_cells"):
+            rec.embed(scarf, return_cells="yes")
         assert np.allclose(rec.submit(scarf, occlusion="auto").result(), rec.embed(scarf, occlusion=cells)[0])
         clean = rec.estimate_occlusion(images[0])
         result = rec.verify(images[0], scarf, occlusion_a="auto", occlusion_b="auto")
