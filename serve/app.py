@@ -19,7 +19,9 @@ from pdsn.serve.access import AccessMiddleware
 from pdsn.serve.config import ServeConfig
 from pdsn.serve.errors import install_error_handlers
 from pdsn.serve.face_api import face_router
+from pdsn.serve.fast_routes import FastRoutes
 from pdsn.serve.kserve import kserve_router
+from pdsn.serve.kserve_infer import infer_openapi, infer_routes
 from pdsn.serve.limits import ApiKeyMiddleware, BodyLimitMiddleware
 from pdsn.serve.metrics import ServeMetrics
 from pdsn.serve.state import ServeState
@@ -59,12 +61,31 @@ def create_app(config: ServeConfig, on_load_failure: Callable[[BaseException], N
         return Response(metrics.render(), media_type=metrics.content_type)
 
     install_error_handlers(app)
+    fast = infer_routes(state)
+    _document(app, infer_openapi())
+    app.add_middleware(FastRoutes, routes=fast)  # the innermost of these: after the limits, before the router
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     if config.api_keys:
         app.add_middleware(ApiKeyMiddleware, keys=config.api_keys)
-    routes = [*(r for router in routers for r in router.routes), *(r for r in app.router.routes if hasattr(r, "path"))]
+    routes = [
+        *fast,
+        *(r for router in routers for r in router.routes),
+        *(r for r in app.router.routes if hasattr(r, "path")),
+    ]
     app.add_middleware(AccessMiddleware, metrics=metrics, routes=routes)
     return app
+
+
+def _document(app: FastAPI, paths: dict) -> None:
+    """Add ``paths`` (routes served ahead of FastAPI's router) to the app's OpenAPI spec."""
+    spec = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec()["paths"].update(paths)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _loaded(state: ServeState, done: asyncio.Future, on_failure: Callable[[BaseException], None] | None) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -95,50 +96,68 @@ def field_name(location: tuple) -> str:
     return name or "body"
 
 
+def error_answer(request: Request, exc: Exception) -> JSONResponse | None:
+    """The answer to an exception a route raises on purpose; None for anything else (a bug: the 500 of ``access``)."""
+    for kind, answer in _ANSWERS:
+        if isinstance(exc, kind):
+            return answer(request, exc)
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Map every exception a route may raise on purpose to its status; anything else is the 500 of ``access``."""
+    """Answer every exception a route may raise on purpose through ``error_answer``."""
 
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(request, exc.status, exc.message, exc.field, exc.headers)
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        return error_answer(request, exc)
 
-    async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {
-                "field": field_name(tuple(e.get("loc", ()))),
-                "message": e.get("msg", "invalid").removeprefix("Value error, "),
-            }
-            for e in exc.errors()
-        ]
-        first = errors[0] if errors else {"field": "body", "message": "invalid request"}
-        message = f"{first['field']}: {first['message']}"
-        return error_response(request, 422, message, first["field"], errors=errors)
+    for kind, _ in _ANSWERS:
+        app.add_exception_handler(kind, handler)
 
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(request, exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
 
-    async def queue_full(request: Request, exc: QueueFullError) -> JSONResponse:
-        return error_response(request, 429, f"overloaded: {exc}", headers={"Retry-After": str(RETRY_AFTER_S)})
+def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(request, exc.status, exc.message, exc.field, exc.headers)
 
-    async def deadline(request: Request, exc: DeadlineExceededError) -> JSONResponse:
-        message = str(exc) or "the request's deadline passed before it ran"
-        return error_response(request, 504, f"deadline exceeded: {message}; send a longer X-Deadline-Ms or retry")
 
-    async def closed(request: Request, exc: BatcherClosedError) -> JSONResponse:
-        return error_response(request, 503, f"not serving: {exc}", headers={"Retry-After": str(RETRY_AFTER_S)})
+def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [
+        {"field": field_name(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid").removeprefix("Value error, ")}
+        for e in exc.errors()
+    ]
+    first = errors[0] if errors else {"field": "body", "message": "invalid request"}
+    message = f"{first['field']}: {first['message']}"
+    return error_response(request, 422, message, first["field"], errors=errors)
 
-    async def gallery_error(request: Request, exc: GalleryError) -> JSONResponse:
-        # Its message names the gallery's file: logged here, not sent.
-        logger.error("request %s: gallery error: %s", request_id(request), exc)
-        message = f"the gallery could not complete the request (request id {request_id(request)}); retry shortly"
-        return error_response(request, 503, message, headers={"Retry-After": str(RETRY_AFTER_S)})
 
-    for kind, handler in (
-        (ApiError, api_error),
-        (RequestValidationError, validation),
-        (HTTPException, http_error),
-        (QueueFullError, queue_full),
-        (DeadlineExceededError, deadline),
-        (BatcherClosedError, closed),
-        (GalleryError, gallery_error),
-    ):
-        app.add_exception_handler(kind, handler)  # type: ignore[arg-type]
+def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    return error_response(request, exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+
+
+def _queue_full(request: Request, exc: QueueFullError) -> JSONResponse:
+    return error_response(request, 429, f"overloaded: {exc}", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def _deadline(request: Request, exc: DeadlineExceededError) -> JSONResponse:
+    message = str(exc) or "the request's deadline passed before it ran"
+    return error_response(request, 504, f"deadline exceeded: {message}; send a longer X-Deadline-Ms or retry")
+
+
+def _closed(request: Request, exc: BatcherClosedError) -> JSONResponse:
+    return error_response(request, 503, f"not serving: {exc}", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def _gallery_error(request: Request, exc: GalleryError) -> JSONResponse:
+    # Its message names the gallery's file: logged here, not sent.
+    logger.error("request %s: gallery error: %s", request_id(request), exc)
+    message = f"the gallery could not complete the request (request id {request_id(request)}); retry shortly"
+    return error_response(request, 503, message, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+_ANSWERS: tuple[tuple[type[Exception], Callable[[Request, Any], JSONResponse]], ...] = (
+    (ApiError, _api_error),
+    (RequestValidationError, _validation),
+    (HTTPException, _http_error),
+    (QueueFullError, _queue_full),
+    (DeadlineExceededError, _deadline),
+    (BatcherClosedError, _closed),
+    (GalleryError, _gallery_error),
+)

@@ -352,3 +352,35 @@ def test_openapi_documents_the_routes_and_both_body_encodings(client):
     content = spec["paths"]["/v1/embed"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(content)
     assert content["multipart/form-data"]["schema"]["properties"]["images"]["items"]["format"] == "binary"
+
+
+def test_inference_is_authenticated_counted_logged_and_documented_like_every_route(client, server, faces):
+    """The inference routes are answered ahead of FastAPI's router; nothing a client or operator sees differs."""
+    header = {"name": "image", "datatype": "UINT8", "shape": [1, 112, 96, 3], "data": faces[0].ravel().tolist()}
+    body = {"inputs": [header]}
+    answer = client.post("/v2/models/pdsn/infer", json=body, headers={"X-Request-Id": "infer-7"})
+    assert answer.status_code == 200 and answer.headers["x-request-id"] == "infer-7"
+    assert client.post("/v2/models/pdsn/versions/1/infer", json=body).status_code == 200
+    other_version = client.post("/v2/models/pdsn/versions/2/infer", json=body)
+    assert other_version.status_code == 404 and other_version.json()["field"] == "version"
+    assert client.post("/v2/models/other/infer", json=body).json()["field"] == "name"
+    wrong_method = client.get("/v2/models/pdsn/infer")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert "send POST" in wrong_method.json()["error"] and wrong_method.json()["request_id"]
+    assert httpx.post(f"{server.url}/v2/models/pdsn/infer", json=body).status_code == 401
+    text = client.get("/metrics").text
+    for status in (200, 401, 404, 405):
+        method = "GET" if status == 405 else "POST"
+        assert (
+            f'pdsn_http_requests_total{{method="{method}",route="/v2/models/{{name}}/infer",status="{status}"}}' in text
+        )
+    assert 'route="/v2/models/{name}/versions/{version}/infer",status="200"' in text
+    lines = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+    (mine,) = [line for line in lines if line["request_id"] == "infer-7"]
+    assert mine["route"] == "/v2/models/{name}/infer" and mine["status"] == 200
+    spec = client.get("/openapi.json").json()
+    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+        operation = spec["paths"][path]["post"]
+        assert {"application/json", "application/octet-stream"} <= set(operation["requestBody"]["content"])
+        assert {"200", "400", "429", "504"} <= set(operation["responses"])
+    assert spec["components"]["schemas"]["ErrorAnswer"]
