@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pdsn.bench.machine import cpu_counters, steal_percent
 from pdsn.bench.timing import NOISY_WINDOW_PCT, window_spread
 
 
@@ -94,9 +95,11 @@ def closed_loop(recognizer, clients: int, config: SweepConfig, faces: np.ndarray
         thread.start()
     time.sleep(config.warmup_seconds)
     recognizer.stats(reset=True)
+    counters = cpu_counters()
     window["start"] = time.perf_counter()
     time.sleep(seconds)
     window["end"] = time.perf_counter()
+    steal = steal_percent(counters, cpu_counters())
     stats = recognizer.stats(reset=True)
     stop.set()
     for thread in threads:
@@ -137,4 +140,5 @@ def closed_loop(recognizer, clients: int, config: SweepConfig, faces: np.ndarray
         "rejected": stats.rejected,
         "window_spread_pct": spread,
         "noisy": spread > NOISY_WINDOW_PCT,
+        "steal_pct": steal,
     }

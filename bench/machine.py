@@ -28,3 +28,28 @@ def describe_machine(packages: tuple[str, ...] = ("pdsn-deploy", "numpy", "onnxr
         "python": versions.pop("python"),
         "packages": versions,
     }
+
+
+# Windows in which the hypervisor ran other guests for more than this share (in %) of this machine's
+# CPU time are flagged: their speed says more about the host than about the code.
+STOLEN_WINDOW_PCT = 10.0
+
+
+def cpu_counters() -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs since boot, from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = handle.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    ticks = [int(value) for value in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return ticks[7], sum(ticks)
+
+
+def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float:
+    """The share (in %) of CPU time between two ``cpu_counters`` that the hypervisor gave to others (NaN: unknown)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return float("nan")
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import http.client
 import io
+import itertools
 import json
 import socket
 import subprocess
@@ -31,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from pdsn.bench.concurrency import SweepConfig, closed_loop
-from pdsn.bench.machine import describe_machine
+from pdsn.bench.machine import STOLEN_WINDOW_PCT, cpu_counters, describe_machine, steal_percent
 from pdsn.bench.report import save_report
-from pdsn.bench.timing import NOISY_WINDOW_PCT, window_spread
+from pdsn.bench.timing import NOISY_WINDOW_PCT, measure, window_spread
 
 SERVE_COMMAND = [sys.executable, "-m", "pdsn", "serve"]
 ROUTES = ("v2-binary", "v2-json", "v1-embed")
@@ -56,11 +57,14 @@ class ServeBenchConfig:
     queue_size: int | None = None  # default: room for every client
     seconds: float = 5.0
     warmup_seconds: float = 1.0
+    rounds: int = 3  # each path runs this many windows, interleaved with the others; rows are their medians
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.routes) - set(ROUTES))
         if unknown:
             raise ValueError(f"routes {unknown} are not among {ROUTES}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ValueError(f"rounds must be a whole number >= 1, got {self.rounds!r}")
 
 
 def run_serve_benchmark(bundle: Path, config: ServeBenchConfig, progress: bool = True) -> dict:
@@ -89,14 +93,18 @@ def run_serve_benchmark(bundle: Path, config: ServeBenchConfig, progress: bool =
         requests = {route: [_request(route, faces[i], occlusion[i]) for i in range(FACES)] for route in config.routes}
         rows = []
         with _Server(bundle, options) as server:
-            # Each concurrency in turn on every path, so machine drift falls on all paths alike.
+            # Each concurrency in turn, every path in turn within a round: machine drift (and the host's
+            # steal) falls on all paths alike, and the median round of each path is its row.
             for clients in config.clients:
-                rows.append({"path": "in-process", **_lean(closed_loop(recognizer, clients, loop, faces, occlusion))})
-                _say(progress, rows[-1])
-                for route in config.routes:
-                    rows.append({"path": route, **_http_loop(server.port, requests[route], clients, config)})
+                windows: dict[str, list[dict]] = {path: [] for path in ("in-process", *config.routes)}
+                for _ in range(config.rounds):
+                    windows["in-process"].append(closed_loop(recognizer, clients, loop, faces, occlusion))
+                    for route in config.routes:
+                        windows[route].append(_http_loop(server.port, requests[route], clients, config))
+                for path, parts in windows.items():
+                    rows.append({"path": path, **_median(parts)})
                     _say(progress, rows[-1])
-    _compare(rows)
+    _compare(rows, _decode_ms(faces) if "v1-embed" in config.routes else None)
     return {
         "bundle": str(bundle),
         "backend": backend,
@@ -119,10 +127,11 @@ def markdown(result: dict) -> str:
         "",
         f"Bundle `{result['bundle']}`; {result['machine']['cpu']}, {result['machine']['cores']} cores. "
         f"max_batch {config['max_batch']}, max_delay_ms {config['max_delay_ms']:g}, window {config['seconds']:g} s "
-        f"after {config['warmup_seconds']:g} s of warm-up. One face per request, closed loop.",
+        f"after {config['warmup_seconds']:g} s of warm-up, {config['rounds']} rounds with the paths interleaved; each "
+        f"figure is the median over the rounds (host steal: their mean). One face per request, closed loop.",
         "",
-        "| path | clients | img/s | p50 ms | p99 ms | mean ms | mean batch | vs in-process | added ms/request |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| path | clients | img/s | p50 ms | p99 ms | mean ms | mean batch | vs in-process | added ms/request | host steal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         ratio = f"{100 * row['vs_in_process']:.0f}%" if "vs_in_process" in row else "-"
@@ -130,8 +139,16 @@ def markdown(result: dict) -> str:
         batch = f"{row['mean_batch']:.1f}"
         lines.append(
             f"| {row['path']} | {row['clients']} | {row['throughput_img_s']:.1f} | {row['p50_ms']:.2f} | "
-            f"{row['p99_ms']:.2f} | {row['mean_ms']:.2f} | {batch} | {ratio} | {added} |"
+            f"{row['p99_ms']:.2f} | {row['mean_ms']:.2f} | {batch} | {ratio} | {added} | {row['steal_pct']:.0f}% |"
         )
+    decode = next((row["decode_ms"] for row in result["rows"] if "decode_ms" in row), None)
+    if decode is not None:
+        lines += [
+            "",
+            f"v1-embed sends each face as a PNG file, which its server decodes ({decode:.2f} ms per file, measured "
+            f"here on one thread); the in-process batcher is handed decoded arrays. Its overhead goal is judged "
+            f"beyond that decoding.",
+        ]
     lines += ["", "Goals:", ""]
     for goal in result["goals"]:
         lines.append(
@@ -140,6 +157,13 @@ def markdown(result: dict) -> str:
     noisy = [f"{r['path']}/{r['clients']}" for r in result["rows"] if r.get("noisy")]
     if noisy:
         lines += ["", f"Noisy windows (thirds differ by > {NOISY_WINDOW_PCT:g}%): {', '.join(noisy)}."]
+    stolen = [f"{r['path']}/{r['clients']}" for r in result["rows"] if r["steal_pct"] > STOLEN_WINDOW_PCT]
+    if stolen:
+        lines += [
+            "",
+            f"Host steal: in {', '.join(stolen)} the hypervisor ran other guests for over {STOLEN_WINDOW_PCT:g}% of "
+            f"this machine's CPU time; those rows measure the host more than the server.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -147,11 +171,7 @@ def _request(route: str, face: np.ndarray, occlusion: np.ndarray) -> tuple[str, 
     """(path, body, headers) of one single-face request on ``route``."""
     cells = [int(c) for c in np.flatnonzero(occlusion)]
     if route == "v1-embed":
-        from PIL import Image
-
-        buffer = io.BytesIO()
-        Image.fromarray(face).save(buffer, "PNG")
-        body = {"images": [base64.b64encode(buffer.getvalue()).decode()], "occlusion": cells}
+        body = {"images": [base64.b64encode(_png(face)).decode()], "occlusion": cells}
         return "/v1/embed", json.dumps(body).encode(), {"Content-Type": "application/json"}
     image = {"name": "image", "datatype": "UINT8", "shape": [1, *face.shape]}
     mask = {"name": "occlusion", "datatype": "FP32", "shape": [1, len(occlusion)]}
@@ -166,6 +186,23 @@ def _request(route: str, face: np.ndarray, occlusion: np.ndarray) -> tuple[str, 
     header = json.dumps({"inputs": inputs, "outputs": [{"name": "embedding", "parameters": {"binary_data": True}}]})
     headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
     return "/v2/models/pdsn/infer", header.encode() + face.tobytes() + vector.tobytes(), headers
+
+
+def _png(face: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(face).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _decode_ms(faces: np.ndarray) -> float:
+    """Mean time to decode one of the face API's PNG files, as its server does: work an in-process caller
+    holding decoded arrays does not do, so it is reported apart from the HTTP overhead."""
+    from pdsn.runtime import decode_image
+
+    files = itertools.cycle([_png(face) for face in faces])
+    return measure(lambda: decode_image(next(files)), batch=1, warmup=8, min_iterations=len(faces)).mean_ms
 
 
 def _http_loop(port: int, requests: list, clients: int, config: ServeBenchConfig) -> dict:
@@ -199,9 +236,11 @@ def _http_loop(port: int, requests: list, clients: int, config: ServeBenchConfig
         thread.start()
     time.sleep(config.warmup_seconds)
     batches_before = _server_batches(port)
+    counters = cpu_counters()
     start = time.perf_counter()
     time.sleep(config.seconds)
     end = time.perf_counter()
+    steal = steal_percent(counters, cpu_counters())
     batches_after = _server_batches(port)
     stop.set()
     for thread in threads:
@@ -225,6 +264,7 @@ def _http_loop(port: int, requests: list, clients: int, config: ServeBenchConfig
         "mean_batch": faces / batches if batches else float("nan"),
         "window_spread_pct": spread,
         "noisy": spread > NOISY_WINDOW_PCT,
+        "steal_pct": steal,
     }
 
 
@@ -245,30 +285,41 @@ def _server_batches(port: int) -> tuple[float, float]:
     return float(values.get(faces, 0.0)), float(values.get(batches, 0.0))
 
 
-def _lean(row: dict) -> dict:
-    keys = ("clients", "requests", "throughput_img_s", "p50_ms", "p99_ms", "mean_ms", "mean_batch", "rejected")
-    return {key: row[key] for key in keys} | {"window_spread_pct": row["window_spread_pct"], "noisy": row["noisy"]}
+def _median(windows: list[dict]) -> dict:
+    """One row from a path's rounds: each figure the median over the rounds (steal their mean), rounds kept."""
+    row = {"clients": windows[0]["clients"], "requests": sum(w["requests"] for w in windows)}
+    for key in ("throughput_img_s", "p50_ms", "p99_ms", "mean_ms", "mean_batch", "window_spread_pct"):
+        row[key] = float(np.median([w[key] for w in windows]))
+    row["noisy"] = row["window_spread_pct"] > NOISY_WINDOW_PCT
+    row["steal_pct"] = float(np.mean([w["steal_pct"] for w in windows]))
+    row["rounds_img_s"] = [w["throughput_img_s"] for w in windows]
+    return row
 
 
-def _compare(rows: list[dict]) -> None:
+def _compare(rows: list[dict], decode_ms: float | None) -> None:
     base = {r["clients"]: r for r in rows if r["path"] == "in-process"}
     for row in rows:
         if row["path"] != "in-process" and row["clients"] in base:
             row["vs_in_process"] = row["throughput_img_s"] / base[row["clients"]]["throughput_img_s"]
             row["added_ms"] = row["mean_ms"] - base[row["clients"]]["mean_ms"]
+            if row["path"] == "v1-embed":
+                row["decode_ms"] = decode_ms
+                row["added_beyond_decode_ms"] = row["added_ms"] - decode_ms
 
 
 def _goals(rows: list[dict]) -> list[dict]:
     goals = []
     for row in rows:
         if "added_ms" in row and row["clients"] == 1:
+            decodes = "added_beyond_decode_ms" in row
+            added = row["added_beyond_decode_ms" if decodes else "added_ms"]
             goals.append(
                 {
-                    "goal": "HTTP overhead per request at 1 client",
+                    "goal": f"HTTP overhead per request at 1 client{' beyond decoding the PNG' if decodes else ''}",
                     "path": row["path"],
-                    "value": f"{row['added_ms']:.2f} ms",
+                    "value": f"{added:.2f} ms",
                     "bound": f"<= {GOAL_OVERHEAD_MS:g} ms",
-                    "met": row["added_ms"] <= GOAL_OVERHEAD_MS,
+                    "met": added <= GOAL_OVERHEAD_MS,
                 }
             )
         if "vs_in_process" in row and row["clients"] == GOAL_CLIENTS:

@@ -83,6 +83,9 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--seconds", type=_time(zero=False, unit="seconds"), default=5.0, help="window per point")
     bench.add_argument("--warmup-seconds", type=_time(zero=True, unit="seconds"), default=1.0)
+    bench.add_argument(
+        "--rounds", type=positive, default=3, help="windows per path, interleaved; rows are their medians (default 3)"
+    )
     bench.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for the JSON and Markdown")
     bench.add_argument("--name", default="serve", help="file name stem of the results")
     bench.set_defaults(run=_bench_serve)
@@ -181,6 +184,7 @@ def _bench_serve(args: argparse.Namespace) -> int:
         queue_size=args.queue_size,
         seconds=args.seconds,
         warmup_seconds=args.warmup_seconds,
+        rounds=args.rounds,
     )
     result = run_serve_benchmark(args.bundle, config)
     print(markdown(result))
