@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -184,5 +185,7 @@ def test_gallery_benchmark_runs_exact_and_through_hnsw(tiny_bundle, tmp_path):
     result = run_gallery_benchmark(tiny_bundle, config, tmp_path / "galleries", progress=False)
     small, large = result["rows"]
     assert "ann" not in small and large["ann"]["indexes"] == 3 and large["ann"]["cached"]["p50_ms"] > 0
+    steal = [row["cached"]["steal_pct"] for row in (small, large, large["ann"])]
+    assert all(math.isnan(s) or 0.0 <= s <= 100.0 for s in steal)
     text = gallery_markdown(result)
     assert "Through HNSW indexes" in text and "| 60 |" in text
