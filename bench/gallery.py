@@ -108,7 +108,7 @@ def run_gallery_benchmark(bundle: Path, config: GalleryBenchConfig, work: Path, 
             if progress:
                 print(
                     f"  gallery {size:>7}: enroll {row['enroll_faces_per_s']:.0f} faces/s, cached p99 "
-                    f"{cached.p99_ms:.2f} ms, new pattern {row['new_pattern_s']['mean']:.3f} s, load "
+                    f"{cached['p99_ms']:.2f} ms, new pattern {row['new_pattern_s']['mean']:.3f} s, load "
                     f"{row['load_s']:.1f} s",
                     flush=True,
                 )

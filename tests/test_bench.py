@@ -182,7 +182,7 @@ def test_gallery_benchmark_runs_exact_and_through_hnsw(tiny_bundle, tmp_path):
     from pdsn.bench.gallery import GalleryBenchConfig, gallery_markdown, run_gallery_benchmark
 
     config = GalleryBenchConfig(sizes=(20, 60), probes=5, new_patterns=1, enroll_batch=10, ann_min_faces=50)
-    result = run_gallery_benchmark(tiny_bundle, config, tmp_path / "galleries", progress=False)
+    result = run_gallery_benchmark(tiny_bundle, config, tmp_path / "galleries", progress=True)
     small, large = result["rows"]
     assert "ann" not in small and large["ann"]["indexes"] == 3 and large["ann"]["cached"]["p50_ms"] > 0
     steal = [row["cached"]["steal_pct"] for row in (small, large, large["ann"])]
