@@ -21,9 +21,9 @@ import http.client
 import io
 import itertools
 import json
-import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +35,7 @@ from pdsn.bench.concurrency import SweepConfig, closed_loop
 from pdsn.bench.machine import STOLEN_WINDOW_PCT, cpu_counters, describe_machine, steal_percent
 from pdsn.bench.report import save_report
 from pdsn.bench.timing import NOISY_WINDOW_PCT, measure, window_spread
+from pdsn.triton_repo.local_server import free_port, wait_until_ready
 
 SERVE_COMMAND = [sys.executable, "-m", "pdsn", "serve"]
 ROUTES = ("v2-binary", "v2-json", "v1-embed")
@@ -345,31 +346,25 @@ def _say(enabled: bool, row: dict) -> None:
 
 
 class _Server:
-    """``pdsn serve`` on a free 127.0.0.1 port for the benchmark's duration."""
+    """``pdsn serve`` on a free 127.0.0.1 port for the benchmark's duration; its stderr kept for errors."""
 
     def __init__(self, bundle: Path, options: list[str]) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.command = [*SERVE_COMMAND, "--bundle", str(bundle), "--port", str(self.port), *options]
 
     def __enter__(self) -> _Server:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                _, errors = self.process.communicate()
-                raise RuntimeError(f"pdsn serve exited with {self.process.returncode}: {errors.decode()}")
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-                connection.request("GET", "/v2/health/ready")
-                if connection.getresponse().status == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.__exit__()
-        raise TimeoutError(f"pdsn serve was not ready within {READY_TIMEOUT_S:g} s")
+        self.errors = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=self.errors)
+        try:
+            wait_until_ready(self.process, f"http://127.0.0.1:{self.port}", "pdsn serve", self._logs, READY_TIMEOUT_S)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _logs(self) -> str:
+        self.errors.seek(0)
+        return self.errors.read().decode(errors="replace")
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
@@ -378,3 +373,4 @@ class _Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self.errors.close()

@@ -52,7 +52,7 @@ class InferEndpoint:
 
     async def infer(self, request: Request, name: str, version: str | None = None) -> Response:
         state = self.state
-        check_model(state, name, version)
+        check_model(state, name, version, loaded=False)
         recognizer = state.serving()
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding != "identity":

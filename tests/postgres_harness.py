@@ -10,9 +10,10 @@ import glob
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
+
+from pdsn.triton_repo.local_server import free_port
 
 INSTALL_HINT = "apt-get install postgresql-15 (scripts/test.sh does it when run as root)"
 
@@ -24,12 +25,6 @@ def server_binaries() -> Path | None:
         return Path(os.path.realpath(found)).parent
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     return Path(versions[-1]).parent if versions else None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class PostgresServer:

@@ -6,24 +6,17 @@ import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 from PIL import Image
 
+from pdsn.triton_repo.local_server import free_port, wait_until_ready
+
 SERVE_COMMAND = [sys.executable, "-m", "pdsn", "serve"]
 READY_TIMEOUT_S = 90.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def png(image: np.ndarray) -> bytes:
@@ -54,17 +47,7 @@ class ServerProcess:
         return self
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"pdsn serve exited with {self.process.returncode}:\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"pdsn serve was not ready within {timeout} s:\n{self.logs()}")
+        wait_until_ready(self.process, self.url, "pdsn serve", self.logs, timeout)
 
     def terminate(self, timeout: float = 60.0) -> int:
         """SIGTERM, then the exit status once it has drained."""

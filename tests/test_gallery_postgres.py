@@ -14,11 +14,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from postgres_harness import PostgresServer, free_port, server_binaries
+from postgres_harness import PostgresServer, server_binaries
 
 from pdsn.model.sample_faces import seeded_faces
 from pdsn.runtime import Recognizer
 from pdsn.runtime.gallery import DuplicateIdentityError, Gallery, GalleryError
+from pdsn.triton_repo.local_server import free_port
 
 VISIBLE_WITHIN_S = 1.0
 

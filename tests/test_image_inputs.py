@@ -154,7 +154,9 @@ def test_decompression_bomb_is_our_error_and_warns_nothing(tmp_path, monkeypatch
         warnings.simplefilter("always")
         with pytest.raises(ImageTooLargeError, match=r"bomb\.png.*5000 pixels.*limit is 40,000,000"):
             load_image(bomb)
-        with pytest.raises(ImageTooLargeError, match=r"image bytes is 100x15 \(WxH\) = 1,500 pixels, over the limit of 1,000"):
+        with pytest.raises(
+            ImageTooLargeError, match=r"image bytes is 100x15 \(WxH\) = 1,500 pixels, over the limit of 1,000"
+        ):
             decode_image(warning_sized, max_pixels=1000)
         assert decode_image(warning_sized).shape == (15, 100, 3)
     assert caught == []

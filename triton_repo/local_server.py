@@ -1,4 +1,6 @@
-"""A local Triton Inference Server for tests and benchmarks: the nvidia-pytriton wheel's ``tritonserver``.
+"""A local Triton Inference Server for tests and benchmarks: the nvidia-pytriton wheel's ``tritonserver``;
+and what every local KServe v2 server process needs (``tritonserver``, ``pdsn serve``): a free port, and a
+wait until it reports ready.
 
 The server runs from a Python environment made by ``scripts/triton-env.sh`` (cached, re-made when
 the script changes). Its python backend stub embeds the Python whose ``python3`` comes first on
@@ -18,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 ENV_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "triton-env.sh"
@@ -65,9 +68,31 @@ def server_dir(env_dir: Path) -> Path:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def wait_until_ready(
+    process: subprocess.Popen, base_url: str, name: str, logs: Callable[[], str], timeout: float, poll_s: float = 0.05
+) -> None:
+    """Poll ``base_url``'s ``/v2/health/ready`` until it answers 200.
+
+    If ``process`` exits first, or ``timeout`` seconds pass, raise with the tail of its ``logs``.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{logs()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{base_url}/v2/health/ready", timeout=1.0) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(poll_s)
+    raise TimeoutError(f"{name} was not ready within {timeout:g} s:\n{logs()[-4000:]}")
 
 
 class LocalTritonServer:
@@ -106,18 +131,7 @@ class LocalTritonServer:
         return self
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{self.logs()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1.0) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"tritonserver was not ready within {timeout} s:\n{self.logs()[-4000:]}")
+        wait_until_ready(self.process, f"http://{self.http_url}", "tritonserver", self.logs, timeout, poll_s=0.1)
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (Triton unloads its models), SIGKILL if it has not exited within ``timeout``."""
