@@ -281,7 +281,7 @@ class Gallery:
                         embeddings = self._embeddings(group, union, probe=False)
                         large = self.ann_min_faces is not None and len(embeddings) >= self.ann_min_faces
                         if large and (group.cells, union) not in self._indexes:
-                            self._indexes[(group.cells, union)] = PatternIndex(embeddings)
+                            self._indexes[(group.cells, union)] = PatternIndex(embeddings, group.face_ids)
 
     def remove(self, identity: str) -> None:
         """Remove ``identity`` and all its faces (UnknownIdentityError if it is not enrolled)."""
@@ -523,16 +523,18 @@ class Gallery:
         if index is None:
             scores = probe @ gallery.T
             return [(i, None, scores[row]) for row, i in enumerate(probes)]
-        index.extend(gallery)
+        index.extend(gallery, group.face_ids)
         found = index.candidates(probe, CANDIDATES_PER_MATCH * k)
         return [(i, rows, gallery[rows] @ probe[row]) for row, (i, rows) in enumerate(zip(probes, found))]
 
     def _drop_rows(self, group: _Group, keep: np.ndarray) -> None:
-        # Its indexes are keyed by row position: stale now (exact search until the next warm()).
-        for key in [key for key in self._indexes if key[0] == group.cells]:
-            del self._indexes[key]
+        indexes = [key for key in self._indexes if key[0] == group.cells]
+        for key in indexes:
+            self._indexes[key].keep(keep, group.face_ids)
         self._face_ids.difference_update(f for f, k in zip(group.face_ids, keep) if not k)
         if not keep.any():
+            for key in indexes:
+                del self._indexes[key]
             del self._groups[group.cells]
             self._cache.drop_group(group.cells)
             return
