@@ -5,7 +5,8 @@ occlusion, and the same closed loop: each client sends one face, waits for its e
 sends the next. In process, clients are threads calling ``Recognizer.submit``
 (``pdsn.bench.concurrency.closed_loop``); over HTTP they are threads with one keep-alive
 connection each, against a server process started here on 127.0.0.1. Each concurrency is
-measured on every path in turn (never two at once), so machine drift falls on all alike. The
+measured on every path in turn (never two at once), over several rounds whose medians are the rows,
+so machine drift falls on all alike; each window records the host's CPU steal. The
 HTTP overhead per request is the HTTP mean latency minus the in-process mean latency at the same
 concurrency. Requests are built before the window, so the clients' own work is small; the
 clients still share the CPU with the server, as any co-located client does.
