@@ -3,8 +3,9 @@
 Both sides use the same bundle, backend, precision and batcher settings, the same faces and
 occlusion, and the same closed loop: each client sends one face, waits for its embedding and
 sends the next. In process, clients are threads calling ``Recognizer.submit``
-(``pdsn.bench.concurrency.closed_loop``); over HTTP they are threads with one keep-alive
-connection each, against a server process started here on 127.0.0.1. Each concurrency is
+(``pdsn.bench.concurrency.closed_loop``); over HTTP they are keep-alive connections on one event
+loop (``pdsn.bench.http_load``, about 0.03 ms of CPU per request), against a server process
+started here on 127.0.0.1. Each concurrency is
 measured on every path in turn (never two at once), over several rounds whose medians are the rows,
 so machine drift falls on all alike; each window records the host's CPU steal. The
 HTTP overhead per request is the HTTP mean latency minus the in-process mean latency at the same
@@ -25,7 +26,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -208,54 +208,33 @@ def _decode_ms(faces: np.ndarray) -> float:
 
 
 def _http_loop(port: int, requests: list, clients: int, config: ServeBenchConfig) -> dict:
-    """Like ``closed_loop``, over HTTP: ``clients`` threads, one keep-alive connection each."""
-    stop = threading.Event()
-    records: list[list[tuple[float, float]]] = [[] for _ in range(clients)]
-    errors: list[BaseException] = []
+    """Like ``closed_loop``, over HTTP: ``clients`` keep-alive connections (``pdsn.bench.http_load``)."""
+    from pdsn.bench.http_load import run_closed_loop
 
-    def client(index: int) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        k = index
-        try:
-            while not stop.is_set():
-                path, body, headers = requests[k % len(requests)]
-                started = time.perf_counter()
-                connection.request("POST", path, body, headers)
-                response = connection.getresponse()
-                response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"{path} answered {response.status}")
-                records[index].append((started, time.perf_counter()))
-                k += clients
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
-        finally:
-            connection.close()
+    measured: dict = {}
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    time.sleep(config.warmup_seconds)
-    batches_before = _server_batches(port)
-    counters = cpu_counters()
-    start = time.perf_counter()
-    time.sleep(config.seconds)
-    end = time.perf_counter()
-    steal = steal_percent(counters, cpu_counters())
-    batches_after = _server_batches(port)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise RuntimeError(f"an HTTP benchmark client failed: {errors[0]}") from errors[0]
-    done = [(t0, t1) for rs in records for t0, t1 in rs if start <= t1 <= end]
+    def window() -> None:
+        time.sleep(config.warmup_seconds)
+        measured["batches_before"] = _server_batches(port)
+        counters = cpu_counters()
+        measured["start"] = time.perf_counter()
+        time.sleep(config.seconds)
+        measured["end"] = time.perf_counter()
+        measured["steal"] = steal_percent(counters, cpu_counters())
+        measured["batches_after"] = _server_batches(port)
+
+    try:
+        records = run_closed_loop(port, requests, clients, window)
+    except RuntimeError as exc:
+        raise RuntimeError(f"an HTTP benchmark client failed: {exc}") from exc
+    start, end = measured["start"], measured["end"]
+    done = [(t0, t1) for t0, t1 in records if start <= t1 <= end]
     if not done:
         raise RuntimeError(f"no request completed inside the {config.seconds} s window; use a longer --seconds")
     latency = np.array([(t1 - t0) * 1000 for t0, t1 in done])
     thirds, _ = np.histogram([t1 for _, t1 in done], np.linspace(start, end, 4))
     spread = window_spread(thirds.tolist()) if len(done) >= 6 else float("nan")
-    faces, batches = (after - before for after, before in zip(batches_after, batches_before))
+    faces, batches = (after - before for after, before in zip(measured["batches_after"], measured["batches_before"]))
     return {
         "clients": clients,
         "requests": len(done),
@@ -266,7 +245,7 @@ def _http_loop(port: int, requests: list, clients: int, config: ServeBenchConfig
         "mean_batch": faces / batches if batches else float("nan"),
         "window_spread_pct": spread,
         "noisy": spread > NOISY_WINDOW_PCT,
-        "steal_pct": steal,
+        "steal_pct": measured["steal"],
     }
 
 

@@ -198,7 +198,7 @@ def _log_to_console(verbose: bool) -> QueueListener:
     slow reader of stdout never stalls the event loop). Server messages go to stderr."""
     records: queue.SimpleQueue = queue.SimpleQueue()
     access = logging.getLogger("pdsn.serve.access")
-    access.handlers[:] = [QueueHandler(records)]
+    access.handlers[:] = [_DeferredQueueHandler(records)]
     access.setLevel(logging.INFO)
     access.propagate = False
     errors = logging.StreamHandler(sys.stderr)
@@ -234,3 +234,10 @@ def _time(zero: bool, unit: str = "milliseconds"):
         return value
 
     return parse
+
+
+class _DeferredQueueHandler(QueueHandler):
+    """Queues the record as it is, so the listener's thread formats it (the access line's JSON included)."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record

@@ -1,29 +1,34 @@
 """Every request gets an id, a JSON access-log line, its metrics, and a bare 500 if a bug escapes a route.
 
-The id is the client's ``X-Request-Id`` when it is a short token, else a new one; it is returned in
-the ``X-Request-Id`` header and in every error body. An unexpected exception is logged with its
-traceback and the id; the client gets only the id.
+The id is the client's ``X-Request-Id`` when it is a short token, else a new one (random per process,
+then a count); it is returned in the ``X-Request-Id`` header and in every error body. An unexpected
+exception is logged with its traceback and the id; the client gets only the id. The access-log line
+is formatted when a handler writes it (``pdsn serve``'s writes on its own thread), not on the event loop.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
+import secrets
 import time
-import uuid
 from datetime import datetime, timezone
 
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pdsn.serve.errors import internal_error
 from pdsn.serve.metrics import ServeMetrics
 
 access_logger = logging.getLogger("pdsn.serve.access")
 logger = logging.getLogger("pdsn.serve")
 _CLIENT_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
 UNMATCHED = "unmatched"
+_ID_PREFIX = secrets.token_hex(8)
+_id_count = itertools.count()
 
 
 class AccessMiddleware:
@@ -54,17 +59,15 @@ class AccessMiddleware:
             await self.app(scope, receive, send_with_id)
         except Exception:
             logger.exception("request %s (%s %s) failed", request_id, scope["method"], scope["path"])
-            if answer["started"]:
-                raise
-            body = {"error": f"internal error; the server log has the details under request id {request_id}"}
-            await JSONResponse({**body, "request_id": request_id}, 500)(scope, receive, send_with_id)
+            if not answer["started"]:  # else it was answered already (FastAPI's own 500 handler re-raises)
+                await JSONResponse(internal_error(request_id), 500)(scope, receive, send_with_id)
         finally:
             self.metrics.in_flight.dec()
             seconds = time.perf_counter() - started
             route = self._route(scope)
             self.metrics.observe(route, scope["method"], answer["status"], seconds)
             if access_logger.isEnabledFor(logging.INFO):
-                access_logger.info(_line(scope, route, answer["status"], seconds, request_id))
+                access_logger.info("%s", AccessLine(scope, route, answer["status"], seconds, request_id))
 
     def _route(self, scope: Scope) -> str:
         """The route template; for a request refused before routing (401, 413), the route it would have had."""
@@ -78,20 +81,30 @@ def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id" and _CLIENT_ID.match(value):
             return value.decode()
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_id_count):016x}"
 
 
-def _line(scope: Scope, route: str, status: int, seconds: float, request_id: str) -> str:
-    client = scope.get("client")
-    return json.dumps(
-        {
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "request_id": request_id,
-            "method": scope["method"],
-            "route": route,
-            "path": scope["path"],
-            "status": status,
-            "ms": round(seconds * 1000.0, 3),
-            "client": client[0] if client else None,
-        }
-    )
+class AccessLine:
+    """One request's access-log line; its JSON is made when a handler formats the record."""
+
+    __slots__ = ("at", "client", "method", "ms", "path", "request_id", "route", "status")
+
+    def __init__(self, scope: Scope, route: str, status: int, seconds: float, request_id: str) -> None:
+        client = scope.get("client")
+        self.at, self.request_id, self.method, self.route = time.time(), request_id, scope["method"], route
+        self.path, self.status, self.ms = scope["path"], status, round(seconds * 1000.0, 3)
+        self.client = client[0] if client else None
+
+    def __str__(self) -> str:
+        return json.dumps(
+            {
+                "time": datetime.fromtimestamp(self.at, timezone.utc).isoformat(timespec="milliseconds"),
+                "request_id": self.request_id,
+                "method": self.method,
+                "route": self.route,
+                "path": self.path,
+                "status": self.status,
+                "ms": self.ms,
+                "client": self.client,
+            }
+        )

@@ -1,5 +1,10 @@
 """The ASGI app: one ``ServeState`` (recognizer, gallery, thread pool), the face API, KServe v2 and metrics.
 
+The service's own middleware wraps the FastAPI app from outside: access log and metrics, API keys,
+the body limit, then the routes that carry the load (``FastRoutes``: KServe inference, embed, verify,
+identify), so their requests pass through none of FastAPI's own layers; every other request goes on
+to FastAPI.
+
 Loading runs in the background once the server starts, so ``/v2/health/live`` answers at once and
 ``/v2/health/ready`` turns 200 only after the bundle and gallery are loaded and a warm-up batch ran.
 At shutdown (after the server has answered every request it accepted) the gallery and the
@@ -14,12 +19,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Response
+from starlette.types import ASGIApp
 
 from pdsn.serve.access import AccessMiddleware
 from pdsn.serve.config import ServeConfig
 from pdsn.serve.errors import install_error_handlers
-from pdsn.serve.face_api import face_router
-from pdsn.serve.fast_routes import FastRoutes
+from pdsn.serve.face_api import BUSY_FACE_ROUTES, face_router
+from pdsn.serve.fast_routes import FastRoutes, served_ahead
 from pdsn.serve.kserve import kserve_router
 from pdsn.serve.kserve_infer import infer_openapi, infer_routes
 from pdsn.serve.limits import ApiKeyMiddleware, BodyLimitMiddleware
@@ -29,7 +35,7 @@ from pdsn.serve.state import ServeState
 logger = logging.getLogger("pdsn.serve")
 
 
-def create_app(config: ServeConfig, on_load_failure: Callable[[BaseException], None] | None = None) -> FastAPI:
+def create_app(config: ServeConfig, on_load_failure: Callable[[BaseException], None] | None = None) -> ASGIApp:
     """The service for ``config``. ``on_load_failure`` is told if the bundle or gallery cannot be opened
     (``pdsn serve`` then stops the server); without it the server stays up, not ready, saying why."""
     state = ServeState(config)
@@ -51,8 +57,8 @@ def create_app(config: ServeConfig, on_load_failure: Callable[[BaseException], N
         version="1",
         lifespan=lifespan,
     )
-    app.state.pdsn = state
-    routers = [face_router(state), kserve_router(state)]
+    face = face_router(state)
+    routers = [face, kserve_router(state)]
     for router in routers:
         app.include_router(router)
 
@@ -61,19 +67,18 @@ def create_app(config: ServeConfig, on_load_failure: Callable[[BaseException], N
         return Response(metrics.render(), media_type=metrics.content_type)
 
     install_error_handlers(app)
-    fast = infer_routes(state)
+    fast = [*infer_routes(state), *served_ahead(face.routes, BUSY_FACE_ROUTES)]
     _document(app, infer_openapi())
-    app.add_middleware(FastRoutes, routes=fast)  # the innermost of these: after the limits, before the router
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    service: ASGIApp = FastRoutes(app, routes=fast)
+    service = BodyLimitMiddleware(service, max_bytes=config.max_body_bytes)
     if config.api_keys:
-        app.add_middleware(ApiKeyMiddleware, keys=config.api_keys)
+        service = ApiKeyMiddleware(service, keys=config.api_keys)
     routes = [
         *fast,
         *(r for router in routers for r in router.routes),
         *(r for r in app.router.routes if hasattr(r, "path")),
     ]
-    app.add_middleware(AccessMiddleware, metrics=metrics, routes=routes)
-    return app
+    return AccessMiddleware(service, metrics=metrics, routes=routes)
 
 
 def _document(app: FastAPI, paths: dict) -> None:

@@ -110,8 +110,21 @@ def install_error_handlers(app: FastAPI) -> None:
     async def handler(request: Request, exc: Exception) -> JSONResponse:
         return error_answer(request, exc)
 
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # FastAPI's outermost layer answers with this, then re-raises: the access middleware logs it.
+        return JSONResponse(internal_error(request_id(request)), 500)
+
     for kind, _ in _ANSWERS:
         app.add_exception_handler(kind, handler)
+    app.add_exception_handler(Exception, internal)
+
+
+def internal_error(request_id: str) -> dict:
+    """The body of a 500: the request id to find the traceback by in the server log, and nothing else."""
+    return {
+        "error": f"internal error; the server log has the details under request id {request_id}",
+        "request_id": request_id,
+    }
 
 
 def _api_error(request: Request, exc: ApiError) -> JSONResponse:

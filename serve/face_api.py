@@ -37,6 +37,8 @@ from pdsn.serve.responses import (
 from pdsn.serve.state import ServeState
 
 MAX_PAGE = 1000
+# Served ahead of FastAPI's router (``pdsn.serve.fast_routes``); FastAPI documents them.
+BUSY_FACE_ROUTES = ("/v1/embed", "/v1/verify", "/v1/identify")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorAnswer} for status in (401, 404, 413, 415, 422, 429, 503, 504)
 }

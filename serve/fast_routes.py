@@ -1,19 +1,26 @@
 """Routes answered before FastAPI's router, for the requests that carry the load.
 
-FastAPI's routing and dependency injection cost about as much CPU per request as the rest of a
-small inference request together: CPU the model's threads need on a small machine. A route given
-here is a plain Starlette ``Route`` with an ASGI endpoint. It sits inside the access, API-key and
-body-limit middleware, so its requests are logged, counted, authenticated and size-checked like
-every other; everything it does not match goes on to the app.
+FastAPI's layers, routing and dependency injection cost about as much CPU per request as the rest
+of a small inference request together: CPU the model's threads need on a small machine. A route
+given here is a plain Starlette ``Route`` whose endpoint takes the request and returns the response.
+It sits inside the access, API-key and body-limit middleware, so its requests are logged, counted,
+authenticated and size-checked like every other, and an error it raises on purpose is answered as
+FastAPI's handlers answer it (``error_answer``). Everything it does not match goes on to the app.
+
+The face API's busy routes stay declared on FastAPI, which documents them; ``served_ahead`` serves
+the same endpoints here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 
-from starlette.routing import Match, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pdsn.serve.errors import error_answer
 from pdsn.serve.limits import refuse
 
 
@@ -32,10 +39,36 @@ class FastRoutes:
                     continue
                 scope.update(child, route=route)
                 if match is Match.FULL:
-                    await route.handle(scope, receive, send)
+                    await _answer(route, scope, receive, send)
                     return
                 allowed = ", ".join(sorted(route.methods or ()))
                 message = f"{scope['method']} is not allowed on {route.path}; send {allowed}"
                 await refuse(scope, receive, send, 405, message, {"Allow": allowed})
                 return
         await self.app(scope, receive, send)
+
+
+def served_ahead(routes: Iterable[BaseRoute], paths: Collection[str]) -> list[Route]:
+    """Starlette routes with the endpoints of the FastAPI routes at ``paths`` (each takes the request)."""
+    chosen = [route for route in routes if isinstance(route, APIRoute) and route.path in paths]
+    missing = set(paths) - {route.path for route in chosen}
+    if missing:
+        raise ValueError(f"no FastAPI route at {sorted(missing)} to serve ahead of the router")
+    return [Route(r.path, r.endpoint, methods=sorted(r.methods), name=r.name) for r in chosen]
+
+
+async def _answer(route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+    started = False
+
+    async def sending(message: Message) -> None:
+        nonlocal started
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await route.handle(scope, receive, sending)
+    except Exception as exc:
+        response = None if started else error_answer(Request(scope, receive), exc)
+        if response is None:  # a bug: the access middleware's 500
+            raise
+        await response(scope, receive, send)

@@ -1,5 +1,6 @@
 """KServe v2 inference, ``POST /v2/models/{name}[/versions/{version}]/infer``: the load-carrying route,
-served ahead of FastAPI's router (``pdsn.serve.fast_routes``) and documented in the OpenAPI spec here.
+served ahead of FastAPI's router (``pdsn.serve.fast_routes``) and documented in the OpenAPI spec here
+(it is no FastAPI route).
 
 Inputs: ``image`` (UINT8 [N,112,96,3], or FP32 [N,3,112,96] for a float-input bundle) and
 ``occlusion`` (FP32 [N,25], 1 = cell occluded; optional, default none). Output: ``embedding``
@@ -13,13 +14,12 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from pdsn.model.bundle_format import EMBEDDING_OUTPUT, IMAGE_INPUT, OCCLUSION_INPUT, ModelContract
 from pdsn.runtime.inputs import prepare_images, prepare_occlusion
 from pdsn.serve.config import MODEL_VERSION
 from pdsn.serve.dispatch import Deadline, embeddings, in_pool
-from pdsn.serve.errors import ApiError, error_answer, input_errors
+from pdsn.serve.errors import ApiError, input_errors
 from pdsn.serve.payloads import INLINE_JSON_BYTES
 from pdsn.serve.state import ServeState
 from pdsn.serve.tensors import HEADER_LENGTH, encode_response, parse_request, protocol_error
@@ -31,24 +31,17 @@ TAG = "KServe v2 (Open Inference Protocol)"
 def infer_routes(state: ServeState) -> list[Route]:
     """The inference routes over ``state``'s recognizer, for ``FastRoutes``."""
     endpoint = InferEndpoint(state)
-    return [Route(path, endpoint, methods=["POST"], name="infer") for path in INFER_PATHS]
+    return [Route(path, endpoint.answer, methods=["POST"], name="infer") for path in INFER_PATHS]
 
 
 class InferEndpoint:
-    """The ASGI endpoint of both inference paths; errors answered as the app's exception handlers answer them."""
+    """The endpoint of both inference paths."""
 
     def __init__(self, state: ServeState) -> None:
         self.state = state
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        try:
-            response = await self.infer(request, **scope["path_params"])
-        except Exception as exc:
-            response = error_answer(request, exc)
-            if response is None:
-                raise
-        await response(scope, receive, send)
+    async def answer(self, request: Request) -> Response:
+        return await self.infer(request, **request.path_params)
 
     async def infer(self, request: Request, name: str, version: str | None = None) -> Response:
         state = self.state

@@ -39,10 +39,16 @@ class ServeMetrics:
         )
         self.in_flight = Gauge("pdsn_http_requests_in_flight", "HTTP requests being answered", registry=self.registry)
         self.registry.register(RuntimeCollector(state))
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route, method, str(status)).observe(seconds)
+        key = (route, method, status)
+        series = self._series.get(key)
+        if series is None:  # route templates, methods and statuses are few: each pair is looked up once
+            labels = (route, method, str(status))
+            series = self._series[key] = (self.requests.labels(*labels), self.latency.labels(*labels))
+        series[0].inc()
+        series[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,6 +4,9 @@ and the CPU-steal counter every benchmark window records."""
 from __future__ import annotations
 
 import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -59,3 +62,51 @@ def test_steal_is_the_share_of_cpu_ticks_the_host_took():
     if counters is not None:  # Linux
         steal, total = counters
         assert 0 <= steal <= total
+
+
+class _Answer(BaseHTTPRequestHandler):
+    """Keep-alive HTTP/1.1: 200 with the body's length; 500 on /fail; /hang-up closes without answering."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/hang-up":
+            self.close_connection = True
+            return
+        answer = str(len(body)).encode()
+        self.send_response(500 if self.path == "/fail" else 200)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def answering_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_lean_http_clients_keep_a_closed_loop_and_report_every_failure(answering_server):
+    from pdsn.bench.http_load import raw_request, run_closed_loop
+
+    assert (
+        raw_request("h:1", "/p", b"xyz", {"A": "b"})
+        == b"POST /p HTTP/1.1\r\nHost: h:1\r\nContent-Length: 3\r\nA: b\r\n\r\nxyz"
+    )
+    requests = [("/ok", b"x" * size, {"Content-Type": "application/octet-stream"}) for size in (10, 20_000)]
+    records = run_closed_loop(answering_server, requests, 3, lambda: time.sleep(0.3))
+    assert len(records) >= 6 and all(sent < answered for sent, answered in records)
+    by_client = sorted(records)
+    assert len({round(sent, 9) for sent, _ in by_client}) == len(records)  # one answer per request
+    with pytest.raises(RuntimeError, match="answered 500"):
+        run_closed_loop(answering_server, [("/fail", b"x", {})], 2, lambda: time.sleep(0.3))
+    with pytest.raises(RuntimeError, match="closed the connection"):
+        run_closed_loop(answering_server, [("/hang-up", b"x", {})], 1, lambda: time.sleep(0.3))

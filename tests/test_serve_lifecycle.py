@@ -160,6 +160,34 @@ def test_a_bug_is_a_bare_500_with_the_request_id(tiny_bundle, caplog):
     assert any("internal detail" in (r.exc_text or "") for r in caplog.records)
 
 
+@pytest.mark.parametrize("path", ["/v2/health/ready", "/v1/embed", "/v2/models/pdsn/infer"])
+def test_a_bug_in_any_route_is_one_logged_500_with_the_request_id(tiny_bundle, caplog, monkeypatch, path):
+    """FastAPI's routes (health) and those served ahead of its router (embed, infer) alike."""
+    from pdsn.serve.app import create_app
+    from pdsn.serve.config import ServeConfig
+    from pdsn.serve.state import ServeState
+
+    def broken(self, *args):
+        raise KeyError("internal detail that must not leak")
+
+    app = create_app(ServeConfig(bundle=tiny_bundle))
+    monkeypatch.setattr(ServeState, "readiness", broken)
+    monkeypatch.setattr(ServeState, "serving", broken)
+
+    async def call() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            if path.startswith("/v2/health"):
+                return await client.get(path)
+            return await client.post(path, json={"images": []})
+
+    answer = asyncio.run(call())
+    assert answer.status_code == 500, answer.text
+    body = answer.json()
+    assert body["request_id"] == answer.headers["x-request-id"] and "internal detail" not in answer.text
+    logged = [r for r in caplog.records if "internal detail" in (r.exc_text or "")]
+    assert len(logged) == 1 and body["request_id"] in logged[0].getMessage()
+
+
 def test_not_ready_until_loaded(tiny_bundle):
     from pdsn.serve.config import ServeConfig
     from pdsn.serve.errors import ApiError
