@@ -86,6 +86,11 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--rounds", type=positive, default=3, help="windows per path, interleaved; rows are their medians (default 3)"
     )
+    bench.add_argument(
+        "--max-steal-pct",
+        type=_percent,
+        help="run a round again (up to --rounds extra) when one of its windows saw more host CPU steal than this",
+    )
     bench.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for the JSON and Markdown")
     bench.add_argument("--name", default="serve", help="file name stem of the results")
     bench.set_defaults(run=_bench_serve)
@@ -185,6 +190,7 @@ def _bench_serve(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         warmup_seconds=args.warmup_seconds,
         rounds=args.rounds,
+        max_steal_pct=args.max_steal_pct,
     )
     result = run_serve_benchmark(args.bundle, config)
     print(markdown(result))
@@ -241,3 +247,13 @@ class _DeferredQueueHandler(QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         return record
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < 100.0:
+        raise argparse.ArgumentTypeError(f"expected a percentage in [0, 100), got {text!r}")
+    return value

@@ -110,3 +110,40 @@ def test_the_lean_http_clients_keep_a_closed_loop_and_report_every_failure(answe
         run_closed_loop(answering_server, [("/fail", b"x", {})], 2, lambda: time.sleep(0.3))
     with pytest.raises(RuntimeError, match="closed the connection"):
         run_closed_loop(answering_server, [("/hang-up", b"x", {})], 1, lambda: time.sleep(0.3))
+
+
+def test_rounds_under_host_steal_are_set_aside_and_run_again(tiny_bundle, monkeypatch):
+    import pdsn.bench.serve as bench
+
+    steals = iter([5.0, 3.0, 60.0, 2.0, 1.0, 4.0] + [90.0] * 8)  # (in-process, v2) per round
+
+    def window(clients: int) -> dict:
+        figures = {"requests": 10, "throughput_img_s": 100.0, "p50_ms": 1.0, "p99_ms": 2.0, "mean_ms": 1.0}
+        return {"clients": clients, **figures, "mean_batch": 1.0, "window_spread_pct": 0.0, "steal_pct": next(steals)}
+
+    class NoServer:
+        port = 0
+
+        def __init__(self, *args):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(bench, "_Server", NoServer)
+    monkeypatch.setattr(bench, "closed_loop", lambda recognizer, clients, *args: window(clients))
+    monkeypatch.setattr(bench, "_http_loop", lambda port, requests, clients, config: window(clients))
+    config = bench.ServeBenchConfig(backend="onnxruntime", precision="fp32", clients=(1, 8), routes=("v2-binary",),
+                                    rounds=2, max_steal_pct=10.0)  # fmt: skip
+    with pytest.raises(RuntimeError, match="every round at 8 clients saw more than 10% host steal"):
+        bench.run_serve_benchmark(tiny_bundle, config, progress=False)
+    steals = iter([5.0, 3.0, 60.0, 2.0, 1.0, 4.0, 2.0, 2.0, 3.0, 3.0])
+    result = bench.run_serve_benchmark(tiny_bundle, config, progress=False)
+    assert [(a["clients"], a["steal_pct"]) for a in result["set_aside"]] == [(1, 60.0)]
+    assert [row["steal_pct"] for row in result["rows"]] == [3.0, 3.5, 2.5, 2.5]  # the kept rounds' means
+    assert "set aside and run again" in bench.markdown(result)
+    with pytest.raises(ValueError, match="max_steal_pct"):
+        bench.ServeBenchConfig(max_steal_pct=100.0)
