@@ -175,6 +175,12 @@ def markdown(result: dict) -> str:
         lines.append(
             f"- {goal['goal']} ({goal['path']}): {goal['value']} against {goal['bound']}: {'met' if goal['met'] else 'MISSED'}"
         )
+    fewer = [f"{r['path']}/{r['clients']} ({r['rounds']})" for r in result["rows"] if r["rounds"] < config["rounds"]]
+    if fewer:
+        lines += [
+            "",
+            f"Rows from fewer rounds than {config['rounds']} (the others were set aside): {', '.join(fewer)}.",
+        ]
     aside = result.get("set_aside", [])
     if aside:
         stolen = ", ".join(f"{a['clients']} clients ({a['steal_pct']:.0f}%)" for a in aside)
@@ -295,7 +301,7 @@ def _server_batches(port: int) -> tuple[float, float]:
 
 def _median(windows: list[dict]) -> dict:
     """One row from a path's rounds: each figure the median over the rounds (steal their mean), rounds kept."""
-    row = {"clients": windows[0]["clients"], "requests": sum(w["requests"] for w in windows)}
+    row = {"clients": windows[0]["clients"], "requests": sum(w["requests"] for w in windows), "rounds": len(windows)}
     for key in ("throughput_img_s", "p50_ms", "p99_ms", "mean_ms", "mean_batch", "window_spread_pct"):
         row[key] = float(np.median([w[key] for w in windows]))
     row["noisy"] = row["window_spread_pct"] > NOISY_WINDOW_PCT

@@ -144,6 +144,13 @@ def test_rounds_under_host_steal_are_set_aside_and_run_again(tiny_bundle, monkey
     result = bench.run_serve_benchmark(tiny_bundle, config, progress=False)
     assert [(a["clients"], a["steal_pct"]) for a in result["set_aside"]] == [(1, 60.0)]
     assert [row["steal_pct"] for row in result["rows"]] == [3.0, 3.5, 2.5, 2.5]  # the kept rounds' means
-    assert "set aside and run again" in bench.markdown(result)
+    assert [row["rounds"] for row in result["rows"]] == [2, 2, 2, 2]
+    assert "set aside and run again" in bench.markdown(result) and "fewer rounds" not in bench.markdown(result)
+    steals = iter([5.0, 3.0, 1.0, 4.0] + [50.0, 1.0] * 3 + [2.0, 2.0])  # 8 clients: only the last try is kept
+    result = bench.run_serve_benchmark(tiny_bundle, config, progress=False)
+    assert [row["rounds"] for row in result["rows"]] == [2, 2, 1, 1] and len(result["set_aside"]) == 3
+    assert "Rows from fewer rounds than 2 (the others were set aside): in-process/8 (1), v2-binary/8 (1)" in (
+        bench.markdown(result)
+    )
     with pytest.raises(ValueError, match="max_steal_pct"):
         bench.ServeBenchConfig(max_steal_pct=100.0)
