@@ -16,7 +16,6 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
 from pdsn.model.bundle_format import ModelContract
-from pdsn.model.grid import vector_to_cells
 from pdsn.runtime.inputs import prepare_occlusion
 from pdsn.serve import dispatch
 from pdsn.serve.dispatch import Deadline, in_pool
@@ -64,8 +63,7 @@ def face_router(state: ServeState) -> APIRouter:
         )
         occlusion = await _cells(state, body.occlusion, batch, "occlusion")
         result = await dispatch.embeddings(recognizer, batch, occlusion, deadline)
-        cells = [vector_to_cells(row) for row in occlusion]
-        return _json(EmbedResponse, state, embeddings=result.tolist(), occluded_cells=cells)
+        return _json(EmbedResponse, state, embeddings=result.tolist(), occluded_cells=_cell_lists(occlusion))
 
     @router.post(
         "/verify",
@@ -85,7 +83,7 @@ def face_router(state: ServeState) -> APIRouter:
         first, second = await dispatch.embeddings(recognizer, pair, np.repeat(union, 2, axis=0), deadline)
         score = float(np.dot(first, second) / max(np.linalg.norm(first) * np.linalg.norm(second), 1e-12))
         match = None if body.threshold is None else score >= body.threshold
-        return _json(VerifyResponse, state, score=score, match=match, occluded_cells=vector_to_cells(union[0]))
+        return _json(VerifyResponse, state, score=score, match=match, occluded_cells=_cell_lists(union)[0])
 
     @router.post(
         "/identify",
@@ -142,9 +140,13 @@ def face_router(state: ServeState) -> APIRouter:
             face_ids = await in_pool(
                 state.pool, gallery.enroll_features, body.identity, features, occlusion, body.metadata, body.replace
             )
-        cells = [vector_to_cells(row) for row in occlusion]
         answer = _json(
-            EnrollResponse, state, identity=body.identity, face_ids=face_ids, occluded_cells=cells, status=201
+            EnrollResponse,
+            state,
+            identity=body.identity,
+            face_ids=face_ids,
+            occluded_cells=_cell_lists(occlusion),
+            status=201,
         )
         answer.headers["Location"] = f"/v1/identities/{quote(body.identity, safe='')}"
         return answer
@@ -200,6 +202,12 @@ def _pair(body: VerifyRequest, contract: ModelContract, max_pixels: int) -> np.n
     return np.concatenate(faces)
 
 
+def _cell_lists(occlusion: np.ndarray) -> list[list[int]]:
+    """Each row's occluded cell ids, from (N, 25) vectors the runtime has already checked."""
+    return [np.flatnonzero(row).tolist() for row in occlusion]
+
+
 def _json(model: type[BaseModel], state: ServeState, status: int = 200, **fields) -> Response:
-    answer = model(model=state.model_id, precision=state.recognizer.precision, **fields)
+    """The answer as ``model``'s JSON; built from the service's own values, so not validated again."""
+    answer = model.model_construct(model=state.model_id, precision=state.recognizer.precision, **fields)
     return Response(answer.model_dump_json(), status, media_type="application/json")
