@@ -48,6 +48,17 @@ def cpu_counters() -> tuple[int, int] | None:
     return ticks[7], sum(ticks)
 
 
+def cpu_seconds(pid: int, thread: int | None = None) -> float | None:
+    """CPU seconds (user + system) a process has run, or one of its threads; None where /proc has no such entry."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    try:
+        with open(path, encoding="ascii") as handle:
+            fields = handle.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime after the name
+
+
 def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float:
     """The share (in %) of CPU time between two ``cpu_counters`` that the hypervisor gave to others (NaN: unknown)."""
     if before is None or after is None or after[1] <= before[1]:

@@ -12,6 +12,11 @@ HTTP overhead per request is the HTTP mean latency minus the in-process mean lat
 concurrency. Requests are built before the window, so the clients' own work is small; the
 clients still share the CPU with the server, as any co-located client does.
 
+Each HTTP window also reads the server's CPU time from /proc: per request, the whole process and its
+event loop (the main thread, where uvicorn and the app run; the model's and the decoding pool's
+threads are the rest). Beside each concurrency, the same clients drive uvicorn serving an app that
+answers at once (``pdsn.bench.http_floor``): what the HTTP server alone takes per request.
+
 Routes: ``v2-binary`` (KServe v2 with binary tensors: the raw uint8 crop), ``v2-json`` (the same
 in JSON) and ``v1-embed`` (the face API: a base64 PNG, decoded by the server).
 """
@@ -33,12 +38,21 @@ from pathlib import Path
 import numpy as np
 
 from pdsn.bench.concurrency import SweepConfig, closed_loop
-from pdsn.bench.machine import STOLEN_WINDOW_PCT, cpu_counters, describe_machine, steal_percent
+from pdsn.bench.machine import STOLEN_WINDOW_PCT, cpu_counters, cpu_seconds, describe_machine, steal_percent
 from pdsn.bench.report import save_report
 from pdsn.bench.timing import NOISY_WINDOW_PCT, measure, window_spread
 from pdsn.triton_repo.local_server import free_port, wait_until_ready
 
 SERVE_COMMAND = [sys.executable, "-m", "pdsn", "serve"]
+FLOOR_COMMAND = [
+    sys.executable,
+    "-m",
+    "uvicorn",
+    "pdsn.bench.http_floor:app",
+    "--no-access-log",
+    "--log-level",
+    "warning",
+]
 ROUTES = ("v2-binary", "v2-json", "v1-embed")
 # Goals on a 2-core CPU with the demo model.
 GOAL_OVERHEAD_MS = 2.0
@@ -98,8 +112,9 @@ def run_serve_benchmark(bundle: Path, config: ServeBenchConfig, progress: bool =
             "--max-delay-ms", str(config.max_delay_ms), "--queue-size", str(queue), "--deadline-ms", "0",
         ]  # fmt: skip
         requests = {route: [_request(route, faces[i], occlusion[i]) for i in range(FACES)] for route in config.routes}
-        rows, set_aside = [], []
-        with _Server(bundle, options) as server:
+        rows, set_aside, floor = [], [], []
+        serve = _Server([*SERVE_COMMAND, "--bundle", str(bundle), *options], "pdsn serve")
+        with serve as server, _Server(FLOOR_COMMAND, "uvicorn (floor)") as floor_server:
             # Each concurrency in turn, every path in turn within a round: machine drift (and the host's
             # steal) falls on all paths alike, and the median round of each path is its row.
             for clients in config.clients:
@@ -109,7 +124,7 @@ def run_serve_benchmark(bundle: Path, config: ServeBenchConfig, progress: bool =
                         break
                     one = {"in-process": closed_loop(recognizer, clients, loop, faces, occlusion)}
                     for route in config.routes:
-                        one[route] = _http_loop(server.port, requests[route], clients, config)
+                        one[route] = _http_loop(server, requests[route], clients, config)
                     stolen = max(window["steal_pct"] for window in one.values())
                     if config.max_steal_pct is not None and stolen > config.max_steal_pct:
                         set_aside.append({"clients": clients, "steal_pct": stolen, "windows": one})
@@ -124,6 +139,7 @@ def run_serve_benchmark(bundle: Path, config: ServeBenchConfig, progress: bool =
                 for path in ("in-process", *config.routes):
                     rows.append({"path": path, **_median([one[path] for one in kept])})
                     _say(progress, rows[-1])
+                floor.append(_http_loop(floor_server, requests[config.routes[0]], clients, config, batches=False))
     _compare(rows, _decode_ms(faces) if "v1-embed" in config.routes else None)
     return {
         "bundle": str(bundle),
@@ -133,6 +149,7 @@ def run_serve_benchmark(bundle: Path, config: ServeBenchConfig, progress: bool =
         "config": asdict(config),
         "rows": rows,
         "set_aside": set_aside,
+        "floor": {"route": config.routes[0], "rows": floor},
         "goals": _goals(rows),
     }
 
@@ -151,8 +168,9 @@ def markdown(result: dict) -> str:
         f"after {config['warmup_seconds']:g} s of warm-up, {config['rounds']} rounds with the paths interleaved; each "
         f"figure is the median over the rounds (host steal: their mean). One face per request, closed loop.",
         "",
-        "| path | clients | img/s | p50 ms | p99 ms | mean ms | mean batch | vs in-process | added ms/request | host steal |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| path | clients | img/s | p50 ms | p99 ms | mean ms | mean batch | vs in-process | added ms/request "
+        "| server CPU ms/request (event loop) | host steal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         ratio = f"{100 * row['vs_in_process']:.0f}%" if "vs_in_process" in row else "-"
@@ -160,8 +178,24 @@ def markdown(result: dict) -> str:
         batch = f"{row['mean_batch']:.1f}"
         lines.append(
             f"| {row['path']} | {row['clients']} | {row['throughput_img_s']:.1f} | {row['p50_ms']:.2f} | "
-            f"{row['p99_ms']:.2f} | {row['mean_ms']:.2f} | {batch} | {ratio} | {added} | {row['steal_pct']:.0f}% |"
+            f"{row['p99_ms']:.2f} | {row['mean_ms']:.2f} | {batch} | {ratio} | {added} | {_server_cpu(row)} | "
+            f"{row['steal_pct']:.0f}% |"
         )
+    floor = result.get("floor")
+    if floor and floor["rows"]:
+        lines += [
+            "",
+            f"uvicorn alone (`pdsn.bench.http_floor`: the same clients and {floor['route']} requests, answered at once "
+            f"without the app), for what the HTTP server itself takes:",
+            "",
+            "| clients | requests/s | p50 ms | server CPU ms/request (event loop) | host steal |",
+            "|---|---|---|---|---|",
+        ]
+        for row in floor["rows"]:
+            lines.append(
+                f"| {row['clients']} | {row['throughput_img_s']:.0f} | {row['p50_ms']:.2f} | {_server_cpu(row)} | "
+                f"{row['steal_pct']:.0f}% |"
+            )
     decode = next((row["decode_ms"] for row in result["rows"] if "decode_ms" in row), None)
     if decode is not None:
         lines += [
@@ -240,21 +274,26 @@ def _decode_ms(faces: np.ndarray) -> float:
     return measure(lambda: decode_image(next(files)), batch=1, warmup=8, min_iterations=len(faces)).mean_ms
 
 
-def _http_loop(port: int, requests: list, clients: int, config: ServeBenchConfig) -> dict:
-    """Like ``closed_loop``, over HTTP: ``clients`` keep-alive connections (``pdsn.bench.http_load``)."""
+def _http_loop(server: _Server, requests: list, clients: int, config: ServeBenchConfig, batches: bool = True) -> dict:
+    """Like ``closed_loop``, over HTTP: ``clients`` keep-alive connections (``pdsn.bench.http_load``), and the
+    server's CPU per request: the whole process, and its event loop (the main thread) alone."""
     from pdsn.bench.http_load import run_closed_loop
 
+    port, pid = server.port, server.process.pid
     measured: dict = {}
 
     def window() -> None:
         time.sleep(config.warmup_seconds)
-        measured["batches_before"] = _server_batches(port)
-        counters = cpu_counters()
+        measured["batches_before"] = _server_batches(port) if batches else (0.0, 0.0)
+        counters, cpu = cpu_counters(), (cpu_seconds(pid), cpu_seconds(pid, pid))
         measured["start"] = time.perf_counter()
         time.sleep(config.seconds)
         measured["end"] = time.perf_counter()
+        measured["cpu"] = [
+            _spent(before, after) for before, after in zip(cpu, (cpu_seconds(pid), cpu_seconds(pid, pid)))
+        ]
         measured["steal"] = steal_percent(counters, cpu_counters())
-        measured["batches_after"] = _server_batches(port)
+        measured["batches_after"] = _server_batches(port) if batches else (0.0, 0.0)
 
     try:
         records = run_closed_loop(port, requests, clients, window)
@@ -279,7 +318,13 @@ def _http_loop(port: int, requests: list, clients: int, config: ServeBenchConfig
         "window_spread_pct": spread,
         "noisy": spread > NOISY_WINDOW_PCT,
         "steal_pct": measured["steal"],
+        "server_cpu_ms": 1000.0 * measured["cpu"][0] / len(done),
+        "loop_cpu_ms": 1000.0 * measured["cpu"][1] / len(done),
     }
+
+
+def _spent(before: float | None, after: float | None) -> float:
+    return float("nan") if before is None or after is None else after - before
 
 
 def _server_batches(port: int) -> tuple[float, float]:
@@ -302,8 +347,10 @@ def _server_batches(port: int) -> tuple[float, float]:
 def _median(windows: list[dict]) -> dict:
     """One row from a path's rounds: each figure the median over the rounds (steal their mean), rounds kept."""
     row = {"clients": windows[0]["clients"], "requests": sum(w["requests"] for w in windows), "rounds": len(windows)}
-    for key in ("throughput_img_s", "p50_ms", "p99_ms", "mean_ms", "mean_batch", "window_spread_pct"):
-        row[key] = float(np.median([w[key] for w in windows]))
+    figures = ("throughput_img_s", "p50_ms", "p99_ms", "mean_ms", "mean_batch", "window_spread_pct")
+    for key in (*figures, "server_cpu_ms", "loop_cpu_ms"):
+        if key in windows[0]:
+            row[key] = float(np.median([w[key] for w in windows]))
     row["noisy"] = row["window_spread_pct"] > NOISY_WINDOW_PCT
     row["steal_pct"] = float(np.mean([w["steal_pct"] for w in windows]))
     row["rounds_img_s"] = [w["throughput_img_s"] for w in windows]
@@ -349,6 +396,12 @@ def _goals(rows: list[dict]) -> list[dict]:
     return goals
 
 
+def _server_cpu(row: dict) -> str:
+    if "server_cpu_ms" not in row:
+        return "-"
+    return f"{row['server_cpu_ms']:.2f} ({row['loop_cpu_ms']:.2f})"
+
+
 def _say_set_aside(enabled: bool, clients: int, stolen: float, limit: float) -> None:
     if enabled:
         print(
@@ -367,17 +420,18 @@ def _say(enabled: bool, row: dict) -> None:
 
 
 class _Server:
-    """``pdsn serve`` on a free 127.0.0.1 port for the benchmark's duration; its stderr kept for errors."""
+    """A server on a free 127.0.0.1 port for the benchmark's duration; its stderr kept for errors."""
 
-    def __init__(self, bundle: Path, options: list[str]) -> None:
+    def __init__(self, command: list[str], name: str) -> None:
         self.port = free_port()
-        self.command = [*SERVE_COMMAND, "--bundle", str(bundle), "--port", str(self.port), *options]
+        self.command = [*command, "--port", str(self.port)]
+        self.name = name
 
     def __enter__(self) -> _Server:
         self.errors = tempfile.TemporaryFile()
         self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=self.errors)
         try:
-            wait_until_ready(self.process, f"http://127.0.0.1:{self.port}", "pdsn serve", self._logs, READY_TIMEOUT_S)
+            wait_until_ready(self.process, f"http://127.0.0.1:{self.port}", self.name, self._logs, READY_TIMEOUT_S)
         except BaseException:
             self.__exit__()
             raise

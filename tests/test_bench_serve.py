@@ -32,6 +32,7 @@ def test_bench_serve_measures_every_route_beside_the_batcher_and_writes_its_repo
         assert row["mean_batch"] >= 1.0 and (math.isnan(row["steal_pct"]) or 0.0 <= row["steal_pct"] <= 100.0)
         if row["path"] != "in-process":
             assert row["vs_in_process"] > 0 and "added_ms" in row
+            assert 0 < row["loop_cpu_ms"] <= row["server_cpu_ms"]
     # Throughput is judged at 8 clients, which this run leaves out.
     overhead = "HTTP overhead per request at 1 client"
     assert {(g["goal"], g["path"]) for g in result["goals"]} == {
@@ -41,9 +42,13 @@ def test_bench_serve_measures_every_route_beside_the_batcher_and_writes_its_repo
     }
     (embed,) = [r for r in result["rows"] if r["path"] == "v1-embed" and r["clients"] == 1]
     assert embed["decode_ms"] > 0 and embed["added_beyond_decode_ms"] == embed["added_ms"] - embed["decode_ms"]
+    floor = result["floor"]
+    assert floor["route"] == "v2-binary" and [row["clients"] for row in floor["rows"]] == [1, 2]
+    assert all(row["throughput_img_s"] > 0 and row["loop_cpu_ms"] > 0 for row in floor["rows"])
     written = write_serve_results(result, tmp_path, "serve")
     text = (tmp_path / "serve.md").read_text()
     assert {p.name for p in written} == {"serve.json", "serve.md"} and "| host steal |" in text
+    assert "uvicorn alone" in text and "server CPU ms/request (event loop)" in text
 
 
 def test_bench_serve_refuses_unknown_routes_and_no_rounds():
@@ -135,7 +140,12 @@ def test_rounds_under_host_steal_are_set_aside_and_run_again(tiny_bundle, monkey
 
     monkeypatch.setattr(bench, "_Server", NoServer)
     monkeypatch.setattr(bench, "closed_loop", lambda recognizer, clients, *args: window(clients))
-    monkeypatch.setattr(bench, "_http_loop", lambda port, requests, clients, config: window(clients))
+
+    def http(server, requests, clients, config, batches=True):
+        floor = {"clients": clients, "throughput_img_s": 9000.0, "p50_ms": 0.1, "steal_pct": 0.0}
+        return window(clients) if batches else floor  # the uvicorn floor (no batches) takes no steal figure
+
+    monkeypatch.setattr(bench, "_http_loop", http)
     config = bench.ServeBenchConfig(backend="onnxruntime", precision="fp32", clients=(1, 8), routes=("v2-binary",),
                                     rounds=2, max_steal_pct=10.0)  # fmt: skip
     with pytest.raises(RuntimeError, match="every round at 8 clients saw more than 10% host steal"):
@@ -146,6 +156,7 @@ def test_rounds_under_host_steal_are_set_aside_and_run_again(tiny_bundle, monkey
     assert [row["steal_pct"] for row in result["rows"]] == [3.0, 3.5, 2.5, 2.5]  # the kept rounds' means
     assert [row["rounds"] for row in result["rows"]] == [2, 2, 2, 2]
     assert "set aside and run again" in bench.markdown(result) and "fewer rounds" not in bench.markdown(result)
+    assert [row["clients"] for row in result["floor"]["rows"]] == [1, 8]
     steals = iter([5.0, 3.0, 1.0, 4.0] + [50.0, 1.0] * 3 + [2.0, 2.0])  # 8 clients: only the last try is kept
     result = bench.run_serve_benchmark(tiny_bundle, config, progress=False)
     assert [row["rounds"] for row in result["rows"]] == [2, 2, 1, 1] and len(result["set_aside"]) == 3
