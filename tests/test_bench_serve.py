@@ -148,8 +148,9 @@ def test_rounds_under_host_steal_are_set_aside_and_run_again(tiny_bundle, monkey
     monkeypatch.setattr(bench, "_http_loop", http)
     config = bench.ServeBenchConfig(backend="onnxruntime", precision="fp32", clients=(1, 8), routes=("v2-binary",),
                                     rounds=2, max_steal_pct=10.0)  # fmt: skip
-    with pytest.raises(RuntimeError, match="every round at 8 clients saw more than 10% host steal"):
-        bench.run_serve_benchmark(tiny_bundle, config, progress=False)
+    stolen = bench.run_serve_benchmark(tiny_bundle, config, progress=False)  # 8 clients: every try stolen
+    assert [row["steal_pct"] for row in stolen["rows"][2:]] == [90.0, 90.0] and len(stolen["set_aside"]) == 3
+    assert "in-process/8, v2-binary/8 the hypervisor ran other guests" in bench.markdown(stolen)
     steals = iter([5.0, 3.0, 60.0, 2.0, 1.0, 4.0, 2.0, 2.0, 3.0, 3.0])
     result = bench.run_serve_benchmark(tiny_bundle, config, progress=False)
     assert [(a["clients"], a["steal_pct"]) for a in result["set_aside"]] == [(1, 60.0)]
