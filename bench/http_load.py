@@ -1,11 +1,12 @@
 """Closed-loop HTTP/1.1 clients that cost the server's machine as little as possible.
 
-A benchmark whose clients share the server's cores measures the clients too: Python's
-``http.client`` spends about 0.25 ms of CPU per request, and its threads take turns on one
-interpreter lock, so eight of them answer a finished batch one after another. Here every client is
-one keep-alive connection on one event loop (uvloop where installed), its requests are bytes built
-before the window, and responses are parsed by ``httptools`` (uvicorn's own C parser): about
-0.03 ms of CPU per request, like the C load generators (wrk, h2load) the field uses.
+A benchmark whose clients share the server's cores measures the clients too: threads running
+Python's ``http.client`` spend several times the CPU per request of the server's own HTTP layer,
+and take turns on one interpreter lock, so eight of them answer a finished batch one after another.
+Here every client is one keep-alive connection on one event loop (uvloop where installed), its
+requests are bytes built before the window, and responses are parsed by ``httptools`` (uvicorn's
+own C parser), as the C load generators (wrk, h2load) the field uses keep their own cost small.
+``pdsn bench-serve`` reports the clients' CPU per request beside the server's.
 
 Each client sends one request, waits for the whole answer, records (sent, answered) in
 ``perf_counter`` seconds, and sends the next.

@@ -14,7 +14,7 @@ clients still share the CPU with the server, as any co-located client does.
 
 Each HTTP window also reads the server's CPU time from /proc: per request, the whole process and its
 event loop (the main thread, where uvicorn and the app run; the model's and the decoding pool's
-threads are the rest). Beside each concurrency, the same clients drive uvicorn serving an app that
+threads are the rest), and the clients' own (this process's) CPU per request. Beside each concurrency, the same clients drive uvicorn serving an app that
 answers at once (``pdsn.bench.http_floor``): what the HTTP server alone takes per request.
 
 Routes: ``v2-binary`` (KServe v2 with binary tensors: the raw uint8 crop), ``v2-json`` (the same
@@ -170,8 +170,8 @@ def markdown(result: dict) -> str:
         f"figure is the median over the rounds (host steal: their mean). One face per request, closed loop.",
         "",
         "| path | clients | img/s | p50 ms | p99 ms | mean ms | mean batch | vs in-process | added ms/request "
-        "| server CPU ms/request (event loop) | host steal |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| server CPU ms/request (event loop) | clients' CPU ms/request | host steal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         ratio = f"{100 * row['vs_in_process']:.0f}%" if "vs_in_process" in row else "-"
@@ -180,7 +180,7 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {row['path']} | {row['clients']} | {row['throughput_img_s']:.1f} | {row['p50_ms']:.2f} | "
             f"{row['p99_ms']:.2f} | {row['mean_ms']:.2f} | {batch} | {ratio} | {added} | {_server_cpu(row)} | "
-            f"{row['steal_pct']:.0f}% |"
+            f"{_clients_cpu(row)} | {row['steal_pct']:.0f}% |"
         )
     floor = result.get("floor")
     if floor and floor["rows"]:
@@ -189,13 +189,13 @@ def markdown(result: dict) -> str:
             f"uvicorn alone (`pdsn.bench.http_floor`: the same clients and {floor['route']} requests, answered at once "
             f"without the app), for what the HTTP server itself takes:",
             "",
-            "| clients | requests/s | p50 ms | server CPU ms/request (event loop) | host steal |",
-            "|---|---|---|---|---|",
+            "| clients | requests/s | p50 ms | server CPU ms/request (event loop) | clients' CPU ms/request | host steal |",
+            "|---|---|---|---|---|---|",
         ]
         for row in floor["rows"]:
             lines.append(
                 f"| {row['clients']} | {row['throughput_img_s']:.0f} | {row['p50_ms']:.2f} | {_server_cpu(row)} | "
-                f"{row['steal_pct']:.0f}% |"
+                f"{_clients_cpu(row)} | {row['steal_pct']:.0f}% |"
             )
     decode = next((row["decode_ms"] for row in result["rows"] if "decode_ms" in row), None)
     if decode is not None:
@@ -287,9 +287,9 @@ def _http_loop(server: _Server, requests: list, clients: int, config: ServeBench
         time.sleep(config.warmup_seconds)
         measured["batches_before"] = _server_batches(port) if batches else (0.0, 0.0)
         counters, cpu = cpu_counters(), (cpu_seconds(pid), cpu_seconds(pid, pid))
-        measured["start"] = time.perf_counter()
+        measured["start"], clients_cpu = time.perf_counter(), time.process_time()
         time.sleep(config.seconds)
-        measured["end"] = time.perf_counter()
+        measured["end"], measured["clients_cpu"] = time.perf_counter(), time.process_time() - clients_cpu
         measured["cpu"] = [
             _spent(before, after) for before, after in zip(cpu, (cpu_seconds(pid), cpu_seconds(pid, pid)))
         ]
@@ -321,6 +321,7 @@ def _http_loop(server: _Server, requests: list, clients: int, config: ServeBench
         "steal_pct": measured["steal"],
         "server_cpu_ms": 1000.0 * measured["cpu"][0] / len(done),
         "loop_cpu_ms": 1000.0 * measured["cpu"][1] / len(done),
+        "clients_cpu_ms": 1000.0 * measured["clients_cpu"] / len(done),
     }
 
 
@@ -349,7 +350,7 @@ def _median(windows: list[dict]) -> dict:
     """One row from a path's rounds: each figure the median over the rounds (steal their mean), rounds kept."""
     row = {"clients": windows[0]["clients"], "requests": sum(w["requests"] for w in windows), "rounds": len(windows)}
     figures = ("throughput_img_s", "p50_ms", "p99_ms", "mean_ms", "mean_batch", "window_spread_pct")
-    for key in (*figures, "server_cpu_ms", "loop_cpu_ms"):
+    for key in (*figures, "server_cpu_ms", "loop_cpu_ms", "clients_cpu_ms"):
         if key in windows[0]:
             row[key] = float(np.median([w[key] for w in windows]))
     row["noisy"] = row["window_spread_pct"] > NOISY_WINDOW_PCT
@@ -401,6 +402,10 @@ def _server_cpu(row: dict) -> str:
     if "server_cpu_ms" not in row:
         return "-"
     return f"{row['server_cpu_ms']:.2f} ({row['loop_cpu_ms']:.2f})"
+
+
+def _clients_cpu(row: dict) -> str:
+    return f"{row['clients_cpu_ms']:.2f}" if "clients_cpu_ms" in row else "-"
 
 
 def _say_set_aside(enabled: bool, clients: int, stolen: float, limit: float) -> None:
