@@ -2,7 +2,8 @@
 
 FastAPI's layers, routing and dependency injection cost about as much CPU per request as the rest
 of a small inference request together: CPU the model's threads need on a small machine. A route
-given here is a plain Starlette ``Route`` whose endpoint takes the request and returns the response.
+given here is a Starlette ``Route`` (for its path matching) whose endpoint, an async function of the
+request that returns the response, is called here directly.
 It sits inside the access, API-key and body-limit middleware, so its requests are logged, counted,
 authenticated and size-checked like every other, and an error it raises on purpose is answered as
 FastAPI's handlers answer it (``error_answer``). Everything it does not match goes on to the app.
@@ -18,7 +19,7 @@ from collections.abc import Collection, Iterable, Sequence
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Match, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pdsn.serve.errors import error_answer
 from pdsn.serve.limits import refuse
@@ -58,17 +59,13 @@ def served_ahead(routes: Iterable[BaseRoute], paths: Collection[str]) -> list[Ro
 
 
 async def _answer(route: Route, scope: Scope, receive: Receive, send: Send) -> None:
-    started = False
-
-    async def sending(message: Message) -> None:
-        nonlocal started
-        started = started or message["type"] == "http.response.start"
-        await send(message)
-
+    """The endpoint's response, or the one ``error_answer`` gives for what it raised; an exception it does not
+    know (a bug), or one raised while sending, goes on to the access middleware's 500."""
+    request = Request(scope, receive)
     try:
-        await route.handle(scope, receive, sending)
+        response = await route.endpoint(request)
     except Exception as exc:
-        response = None if started else error_answer(Request(scope, receive), exc)
-        if response is None:  # a bug: the access middleware's 500
+        response = error_answer(request, exc)
+        if response is None:
             raise
-        await response(scope, receive, send)
+    await response(scope, receive, send)
