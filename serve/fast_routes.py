@@ -2,11 +2,11 @@
 
 FastAPI's layers, routing and dependency injection cost about as much CPU per request as the rest
 of a small inference request together: CPU the model's threads need on a small machine. A route
-given here is a Starlette ``Route`` (for its path matching) whose endpoint, an async function of the
-request that returns the response, is called here directly.
-It sits inside the access, API-key and body-limit middleware, so its requests are logged, counted,
-authenticated and size-checked like every other, and an error it raises on purpose is answered as
-FastAPI's handlers answer it (``error_answer``). Everything it does not match goes on to the app.
+given here is a Starlette ``Route`` (for its path matching) whose endpoint, an async function of
+the request that returns the response, is called here directly. It sits inside the access, API-key
+and body-limit middleware, so its requests are logged, counted, authenticated and size-checked like
+every other, and an error it raises on purpose is answered as FastAPI's handlers answer it
+(``error_answer``). Everything it does not match goes on to the app.
 
 The face API's busy routes stay declared on FastAPI, which documents them; ``served_ahead`` serves
 the same endpoints here.
