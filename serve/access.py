@@ -54,7 +54,8 @@ class AccessMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
-        self.metrics.in_flight.inc()
+        state = self.metrics.state
+        state.requests_in_flight += 1
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
@@ -62,7 +63,7 @@ class AccessMiddleware:
             if not answer["started"]:  # else it was answered already (FastAPI's own 500 handler re-raises)
                 await JSONResponse(internal_error(request_id), 500)(scope, receive, send_with_id)
         finally:
-            self.metrics.in_flight.dec()
+            state.requests_in_flight -= 1
             seconds = time.perf_counter() - started
             route = self._route(scope)
             self.metrics.observe(route, scope["method"], answer["status"], seconds)

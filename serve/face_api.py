@@ -8,6 +8,7 @@ An enrollment is answered 201 only once the gallery has committed it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -38,6 +39,8 @@ from pdsn.serve.state import ServeState
 MAX_PAGE = 1000
 # Served ahead of FastAPI's router (``pdsn.serve.fast_routes``); FastAPI documents them.
 BUSY_FACE_ROUTES = ("/v1/embed", "/v1/verify", "/v1/identify")
+# The most image data (aligned crops: a few kilobytes each) a request alone on the server decodes on the event loop.
+INLINE_DECODE_BYTES = 64 * 1024
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorAnswer} for status in (401, 404, 413, 415, 422, 429, 503, 504)
 }
@@ -58,8 +61,16 @@ def face_router(state: ServeState) -> APIRouter:
         recognizer = state.serving()
         body = await read_body(request, EmbedRequest, state.pool)
         deadline = Deadline.of(request, config.deadline_ms)
-        batch = await in_pool(
-            state.pool, load_faces, body.images, "images", recognizer.contract, config.max_pixels, body.landmarks
+        batch = await _decoded(
+            state,
+            body.images,
+            body.landmarks,
+            load_faces,
+            body.images,
+            "images",
+            recognizer.contract,
+            config.max_pixels,
+            body.landmarks,
         )
         occlusion = await _cells(state, body.occlusion, batch, "occlusion")
         result = await dispatch.embeddings(recognizer, batch, occlusion, deadline)
@@ -75,7 +86,10 @@ def face_router(state: ServeState) -> APIRouter:
         recognizer = state.serving()
         body = await read_body(request, VerifyRequest, state.pool)
         deadline = Deadline.of(request, config.deadline_ms)
-        pair = await in_pool(state.pool, _pair, body, recognizer.contract, config.max_pixels)
+        aligned = body.landmarks_a is not None or body.landmarks_b is not None
+        pair = await _decoded(
+            state, [body.image_a, body.image_b], aligned, _pair, body, recognizer.contract, config.max_pixels
+        )
         union = np.maximum(
             await _cells(state, body.occlusion_a, pair[:1], "occlusion_a"),
             await _cells(state, body.occlusion_b, pair[1:], "occlusion_b"),
@@ -96,14 +110,16 @@ def face_router(state: ServeState) -> APIRouter:
         body = await read_body(request, IdentifyRequest, state.pool)
         deadline = Deadline.of(request, config.deadline_ms)
         landmarks = None if body.landmarks is None else [body.landmarks]
-        probe = await in_pool(
-            state.pool,
+        probe = await _decoded(
+            state,
+            [body.image],
+            landmarks,
             load_faces,
             [body.image],
             "image",
             state.recognizer.contract,
             config.max_pixels,
-            landmarks=landmarks,
+            landmarks,
             single=True,
         )
         occlusion = await _cells(state, body.occlusion, probe, "occlusion")
@@ -182,6 +198,21 @@ async def _cells(state, value: object, faces: np.ndarray, field: str) -> np.ndar
         if isinstance(value, str) and value == "auto":
             return await in_pool(state.pool, state.recognizer.estimate_occlusion, faces)
         return prepare_occlusion(value, len(faces), field)
+
+
+async def _decoded(
+    state: ServeState, files: list[bytes], aligned: object, call: Callable[..., np.ndarray], *args: Any, **kwargs: Any
+) -> np.ndarray:
+    """``call(*args, **kwargs)``, which decodes ``files``, on the event loop when this request is the only one in
+    flight and its files are small crops (``aligned`` falsy: no landmarks); else on the thread pool.
+
+    Alone, the request would only wait for the hand-off: on an idle machine waking a pool thread and then
+    the loop again takes about as long as decoding a crop. With others in flight the loop must not wait on
+    CPU work, and photos to align are larger work in any case.
+    """
+    if state.requests_in_flight <= 1 and not aligned and sum(len(f) for f in files) <= INLINE_DECODE_BYTES:
+        return call(*args, **kwargs)
+    return await in_pool(state.pool, call, *args, **kwargs)
 
 
 def _pair(body: VerifyRequest, contract: ModelContract, max_pixels: int) -> np.ndarray:

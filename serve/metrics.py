@@ -37,7 +37,9 @@ class ServeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.in_flight = Gauge("pdsn_http_requests_in_flight", "HTTP requests being answered", registry=self.registry)
+        self.state = state
+        in_flight = Gauge("pdsn_http_requests_in_flight", "HTTP requests being answered", registry=self.registry)
+        in_flight.set_function(lambda: state.requests_in_flight)
         self.registry.register(RuntimeCollector(state))
         self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 

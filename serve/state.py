@@ -32,6 +32,8 @@ class ServeState:
         self.pool = ThreadPoolExecutor(config.io_threads, thread_name_prefix="pdsn-serve-io")
         self._phase = "loading"
         self._reason = f"loading the bundle {config.bundle}"
+        # HTTP requests being answered, counted by the access middleware on the event loop.
+        self.requests_in_flight = 0
 
     def load(self) -> None:
         """Open the bundle (and the gallery), run a warm-up batch, then report ready."""

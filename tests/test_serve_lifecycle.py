@@ -205,3 +205,27 @@ def test_not_ready_until_loaded(tiny_bundle):
     finally:
         state.close()
     assert state.readiness()[0] is False
+
+
+def test_a_lone_request_decodes_small_crops_on_the_event_loop_and_anything_else_on_the_pool():
+    """The hand-off to the pool only costs a request that is alone; under load the loop never decodes."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from pdsn.serve.face_api import INLINE_DECODE_BYTES, _decoded
+
+    def where(*args):
+        return threading.current_thread().name
+
+    with ThreadPoolExecutor(1, thread_name_prefix="pool") as pool:
+
+        def decoded_on(in_flight: int, files: list[bytes], aligned: object) -> str:
+            state = SimpleNamespace(requests_in_flight=in_flight, pool=pool)
+            return asyncio.run(_decoded(state, files, aligned, where, files))
+
+        crop = b"x" * 4000
+        assert decoded_on(1, [crop, crop], None) == "MainThread"
+        assert decoded_on(2, [crop], None).startswith("pool")  # another request in flight
+        assert decoded_on(1, [crop], [[0.0, 0.0]] * 5).startswith("pool")  # a photo to align
+        assert decoded_on(1, [b"x" * (INLINE_DECODE_BYTES + 1)], None).startswith("pool")
