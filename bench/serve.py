@@ -4,7 +4,7 @@ Both sides use the same bundle, backend, precision and batcher settings, the sam
 occlusion, and the same closed loop: each client sends one face, waits for its embedding and
 sends the next. In process, clients are threads calling ``Recognizer.submit``
 (``pdsn.bench.concurrency.closed_loop``); over HTTP they are keep-alive connections on one event
-loop (``pdsn.bench.http_load``, about 0.03 ms of CPU per request), against a server process
+loop (``pdsn.bench.http_load``; their CPU per request is in every row), against a server process
 started here on 127.0.0.1. Each concurrency is
 measured on every path in turn (never two at once), over several rounds whose medians are the rows,
 so machine drift falls on all alike; each window records the host's CPU steal. The

@@ -40,7 +40,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     _batcher_options(serve)
     serve.add_argument(
         "--deadline-ms",
-        type=_time(zero=True),
+        type=_real("milliseconds"),
         default=DEFAULT_DEADLINE_MS,
         help=f"deadline of a request without X-Deadline-Ms (default {DEFAULT_DEADLINE_MS:g}; 0: none)",
     )
@@ -62,7 +62,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM)")
     serve.add_argument(
         "--drain-seconds",
-        type=_time(zero=False, unit="seconds"),
+        type=_real("seconds", zero=False),
         default=30.0,
         help="on SIGTERM, wait at most this long for requests in flight (default 30)",
     )
@@ -81,14 +81,14 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
         default=("v2-binary", "v1-embed"),
         help="HTTP routes timed (v2-binary, v2-json, v1-embed)",
     )
-    bench.add_argument("--seconds", type=_time(zero=False, unit="seconds"), default=5.0, help="window per point")
-    bench.add_argument("--warmup-seconds", type=_time(zero=True, unit="seconds"), default=1.0)
+    bench.add_argument("--seconds", type=_real("seconds", zero=False), default=5.0, help="window per point")
+    bench.add_argument("--warmup-seconds", type=_real("seconds"), default=1.0)
     bench.add_argument(
         "--rounds", type=positive, default=3, help="windows per path, interleaved; rows are their medians (default 3)"
     )
     bench.add_argument(
         "--max-steal-pct",
-        type=_percent,
+        type=_real("a percentage", below=100.0),
         help="run a round again (up to --rounds extra) when one of its windows saw more host CPU steal than this",
     )
     bench.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for the JSON and Markdown")
@@ -98,7 +98,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
 
 def _batcher_options(parser: argparse.ArgumentParser, max_batch: int = 64) -> None:
     parser.add_argument("--max-batch", type=positive, default=max_batch, help=f"faces per batch (default {max_batch})")
-    parser.add_argument("--max-delay-ms", type=_time(zero=True), default=2.0, help="batching delay (default 2)")
+    parser.add_argument("--max-delay-ms", type=_real("milliseconds"), default=2.0, help="batching delay (default 2)")
     parser.add_argument("--queue-size", type=positive, help="faces queued before 429 (default 4 x --max-batch)")
 
 
@@ -227,16 +227,17 @@ def _port(text: str) -> int:
     return value
 
 
-def _time(zero: bool, unit: str = "milliseconds"):
-    """An argparse type for a finite time in ``unit``: > 0, or >= 0 with ``zero``."""
+def _real(unit: str, zero: bool = True, below: float = math.inf):
+    """An argparse type for a finite number of ``unit``: >= 0 (> 0 without ``zero``), and under ``below``."""
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             value = math.nan
-        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-            raise argparse.ArgumentTypeError(f"expected {unit} {'>=' if zero else '>'} 0, got {text!r}")
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero) or value >= below:
+            bound = f"in [0, {below:g})" if math.isfinite(below) else f"{'>=' if zero else '>'} 0"
+            raise argparse.ArgumentTypeError(f"expected {unit} {bound}, got {text!r}")
         return value
 
     return parse
@@ -247,13 +248,3 @@ class _DeferredQueueHandler(QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         return record
-
-
-def _percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value < 100.0:
-        raise argparse.ArgumentTypeError(f"expected a percentage in [0, 100), got {text!r}")
-    return value

@@ -1,8 +1,9 @@
 """The face API (``/v1``): embed, verify (the PDSN union rule), identify, and the gallery's identities.
 
-Each route reads its body (JSON or multipart), decodes and aligns images on the thread pool, awaits
-the batcher, and searches or commits the gallery on the thread pool again: the event loop never
-blocks. Every answer says which cells masked the comparison and which model and precision answered.
+Each route reads its body (JSON or multipart), decodes and aligns images on the thread pool (a request
+alone on the server decodes its small crops on the event loop, which has nothing else to do), awaits
+the batcher, and searches or commits the gallery on the thread pool again: under load the event loop
+never waits on CPU work. Every answer says which cells masked the comparison and which model and precision answered.
 An enrollment is answered 201 only once the gallery has committed it.
 """
 

@@ -166,3 +166,21 @@ def test_rounds_under_host_steal_are_set_aside_and_run_again(tiny_bundle, monkey
     )
     with pytest.raises(ValueError, match="max_steal_pct"):
         bench.ServeBenchConfig(max_steal_pct=100.0)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--max-steal-pct", "100", "expected a percentage in [0, 100), got '100'"),
+        ("--max-steal-pct", "-1", "expected a percentage in [0, 100)"),
+        ("--seconds", "0", "expected seconds > 0, got '0'"),
+        ("--warmup-seconds", "nan", "expected seconds >= 0, got 'nan'"),
+        ("--max-delay-ms", "fast", "expected milliseconds >= 0, got 'fast'"),
+    ],
+)
+def test_bench_serve_options_name_what_they_expect(option, value, message, tiny_bundle, capsys):
+    from pdsn.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["bench-serve", "--bundle", str(tiny_bundle), option, value])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
