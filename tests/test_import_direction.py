@@ -19,6 +19,7 @@ TORCH_MODEL_MODULES = {
     "pdsn.model.checkpoint",
     "pdsn.model.demo_weights",
     "pdsn.model.occlusion_net",
+    "pdsn.model.mtcnn_net",
 }
 ALLOWED = {
     "model": {"model"},
