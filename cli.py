@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from pdsn.commands.arguments import (
-    backend_options,
-    bundle_options,
-    cells,
     cosine,
     delays,
     json_path,
     names,
-    npy_path,
     numbers,
     positive,
 )
@@ -84,22 +77,6 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--seed", type=int, default=0, help="seed of seeded weights and parity faces")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
     export.set_defaults(run=_export)
-
-    embed = commands.add_parser("embed", help="embed aligned face crops")
-    bundle_options(embed)
-    embed.add_argument("images", nargs="+", type=Path, help="aligned 112x96 RGB crops")
-    embed.add_argument("--occlusion", type=cells, help="occluded cells for every image, e.g. 10,11,12,13")
-    embed.add_argument("--out", type=npy_path, help="write embeddings to this .npy file instead of printing")
-    embed.set_defaults(run=_embed)
-
-    compare = commands.add_parser("compare", help="verification score of two aligned faces (PDSN protocol)")
-    bundle_options(compare)
-    compare.add_argument("image_a", type=Path)
-    compare.add_argument("image_b", type=Path)
-    compare.add_argument("--occlusion-a", type=cells, help="occluded cells of image A")
-    compare.add_argument("--occlusion-b", type=cells, help="occluded cells of image B")
-    compare.add_argument("--threshold", type=cosine, help="decide same/different at this cosine score")
-    compare.set_defaults(run=_compare)
 
     quantize = commands.add_parser("quantize", help="add a gated FP16 or calibrated INT8 variant to a bundle")
     quantize.add_argument("--bundle", type=Path, required=True)
@@ -215,6 +192,13 @@ def _parser() -> argparse.ArgumentParser:
         type=numbers,
         help="instead: 1:N identification against galleries of these sizes, e.g. 1000,10000,100000 (seeded features)",
     )
+    bench.add_argument(
+        "--photos",
+        action="store_true",
+        help="instead: face detection on 640x480 and 1280x720 frames beside facenet-pytorch's MTCNN, and the whole "
+        "photo path (decode, detect, align, embed, identify); default bundle: the demo model",
+    )
+    bench.add_argument("--min-face", type=float, default=40.0, help="--photos: smallest face side, px (default 40)")
     bench.set_defaults(run=_bench)
 
     from pdsn.train.evaluate import EVAL_PAIRS
@@ -249,11 +233,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_estimator.set_defaults(run=_add_estimator)
 
+    from pdsn.commands.detector import add_detector_commands
+    from pdsn.commands.faces import add_face_commands
     from pdsn.commands.gallery import add_gallery_commands
     from pdsn.commands.serve import add_serve_command
     from pdsn.commands.triton import add_triton_commands
     from pdsn.train.cli import add_training_commands
 
+    add_face_commands(commands)
+    add_detector_commands(commands)
     add_gallery_commands(commands)
     add_serve_command(commands)
     add_triton_commands(commands)
@@ -291,45 +279,6 @@ def _export(args: argparse.Namespace) -> int:
         f"wrote {result.bundle} ({result.manifest['model']['architecture']['name']}, "
         f"weights: {result.manifest['model']['weights']})"
     )
-    return 0
-
-
-def _open(args: argparse.Namespace):
-    from pdsn.runtime import Recognizer
-
-    return Recognizer.open(args.bundle, backend=args.backend, device=args.device, **backend_options(args))
-
-
-def _embed(args: argparse.Namespace) -> int:
-    from pdsn.runtime.preprocess import load_image
-
-    images = [load_image(path) for path in args.images]
-    with _open(args) as recognizer:
-        embeddings = recognizer.embed(images, occlusion=args.occlusion)
-    if args.out:
-        with open(args.out, "wb") as handle:  # np.save(path) would append .npy to another suffix
-            np.save(handle, embeddings)
-        print(f"wrote {embeddings.shape[0]} embeddings of size {embeddings.shape[1]} to {args.out}")
-    else:
-        for path, vector in zip(args.images, embeddings):
-            print(json.dumps({"image": str(path), "embedding": [round(float(v), 6) for v in vector]}))
-    return 0
-
-
-def _compare(args: argparse.Namespace) -> int:
-    from pdsn.runtime.preprocess import load_image
-
-    with _open(args) as recognizer:
-        result = recognizer.verify(
-            load_image(args.image_a),
-            load_image(args.image_b),
-            args.occlusion_a,
-            args.occlusion_b,
-            threshold=args.threshold,
-        )
-    print(f"cosine score {result.score:.6f}  (masked cells: {result.occluded_cells or 'none'})")
-    if result.match is not None:
-        print("same person" if result.match else "different people")
     return 0
 
 
@@ -411,6 +360,8 @@ def _bench(args: argparse.Namespace) -> int:
     from pdsn.bench.runner import BenchConfig, run_benchmark
 
     bundle = args.bundle
+    if args.photos:
+        return _bench_photos(bundle, args)
     if bundle is None:
         from pdsn.bench.timing_bundle import prepare_timing_bundle
 
@@ -446,6 +397,28 @@ def _bench_gallery(bundle: Path, args: argparse.Namespace) -> int:
     for path in save_report(result, gallery_markdown(result), args.out, f"{args.name}-gallery"):
         print(f"wrote {path}")
     print(gallery_markdown(result))
+    return 0
+
+
+def _bench_photos(bundle: Path | None, args: argparse.Namespace) -> int:
+    from pdsn.bench.photos import PhotoBenchConfig, photos_markdown, run_photo_benchmark
+    from pdsn.bench.report import save_report
+
+    work = args.work.parent / f"{args.work.name}-photos"  # beside the timing bundle, never inside it
+    if bundle is None:
+        from pdsn.export.bundle_writer import ExportRequest, export_bundle
+
+        bundle = work / "demo-bundle"
+        if not (bundle / "manifest.json").is_file():
+            print(f"exporting the demo model to {bundle}")
+            work.mkdir(parents=True, exist_ok=True)
+            export_bundle(ExportRequest(out=bundle))
+    config = PhotoBenchConfig(min_face=args.min_face, backends=args.backends, seconds=args.seconds)
+    result = run_photo_benchmark(bundle, config, work)
+    text = photos_markdown(result)
+    for path in save_report(result, text, args.out, f"{args.name}-photos"):
+        print(f"wrote {path}")
+    print(text)
     return 0
 
 

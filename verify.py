@@ -17,14 +17,19 @@ import numpy as np
 
 from pdsn.calib.data import SYNTHETIC, load_face_sets
 from pdsn.calib.gates import DEFAULT_GATES, PrecisionGate, format_variant_table, variant_parity
-from pdsn.model.bundle_format import leftovers
+from pdsn.model.bundle_format import DETECTOR_NETS, leftovers
 from pdsn.model.bundle_write import writer_active
 from pdsn.model.comparison import ExportGate, judge_against_reference, load_reference
+from pdsn.model.detector_contract import IMAGE_INPUT, NET_INPUT_SIZES, NET_OUTPUTS
 from pdsn.model.estimator_parity import judge_estimator, parity_faces
 from pdsn.runtime import Recognizer
 from pdsn.runtime.backends import BACKENDS, ENGINE_BACKENDS, BackendUnavailableError
 from pdsn.runtime.bundle import Bundle, open_bundle
+from pdsn.runtime.detection.nets import DETECTOR_BACKENDS, open_nets
 from pdsn.runtime.occlusion_estimator import ESTIMATOR_BACKENDS, OcclusionEstimator
+
+# The nets' outputs are probabilities and box offsets of order 1; backends differ by float rounding only.
+DETECTOR_MAX_ABS_ERROR = 1e-3
 
 
 def verify_bundle(
@@ -73,11 +78,13 @@ def verify_bundle(
                             references, candidate.embed, faces_seen, ExportGate(), "pytorch-fp32 (recorded at export)"
                         )
     estimator = _verify_estimator(loaded, skipped)
+    detector = _verify_detector(loaded, skipped)
     return {
         "rows": rows,
         "estimator": estimator,
+        "detector": detector,
         "skipped": skipped,
-        "passed": all(r["passed"] for r in [*rows.values(), *estimator.values()]),
+        "passed": all(r["passed"] for r in [*rows.values(), *estimator.values(), *detector.values()]),
         "manifest_sha256": loaded.digest,
         "leftovers": leftovers(bundle),
         "writer_active": writer_active(bundle),
@@ -113,6 +120,45 @@ def _verify_estimator(loaded: Bundle, skipped: dict) -> dict:
     return rows
 
 
+def _verify_detector(loaded: Bundle, skipped: dict) -> dict:
+    """The face detector's three nets on each CPU backend against ONNX Runtime's outputs recorded when it was placed."""
+    entry = loaded.manifest.get("detector")
+    if not entry:
+        skipped["detector"] = "the bundle has no face detector (`pdsn add-detector` adds one)"
+        return {}
+    files = {net: loaded.file(entry["files"][net], f"detector.files.{net}") for net in DETECTOR_NETS}
+    with np.load(loaded.file(entry["reference"], "detector.reference"), allow_pickle=False) as saved:
+        recorded = {key: saved[key] for key in saved.files}
+    rows = {}
+    for backend in DETECTOR_BACKENDS:
+        try:
+            nets, _ = open_nets(files, NET_OUTPUTS, NET_INPUT_SIZES, backend, "cpu", None)
+        except (BackendUnavailableError, ImportError) as exc:
+            skipped[f"detector on {backend}"] = str(exc)
+            continue
+        errors, cosines = [], []
+        for net, run in nets.items():
+            outputs = run(recorded[f"{net}/{IMAGE_INPUT}"])
+            for name, got in zip(NET_OUTPUTS[net], outputs):
+                expected = recorded[f"{net}/{name}"].astype(np.float64).ravel()
+                got = np.asarray(got, dtype=np.float64).ravel()
+                errors.append(float(np.max(np.abs(got - expected))))
+                cosines.append(float(got @ expected / max(np.linalg.norm(got) * np.linalg.norm(expected), 1e-12)))
+        failures = (
+            []
+            if max(errors) <= DETECTOR_MAX_ABS_ERROR
+            else [f"max |error| {max(errors):.2e} > {DETECTOR_MAX_ABS_ERROR:g}"]
+        )
+        rows[f"detector on {backend}"] = {
+            "max_abs_error": max(errors),
+            "cosine_min": min(cosines),
+            "compared": f"P-, R- and O-Net on {backend} vs ONNX Runtime FP32 (recorded when placed)",
+            "passed": not failures,
+            "failures": failures,
+        }
+    return rows
+
+
 def _recorded_gate(variant: dict, precision: str) -> PrecisionGate:
     """The gate the variant was made under (``pdsn quantize --min-cosine`` etc.), else the default."""
     recorded = variant.get("parity", {}).get("gate")
@@ -128,6 +174,11 @@ def format_verification(result: dict) -> str:
         lines.append(
             f"{label:<28} max |probability error| {report['max_abs_error']:.2e}, cells agree "
             f"{report['cell_agreement']:.4f}  {verdict}"
+        )
+    for label, report in result.get("detector", {}).items():
+        verdict = "pass" if report["passed"] else "FAIL: " + "; ".join(report["failures"])
+        lines.append(
+            f"{label:<28} max |error| {report['max_abs_error']:.2e}, cosine min {report['cosine_min']:.6f}  {verdict}"
         )
     lines += [f"  {what}: not checked ({reason})" for what, reason in result["skipped"].items()]
     lines.append(f"manifest SHA-256 {result['manifest_sha256']} (pin it: expected_digest=...)")

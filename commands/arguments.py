@@ -110,3 +110,60 @@ def cells(text: str) -> list[int] | str:
 def gallery_location(text: str) -> str | Path:
     """A gallery: a ``postgresql://`` URL (kept as text) or a SQLite file path."""
     return text if text.startswith(("postgresql://", "postgres://")) else Path(text)
+
+
+def detection_options(parser: argparse.ArgumentParser) -> None:
+    """How faces are found in photos (aligned crops skip detection)."""
+    group = parser.add_argument_group("photos: faces are found by the bundle's detector")
+    group.add_argument(
+        "--min-face", type=float, default=None, help="smallest face side to look for, in pixels (default 20)"
+    )
+    group.add_argument(
+        "--thresholds",
+        type=list_of(float, 0.0, "three probabilities in [0, 1]"),
+        default=None,
+        help="the detector's three stage thresholds (default 0.6,0.7,0.7)",
+    )
+
+
+def detection_settings(args: argparse.Namespace):
+    """``DetectionSettings`` from ``detection_options``' flags; a bad value is a ValueError naming the flag."""
+    from pdsn.runtime.photos import DetectionSettings
+
+    defaults = DetectionSettings()
+    try:
+        return DetectionSettings(
+            defaults.min_face if args.min_face is None else args.min_face,
+            defaults.thresholds if args.thresholds is None else args.thresholds,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--min-face / --thresholds: {exc}") from None
+
+
+def landmark_points(text: str) -> list[list[float]]:
+    """Five landmarks as x1,y1,...,x5,y5 (eyes, nose, mouth corners, in pixels of the photo)."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 10 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected 10 comma-separated numbers x1,y1,...,x5,y5 (left eye, right eye, nose, left and right "
+            f"mouth corners), got {text!r}"
+        )
+    return [values[i : i + 2] for i in range(0, 10, 2)]
+
+
+def face_choice(text: str) -> int | str:
+    """Which face of a photo: ``largest`` or an index as ``pdsn detect`` lists them."""
+    if text == "largest":
+        return text
+    try:
+        index = int(text)
+    except ValueError:
+        index = -1
+    if index < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected 'largest' or a face index 0, 1, ... (as `pdsn detect` lists them), got {text!r}"
+        )
+    return index

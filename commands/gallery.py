@@ -6,7 +6,18 @@ import argparse
 import json
 from pathlib import Path
 
-from pdsn.commands.arguments import backend_options, bundle_options, cells, cosine, gallery_location, positive
+from pdsn.commands.arguments import (
+    backend_options,
+    bundle_options,
+    cells,
+    cosine,
+    detection_options,
+    detection_settings,
+    face_choice,
+    gallery_location,
+    positive,
+)
+from pdsn.commands.faces import face_json
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -16,11 +27,19 @@ def add_gallery_commands(commands: argparse._SubParsersAction) -> None:
     gallery = commands.add_parser("gallery", help="enroll, identify, list and remove identities (1:N, PDSN protocol)")
     actions = gallery.add_subparsers(dest="action", required=True)
 
-    enroll = actions.add_parser("enroll", help="enroll a folder of identity sub-folders of aligned 112x96 crops")
+    enroll = actions.add_parser(
+        "enroll", help="enroll a folder of identity sub-folders of photos (one face each) or aligned crops"
+    )
     _common(enroll)
     enroll.add_argument("folder", type=Path, help="one sub-folder per identity, named by the identity")
     enroll.add_argument("--replace", action="store_true", help="replace identities already enrolled")
-    enroll.add_argument("--occlusion", type=cells, help="occluded cells of every enrolled face (default none)")
+    enroll.add_argument("--occlusion", type=cells, help="occluded cells of every enrolled face (default none), or auto")
+    enroll.add_argument(
+        "--face",
+        type=face_choice,
+        help="which face of each photo: 'largest' or an index (default: a photo must show exactly one face)",
+    )
+    detection_options(enroll)
     enroll.add_argument(
         "--no-features",
         action="store_true",
@@ -28,9 +47,10 @@ def add_gallery_commands(commands: argparse._SubParsersAction) -> None:
     )
     enroll.set_defaults(run=_enroll)
 
-    identify = actions.add_parser("identify", help="the best-matching identities of aligned face crops")
+    identify = actions.add_parser("identify", help="the best-matching identities of every face in photos (or crops)")
     _common(identify)
-    identify.add_argument("images", nargs="+", type=Path, help="aligned 112x96 RGB crops")
+    identify.add_argument("images", nargs="+", type=Path, help="photos, or aligned 112x96 (or 112x112) RGB crops")
+    detection_options(identify)
     identify.add_argument("--occlusion", type=cells, help="occluded cells of the probe, e.g. 10,11,12,13")
     identify.add_argument("-k", type=positive, default=5, help="how many identities (default 5)")
     identify.add_argument("--threshold", type=cosine, help="only matches scoring at least this cosine")
@@ -74,31 +94,32 @@ def _open(args: argparse.Namespace, create: bool = False, **options):
 
 
 def _enroll(args: argparse.Namespace) -> int:
-    from pdsn.runtime import load_image
-
     people = _identity_folders(args.folder)
+    settings = detection_settings(args)
     recognizer, gallery = _open(args, create=True, keep_features=not args.no_features)
     with recognizer, gallery:
         faces = 0
         for name, paths in _progress(people, "enrolling"):
-            images = [load_image(path) for path in paths]
-            faces += len(gallery.enroll(name, images, occlusion=args.occlusion, replace=args.replace))
+            images = [str(path) for path in paths]
+            faces += len(
+                gallery.enroll(name, images, args.occlusion, replace=args.replace, face=args.face, detection=settings)
+            )
         print(f"enrolled {len(people)} identities ({faces} faces) into {gallery.location}; it holds {len(gallery)}")
     return 0
 
 
 def _identify(args: argparse.Namespace) -> int:
-    from pdsn.runtime import load_image
-
+    settings = detection_settings(args)
     recognizer, gallery = _open(args)
     with recognizer, gallery:
-        images = [load_image(path) for path in args.images]
-        results = gallery.identify_many(images, occlusion=args.occlusion, k=args.k, threshold=args.threshold)
-        for path, result in zip(args.images, results):
+        images = [str(path) for path in args.images]
+        results = gallery.identify_many(images, args.occlusion, args.k, args.threshold, detection=settings)
+        for result in results:
             print(
                 json.dumps(
                     {
-                        "image": str(path),
+                        "image": images[result.image],
+                        **({} if result.face is None else face_json(result.face)),
                         "occluded_cells": result.occluded_cells,
                         "matches": [
                             {

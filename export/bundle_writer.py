@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from pdsn.export.detector_bundle import write_detector
 from pdsn.export.onnx_export import ExportOptions, export_onnx
 from pdsn.export.parity import ParityError, export_parity, format_parity_table, reference_embeddings
 from pdsn.export.trunk_split import HEAD_FILE, TRUNK_FILES, folded_head, write_trunk
@@ -100,6 +101,7 @@ def export_bundle(request: ExportRequest) -> ExportResult:
         )
         written = (MODEL_FILE, DICTIONARY_FILE, PARITY_REPORT, REFERENCE_EMBEDDINGS, HEAD_FILE, trunk_file)
         names = {f: write.place(staging / f, f) for f in written}
+        detector = write_detector(write)
         manifest = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_FORMAT_VERSION,
@@ -125,6 +127,7 @@ def export_bundle(request: ExportRequest) -> ExportResult:
                 }
             },
             "engines": {},
+            "detector": detector,
             "provenance": {
                 "tools": package_versions(("pdsn-deploy", "torch", "onnx", "onnxruntime", "numpy")),
                 "opset": request.options.opset,

@@ -45,6 +45,7 @@ FEATURES_OUTPUT = "features"
 
 IMAGE_LAYOUTS = ("nhwc-uint8", "nchw-float32")
 DICTIONARY_BINDINGS = ("input", "embedded")
+DETECTOR_NETS = ("pnet", "rnet", "onet")
 
 _FIX = "re-export the bundle with `pdsn export` (and re-make its variants); do not edit manifest.json by hand"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -260,6 +261,14 @@ def validate_manifest(manifest: dict) -> None:
         if evaluation := _optional(estimator, "evaluation", dict, "estimator"):
             _get(evaluation, "report", str, "estimator.evaluation")
             _optional(evaluation, "markdown", str, "estimator.evaluation")
+    if detector := _optional(manifest, "detector", dict, ""):
+        nets = _get(detector, "files", dict, "detector")
+        for net in DETECTOR_NETS:
+            _get(nets, net, str, "detector.files")
+        _get(detector, "contract", dict, "detector")
+        for key in ("licence", "reference"):
+            _get(detector, key, str, "detector")
+        _get(_get(detector, "conversion", dict, "detector"), "report", str, "detector.conversion")
     for precision, variant in _get(manifest, "variants", dict, "").items():
         where = f"variants.{precision}"
         _get(_typed(variant, dict, where), "file", str, where)
@@ -301,6 +310,12 @@ def referenced_files(manifest: dict) -> dict[str, str]:
         for key, path in (manifest["estimator"].get("evaluation") or {}).items():
             if key in ("report", "markdown") and path:
                 references[f"estimator.evaluation.{key}"] = path
+    if detector := manifest.get("detector"):
+        for net in DETECTOR_NETS:
+            references[f"detector.files.{net}"] = detector["files"][net]
+        references["detector.licence"] = detector["licence"]
+        references["detector.reference"] = detector["reference"]
+        references["detector.conversion.report"] = detector["conversion"]["report"]
     for precision, variant in manifest["variants"].items():
         references[f"variants.{precision}.file"] = variant["file"]
         if variant.get("trunk"):

@@ -19,7 +19,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pdsn.model.alignment import TEMPLATE_112X96, checked_similarity, invert_transform
+from pdsn.model.alignment import TEMPLATE_112X96, checked_similarity, estimate_similarity, invert_transform
 from pdsn.model.grid import CROP_HEIGHT, CROP_WIDTH
 
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -58,6 +58,23 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
     return _decode(io.BytesIO(data), "image bytes", max_pixels)
 
 
+def rgb_of_pil(image: Image.Image, name: str = "image") -> np.ndarray:
+    """A PIL image as uint8 RGB (H, W, 3), upright, converted exactly as ``load_image`` converts a file."""
+    if image.mode not in _SUPPORTED_MODES:
+        raise ValueError(
+            f"{name} has Pillow mode {image.mode!r}, which is not supported; expected 8-bit or 16-bit "
+            f"grey, palette, RGB(A), CMYK or float grey. Convert it to 8-bit RGB (e.g. PNG or JPEG)"
+        )
+    try:
+        upright = ImageOps.exif_transpose(image)
+    except _DECODE_ERRORS as exc:
+        raise ValueError(
+            f"{name} could not be decoded ({type(exc).__name__}: {exc}); it may be truncated or damaged. "
+            f"Expected a complete {image.format or 'image'} file"
+        ) from None
+    return _to_rgb(upright, name)
+
+
 def align_face(
     image: np.ndarray, landmarks: object, template: np.ndarray = TEMPLATE_112X96, argument: str = "landmarks"
 ) -> np.ndarray:
@@ -72,7 +89,20 @@ def align_face(
             f"{getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}"
         )
     height, width = image.shape[:2]
-    matrix = checked_similarity(landmarks, (width, height), (CROP_WIDTH, CROP_HEIGHT), template, argument)
+    return _warped(image, checked_similarity(landmarks, (width, height), (CROP_WIDTH, CROP_HEIGHT), template, argument))
+
+
+def align_detected(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """Align a face that the bundle's detector found in ``image`` (uint8 RGB).
+
+    Its landmarks come in the template's order from a face the detector saw, so the checks that catch a
+    caller's mistaken landmarks do not apply: a face cut by the photo's border is aligned too, the part
+    of its crop beyond the border black (as the face's own pixels are missing there).
+    """
+    return _warped(image, estimate_similarity(landmarks, TEMPLATE_112X96))
+
+
+def _warped(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     # Pillow maps output pixel centres through the inverse transform; landmark coordinates use
     # integer pixel centres (as cv2.warpAffine does), so shift by half a pixel on both sides.
     inverse = invert_transform(matrix)
@@ -99,19 +129,7 @@ def _decode(file: BinaryIO, name: str, max_pixels: int) -> np.ndarray:
             )
         if image.format not in FORMATS:
             raise ValueError(f"{name} is in {image.format} format; expected one of {', '.join(FORMATS)}")
-        if image.mode not in _SUPPORTED_MODES:
-            raise ValueError(
-                f"{name} has Pillow mode {image.mode!r}, which is not supported; expected 8-bit or 16-bit "
-                f"grey, palette, RGB(A), CMYK or float grey. Convert it to 8-bit RGB (e.g. PNG or JPEG)"
-            )
-        try:
-            upright = ImageOps.exif_transpose(image)
-        except _DECODE_ERRORS as exc:
-            raise ValueError(
-                f"{name} could not be decoded ({type(exc).__name__}: {exc}); it may be truncated or damaged. "
-                f"Expected a complete {image.format} file"
-            ) from None
-    return _to_rgb(upright, name)
+        return rgb_of_pil(image, name)
 
 
 def _open(file: BinaryIO, name: str, max_pixels: int) -> Image.Image:

@@ -25,9 +25,11 @@ from pdsn.runtime.batcher import (
     check_settings,
 )
 from pdsn.runtime.bundle import Bundle, open_bundle
+from pdsn.runtime.detection import DetectedFace
+from pdsn.runtime.face_finder import ALL_FACES, FaceFinder, Located
 from pdsn.runtime.inputs import prepare_images, prepare_occlusion
 from pdsn.runtime.occlusion_estimator import AUTO, ESTIMATOR_BACKENDS, OcclusionEstimator
-from pdsn.runtime.preprocess import align_face
+from pdsn.runtime.photos import LARGEST, DetectionSettings, check_face_choice
 
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 # "auto" takes the first gated variant in the bundle from this order. CPUs (bench/results): INT8
@@ -44,6 +46,18 @@ class Verification:
     score: float
     occluded_cells: list[int]
     match: bool | None = None
+    face_a: DetectedFace | None = None  # the face compared, when image_a was a photo
+    face_b: DetectedFace | None = None
+
+
+@dataclass(frozen=True)
+class FaceEmbedding:
+    """One face found in a photo given to ``Recognizer.embed``: where it is, and its embedding."""
+
+    image: int  # which of the images given
+    face: DetectedFace | None  # None: that image was an aligned crop
+    embedding: np.ndarray
+    occluded_cells: list[int]  # the cells that masked the embedding
 
 
 class Recognizer:
@@ -71,6 +85,7 @@ class Recognizer:
         self._trunk: DynamicBatcher | None = None
         self._head: FoldedHead | None = None
         self._estimator: OcclusionEstimator | None = None
+        self._finder = FaceFinder(bundle, *self._estimator_spec)
         self._lock = threading.Lock()
         # Holds the batchers, never self: the worker threads must not keep a dropped Recognizer alive.
         self._batchers = [batcher]
@@ -212,27 +227,83 @@ class Recognizer:
         return self._batcher.submit(batch, masks, deadline, single)
 
     def embed(
-        self, images: object, occlusion: object = None, landmarks: object = None, return_cells: bool = False
-    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Embeddings (N, 512) for aligned crops, or for whole images when ``landmarks`` are given.
+        self,
+        images: object,
+        occlusion: object = None,
+        landmarks: object = None,
+        return_cells: bool = False,
+        detection: DetectionSettings | None = None,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray] | list[FaceEmbedding]:
+        """Embeddings of faces: (N, 512) for aligned crops (or photos with their ``landmarks``), and one
+        ``FaceEmbedding`` per face found when any image is a photo (see ``pdsn.runtime.photos``).
 
-        ``landmarks``: one (5, 2) array per image (eyes, nose, mouth corners as x, y).
-        ``return_cells``: also return the float32 (N, 25) occlusion vectors that masked each
-        embedding (with ``occlusion="auto"``, the ones the estimator found).
+        ``images``: one image or a batch; an image is an array, a file path, image bytes or a PIL image.
+        ``landmarks``: one (5, 2) array per image (eyes, nose, mouth corners as x, y), for callers with a
+        detector of their own. ``occlusion``: as ``submit`` takes it, per image (each face of a photo takes
+        its photo's cells), or ``"auto"``. ``return_cells``: with crops, also return the float32 (N, 25)
+        vectors that masked each embedding (a ``FaceEmbedding`` always carries its cells).
+        ``detection``: how faces are looked for in photos (default ``DetectionSettings()``). A photo in
+        which no face is found raises ``FaceCountError``.
         """
         if not isinstance(return_cells, bool):
             raise TypeError(f"return_cells must be True or False, got {return_cells!r}")
         self._batcher.check_may_wait("Recognizer.embed()")
-        if landmarks is not None:
-            images = self._align(images, landmarks)
-        batch = prepare_images(images, self.contract)
-        masks = self._occlusion(occlusion, batch)
+        located = self.locate(images, landmarks, detection)
+        masks = self.occlusion_of(occlusion, located)
         chunks = [
-            self._batcher.submit(batch[i : i + self.max_batch], masks[i : i + self.max_batch]).result()
-            for i in range(0, len(batch), self.max_batch)
+            self._batcher.submit(located.batch[i : i + self.max_batch], masks[i : i + self.max_batch]).result()
+            for i in range(0, len(located.batch), self.max_batch)
         ]
         embeddings = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        if located.sources is not None:
+            return [
+                FaceEmbedding(source.image, source.face, embedding, vector_to_cells(mask))
+                for source, embedding, mask in zip(located.sources, embeddings, masks)
+            ]
         return (embeddings, masks) if return_cells else embeddings
+
+    def detect(
+        self,
+        photo: object,
+        min_face: float | None = None,
+        thresholds: tuple[float, float, float] | None = None,
+        scale_factor: float | None = None,
+    ) -> list[DetectedFace]:
+        """The faces in a photo (array, path, bytes or PIL image), highest score first: each a box, a
+        score and five landmarks. ``min_face``: the smallest face side looked for, in pixels (default 20);
+        ``thresholds``: the three stages' score thresholds (default 0.6, 0.7, 0.7)."""
+        defaults = DetectionSettings()
+        settings = DetectionSettings(
+            defaults.min_face if min_face is None else min_face,
+            defaults.thresholds if thresholds is None else thresholds,
+            defaults.scale_factor if scale_factor is None else scale_factor,
+        )
+        return self._finder.detect(photo, settings)
+
+    def locate(
+        self,
+        images: object,
+        landmarks: object = None,
+        detection: DetectionSettings | None = None,
+        face: int | str | None = ALL_FACES,
+        argument: str = "images",
+    ) -> Located:
+        """The aligned faces of ``images`` in the model's layout, and where each came from (``FaceFinder``).
+
+        ``face``: ``"all"`` faces of each photo, or one per photo: None (the only one: more is an error),
+        ``"largest"``, or an index in the order ``detect`` lists them.
+        """
+        if face != ALL_FACES:
+            face = check_face_choice(face)
+        if detection is not None and not isinstance(detection, DetectionSettings):
+            raise TypeError(f"detection: expected DetectionSettings, got {type(detection).__name__}")
+        return self._finder.locate(images, landmarks, detection, face, argument)
+
+    def occlusion_of(self, occlusion: object, located: Located, argument: str = "occlusion") -> np.ndarray:
+        """(faces, 25) vectors for ``located``'s faces: the estimator's for ``"auto"``, else per image as given."""
+        if isinstance(occlusion, str) and occlusion == AUTO:
+            return self._occlusion(AUTO, located.batch, argument)
+        return located.per_face(prepare_occlusion(occlusion, located.images, argument))
 
     @property
     def folded_head(self) -> FoldedHead:
@@ -263,9 +334,7 @@ class Recognizer:
         """
         trunk = self._trunk_batcher()
         trunk.check_may_wait("Recognizer.features()")
-        if landmarks is not None:
-            images = self._align(images, landmarks)
-        batch = prepare_images(images, self.contract)
+        batch = self.locate(images, landmarks).batch
         none = np.zeros((len(batch), NUM_CELLS), dtype=np.float32)
         chunks = [
             trunk.submit(batch[i : i + self.max_batch], none[i : i + self.max_batch]).result()
@@ -285,9 +354,7 @@ class Recognizer:
 
         This is what ``occlusion="auto"`` uses wherever occlusion is accepted.
         """
-        if landmarks is not None:
-            images = self._align(images, landmarks)
-        return self._occlusion(AUTO, prepare_images(images, self.contract))
+        return self._occlusion(AUTO, self.locate(images, landmarks).batch)
 
     def direct_call(self, images: object, occlusion: object = None):
         """The engine's own call on these inputs, prepared once (for measuring the runtime's overhead)."""
@@ -298,26 +365,39 @@ class Recognizer:
 
     def verify(
         self,
-        image_a: np.ndarray,
-        image_b: np.ndarray,
+        image_a: object,
+        image_b: object,
         occlusion_a: object = None,
         occlusion_b: object = None,
         threshold: float | None = None,
+        face_a: int | str | None = LARGEST,
+        face_b: int | str | None = LARGEST,
+        detection: DetectionSettings | None = None,
     ) -> Verification:
         """Cosine score of two faces; the union of both faces' occluded cells masks both (PDSN).
 
+        Each image is an aligned crop or a photo; of a photo, ``face_a`` / ``face_b`` is compared: the
+        largest face by default, None for the only one, or an index as ``detect`` lists them.
         ``threshold``: the score at or above which ``match`` is True (None: ``match`` stays None).
         """
         check_real("threshold", threshold, -1.0, 1.0, optional=True)
         self._batcher.check_may_wait("Recognizer.verify()")
-        pair = [self._single(image_a, "image_a"), self._single(image_b, "image_b")]
+        sides = [
+            self.locate(image, None, detection, face, name)
+            for image, face, name in ((image_a, face_a, "image_a"), (image_b, face_b, "image_b"))
+        ]
+        for side, name in zip(sides, ("image_a", "image_b")):
+            if len(side.batch) != 1:
+                raise ValueError(f"{name}: expected one face, got a batch of {len(side.batch)}")
         union = np.maximum(
-            self._occlusion(occlusion_a, pair[0][None], "occlusion_a"),
-            self._occlusion(occlusion_b, pair[1][None], "occlusion_b"),
+            self.occlusion_of(occlusion_a, sides[0], "occlusion_a"),
+            self.occlusion_of(occlusion_b, sides[1], "occlusion_b"),
         )
+        pair = np.concatenate([side.batch for side in sides])
         first, second = self.embed(pair, occlusion=np.repeat(union, 2, axis=0))
         score = float(np.dot(first, second) / max(np.linalg.norm(first) * np.linalg.norm(second), 1e-12))
-        return Verification(score, vector_to_cells(union[0]), None if threshold is None else score >= threshold)
+        found = [None if side.sources is None else side.sources[0].face for side in sides]
+        return Verification(score, vector_to_cells(union[0]), None if threshold is None else score >= threshold, *found)
 
     def close(self) -> None:
         """Run every accepted request, then release the backend. Later calls raise ``BatcherClosedError``.
@@ -375,23 +455,6 @@ class Recognizer:
                 self._trunk = _batcher_over(runner, spec.max_batch, spec.max_delay_ms, spec.queue_size, size)
                 self._batchers.append(self._trunk)
             return self._trunk
-
-    def _single(self, image: np.ndarray, argument: str) -> np.ndarray:
-        batch = prepare_images(image, self.contract, argument)
-        if len(batch) != 1:
-            raise ValueError(f"{argument}: expected one face, got a batch of {len(batch)}")
-        return batch[0]
-
-    def _align(self, images: object, landmarks: object) -> list[np.ndarray]:
-        if isinstance(images, np.ndarray) and images.ndim == 3:
-            images, landmarks = [images], [landmarks]
-        images, landmarks = list(images), list(landmarks)  # type: ignore[call-overload]
-        if len(images) != len(landmarks):
-            raise ValueError(f"landmarks: {len(landmarks)} landmark sets for {len(images)} images")
-        return [
-            align_face(image, points, argument=f"landmarks[{i}]")
-            for i, (image, points) in enumerate(zip(images, landmarks))
-        ]
 
 
 @dataclass(frozen=True)

@@ -17,17 +17,28 @@ import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
-from pdsn.model.bundle_format import ModelContract
-from pdsn.runtime.inputs import prepare_occlusion
+from pdsn.runtime.face_finder import ALL_FACES, Located
+from pdsn.runtime.photos import FaceSource
 from pdsn.serve import dispatch
 from pdsn.serve.dispatch import Deadline, in_pool
 from pdsn.serve.errors import identity_errors, input_errors
-from pdsn.serve.images import load_faces
-from pdsn.serve.payloads import EmbedRequest, EnrollRequest, IdentifyRequest, VerifyRequest, body_docs, read_body
+from pdsn.serve.images import aligned_by_landmarks, decode_files, has_photo
+from pdsn.serve.payloads import (
+    DetectRequest,
+    EmbedRequest,
+    EnrollRequest,
+    IdentifyRequest,
+    VerifyRequest,
+    body_docs,
+    read_body,
+)
 from pdsn.serve.responses import (
+    DetectResponse,
     EmbedResponse,
     EnrollResponse,
     ErrorAnswer,
+    FaceAnswer,
+    IdentifiedFace,
     IdentifyResponse,
     IdentityAnswer,
     IdentityList,
@@ -39,7 +50,7 @@ from pdsn.serve.state import ServeState
 
 MAX_PAGE = 1000
 # Served ahead of FastAPI's router (``pdsn.serve.fast_routes``); FastAPI documents them.
-BUSY_FACE_ROUTES = ("/v1/embed", "/v1/verify", "/v1/identify")
+BUSY_FACE_ROUTES = ("/v1/embed", "/v1/verify", "/v1/identify", "/v1/detect")
 # The most image data (aligned crops: a few kilobytes each) a request alone on the server decodes on the event loop.
 INLINE_DECODE_BYTES = 64 * 1024
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -53,6 +64,21 @@ def face_router(state: ServeState) -> APIRouter:
     config = state.config
 
     @router.post(
+        "/detect",
+        summary="Faces in a photo: box, score and five landmarks each",
+        responses={200: {"model": DetectResponse}},
+        openapi_extra=body_docs(DetectRequest),
+    )
+    async def detect(request: Request) -> Response:
+        recognizer = state.serving()
+        body = await read_body(request, DetectRequest, state.pool)
+        (image,) = await in_pool(state.pool, decode_files, [body.image], "image", config.max_pixels, True)
+        with input_errors("image", "min_face"):
+            found = await in_pool(state.pool, recognizer.detect, image, body.min_face)
+        faces = [_face(FaceSource(0, face)) for face in found]
+        return _json(DetectResponse, state, faces=faces, width=image.shape[1], height=image.shape[0])
+
+    @router.post(
         "/embed",
         summary="Embeddings of faces, each masked by its occluded cells",
         responses={200: {"model": EmbedResponse}},
@@ -62,20 +88,19 @@ def face_router(state: ServeState) -> APIRouter:
         recognizer = state.serving()
         body = await read_body(request, EmbedRequest, state.pool)
         deadline = Deadline.of(request, config.deadline_ms)
-        batch = await _decoded(
-            state,
-            body.images,
-            body.landmarks,
-            load_faces,
-            body.images,
-            "images",
-            recognizer.contract,
-            config.max_pixels,
-            body.landmarks,
+        images = await _decoded(
+            state, body.images, body.landmarks, decode_files, body.images, "images", config.max_pixels
         )
-        occlusion = await _cells(state, body.occlusion, batch, "occlusion")
-        result = await dispatch.embeddings(recognizer, batch, occlusion, deadline)
-        return _json(EmbedResponse, state, embeddings=result.tolist(), occluded_cells=_cell_lists(occlusion))
+        located = await _located(state, images, "images", body.landmarks, "landmarks", ALL_FACES, body)
+        occlusion = await _cells(state, body.occlusion, located, "occlusion")
+        result = await dispatch.embeddings(recognizer, located.batch, occlusion, deadline)
+        return _json(
+            EmbedResponse,
+            state,
+            embeddings=result.tolist(),
+            occluded_cells=_cell_lists(occlusion),
+            faces=None if located.sources is None else [_face(source) for source in located.sources],
+        )
 
     @router.post(
         "/verify",
@@ -87,18 +112,33 @@ def face_router(state: ServeState) -> APIRouter:
         recognizer = state.serving()
         body = await read_body(request, VerifyRequest, state.pool)
         deadline = Deadline.of(request, config.deadline_ms)
-        aligned = body.landmarks_a is not None or body.landmarks_b is not None
-        pair = await _decoded(
-            state, [body.image_a, body.image_b], aligned, _pair, body, recognizer.contract, config.max_pixels
-        )
+        sides = []
+        for side in ("a", "b"):
+            field, points = f"image_{side}", getattr(body, f"landmarks_{side}")
+            files = [getattr(body, field)]
+            image = await _decoded(state, files, points, decode_files, files, field, config.max_pixels, True)
+            landmarks = None if points is None else [points]
+            sides.append(
+                await _located(state, image, field, landmarks, f"landmarks_{side}", getattr(body, f"face_{side}"), body)
+            )
         union = np.maximum(
-            await _cells(state, body.occlusion_a, pair[:1], "occlusion_a"),
-            await _cells(state, body.occlusion_b, pair[1:], "occlusion_b"),
+            await _cells(state, body.occlusion_a, sides[0], "occlusion_a"),
+            await _cells(state, body.occlusion_b, sides[1], "occlusion_b"),
         )
+        pair = np.concatenate([side.batch for side in sides])
         first, second = await dispatch.embeddings(recognizer, pair, np.repeat(union, 2, axis=0), deadline)
         score = float(np.dot(first, second) / max(np.linalg.norm(first) * np.linalg.norm(second), 1e-12))
         match = None if body.threshold is None else score >= body.threshold
-        return _json(VerifyResponse, state, score=score, match=match, occluded_cells=_cell_lists(union)[0])
+        found = [None if side.sources is None else _face(side.sources[0]) for side in sides]
+        return _json(
+            VerifyResponse,
+            state,
+            score=score,
+            match=match,
+            occluded_cells=_cell_lists(union)[0],
+            face_a=found[0],
+            face_b=found[1],
+        )
 
     @router.post(
         "/identify",
@@ -110,32 +150,24 @@ def face_router(state: ServeState) -> APIRouter:
         gallery = state.serving_gallery()
         body = await read_body(request, IdentifyRequest, state.pool)
         deadline = Deadline.of(request, config.deadline_ms)
+        files = [body.image]
+        image = await _decoded(state, files, body.landmarks, decode_files, files, "image", config.max_pixels, True)
         landmarks = None if body.landmarks is None else [body.landmarks]
-        probe = await _decoded(
-            state,
-            [body.image],
-            landmarks,
-            load_faces,
-            [body.image],
-            "image",
-            state.recognizer.contract,
-            config.max_pixels,
-            landmarks,
-            single=True,
-        )
-        occlusion = await _cells(state, body.occlusion, probe, "occlusion")
-        features = await dispatch.features(state.recognizer, probe, deadline)
+        located = await _located(state, image, "image", landmarks, "landmarks", ALL_FACES, body)
+        occlusion = await _cells(state, body.occlusion, located, "occlusion")
+        features = await dispatch.features(state.recognizer, located.batch, deadline)
         with input_errors("occlusion", "k", "threshold"):
-            (result,) = await in_pool(
-                state.pool, gallery.identify_features, features, occlusion, body.k, body.threshold
+            results = await in_pool(state.pool, gallery.identify_features, features, occlusion, body.k, body.threshold)
+        if located.sources is None:
+            (result,) = results
+            return _json(IdentifyResponse, state, matches=_matches(result), occluded_cells=result.occluded_cells)
+        faces = [
+            IdentifiedFace.model_construct(
+                **_face(source).__dict__, matches=_matches(result), occluded_cells=result.occluded_cells
             )
-        matches = [
-            MatchAnswer(
-                identity=m.identity, score=m.score, face_id=m.face_id, occluded_cells=m.occluded_cells, exact=m.exact
-            )
-            for m in result.matches
+            for source, result in zip(located.sources, results)
         ]
-        return _json(IdentifyResponse, state, matches=matches, occluded_cells=result.occluded_cells)
+        return _json(IdentifyResponse, state, matches=None, occluded_cells=None, faces=faces)
 
     @router.post(
         "/identities",
@@ -148,11 +180,10 @@ def face_router(state: ServeState) -> APIRouter:
         gallery = state.serving_gallery()
         body = await read_body(request, EnrollRequest, state.pool)
         deadline = Deadline.of(request, config.deadline_ms)
-        faces = await in_pool(
-            state.pool, load_faces, body.images, "images", state.recognizer.contract, config.max_pixels, body.landmarks
-        )
-        occlusion = await _cells(state, body.occlusion, faces, "occlusion")
-        features = await dispatch.features(state.recognizer, faces, deadline)
+        images = await in_pool(state.pool, decode_files, body.images, "images", config.max_pixels)
+        located = await _located(state, images, "images", body.landmarks, "landmarks", body.face, body)
+        occlusion = await _cells(state, body.occlusion, located, "occlusion")
+        features = await dispatch.features(state.recognizer, located.batch, deadline)
         with identity_errors(body.identity), input_errors("identity", "metadata", "occlusion"):
             face_ids = await in_pool(
                 state.pool, gallery.enroll_features, body.identity, features, occlusion, body.metadata, body.replace
@@ -163,6 +194,7 @@ def face_router(state: ServeState) -> APIRouter:
             identity=body.identity,
             face_ids=face_ids,
             occluded_cells=_cell_lists(occlusion),
+            faces=None if located.sources is None else [_face(source) for source in located.sources],
             status=201,
         )
         answer.headers["Location"] = f"/v1/identities/{quote(body.identity, safe='')}"
@@ -192,20 +224,20 @@ def face_router(state: ServeState) -> APIRouter:
     return router
 
 
-async def _cells(state, value: object, faces: np.ndarray, field: str) -> np.ndarray:
-    """(count, 25) vectors from the request's cells; ``"auto"``: the bundle's estimator on ``faces``
-    (a 422 naming the field when the bundle has none)."""
+async def _cells(state, value: object, located: Located, field: str) -> np.ndarray:
+    """(faces, 25) vectors from the request's cells (per image, each face taking its image's); ``"auto"``: the
+    bundle's estimator on the faces (a 422 naming the field when the bundle has none)."""
     with input_errors(field):
         if isinstance(value, str) and value == "auto":
-            return await in_pool(state.pool, state.recognizer.estimate_occlusion, faces)
-        return prepare_occlusion(value, len(faces), field)
+            return await in_pool(state.pool, state.recognizer.occlusion_of, value, located, field)
+        return state.recognizer.occlusion_of(value, located, field)
 
 
 async def _decoded(
-    state: ServeState, files: list[bytes], aligned: object, call: Callable[..., np.ndarray], *args: Any, **kwargs: Any
-) -> np.ndarray:
+    state: ServeState, files: list[bytes], aligned: object, call: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Any:
     """``call(*args, **kwargs)``, which decodes ``files``, on the event loop when this request is the only one in
-    flight and its files are small crops (``aligned`` falsy: no landmarks); else on the thread pool.
+    flight and its files are small (``aligned`` falsy: no landmarks); else on the thread pool.
 
     Alone, the request would only wait for the hand-off: on an idle machine waking a pool thread and then
     the loop again takes about as long as decoding a crop. With others in flight the loop must not wait on
@@ -216,22 +248,47 @@ async def _decoded(
     return await in_pool(state.pool, call, *args, **kwargs)
 
 
-def _pair(body: VerifyRequest, contract: ModelContract, max_pixels: int) -> np.ndarray:
-    faces = []
-    for side in ("a", "b"):
-        points = getattr(body, f"landmarks_{side}")
-        faces.append(
-            load_faces(
-                [getattr(body, f"image_{side}")],
-                f"image_{side}",
-                contract,
-                max_pixels,
-                None if points is None else [points],
-                f"landmarks_{side}",
-                single=True,
-            )
+async def _located(
+    state: ServeState,
+    images: list[np.ndarray],
+    field: str,
+    landmarks: list | None,
+    landmarks_field: str,
+    face: int | str | None,
+    body: Any,
+) -> Located:
+    """The request's faces: aligned crops as they are (on the loop: no work), photos aligned by the client's
+    landmarks or by the faces the detector finds (on the thread pool)."""
+    single = field != "images"
+    contract = state.recognizer.contract
+    if landmarks is not None:
+        return await in_pool(state.pool, aligned_by_landmarks, images, landmarks, contract, landmarks_field, single)
+    with input_errors(field, "min_face", "face"):
+        if not has_photo(images, contract):
+            return state.recognizer.locate(images[0] if single else images, argument=field)
+        settings = body.detection()
+        return await in_pool(
+            state.pool, state.recognizer.locate, images[0] if single else images, None, settings, face, field
         )
-    return np.concatenate(faces)
+
+
+def _face(source: FaceSource) -> FaceAnswer:
+    face = source.face
+    return FaceAnswer.model_construct(
+        image=source.image,
+        box=[float(v) for v in face.box],
+        score=float(face.score),
+        landmarks=[[float(x), float(y)] for x, y in face.landmarks],
+    )
+
+
+def _matches(result) -> list[MatchAnswer]:
+    return [
+        MatchAnswer(
+            identity=m.identity, score=m.score, face_id=m.face_id, occluded_cells=m.occluded_cells, exact=m.exact
+        )
+        for m in result.matches
+    ]
 
 
 def _cell_lists(occlusion: np.ndarray) -> list[list[int]]:

@@ -1,7 +1,7 @@
 """Images as clients send them (base64 in JSON, or multipart files) -> the model's input batch.
 
-An image is the bytes of an image file: an aligned 112x96 crop, or a photo with its 5 landmarks,
-which is aligned here. A file over the pixel limit is refused from its header (413) before it is
+An image is the bytes of an image file: an aligned 112x96 (or 112x112) crop, or a photo, in which the
+bundle's detector finds the faces (or which is aligned by the 5 landmarks the client sends). A file over the pixel limit is refused from its header (413) before it is
 decoded; anything undecodable is a 422 naming the image.
 """
 
@@ -14,7 +14,9 @@ import numpy as np
 
 from pdsn.model.bundle_format import ModelContract
 from pdsn.runtime import decode_image
-from pdsn.runtime.inputs import prepare_images
+from pdsn.runtime.face_finder import Located
+from pdsn.runtime.inputs import prepare_images, to_model_layout, uint8_contract
+from pdsn.runtime.photos import is_photo
 from pdsn.runtime.preprocess import ImageTooLargeError, align_face
 from pdsn.serve.errors import ApiError, input_errors
 
@@ -39,38 +41,37 @@ def image_bytes(value: object) -> bytes:
     return data
 
 
-def load_faces(
-    files: list[bytes],
-    field: str,
-    contract: ModelContract,
-    max_pixels: int,
-    landmarks: list | None = None,
-    landmarks_field: str = "landmarks",
-    single: bool = False,
-) -> np.ndarray:
-    """Decode (and with ``landmarks``, align) every file into one batch in the model's input layout.
+def decode_files(files: list[bytes], field: str, max_pixels: int, single: bool = False) -> list[np.ndarray]:
+    """Each file as uint8 RGB; a file over the pixel limit is a 413 from its header, an undecodable one a 422.
 
     ``single``: one image sent as ``field`` itself, so errors name ``field``, not ``field[0]``.
     """
-    if landmarks is not None and len(landmarks) != len(files):
+    return [_decode(data, field if single else f"{field}[{i}]", max_pixels) for i, data in enumerate(files)]
+
+
+def aligned_by_landmarks(
+    images: list[np.ndarray], landmarks: list, contract: ModelContract, field: str, single: bool = False
+) -> Located:
+    """Photos aligned by the client's own landmarks (one set of 5 (x, y) points per image)."""
+    if len(landmarks) != len(images):
         raise ApiError(
             422,
-            f"{landmarks_field}: {len(landmarks)} landmark sets for {len(files)} images; send one set of 5 (x, y) "
-            f"points per image, or none for aligned 112x96 crops",
-            landmarks_field,
+            f"{field}: {len(landmarks)} landmark sets for {len(images)} images; send one set of 5 (x, y) "
+            f"points per image, or none to let the server find the faces",
+            field,
         )
     faces = []
-    for index, data in enumerate(files):
-        name = field if single else f"{field}[{index}]"
-        image = _decode(data, name, max_pixels)
-        if landmarks is not None:
-            points_name = landmarks_field if single else f"{landmarks_field}[{index}]"
-            with input_errors(points_name):
-                image = align_face(image, np.asarray(landmarks[index], dtype=np.float64), argument=points_name)
-        faces.append(image)
+    for index, image in enumerate(images):
+        points_name = field if single else f"{field}[{index}]"
+        with input_errors(points_name):
+            faces.append(align_face(image, np.asarray(landmarks[index], dtype=np.float64), argument=points_name))
     with input_errors(field):
-        batch = prepare_images(faces[0] if single else faces, _uint8_contract(contract), field)
-    return _model_layout(batch, contract)
+        batch = prepare_images(faces[0] if single else faces, uint8_contract(contract), field)
+    return Located(to_model_layout(batch, contract), None, len(images))
+
+
+def has_photo(images: list[np.ndarray], contract: ModelContract) -> bool:
+    return any(is_photo(image, contract) for image in images)
 
 
 def _decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
@@ -79,21 +80,3 @@ def _decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     except ValueError as exc:
         status = 413 if isinstance(exc, ImageTooLargeError) else 422
         raise ApiError(status, f"{name}: {exc}".replace("image bytes", "the image", 1), name) from None
-
-
-def _uint8_contract(contract: ModelContract) -> ModelContract:
-    """Decoded files are uint8 HxWx3 whatever the bundle takes; they are checked as such."""
-    if contract.image_layout == "nhwc-uint8":
-        return contract
-    return ModelContract(
-        image_layout="nhwc-uint8", height=contract.height, width=contract.width, channels=contract.channels
-    )
-
-
-def _model_layout(batch: np.ndarray, contract: ModelContract) -> np.ndarray:
-    """uint8 NHWC as the bundle takes it: as is, or normalised NCHW float32 for a float-input bundle."""
-    if contract.image_layout == "nhwc-uint8":
-        return batch
-    norm = contract.normalization
-    scaled = (batch.astype(np.float32) / np.float32(norm["scale"]) - np.float32(norm["mean"])) / np.float32(norm["std"])
-    return np.ascontiguousarray(scaled.transpose(0, 3, 1, 2))

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
 from starlette.datastructures import UploadFile
 
+from pdsn.runtime.photos import DetectionSettings
 from pdsn.serve.dispatch import in_pool
 from pdsn.serve.errors import ApiError
 from pdsn.serve.images import Upload, image_bytes
@@ -68,6 +69,28 @@ Occlusion = Annotated[
 ]
 # Five (x, y) points in the photo: left eye, right eye, nose tip, left and right mouth corners.
 Landmarks = list[list[float]]
+MinFace = Annotated[
+    float | None,
+    Field(ge=12, le=100_000, description="smallest face side looked for in photos, in pixels (default 20)"),
+]
+
+
+def _face_choice(value: object) -> object:
+    if value is None or value == "largest" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise ValueError(f"expected 'largest', a face index 0, 1, ... (as /v1/detect lists them) or null; got {value!r}")
+
+
+FaceChoice = Annotated[
+    object,
+    PlainValidator(_face_choice),
+    WithJsonSchema(
+        {
+            "anyOf": [{"const": "largest"}, {"type": "integer", "minimum": 0}, {"type": "null"}],
+            "description": 'which face of a photo: "largest", an index as /v1/detect lists them, or null for the only one',
+        }
+    ),
+]
 Threshold = Annotated[float | None, Field(ge=-1.0, le=1.0, description="match at or above this cosine score")]
 
 
@@ -75,13 +98,26 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class EmbedRequest(_Body):
+class _Photos(_Body):
+    min_face: MinFace = None
+
+    def detection(self) -> DetectionSettings | None:
+        return None if self.min_face is None else DetectionSettings(min_face=self.min_face)
+
+
+class DetectRequest(_Photos):
+    image: ImageFile
+
+
+class EmbedRequest(_Photos):
     images: list[ImageFile] = Field(min_length=1, max_length=MAX_IMAGES)
     occlusion: Occlusion = None
-    landmarks: list[Landmarks] | None = Field(None, description="one set of 5 (x, y) points per image (photos)")
+    landmarks: list[Landmarks] | None = Field(
+        None, description="your own detector's 5 (x, y) points, one set per image; without, faces are found"
+    )
 
 
-class VerifyRequest(_Body):
+class VerifyRequest(_Photos):
     image_a: ImageFile
     image_b: ImageFile
     occlusion_a: Occlusion = None
@@ -89,9 +125,11 @@ class VerifyRequest(_Body):
     threshold: Threshold = None
     landmarks_a: Landmarks | None = None
     landmarks_b: Landmarks | None = None
+    face_a: FaceChoice = "largest"
+    face_b: FaceChoice = "largest"
 
 
-class IdentifyRequest(_Body):
+class IdentifyRequest(_Photos):
     image: ImageFile
     occlusion: Occlusion = None
     k: int = Field(5, ge=1, le=MAX_K, strict=True)
@@ -99,13 +137,14 @@ class IdentifyRequest(_Body):
     landmarks: Landmarks | None = None
 
 
-class EnrollRequest(_Body):
+class EnrollRequest(_Photos):
     identity: str = Field(min_length=1, max_length=MAX_IDENTITY_LENGTH)
     images: list[ImageFile] = Field(min_length=1, max_length=MAX_IMAGES)
     occlusion: Occlusion = None
     metadata: dict | None = None
     landmarks: list[Landmarks] | None = None
     replace: bool = False
+    face: FaceChoice = None
 
 
 Body = TypeVar("Body", bound=_Body)
@@ -180,9 +219,9 @@ async def _value(value: UploadFile | str) -> Upload | str:
 
 
 def _json_field(name: str, text: str) -> object:
+    """A form field's JSON value; text that is not JSON is passed as it is (``-F occlusion=auto``), for the
+    model to accept or refuse by name."""
     try:
         return json.loads(text)
     except ValueError:
-        raise ApiError(
-            422, f"{name}: multipart form fields other than files and text fields hold JSON, got {text[:80]!r}", name
-        ) from None
+        return text

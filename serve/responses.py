@@ -10,10 +10,28 @@ class _Answer(BaseModel):
     precision: str = Field(description="the variant that answered: fp32, fp16 or int8")
 
 
+class FaceAnswer(BaseModel):
+    """A face the detector found in a photo."""
+
+    image: int = Field(description="which of the request's images (0 for a single image)")
+    box: list[float] = Field(description="x1, y1, x2, y2 in the photo's pixels")
+    score: float = Field(description="the detector's face probability")
+    landmarks: list[list[float]] = Field(
+        description="5 (x, y) points: left eye, right eye, nose tip, left and right mouth corners"
+    )
+
+
+class DetectResponse(_Answer):
+    faces: list[FaceAnswer] = Field(description="every face of at least min_face pixels, highest score first")
+    width: int
+    height: int
+
+
 class EmbedResponse(_Answer):
-    embeddings: list[list[float]]
-    occluded_cells: list[list[int] | None] = Field(
-        description="per image, the cells that masked its embedding (null: chosen by the occlusion estimator)"
+    embeddings: list[list[float]] = Field(description="one per face: per aligned crop, or per face found in a photo")
+    occluded_cells: list[list[int] | None] = Field(description="per embedding, the cells that masked it")
+    faces: list[FaceAnswer] | None = Field(
+        None, description="per embedding, where its face was found (null when every image was an aligned crop)"
     )
 
 
@@ -21,6 +39,8 @@ class VerifyResponse(_Answer):
     score: float = Field(description="cosine similarity, both faces masked by the union of their cells")
     match: bool | None = Field(description="score >= threshold; null without a threshold")
     occluded_cells: list[int] = Field(description="the union of both faces' cells, which masked both")
+    face_a: FaceAnswer | None = Field(None, description="the face compared, when image_a was a photo")
+    face_b: FaceAnswer | None = Field(None, description="the face compared, when image_b was a photo")
 
 
 class MatchAnswer(BaseModel):
@@ -31,15 +51,26 @@ class MatchAnswer(BaseModel):
     exact: bool = Field(description="false: compared under a stored pattern covering the union")
 
 
-class IdentifyResponse(_Answer):
+class IdentifiedFace(FaceAnswer):
     matches: list[MatchAnswer]
-    occluded_cells: list[int] = Field(description="the probe's own cells")
+    occluded_cells: list[int] = Field(description="this face's own cells")
+
+
+class IdentifyResponse(_Answer):
+    matches: list[MatchAnswer] | None = Field(description="for an aligned crop; null for a photo (see faces)")
+    occluded_cells: list[int] | None = Field(description="the probe's own cells (aligned crop)")
+    faces: list[IdentifiedFace] | None = Field(
+        None, description="for a photo: every face found, each with its matches (null for an aligned crop)"
+    )
 
 
 class EnrollResponse(_Answer):
     identity: str
     face_ids: list[int]
     occluded_cells: list[list[int]]
+    faces: list[FaceAnswer | None] | None = Field(
+        None, description="per enrolled face, where it was found in its photo (null entries: aligned crops)"
+    )
 
 
 class IdentityList(BaseModel):

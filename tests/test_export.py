@@ -106,7 +106,15 @@ def test_manifest_records_contract_dictionary_hashes_and_provenance(tiny_bundle,
         REFERENCE_EMBEDDINGS,
         "head.npz",
         "trunk.onnx",
+        "detector/pnet.onnx",
+        "detector/rnet.onnx",
+        "detector/onet.onnx",
+        "detector/LICENSE",
+        "detector/conversion.json",
+        "reports/detector-reference.npz",
     }
+    assert manifest["detector"]["files"] == {net: f"detector/{net}.onnx" for net in ("pnet", "rnet", "onet")}
+    assert manifest["detector"]["contract"]["defaults"]["thresholds"] == [0.6, 0.7, 0.7]
     assert manifest["head"]["file"] == "head.npz" and manifest["variants"]["fp32"]["trunk"]["parity"]["passed"]
     for relative, entry in manifest["files"].items():
         assert entry["sha256"] == sha256_file(tiny_bundle / relative)

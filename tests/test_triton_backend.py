@@ -155,3 +155,32 @@ def test_the_service_fronts_the_triton_server(server, tiny_bundle, local, tmp_pa
         assert enrolled.status_code == 201, enrolled.text
         found = http.post("/v1/identify", json={"image": b64(faces[1]), "k": 1}).json()["matches"]
         assert found[0]["identity"] == "remote" and found[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_python_kind_runs_the_whole_photo_pipeline(server, local):
+    import tritonclient.grpc as grpcclient
+
+    from pdsn.bench.real_photos import group_photo
+
+    photo = group_photo().read_bytes()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inputs = [grpcclient.InferInput("photo", [1], "BYTES"), grpcclient.InferInput("min_face", [1], "FP32")]
+    inputs[0].set_data_from_numpy(np.array([photo], dtype=object))
+    inputs[1].set_data_from_numpy(np.array([60.0], np.float32))
+    answer = client.infer("pdsn_faces", inputs)
+    expected = local.detect(photo, min_face=60)
+    boxes, embeddings = answer.as_numpy("boxes"), answer.as_numpy("embedding")
+    assert boxes.shape == (len(expected), 4) and len(expected) == 6
+    np.testing.assert_allclose(boxes, [f.box for f in expected], atol=1e-3)
+    np.testing.assert_allclose(answer.as_numpy("landmarks"), [f.landmarks for f in expected], atol=1e-3)
+    reference = local.embed(photo, detection=_detection(60))
+    assert _cosine_min(embeddings, np.stack([f.embedding for f in reference])) >= 0.99999
+    inputs[0].set_data_from_numpy(np.array([b"not an image"], dtype=object))
+    with pytest.raises(Exception, match="pdsn faces model: ValueError"):
+        client.infer("pdsn_faces", inputs)
+
+
+def _detection(min_face: float):
+    from pdsn.runtime.photos import DetectionSettings
+
+    return DetectionSettings(min_face=min_face)

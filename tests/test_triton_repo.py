@@ -97,8 +97,19 @@ def test_python_kind_configs_bundle_copy_and_parameters(tiny_bundle, tmp_path):
     folders = write_repository(
         RepositoryRequest(tiny_bundle, repo, kind="python", model_name="face", instances=2, max_queue_delay_us=500)
     )
-    assert [f.name for f in folders] == ["face", "face_features"]
+    assert [f.name for f in folders] == ["face", "face_features", "face_faces"]
     embedding, features = _config(repo / "face"), _config(repo / "face_features")
+    faces = _config(repo / "face_faces")
+    assert faces.backend == "python" and faces.max_batch_size == 0 and not faces.HasField("dynamic_batching")
+    assert _io(faces) == {
+        "photo": ("TYPE_STRING", [1]),
+        "min_face": ("TYPE_FP32", [1]),
+        "boxes": ("TYPE_FP32", [-1, 4]),
+        "scores": ("TYPE_FP32", [-1]),
+        "landmarks": ("TYPE_FP32", [-1, 5, 2]),
+        "embedding": ("TYPE_FP32", [-1, 512]),
+    }
+    assert faces.parameters["pdsn_role"].string_value == "faces"
     for config in (embedding, features):
         assert config.backend == "python" and config.max_batch_size == 64
         assert list(config.dynamic_batching.preferred_batch_size) == [1, 2, 4, 8, 16, 32, 64]
@@ -161,3 +172,22 @@ def test_refusals_name_what_to_change(tiny_bundle, tmp_path):
         write_repository(RepositoryRequest(tiny_bundle, tmp_path / "r"))
     with pytest.raises(SystemExit):
         _cli("triton-repo", "--bundle", str(tiny_bundle), "--out", str(tmp_path / "x"), "--kind", "tensorflow")
+
+
+def test_platform_kinds_serve_the_detector_nets_for_a_client_side_cascade(tiny_bundle, tmp_path):
+    repo = tmp_path / "repo"
+    folders = write_repository(RepositoryRequest(tiny_bundle, repo, kind="onnxruntime", gpu=False))
+    assert [f.name for f in folders] == ["pdsn", "pdsn_features", "pdsn_pnet", "pdsn_rnet", "pdsn_onet"]
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    for net, side in (("pnet", -1), ("rnet", 24), ("onet", 48)):
+        config = _config(repo / f"pdsn_{net}")
+        assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 0
+        assert _io(config)["image"] == ("TYPE_FP32", [-1, 3, side, side])
+        assert (repo / f"pdsn_{net}" / "1" / "model.onnx").read_bytes() == (
+            tiny_bundle / "detector" / f"{net}.onnx"
+        ).read_bytes()
+        assert (
+            config.parameters["pdsn_model_sha256"].string_value == manifest["files"][f"detector/{net}.onnx"]["sha256"]
+        )
+    assert set(_io(_config(repo / "pdsn_onet"))) == {"image", "box_regression", "face_probability", "landmarks"}
+    assert "cascade" in (repo / "README.md").read_text()

@@ -6,9 +6,30 @@ import json
 from dataclasses import dataclass, field
 
 from pdsn.model.bundle_format import EMBEDDING_OUTPUT, FEATURES_OUTPUT, IMAGE_INPUT, OCCLUSION_INPUT, ModelContract
+from pdsn.model.detector_contract import (
+    BOX_OUTPUT,
+    LANDMARK_OUTPUT,
+    ONET_SIZE,
+    PROBABILITY_OUTPUT,
+    RNET_SIZE,
+)
+from pdsn.model.detector_contract import IMAGE_INPUT as DETECTOR_IMAGE_INPUT
+
+# The photo pipeline's tensors (python kind).
+PHOTO_INPUT = "photo"
+MIN_FACE_INPUT = "min_face"
+BOXES_OUTPUT = "boxes"
+SCORES_OUTPUT = "scores"
+LANDMARKS_OUTPUT = "landmarks"
 
 # Triton's data types of the contract's numpy dtypes.
-TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32"}
+TRITON_TYPES = {
+    "uint8": "TYPE_UINT8",
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "int32": "TYPE_INT32",
+    "bytes": "TYPE_STRING",
+}
 INSTANCE_KINDS = ("KIND_GPU", "KIND_CPU")
 
 
@@ -23,7 +44,8 @@ class TensorConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """What one ``config.pbtxt`` says; ``text()`` writes it."""
+    """What one ``config.pbtxt`` says; ``text()`` writes it. ``max_batch_size`` 0: one request at a time, its
+    tensors' dims whole (no batch dimension), no dynamic batching."""
 
     name: str
     inputs: tuple[TensorConfig, ...]
@@ -43,9 +65,9 @@ class ModelConfig:
             raise ValueError("a Triton model config names exactly one of platform or backend")
         if self.instance_kind not in INSTANCE_KINDS:
             raise ValueError(f"instance kind {self.instance_kind!r} is not one of {INSTANCE_KINDS}")
-        if self.max_batch_size < 1 or self.instances < 1 or self.max_queue_delay_us < 0:
+        if self.max_batch_size < 0 or self.instances < 1 or self.max_queue_delay_us < 0:
             raise ValueError(
-                f"max_batch_size {self.max_batch_size} and instances {self.instances} must be >= 1, "
+                f"max_batch_size {self.max_batch_size} must be >= 0 and instances {self.instances} >= 1, "
                 f"max_queue_delay_us {self.max_queue_delay_us} >= 0"
             )
 
@@ -58,13 +80,14 @@ class ModelConfig:
             lines.append(f"backend: {_quoted(self.backend)}")
         lines.append(f"max_batch_size: {self.max_batch_size}")
         lines += _tensors("input", self.inputs) + _tensors("output", self.outputs)
-        lines += [
-            "dynamic_batching {",
-            *(f"  preferred_batch_size: {size}" for size in self.preferred_batch_sizes),
-            f"  max_queue_delay_microseconds: {self.max_queue_delay_us}",
-            "}",
-            f"instance_group [ {{ kind: {self.instance_kind} count: {self.instances} }} ]",
-        ]
+        if self.max_batch_size > 0:
+            lines += [
+                "dynamic_batching {",
+                *(f"  preferred_batch_size: {size}" for size in self.preferred_batch_sizes),
+                f"  max_queue_delay_microseconds: {self.max_queue_delay_us}",
+                "}",
+            ]
+        lines.append(f"instance_group [ {{ kind: {self.instance_kind} count: {self.instances} }} ]")
         for key, value in sorted(self.parameters.items()):
             lines.append(f"parameters {{ key: {_quoted(key)} value: {{ string_value: {_quoted(value)} }} }}")
         return "\n".join(lines) + "\n"
@@ -81,6 +104,38 @@ def embedding_tensors(contract: ModelContract) -> tuple[tuple[TensorConfig, ...]
 def features_tensors(contract: ModelContract) -> tuple[tuple[TensorConfig, ...], tuple[TensorConfig, ...]]:
     """The trunk model's: the image in, the feature map (C, H, W) before the mask out."""
     return (image_tensor(contract),), (TensorConfig(FEATURES_OUTPUT, "float32", tuple(contract.feature_shape)),)
+
+
+def faces_tensors(contract: ModelContract) -> tuple[tuple[TensorConfig, ...], tuple[TensorConfig, ...]]:
+    """The whole photo pipeline's (python kind, one photo per request): an encoded photo and the smallest face
+    side in; each face's box, score, landmarks and embedding out (no face: zero rows)."""
+    return (
+        (TensorConfig(PHOTO_INPUT, "bytes", (1,)), TensorConfig(MIN_FACE_INPUT, "float32", (1,))),
+        (
+            TensorConfig(BOXES_OUTPUT, "float32", (-1, 4)),
+            TensorConfig(SCORES_OUTPUT, "float32", (-1,)),
+            TensorConfig(LANDMARKS_OUTPUT, "float32", (-1, 5, 2)),
+            TensorConfig(EMBEDDING_OUTPUT, "float32", (-1, contract.embedding_size)),
+        ),
+    )
+
+
+def detector_tensors(net: str) -> tuple[tuple[TensorConfig, ...], tuple[TensorConfig, ...]]:
+    """One MTCNN net's whole tensors (served with max_batch_size 0: a client sends one pyramid level, or all
+    the crops of a stage, per request)."""
+    if net == "pnet":
+        return (
+            (TensorConfig(DETECTOR_IMAGE_INPUT, "float32", (-1, 3, -1, -1)),),
+            (
+                TensorConfig(BOX_OUTPUT, "float32", (-1, 4, -1, -1)),
+                TensorConfig(PROBABILITY_OUTPUT, "float32", (-1, -1, -1)),
+            ),
+        )
+    side = RNET_SIZE if net == "rnet" else ONET_SIZE
+    outputs = [TensorConfig(BOX_OUTPUT, "float32", (-1, 4)), TensorConfig(PROBABILITY_OUTPUT, "float32", (-1,))]
+    if net == "onet":
+        outputs.append(TensorConfig(LANDMARK_OUTPUT, "float32", (-1, 10)))
+    return (TensorConfig(DETECTOR_IMAGE_INPUT, "float32", (-1, 3, side, side)),), tuple(outputs)
 
 
 def image_tensor(contract: ModelContract) -> TensorConfig:

@@ -4,7 +4,8 @@ Triton's python backend imports this file in its stub process (which provides
 ``triton_python_backend_utils``); it is not imported by pdsn itself. Parameters come from the
 model's ``config.pbtxt``: ``bundle`` (relative to the version folder), ``precision``, ``backend``,
 ``device``, ``max_batch`` and ``pdsn_role`` (``embedding``: image, occlusion -> embedding;
-``features``: image -> the trunk's feature map).
+``features``: image -> the trunk's feature map; ``faces``: an encoded photo and the smallest face side
+-> each face's box, score, landmarks and embedding, one request at a time).
 
 One ``execute`` runs every request Triton's dynamic batcher handed it as one Recognizer call:
 the batcher has already waited for the batch to fill, so the faces go to the backend together
@@ -21,7 +22,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from pdsn.model.bundle_format import EMBEDDING_OUTPUT, FEATURES_OUTPUT, IMAGE_INPUT, OCCLUSION_INPUT
-from pdsn.runtime import Recognizer
+from pdsn.runtime import Recognizer, decode_image
+from pdsn.runtime.photos import DetectionSettings, FaceCountError
+from pdsn.triton_repo.configs import BOXES_OUTPUT, LANDMARKS_OUTPUT, MIN_FACE_INPUT, PHOTO_INPUT, SCORES_OUTPUT
 
 
 class TritonPythonModel:
@@ -41,6 +44,8 @@ class TritonPythonModel:
         )
 
     def execute(self, requests: list) -> list:
+        if self.role == "faces":
+            return [self._faces(request) for request in requests]
         images = [pb_utils.get_input_tensor_by_name(r, IMAGE_INPUT).as_numpy() for r in requests]
         batch = np.concatenate(images)
         try:
@@ -61,6 +66,30 @@ class TritonPythonModel:
             start += len(part)
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(output, rows)]))
         return responses
+
+    def _faces(self, request) -> object:
+        """Detect, align and embed every face of one photo; a bad photo fails this request alone."""
+        photo = pb_utils.get_input_tensor_by_name(request, PHOTO_INPUT).as_numpy().reshape(-1)
+        min_face = pb_utils.get_input_tensor_by_name(request, MIN_FACE_INPUT).as_numpy().reshape(-1)
+        try:
+            image = decode_image(bytes(photo[0]))
+            located = self.recognizer.locate(image, detection=DetectionSettings(min_face=float(min_face[0])))
+            embeddings = self.recognizer.embed(located.batch)
+            faces = [source.face for source in located.sources or []]
+        except FaceCountError as exc:  # no face in the photo: zero rows, not an error
+            if exc.found:
+                raise
+            faces, embeddings = [], np.zeros((0, self.recognizer.contract.embedding_size), np.float32)
+        except Exception as exc:
+            error = pb_utils.TritonError(f"pdsn faces model: {type(exc).__name__}: {exc}")
+            return pb_utils.InferenceResponse(output_tensors=[], error=error)
+        outputs = {
+            BOXES_OUTPUT: np.array([f.box for f in faces], np.float32).reshape(-1, 4),
+            SCORES_OUTPUT: np.array([f.score for f in faces], np.float32),
+            LANDMARKS_OUTPUT: np.array([f.landmarks for f in faces], np.float32).reshape(-1, 5, 2),
+            EMBEDDING_OUTPUT: np.asarray(embeddings, np.float32),
+        }
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()])
 
     def finalize(self) -> None:
         self.recognizer.close()

