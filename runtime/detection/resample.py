@@ -14,19 +14,25 @@ import numpy as np
 
 from pdsn.model.detector_contract import PIXEL_MEAN, PIXEL_SCALE
 
+LEVEL_ROWS = 128
 _MEAN = np.float32(PIXEL_MEAN)
 _SCALE = np.float32(PIXEL_SCALE)
 
 
 def integral_image(image: np.ndarray) -> np.ndarray:
-    """S (H + 1, W + 1, 3): S[r, c] is the exact sum of ``image[:r, :c]``, int32 where it cannot overflow."""
+    """S (H + 1, W + 1, 3): S[r, c] is the sum of ``image[:r, :c]``, modulo 2**32 while the whole image's
+    sum stays below it (up to 16.8 megapixels), else exact in int64.
+
+    Every sum taken from it is a difference of its entries, and a box's true sum is below 2**32, so the
+    wrapped uint32 differences are exact: half the memory of int64, which dominates detection's.
+    """
     height, width = image.shape[:2]
-    dtype = np.int32 if 255 * height * width < 2**31 else np.int64
+    dtype = np.uint32 if 255 * height * width < 2**32 else np.int64
     total = np.zeros((height + 1, width + 1, 3), dtype=dtype)
     total[1:, 1:] = image
     # In place over the whole array (the zero row and column included) is much faster than on a view.
-    np.cumsum(total, axis=0, out=total)
-    np.cumsum(total, axis=1, out=total)
+    np.cumsum(total, axis=0, dtype=dtype, out=total)
+    np.cumsum(total, axis=1, dtype=dtype, out=total)
     return total
 
 
@@ -44,16 +50,23 @@ def pooling_bounds(start: np.ndarray, length: np.ndarray, size: int) -> tuple[np
 
 
 def pyramid_level(total: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The whole image area-resampled to ``height`` x ``width``, normalised, float32 (1, 3, height, width)."""
+    """The whole image area-resampled to ``height`` x ``width``, normalised, float32 (1, 3, height, width).
+
+    Computed ``LEVEL_ROWS`` output rows at a time, so its temporaries stay small beside the integral image.
+    """
     rows = pooling_bounds(np.zeros(1), np.array([total.shape[0] - 1]), height)
     cols = pooling_bounds(np.zeros(1), np.array([total.shape[1] - 1]), width)
     (r0,), (r1,) = rows
     (c0,), (c1,) = cols
-    strips = np.take(total, r1, axis=0) - np.take(total, r0, axis=0)
-    sums = np.take(strips, c1, axis=1) - np.take(strips, c0, axis=1)
     counts_r = (r1 - r0).astype(np.float32)[:, None, None]
     counts_c = (c1 - c0).astype(np.float32)[None, :, None]
-    return _normalised(sums, counts_r, counts_c).transpose(2, 0, 1)[None]
+    level = np.empty((height, width, 3), np.float32)
+    for start in range(0, height, LEVEL_ROWS):
+        part = slice(start, start + LEVEL_ROWS)
+        strips = np.take(total, r1[part], axis=0) - np.take(total, r0[part], axis=0)
+        sums = np.take(strips, c1, axis=1) - np.take(strips, c0, axis=1)
+        level[part] = _normalised(sums, counts_r[part], counts_c)
+    return level.transpose(2, 0, 1)[None]
 
 
 def crops(total: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
