@@ -123,8 +123,8 @@ class VerifyRequest(_Photos):
     occlusion_a: Occlusion = None
     occlusion_b: Occlusion = None
     threshold: Threshold = None
-    landmarks_a: Landmarks | None = None
-    landmarks_b: Landmarks | None = None
+    landmarks_a: Landmarks | None = Field(None, description="your own detector's 5 (x, y) points in image_a")
+    landmarks_b: Landmarks | None = Field(None, description="your own detector's 5 (x, y) points in image_b")
     face_a: FaceChoice = "largest"
     face_b: FaceChoice = "largest"
 
@@ -134,7 +134,7 @@ class IdentifyRequest(_Photos):
     occlusion: Occlusion = None
     k: int = Field(5, ge=1, le=MAX_K, strict=True)
     threshold: Threshold = None
-    landmarks: Landmarks | None = None
+    landmarks: Landmarks | None = Field(None, description="your own detector's 5 (x, y) points in the image")
 
 
 class EnrollRequest(_Photos):
@@ -142,7 +142,9 @@ class EnrollRequest(_Photos):
     images: list[ImageFile] = Field(min_length=1, max_length=MAX_IMAGES)
     occlusion: Occlusion = None
     metadata: dict | None = None
-    landmarks: list[Landmarks] | None = None
+    landmarks: list[Landmarks] | None = Field(
+        None, description="your own detector's 5 (x, y) points, one set per image; without, faces are found"
+    )
     replace: bool = False
     face: FaceChoice = None
 

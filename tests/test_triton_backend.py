@@ -100,7 +100,7 @@ def test_a_server_that_is_down_at_open_is_named(tiny_bundle, protocol):
 
 
 def test_a_model_that_is_not_ready_is_named_with_the_ready_ones(server, tiny_bundle):
-    with pytest.raises(BackendUnavailableError, match=r"no ready model 'face'.*ready: pdsn, pdsn_features"):
+    with pytest.raises(BackendUnavailableError, match=r"no ready model 'face'.*ready: pdsn, pdsn_faces, pdsn_features"):
         _open(tiny_bundle, server, "grpc", model_name="face")
 
 
