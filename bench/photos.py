@@ -178,7 +178,9 @@ def photos_markdown(result: dict) -> str:
         "",
         f"Frames from {config['photo']}, cropped to the frame's aspect ratio and resized; minimum face "
         f"{config['min_face']:g} px, thresholds {list(DEFAULT_THRESHOLDS)}, scale step {DEFAULT_SCALE_FACTOR}. "
-        f"Figures rest on one photo of six people.",
+        f"Figures rest on one photo of six people; the faces column counts the detections (ours and "
+        f"facenet-pytorch's agree). Command: `pdsn bench --photos --min-face {config['min_face']:g} "
+        f"--seconds {config['seconds']:g}` (the bundle: {Path(result['bundle']).name}).",
         "",
         "## Detection (decoded frame in, faces out)",
         "",

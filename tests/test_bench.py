@@ -189,3 +189,21 @@ def test_gallery_benchmark_runs_exact_and_through_hnsw(tiny_bundle, tmp_path):
     assert all(math.isnan(s) or 0.0 <= s <= 100.0 for s in steal)
     text = gallery_markdown(result)
     assert "Through HNSW indexes" in text and "| 60 |" in text
+
+
+def test_photo_benchmark_times_detection_beside_facenet_pytorch_and_splits_the_path(tiny_bundle, tmp_path):
+    from pdsn.bench.photos import STAGES, PhotoBenchConfig, photos_markdown, run_photo_benchmark
+
+    config = PhotoBenchConfig(frames=((640, 480),), backends=("onnxruntime",), seconds=0.2, gallery_size=20)
+    result = run_photo_benchmark(tiny_bundle, config, tmp_path, progress=False)
+    (detection,) = result["detection"]
+    assert detection["faces"] == detection["peer"]["faces"] >= 6
+    assert detection["ratio"] == pytest.approx(
+        detection["ours"]["throughput_img_s"] / detection["peer"]["throughput_img_s"]
+    )
+    (path,) = result["path"]
+    assert path["faces"] == detection["faces"] and path["gallery_identities"] == 20 + path["faces"]
+    assert set(path["stages_ms"]) == set(STAGES) and path["total_ms"] == pytest.approx(sum(path["stages_ms"].values()))
+    assert [g["met"] for g in result["goals"]] == [detection["ratio"] >= 2.0]
+    text = photos_markdown(result)
+    assert "| 640x480 | onnxruntime |" in text and "pdsn bench --photos" in text
