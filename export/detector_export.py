@@ -168,6 +168,12 @@ def _export(net: nn.Module, name: str, outputs: tuple[str, ...], opset: int) -> 
     produced = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     if produced != opset:
         raise ValueError(f"opset {opset} was asked for, but torch.onnx produced opset {produced}")
+    # The exporter records each node's Python stack (with this checkout's file paths): drop it, so the
+    # files are the same bytes wherever they are converted.
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+    for value in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info, *proto.graph.initializer):
+        del value.metadata_props[:]
     proto.producer_name = "pdsn-deploy"
     proto.producer_version = ""
     proto.doc_string = f"MTCNN {name} (weights of facenet-pytorch's MTCNN)"
