@@ -37,6 +37,23 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--api-key-file", type=Path, help="require one of these keys (one per line) on every route but health and docs"
     )
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="listen on a non-loopback --host without --api-key-file (anyone who reaches the port may enroll)",
+    )
+    serve.add_argument(
+        "--allowed-hosts",
+        type=names,
+        default=(),
+        help="Host names the server answers to besides the loopback ones and --host, comma-separated ('*': any)",
+    )
+    serve.add_argument(
+        "--allowed-origins",
+        type=names,
+        default=(),
+        help="web origins (e.g. https://app.example.com) whose pages may enroll, identify and remove; default none",
+    )
     _batcher_options(serve)
     serve.add_argument(
         "--deadline-ms",
@@ -115,11 +132,20 @@ def _serve(args: argparse.Namespace) -> int:
         raise ServeExtraMissing(f"pdsn serve needs the serve extra ({exc}): pip install 'pdsn-deploy[serve]'") from None
     from pdsn.serve.config import ServeConfig
     from pdsn.serve.limits import load_api_keys
+    from pdsn.serve.origins import allowed_hosts, is_loopback
 
     if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
         raise ValueError("--ssl-certfile and --ssl-keyfile go together: give both for HTTPS, or neither")
     if not args.bundle.is_dir():
         raise FileNotFoundError(f"--bundle: {args.bundle} is not a bundle folder (made by `pdsn export`)")
+    if not is_loopback(args.host) and args.api_key_file is None and not args.insecure_no_auth:
+        raise ValueError(
+            f"--host {args.host} listens beyond this machine, and without --api-key-file anyone who reaches the port "
+            f"could enroll, identify and remove faces; give --api-key-file, or pass --insecure-no-auth if a "
+            f"firewall or proxy in front of it does the authentication"
+        )
+    if args.ssl_certfile is not None:
+        _check_tls(args.ssl_certfile, args.ssl_keyfile)
     config = ServeConfig(
         bundle=args.bundle,
         gallery=args.gallery,
@@ -137,6 +163,8 @@ def _serve(args: argparse.Namespace) -> int:
         api_keys=load_api_keys(args.api_key_file) if args.api_key_file else (),
         model_name=args.model_name,
         io_threads=args.io_threads,
+        allowed_hosts=allowed_hosts(args.host, args.allowed_hosts),
+        allowed_origins=args.allowed_origins,
     )
     failures: list[BaseException] = []
 
@@ -169,6 +197,22 @@ def _serve(args: argparse.Namespace) -> int:
     if failures:
         raise failures[0]
     return 0
+
+
+def _check_tls(certfile: Path, keyfile: Path) -> None:
+    """The certificate and key load together, or a message naming the file (not the ssl module's traceback)."""
+    import ssl
+
+    for flag, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        if not path.is_file():
+            raise FileNotFoundError(f"{flag}: no such file {str(path)!r}")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile}: they do not load as a PEM certificate and its "
+            f"private key ({exc.reason or exc}); check that the key is the certificate's, unencrypted PEM"
+        ) from None
 
 
 def _bench_serve(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """The ASGI app: one ``ServeState`` (recognizer, gallery, thread pool), the face API, KServe v2 and metrics.
 
-The service's own middleware wraps the FastAPI app from outside: access log and metrics, API keys,
-the body limit, then the routes that carry the load (``FastRoutes``: KServe inference, embed, verify,
+The service's own middleware wraps the FastAPI app from outside: access log and metrics, the Host and
+Origin checks (``pdsn.serve.origins``), API keys, the body limit, then the routes that carry the load (``FastRoutes``: KServe inference, embed, verify,
 identify), so their requests pass through none of FastAPI's own layers; every other request goes on
 to FastAPI.
 
@@ -30,9 +30,11 @@ from pdsn.serve.kserve import kserve_router
 from pdsn.serve.kserve_infer import infer_openapi, infer_routes
 from pdsn.serve.limits import ApiKeyMiddleware, BodyLimitMiddleware
 from pdsn.serve.metrics import ServeMetrics
+from pdsn.serve.origins import HostOriginMiddleware
 from pdsn.serve.state import ServeState
 
 logger = logging.getLogger("pdsn.serve")
+DOCS_ASSETS = "/docs/assets"
 
 
 def create_app(config: ServeConfig, on_load_failure: Callable[[BaseException], None] | None = None) -> ASGIApp:
@@ -56,7 +58,10 @@ def create_app(config: ServeConfig, on_load_failure: Callable[[BaseException], N
         summary="Occlusion-robust face recognition (PDSN): face API, KServe v2 inference protocol, metrics",
         version="1",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    _serve_docs(app)
     face = face_router(state)
     routers = [face, kserve_router(state)]
     for router in routers:
@@ -73,12 +78,33 @@ def create_app(config: ServeConfig, on_load_failure: Callable[[BaseException], N
     service = BodyLimitMiddleware(service, max_bytes=config.max_body_bytes)
     if config.api_keys:
         service = ApiKeyMiddleware(service, keys=config.api_keys)
+    service = HostOriginMiddleware(service, hosts=config.allowed_hosts, origins=config.allowed_origins)
     routes = [
         *fast,
         *(r for router in routers for r in router.routes),
         *(r for r in app.router.routes if hasattr(r, "path")),
     ]
     return AccessMiddleware(service, metrics=metrics, routes=routes)
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI with its script and styles served from the package (``swagger-ui-bundle``), so the
+    page works where no CDN can be reached."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title}: API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
 
 
 def _document(app: FastAPI, paths: dict) -> None:

@@ -12,6 +12,8 @@ DEFAULT_DEADLINE_MS = 10_000.0
 # The longest deadline a request may ask for (X-Deadline-Ms).
 MAX_DEADLINE_MS = 600_000.0
 MODEL_VERSION = "1"
+# The names a server answers to by default (pdsn.serve.origins): this machine's.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class ServeConfig:
     api_keys: tuple[str, ...] = ()
     model_name: str = "pdsn"
     io_threads: int = 4
+    # Host names the server answers to ("*": any) and web origins allowed to change state (serve/origins.py).
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.deadline_ms is not None and not 0 < self.deadline_ms <= MAX_DEADLINE_MS:

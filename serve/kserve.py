@@ -26,11 +26,17 @@ def kserve_router(state: ServeState) -> APIRouter:
     async def server_metadata() -> JSONResponse:
         return JSONResponse({"name": "pdsn-deploy", "version": _version(), "extensions": EXTENSIONS})
 
-    @router.get("/health/live", summary="Server live (200 while the process serves HTTP)")
+    @router.api_route(
+        "/health/live", methods=["GET", "HEAD"], summary="Server live (200 while the process serves HTTP)"
+    )
     async def live() -> JSONResponse:
         return JSONResponse({"live": True})
 
-    @router.get("/health/ready", summary="Server ready (200), or not yet / no longer (400, with the reason)")
+    @router.api_route(
+        "/health/ready",
+        methods=["GET", "HEAD"],
+        summary="Server ready (200), or not yet / no longer (400, with the reason)",
+    )
     async def ready() -> JSONResponse:
         return _readiness(state)
 
@@ -40,8 +46,12 @@ def kserve_router(state: ServeState) -> APIRouter:
         check_model(state, name, version)
         return JSONResponse(_metadata(state))
 
-    @router.get("/models/{name}/ready", summary="Model ready (200) or not (400)")
-    @router.get("/models/{name}/versions/{version}/ready", summary="Model version ready (200) or not (400)")
+    @router.api_route("/models/{name}/ready", methods=["GET", "HEAD"], summary="Model ready (200) or not (400)")
+    @router.api_route(
+        "/models/{name}/versions/{version}/ready",
+        methods=["GET", "HEAD"],
+        summary="Model version ready (200) or not (400)",
+    )
     async def model_ready(name: str, version: str | None = None) -> JSONResponse:
         check_model(state, name, version, loaded=False)
         return _readiness(state)

@@ -85,7 +85,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _header(scope, b"content-length")
+        declared = header_value(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(scope, receive, send, int(declared))
             return
@@ -115,23 +115,27 @@ class BodyLimitMiddleware:
         await refuse(scope, receive, send, 413, message, {"Connection": "close"})
 
 
-async def refuse(scope: Scope, receive: Receive, send: Send, status: int, message: str, headers: dict) -> None:
-    """Answer from a middleware, with the error body every route uses."""
+async def refuse(
+    scope: Scope, receive: Receive, send: Send, status: int, message: str, headers: dict, field: str | None = None
+) -> None:
+    """Answer from a middleware, with the error body every route uses (``field``: the input at fault)."""
     body = {"error": message, "request_id": scope.get("state", {}).get("request_id", "")}
+    if field is not None:
+        body["field"] = field
     await JSONResponse(body, status, headers=headers)(scope, receive, send)
 
 
 def _presented_key(scope: Scope) -> bytes | None:
-    authorization = _header(scope, b"authorization")
+    authorization = header_value(scope, b"authorization")
     if authorization is not None:
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
             return credentials.strip().encode("latin-1")
-    key = _header(scope, b"x-api-key")
+    key = header_value(scope, b"x-api-key")
     return key.strip().encode("latin-1") if key and key.strip() else None
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header_value(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
             return value.decode("latin-1")

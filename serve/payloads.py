@@ -14,9 +14,10 @@ from typing import Annotated, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
 from starlette.datastructures import UploadFile
 
+from pdsn.runtime.gallery.names import MAX_IDENTITY_LENGTH, checked_identity
 from pdsn.runtime.photos import DetectionSettings
 from pdsn.serve.dispatch import in_pool
 from pdsn.serve.errors import ApiError
@@ -27,7 +28,6 @@ MAX_IMAGES = 256
 INLINE_JSON_BYTES = 256 * 1024
 MAX_FORM_FIELDS = 32
 MAX_K = 1000
-MAX_IDENTITY_LENGTH = 256
 
 _CELLS_SCHEMA = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 24}}
 _OCCLUSION_HELP = (
@@ -138,7 +138,9 @@ class IdentifyRequest(_Photos):
 
 
 class EnrollRequest(_Photos):
-    identity: str = Field(min_length=1, max_length=MAX_IDENTITY_LENGTH)
+    identity: Annotated[str, AfterValidator(checked_identity)] = Field(
+        description=f"the person's name: at most {MAX_IDENTITY_LENGTH} characters, NFC, no control or format characters"
+    )
     images: list[ImageFile] = Field(min_length=1, max_length=MAX_IMAGES)
     occlusion: Occlusion = None
     metadata: dict | None = None

@@ -31,7 +31,9 @@ class ServeState:
         self.model_id = ""
         self.pool = ThreadPoolExecutor(config.io_threads, thread_name_prefix="pdsn-serve-io")
         self._phase = "loading"
-        self._reason = f"loading the bundle {config.bundle}"
+        # Reasons are answered to anyone (health, 503s): they never name a path; the log does.
+        self._reason = "loading the bundle"
+        logger.info("loading the bundle %s", config.bundle)
         # HTTP requests being answered, counted by the access middleware on the event loop.
         self.requests_in_flight = 0
 
@@ -51,7 +53,8 @@ class ServeState:
         try:
             gallery = None
             if config.gallery is not None:
-                self._reason = f"opening the gallery {shown_location(config.gallery)}"
+                self._reason = "opening the gallery"
+                logger.info("opening the gallery %s", shown_location(config.gallery))
                 gallery = Gallery.open(config.gallery, recognizer, create=True, ann_min_faces=config.ann_min_faces)
                 self._reason = "computing the gallery's warm patterns"
                 gallery.warm()
@@ -69,7 +72,7 @@ class ServeState:
 
     def failed(self, exc: BaseException) -> None:
         self._phase = "failed"
-        self._reason = f"loading failed: {exc}"
+        self._reason = f"loading failed ({type(exc).__name__}); the server log says why"
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why not)."""

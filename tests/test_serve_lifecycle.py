@@ -147,7 +147,7 @@ def test_a_bug_is_a_bare_500_with_the_request_id(tiny_bundle, caplog):
 
     async def call() -> httpx.Response:
         transport = httpx.ASGITransport(app=AccessMiddleware(broken, ServeMetrics(state), []))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             return await client.get("/v1/anything")
 
     state = ServeState(ServeConfig(bundle=tiny_bundle))
@@ -175,7 +175,7 @@ def test_a_bug_in_any_route_is_one_logged_500_with_the_request_id(tiny_bundle, c
     monkeypatch.setattr(ServeState, "serving", broken)
 
     async def call() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
             if path.startswith("/v2/health"):
                 return await client.get(path)
             return await client.post(path, json={"images": []})

@@ -149,3 +149,10 @@ def _settings():
     from pdsn.runtime.photos import DetectionSettings
 
     return DetectionSettings(min_face=MIN_FACE)
+
+
+def test_identity_names_that_display_as_something_else_are_422(client, group):
+    for name, shown in (("ali\u200bce", "U+200B"), ("\u202eecila", "U+202E"), ("Zoe\u0308", "NFC")):
+        answer = client.post("/v1/identities", json={"identity": name, "images": [_b64(group)], "face": "largest"})
+        assert answer.status_code == 422 and answer.json()["field"] == "identity", answer.text
+        assert shown in answer.json()["error"]

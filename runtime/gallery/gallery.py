@@ -29,6 +29,7 @@ import numpy as np
 from pdsn.model.folded_head import HeadSlice
 from pdsn.runtime.detection import DetectedFace
 from pdsn.runtime.gallery.ann import PatternIndex
+from pdsn.runtime.gallery.names import checked_identity, stored_name
 from pdsn.runtime.gallery.patterns import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_WARM_PATTERNS,
@@ -57,7 +58,6 @@ FEATURE_DTYPES = ("float16", "float32")
 CANDIDATES_PER_MATCH = 16
 # Head weights gathered per pattern (up to 42 MB each for LResNet50E-IR), least recently used out beyond this.
 SLICE_BUDGET_BYTES = 512 << 20
-MAX_IDENTITY_LENGTH = 256
 _SCHEMES = re.compile(r"^(postgres|postgresql)://")
 
 
@@ -242,7 +242,7 @@ class Gallery:
         self._check_open()
         if not enrollments:
             return []
-        names = [_identity(e.identity) for e in enrollments]
+        names = [checked_identity(e.identity) for e in enrollments]
         if len(set(names)) != len(names):
             raise ValueError(f"enroll_batch: identities repeat ({sorted(n for n in set(names) if names.count(n) > 1)})")
         metadata = [_metadata(e.metadata) for e in enrollments]
@@ -295,7 +295,7 @@ class Gallery:
     def remove(self, identity: str) -> None:
         """Remove ``identity`` and all its faces (UnknownIdentityError if it is not enrolled)."""
         self._check_open()
-        name = _identity(identity)
+        name = stored_name(identity)
         with self._lock:
             self._store.remove_identity(name)
             self._forget(lambda face_identity: face_identity == name)
@@ -307,7 +307,7 @@ class Gallery:
 
     def metadata(self, identity: str) -> dict:
         self._check_open()
-        return self._store.metadata(_identity(identity))
+        return self._store.metadata(stored_name(identity))
 
     @property
     def location(self) -> str:
@@ -702,16 +702,6 @@ def _one_pattern(occlusion: object) -> bool:
     if isinstance(occlusion, np.ndarray):
         return occlusion.ndim == 1
     return all(not isinstance(item, (list, tuple, set, frozenset, np.ndarray)) for item in occlusion)  # type: ignore[union-attr]
-
-
-def _identity(identity: object) -> str:
-    if not isinstance(identity, str) or not identity.strip():
-        raise ValueError(f"identity must be a non-empty string, got {identity!r}")
-    if len(identity) > MAX_IDENTITY_LENGTH or any(ord(c) < 32 for c in identity):
-        raise ValueError(
-            f"identity must be at most {MAX_IDENTITY_LENGTH} printable characters, got {len(identity)} characters"
-        )
-    return identity
 
 
 def _metadata(metadata: object) -> dict:
