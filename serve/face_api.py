@@ -49,6 +49,7 @@ from pdsn.serve.responses import (
 from pdsn.serve.state import ServeState
 
 MAX_PAGE = 1000
+MAX_OFFSET = 2**62  # within every store's integer range
 # Served ahead of FastAPI's router (``pdsn.serve.fast_routes``); FastAPI documents them.
 BUSY_FACE_ROUTES = ("/v1/embed", "/v1/verify", "/v1/identify", "/v1/detect")
 # The most image data (aligned crops: a few kilobytes each) a request alone on the server decodes on the event loop.
@@ -201,7 +202,9 @@ def face_router(state: ServeState) -> APIRouter:
         return answer
 
     @router.get("/identities", summary="Enrolled identities, sorted, a page at a time", response_model=IdentityList)
-    async def identities(offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=MAX_PAGE)) -> IdentityList:
+    async def identities(
+        offset: int = Query(0, ge=0, le=MAX_OFFSET), limit: int = Query(100, ge=1, le=MAX_PAGE)
+    ) -> IdentityList:
         gallery = state.serving_gallery()
         names = await in_pool(state.pool, gallery.identities, offset, limit)
         total = await in_pool(state.pool, len, gallery)

@@ -16,6 +16,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
 
 from pdsn.runtime.gallery.names import MAX_IDENTITY_LENGTH, checked_identity
 from pdsn.runtime.photos import DetectionSettings
@@ -71,7 +72,9 @@ Occlusion = Annotated[
 Landmarks = list[list[float]]
 MinFace = Annotated[
     float | None,
-    Field(ge=12, le=100_000, description="smallest face side looked for in photos, in pixels (default 20)"),
+    Field(
+        ge=12, le=100_000, strict=True, description="smallest face side looked for in photos, in pixels (default 20)"
+    ),
 ]
 
 
@@ -91,7 +94,9 @@ FaceChoice = Annotated[
         }
     ),
 ]
-Threshold = Annotated[float | None, Field(ge=-1.0, le=1.0, description="match at or above this cosine score")]
+Threshold = Annotated[
+    float | None, Field(ge=-1.0, le=1.0, strict=True, description="match at or above this cosine score")
+]
 
 
 class _Body(BaseModel):
@@ -147,7 +152,7 @@ class EnrollRequest(_Photos):
     landmarks: list[Landmarks] | None = Field(
         None, description="your own detector's 5 (x, y) points, one set per image; without, faces are found"
     )
-    replace: bool = False
+    replace: bool = Field(False, strict=True)
     face: FaceChoice = None
 
 
@@ -200,7 +205,15 @@ async def read_body(request: Request, model: type[Body], pool: Executor) -> Body
 
 
 async def _form(request: Request, model: type[_Body]) -> dict:
-    form = await request.form(max_files=MAX_IMAGES, max_fields=MAX_FORM_FIELDS)
+    try:
+        form = await request.form(max_files=MAX_IMAGES, max_fields=MAX_FORM_FIELDS)
+    except (MultiPartException, KeyError, ValueError) as exc:  # KeyError: a Content-Type without its boundary
+        raise ApiError(
+            400,
+            f"body: not a well-formed multipart/form-data body ({type(exc).__name__}: {exc}); send the fields and "
+            f"files as a multipart form with its boundary, or the request as JSON",
+            "body",
+        ) from None
     data = {}
     for name in dict.fromkeys(form.keys()):
         values = [await _value(v) for v in form.getlist(name)]
@@ -229,3 +242,5 @@ def _json_field(name: str, text: str) -> object:
         return json.loads(text)
     except ValueError:
         return text
+    except RecursionError:
+        raise ApiError(422, f"{name}: its JSON nests too deeply for any field of this API", name) from None

@@ -53,7 +53,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     """The inference request in ``body``: JSON, or with ``header_length`` JSON then binary tensors."""
     size = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > size:
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > size:
             raise protocol_error(
                 f"Inference-Header-Content-Length is {header_length!r}, expected the JSON header's size in bytes "
                 f"(at most the body's {size})"
@@ -63,6 +63,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         request = json.loads(body[:size])
     except (ValueError, UnicodeDecodeError) as exc:
         raise protocol_error(f"the inference request is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise protocol_error("the inference request's JSON nests too deeply to be a KServe v2 request") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise protocol_error('the inference request must be a JSON object with a non-empty "inputs" list')
     binary = memoryview(body)[size:]
@@ -129,7 +131,7 @@ def _input(tensor: object, index: int, binary: memoryview) -> tuple[str, np.ndar
     size = parameters.get("binary_data_size")
     if size is not None:
         expected = count * dtype.itemsize
-        if size != expected or size > len(binary):
+        if isinstance(size, bool) or not isinstance(size, int) or size != expected or size > len(binary):
             raise protocol_error(
                 f"input {name!r}: binary_data_size {size!r}, but {datatype} {shape} takes {expected} bytes and "
                 f"{len(binary)} remain in the body",
