@@ -252,6 +252,12 @@ class DynamicBatcher:
             self._arrived.notify()
         return future
 
+    def room(self) -> int:
+        """How many faces the queue takes now (requests cancelled while queued do not count)."""
+        with self._lock:
+            self._drop_cancelled()
+            return self.queue_size - self._queued_faces
+
     def stop(self) -> None:
         """Refuse new work and return at once; the worker runs everything already accepted, then stops."""
         with self._lock:

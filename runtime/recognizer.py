@@ -204,6 +204,15 @@ class Recognizer:
             trunk = self._trunk
         return None if trunk is None else trunk.stats(reset)
 
+    @property
+    def queue_size(self) -> int:
+        """The most faces the batcher holds queued; a caller's request of more can never be admitted whole."""
+        return self._batcher.queue_size
+
+    def queue_room(self, features: bool = False) -> int:
+        """Faces the batcher (``features``: the trunk's) takes now, for callers that admit requests whole."""
+        return (self._trunk_batcher() if features else self._batcher).room()
+
     def health(self) -> BatcherHealth:
         """Whether this Recognizer serves requests (e.g. for a readiness probe), and why not when it does not."""
         return self._batcher.health()

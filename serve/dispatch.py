@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from fastapi import Request
 
-from pdsn.runtime import DeadlineExceededError, Recognizer
+from pdsn.runtime import DeadlineExceededError, QueueFullError, Recognizer
 from pdsn.serve.config import MAX_DEADLINE_MS
 from pdsn.serve.errors import ApiError, input_errors
 
@@ -83,6 +83,7 @@ async def embeddings(
 
     ``occlusion``: (N, 25) vectors, or ``"auto"``, passed to the runtime as is.
     """
+    admit(recognizer, len(batch), features=False)
     futures = []
     try:
         for start in range(0, len(batch), recognizer.max_batch):
@@ -98,6 +99,7 @@ async def embeddings(
 
 async def features(recognizer: Recognizer, batch: np.ndarray, deadline: Deadline) -> np.ndarray:
     """(N, F) trunk features of a prepared batch (for the gallery), in requests of at most ``max_batch`` faces."""
+    admit(recognizer, len(batch), features=True)
     futures = []
     try:
         for start in range(0, len(batch), recognizer.max_batch):
@@ -107,6 +109,22 @@ async def features(recognizer: Recognizer, batch: np.ndarray, deadline: Deadline
         _cancel(futures)
         raise
     return await _gathered(futures, deadline)
+
+
+def admit(recognizer: Recognizer, faces: int, features: bool) -> None:
+    """Admit a request's faces whole or not at all: 413 for more than the queue can ever hold, 429 (the
+    batcher's ``QueueFullError``) when it cannot take them all now. Its chunks are then submitted without
+    a pause, and the batcher's worker only frees room meanwhile, so every chunk fits."""
+    if faces > recognizer.queue_size:
+        raise ApiError(
+            413,
+            f"this request holds {faces} faces, more than this server's queue ever holds ({recognizer.queue_size}, "
+            f"its --queue-size); send at most {recognizer.queue_size} faces per request",
+            "images",
+        )
+    room = recognizer.queue_room(features)
+    if faces > room:
+        raise QueueFullError(f"the queue has room for {room} of the request's {faces} faces now; retry shortly")
 
 
 async def _gathered(futures: list[Future], deadline: Deadline) -> np.ndarray:
