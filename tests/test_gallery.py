@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -364,3 +365,30 @@ def test_an_hnsw_index_finds_the_exact_matches_of_warm_patterns(tmp_path, recogn
             assert "person-01" not in {m.identity for m in got}
     with pytest.raises(ValueError, match="ann_min_faces"):
         Gallery.open(tmp_path / "g.db", recognizer, ann_min_faces=0)
+
+
+def _foreign_database(path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        db.execute("INSERT INTO users (name) VALUES ('someone')")
+    sqlite3.connect(path).close()
+
+
+@pytest.mark.parametrize(
+    ("make", "found"),
+    [
+        (_foreign_database, "another application's SQLite database (tables: users)"),
+        (lambda path: path.write_bytes(b""), "an empty (0-byte) file"),
+        (lambda path: path.write_text("name,face\n"), "a file that is not an SQLite database"),
+    ],
+)
+def test_a_file_that_is_not_a_gallery_is_refused_untouched(recognizer, tmp_path, make, found):
+    path = tmp_path / "app.db"
+    make(path)
+    before = path.read_bytes()
+    with pytest.raises(GalleryError, match=re.escape(f"{path} is {found}, not a pdsn gallery; it was left untouched")):
+        Gallery.open(path, recognizer, create=True)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]  # no -wal or -shm beside it

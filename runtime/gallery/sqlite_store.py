@@ -9,6 +9,7 @@ face's arrays carry a CRC-32 that is checked when they are read back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -17,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pdsn.runtime.gallery.records import (
+    GALLERY_FORMAT,
     DuplicateIdentityError,
     FaceRecord,
     GalleryError,
@@ -26,6 +28,8 @@ from pdsn.runtime.gallery.records import (
 )
 
 BUSY_TIMEOUT_MS = 10_000
+SQLITE_HEADER = b"SQLite format 3\x00"
+OWN_TABLES = {"meta", "identities", "faces", "sqlite_sequence", "sqlite_stat1"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS identities (
@@ -49,6 +53,28 @@ CREATE INDEX IF NOT EXISTS faces_by_identity ON faces(identity_id);
 """
 
 
+def _not_a_gallery(path: Path) -> str | None:
+    """What ``path`` holds when it is neither missing nor one of our galleries, read without changing it."""
+    if not path.exists():
+        return None
+    if path.stat().st_size == 0:
+        return "an empty (0-byte) file"
+    with path.open("rb") as handle:
+        if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            return "a file that is not an SQLite database"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            marker = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() if "meta" in tables else None
+    except sqlite3.DatabaseError as exc:
+        return f"an SQLite database that cannot be read ({exc})"
+    if tables - OWN_TABLES or not {"meta", "identities", "faces"} <= tables:
+        return f"another application's SQLite database (tables: {', '.join(sorted(tables)) or 'none'})"
+    if marker is not None and marker[0] != GALLERY_FORMAT:
+        return f"an SQLite database marked {marker[0]!r}"
+    return None
+
+
 class SqliteStore:
     """Faces and identities in one SQLite file; safe to share between threads and processes."""
 
@@ -60,6 +86,11 @@ class SqliteStore:
             raise GalleryError(f"gallery {self.path} is not a file")
         if not self.path.parent.is_dir():
             raise GalleryError(f"gallery {self.path}: the folder {self.path.parent} does not exist")
+        if (found := _not_a_gallery(self.path)) is not None:
+            raise GalleryError(
+                f"gallery {self.path} is {found}, not a pdsn gallery; it was left untouched. Point --gallery at a "
+                f"gallery file or at a path where none exists yet (a new gallery is created there)"
+            )
         self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
