@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from pdsn.runtime import Recognizer
-from pdsn.runtime.gallery import Gallery, shown_location
+from pdsn.runtime.gallery import Gallery, recorded_precision, shown_location
 from pdsn.serve.config import ServeConfig
 from pdsn.serve.errors import ApiError, not_ready
 
@@ -40,11 +40,16 @@ class ServeState:
     def load(self) -> None:
         """Open the bundle (and the gallery), run a warm-up batch, then report ready."""
         config = self.config
+        precision = config.precision
+        if precision == "auto" and config.gallery is not None:
+            # The gallery's faces hold one variant's features: serve that one, not a faster one made since.
+            precision = recorded_precision(config.gallery) or precision
+            logger.info("serving precision %s (the gallery's)", precision)
         recognizer = Recognizer.open(
             config.bundle,
             backend=config.backend,
             device=config.device,
-            precision=config.precision,
+            precision=precision,
             max_batch=config.max_batch,
             max_delay_ms=config.max_delay_ms,
             queue_size=config.queue_size,

@@ -11,6 +11,7 @@ import pytest
 from serve_harness import ServerProcess, b64
 
 from pdsn.model.sample_faces import seeded_faces
+from pdsn.runtime import Recognizer
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +230,27 @@ def test_a_lone_request_decodes_small_crops_on_the_event_loop_and_anything_else_
         assert decoded_on(2, [crop], None).startswith("pool")  # another request in flight
         assert decoded_on(1, [crop], [[0.0, 0.0]] * 5).startswith("pool")  # a photo to align
         assert decoded_on(1, [b"x" * (INLINE_DECODE_BYTES + 1)], None).startswith("pool")
+
+
+def test_auto_precision_serves_the_galleries_precision(quantized, tmp_path):
+    """A bundle that gained INT8 after its gallery was enrolled at FP32: auto serves FP32, and opening the
+    gallery at INT8 names the flag that works."""
+    from pdsn.model.sample_faces import seeded_faces
+    from pdsn.runtime.gallery import Gallery, GalleryError
+    from pdsn.serve.config import ServeConfig
+    from pdsn.serve.state import ServeState
+
+    location = tmp_path / "g.db"
+    fp32 = Recognizer.open(quantized, backend="onnxruntime", precision="fp32")
+    with fp32, Gallery.open(location, fp32, create=True) as gallery:
+        gallery.enroll("alice", seeded_faces(1, seed=3))
+    with Recognizer.open(quantized, backend="onnxruntime") as auto:
+        assert auto.precision == "int8"
+        with pytest.raises(GalleryError, match=r"`pdsn serve --precision fp32`"):
+            Gallery.open(location, auto)
+    state = ServeState(ServeConfig(bundle=quantized, gallery=location, backend="onnxruntime"))
+    try:
+        state.load()
+        assert state.recognizer.precision == "fp32" and "alice" in state.gallery
+    finally:
+        state.close()

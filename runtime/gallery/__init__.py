@@ -1,6 +1,14 @@
 """1:N identification under the PDSN protocol: an occlusion-aware gallery of enrolled faces."""
 
-from pdsn.runtime.gallery.gallery import Enrollment, Gallery, GalleryStats, Identification, Match, shown_location
+from pdsn.runtime.gallery.gallery import (
+    Enrollment,
+    Gallery,
+    GalleryStats,
+    Identification,
+    Match,
+    recorded_precision,
+    shown_location,
+)
 from pdsn.runtime.gallery.patterns import DEFAULT_WARM_PATTERNS, CacheStats
 from pdsn.runtime.gallery.records import DuplicateIdentityError, GalleryError, UnknownIdentityError
 
@@ -15,5 +23,6 @@ __all__ = [
     "Identification",
     "Match",
     "UnknownIdentityError",
+    "recorded_precision",
     "shown_location",
 ]

@@ -624,10 +624,32 @@ def _bind(store: GalleryStore, recognizer, keep_features: bool, feature_dtype: s
         raise GalleryError(
             f"gallery {store.location} was enrolled with another model than this recognizer's:\n  "
             + "\n  ".join(problems)
-            + "\nOpen it with the bundle (and precision) it was enrolled with, or re-enroll the faces into a new "
-            "gallery with this bundle"
+            + "\nOpen it with the bundle (and precision) it was enrolled with"
+            + (
+                f" (here: precision={recorded.precision!r}, `pdsn serve --precision {recorded.precision}`)"
+                if recorded.precision != fingerprint.precision
+                else ""
+            )
+            + ", or re-enroll the faces into a new gallery with this bundle"
         )
     return settings
+
+
+def recorded_precision(location: str | Path) -> str | None:
+    """The trunk precision a gallery's faces were enrolled with; None for a gallery that does not exist yet
+    or records none. ``pdsn serve --precision auto`` serves that precision, so a bundle that gained a faster
+    variant after enrollment still opens its gallery."""
+    if not _is_database(location) and not Path(location).is_file():
+        return None
+    store = _open_store(location, create=False)
+    try:
+        meta = store.read_meta()
+    finally:
+        store.close()
+    try:
+        return str(json.loads(meta["fingerprint"])["precision"])
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def _is_database(location: object) -> bool:
