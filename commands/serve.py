@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import queue
 import signal
 import sys
-from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 
 from pdsn.commands.arguments import backend_options, bundle_options, gallery_location, names, numbers, positive
@@ -19,6 +17,7 @@ DEFAULT_PORT = 8000
 def add_serve_command(commands: argparse._SubParsersAction) -> None:
     """Register ``pdsn serve`` and ``pdsn bench-serve``."""
     from pdsn.runtime.recognizer import PRECISIONS
+    from pdsn.serve.access_log import DEFAULT_CAPACITY
     from pdsn.serve.config import DEFAULT_DEADLINE_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS
 
     serve = commands.add_parser(
@@ -74,6 +73,12 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
         type=positive,
         help="search the gallery's warm patterns through HNSW indexes once a group has this many faces (built "
         "before the server is ready; default: exact search)",
+    )
+    serve.add_argument(
+        "--access-log-buffer",
+        type=positive,
+        default=DEFAULT_CAPACITY,
+        help=f"access-log lines held for a slow reader of stdout; more are dropped and counted (default {DEFAULT_CAPACITY})",
     )
     serve.add_argument("--ssl-certfile", type=Path, help="serve HTTPS with this certificate (PEM)")
     serve.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM)")
@@ -172,7 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
         failures.append(exc)
         server.should_exit = True
 
-    access_log = _log_to_console(args.verbose)
+    access_log = _log_to_console(args.verbose, args.access_log_buffer)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config, on_load_failure=stop),
@@ -243,12 +248,15 @@ def _bench_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_to_console(verbose: bool) -> QueueListener:
-    """Access log: one JSON line per request on stdout, written by the returned listener's thread (so a
-    slow reader of stdout never stalls the event loop). Server messages go to stderr."""
-    records: queue.SimpleQueue = queue.SimpleQueue()
+def _log_to_console(verbose: bool, capacity: int):
+    """Access log: one JSON line per request on stdout, written by its own bounded thread (``BoundedAccessLog``),
+    so a slow or absent reader of stdout never stalls the event loop or grows memory. Server messages go to
+    stderr."""
+    from pdsn.serve.access_log import BoundedAccessLog
+
+    access_log = BoundedAccessLog(sys.stdout.fileno(), capacity)
     access = logging.getLogger("pdsn.serve.access")
-    access.handlers[:] = [_DeferredQueueHandler(records)]
+    access.handlers[:] = [access_log.handler]
     access.setLevel(logging.INFO)
     access.propagate = False
     errors = logging.StreamHandler(sys.stderr)
@@ -258,7 +266,7 @@ def _log_to_console(verbose: bool) -> QueueListener:
         logger.handlers[:] = [errors]
         logger.setLevel(logging.DEBUG if verbose else logging.INFO)
         logger.propagate = False
-    return QueueListener(records, logging.StreamHandler(sys.stdout))
+    return access_log
 
 
 def _port(text: str) -> int:
@@ -285,10 +293,3 @@ def _real(unit: str, zero: bool = True, below: float = math.inf):
         return value
 
     return parse
-
-
-class _DeferredQueueHandler(QueueHandler):
-    """Queues the record as it is, so the listener's thread formats it (the access line's JSON included)."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record

@@ -252,11 +252,18 @@ class DynamicBatcher:
             self._arrived.notify()
         return future
 
-    def room(self) -> int:
-        """How many faces the queue takes now (requests cancelled while queued do not count)."""
+    def check_room(self, faces: int) -> None:
+        """``QueueFullError`` (counted as a rejection) unless the queue takes ``faces`` more now, for callers
+        that submit one request's faces in several parts and want them admitted whole."""
         with self._lock:
             self._drop_cancelled()
-            return self.queue_size - self._queued_faces
+            room = self.queue_size - self._queued_faces
+            if faces > room:
+                self._counts["rejected"] += 1
+                raise QueueFullError(
+                    f"the queue holds {self._queued_faces} of {self.queue_size} faces and cannot take {faces} more "
+                    f"now; back off and retry"
+                )
 
     def stop(self) -> None:
         """Refuse new work and return at once; the worker runs everything already accepted, then stops."""

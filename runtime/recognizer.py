@@ -209,9 +209,10 @@ class Recognizer:
         """The most faces the batcher holds queued; a caller's request of more can never be admitted whole."""
         return self._batcher.queue_size
 
-    def queue_room(self, features: bool = False) -> int:
-        """Faces the batcher (``features``: the trunk's) takes now, for callers that admit requests whole."""
-        return (self._trunk_batcher() if features else self._batcher).room()
+    def check_room(self, faces: int, features: bool = False) -> None:
+        """``QueueFullError`` unless the batcher (``features``: the trunk's) takes ``faces`` more now: for callers
+        that submit one request in parts and admit it whole."""
+        (self._trunk_batcher() if features else self._batcher).check_room(faces)
 
     def health(self) -> BatcherHealth:
         """Whether this Recognizer serves requests (e.g. for a readiness probe), and why not when it does not."""

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from fastapi import Request
 
-from pdsn.runtime import DeadlineExceededError, QueueFullError, Recognizer
+from pdsn.runtime import DeadlineExceededError, Recognizer
 from pdsn.serve.config import MAX_DEADLINE_MS
 from pdsn.serve.errors import ApiError, input_errors
 
@@ -122,9 +122,7 @@ def admit(recognizer: Recognizer, faces: int, features: bool) -> None:
             f"its --queue-size); send at most {recognizer.queue_size} faces per request",
             "images",
         )
-    room = recognizer.queue_room(features)
-    if faces > room:
-        raise QueueFullError(f"the queue has room for {room} of the request's {faces} faces now; retry shortly")
+    recognizer.check_room(faces, features)
 
 
 async def _gathered(futures: list[Future], deadline: Deadline) -> np.ndarray:

@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from pdsn.runtime.gallery import GalleryError
+from pdsn.serve.access_log import access_log_dropped
 from pdsn.serve.state import ServeState
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -65,6 +66,11 @@ class RuntimeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         ready, _ = self.state.readiness()
         yield GaugeMetricFamily("pdsn_ready", "1 when the server is ready to answer", value=float(ready))
+        yield CounterMetricFamily(
+            "pdsn_access_log_dropped",
+            "Access-log lines dropped because the log's reader fell behind (its queue was full)",
+            value=float(access_log_dropped()),
+        )
         recognizer = self.state.recognizer
         if recognizer is not None:
             yield from _batcher({"embedding": recognizer.stats(), "features": recognizer.features_stats()})
