@@ -18,7 +18,13 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     """Register ``pdsn serve`` and ``pdsn bench-serve``."""
     from pdsn.runtime.recognizer import PRECISIONS
     from pdsn.serve.access_log import DEFAULT_CAPACITY
-    from pdsn.serve.config import DEFAULT_DEADLINE_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS
+    from pdsn.serve.config import (
+        DEFAULT_DEADLINE_MS,
+        DEFAULT_MAX_BODY_BYTES,
+        DEFAULT_MAX_PIXELS,
+        DEFAULT_MAX_PIXELS_IN_FLIGHT,
+        DEFAULT_MAX_REQUEST_PIXELS,
+    )
 
     serve = commands.add_parser(
         "serve", help="HTTP service: face API (/v1), KServe v2 inference protocol (/v2), Prometheus /metrics"
@@ -65,6 +71,18 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument(
         "--max-pixels", type=positive, default=DEFAULT_MAX_PIXELS, help="larger images are refused unread (413)"
+    )
+    serve.add_argument(
+        "--max-request-pixels",
+        type=positive,
+        default=DEFAULT_MAX_REQUEST_PIXELS,
+        help=f"a request's images in all, from their headers (413 beyond; default {DEFAULT_MAX_REQUEST_PIXELS:,})",
+    )
+    serve.add_argument(
+        "--max-pixels-in-flight",
+        type=positive,
+        default=DEFAULT_MAX_PIXELS_IN_FLIGHT,
+        help=f"decoded pixels of all requests at once (503 beyond; default {DEFAULT_MAX_PIXELS_IN_FLIGHT:,})",
     )
     serve.add_argument("--model-name", default="pdsn", help="the model's name on /v2 (default pdsn)")
     serve.add_argument("--io-threads", type=positive, default=4, help="threads for decoding and the gallery")
@@ -165,6 +183,8 @@ def _serve(args: argparse.Namespace) -> int:
         deadline_ms=args.deadline_ms or None,
         max_body_bytes=args.max_body_bytes,
         max_pixels=args.max_pixels,
+        max_request_pixels=args.max_request_pixels,
+        max_pixels_in_flight=args.max_pixels_in_flight,
         api_keys=load_api_keys(args.api_key_file) if args.api_key_file else (),
         model_name=args.model_name,
         io_threads=args.io_threads,

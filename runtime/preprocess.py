@@ -58,6 +58,21 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
     return _decode(io.BytesIO(data), "image bytes", max_pixels)
 
 
+def declared_pixels(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image bytes") -> int:
+    """The pixel count an encoded image's header declares, read without decoding it; the same refusals as
+    ``decode_image`` for a file over ``max_pixels`` or one that is not an image."""
+    if not isinstance(data, (bytes, bytearray, memoryview)) or not data:
+        raise ValueError(f"{name}: expected the bytes of an encoded image file")
+    with _open(io.BytesIO(data), name, max_pixels) as image:
+        width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{name} is {width}x{height} (WxH) = {width * height:,} pixels, over the limit of {max_pixels:,}; "
+            f"refused before decoding. Downscale it"
+        )
+    return width * height
+
+
 def rgb_of_pil(image: Image.Image, name: str = "image") -> np.ndarray:
     """A PIL image as uint8 RGB (H, W, 3), upright, converted exactly as ``load_image`` converts a file."""
     if image.mode not in _SUPPORTED_MODES:

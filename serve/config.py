@@ -8,6 +8,9 @@ from pathlib import Path
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 # Far above any face photo; a decompression bomb is refused from its header, before decoding.
 DEFAULT_MAX_PIXELS = 16_000_000
+# Decoded pixels: one request's images in all, and every request in flight together (serve/limits.PixelBudget).
+DEFAULT_MAX_REQUEST_PIXELS = 4 * DEFAULT_MAX_PIXELS
+DEFAULT_MAX_PIXELS_IN_FLIGHT = 16 * DEFAULT_MAX_PIXELS
 DEFAULT_DEADLINE_MS = 10_000.0
 # The longest deadline a request may ask for (X-Deadline-Ms).
 MAX_DEADLINE_MS = 600_000.0
@@ -37,6 +40,8 @@ class ServeConfig:
     deadline_ms: float | None = DEFAULT_DEADLINE_MS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
+    max_pixels_in_flight: int = DEFAULT_MAX_PIXELS_IN_FLIGHT
     api_keys: tuple[str, ...] = ()
     model_name: str = "pdsn"
     io_threads: int = 4
@@ -49,7 +54,7 @@ class ServeConfig:
             raise ValueError(
                 f"deadline_ms must be in (0, {MAX_DEADLINE_MS:g}] milliseconds or None, got {self.deadline_ms!r}"
             )
-        for name in ("max_body_bytes", "max_pixels", "io_threads"):
+        for name in ("max_body_bytes", "max_pixels", "max_request_pixels", "max_pixels_in_flight", "io_threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")

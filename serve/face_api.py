@@ -22,7 +22,7 @@ from pdsn.runtime.photos import FaceSource
 from pdsn.serve import dispatch
 from pdsn.serve.dispatch import Deadline, in_pool
 from pdsn.serve.errors import identity_errors, input_errors
-from pdsn.serve.images import aligned_by_landmarks, decode_files, has_photo
+from pdsn.serve.images import aligned_by_landmarks, declared_sizes, decode_files, has_photo
 from pdsn.serve.payloads import (
     DetectRequest,
     EmbedRequest,
@@ -73,9 +73,11 @@ def face_router(state: ServeState) -> APIRouter:
     async def detect(request: Request) -> Response:
         recognizer = state.serving()
         body = await read_body(request, DetectRequest, state.pool)
-        (image,) = await in_pool(state.pool, decode_files, [body.image], "image", config.max_pixels, True)
-        with input_errors("image", "min_face"):
-            found = await in_pool(state.pool, recognizer.detect, image, body.min_face)
+        files = [body.image]
+        with state.pixels.hold(_declared(state, files, "image", True), "image"):
+            (image,) = await in_pool(state.pool, decode_files, files, "image", config.max_pixels, True)
+            with input_errors("image", "min_face"):
+                found = await in_pool(state.pool, recognizer.detect, image, body.min_face)
         faces = [_face(FaceSource(0, face)) for face in found]
         return _json(DetectResponse, state, faces=faces, width=image.shape[1], height=image.shape[0])
 
@@ -89,10 +91,7 @@ def face_router(state: ServeState) -> APIRouter:
         recognizer = state.serving()
         body = await read_body(request, EmbedRequest, state.pool)
         deadline = Deadline.of(request, config.deadline_ms)
-        images = await _decoded(
-            state, body.images, body.landmarks, decode_files, body.images, "images", config.max_pixels
-        )
-        located = await _located(state, images, "images", body.landmarks, "landmarks", ALL_FACES, body)
+        located = await _faces_of(state, body.images, "images", body.landmarks, "landmarks", ALL_FACES, body)
         occlusion = await _cells(state, body.occlusion, located, "occlusion")
         result = await dispatch.embeddings(recognizer, located.batch, occlusion, deadline)
         return _json(
@@ -116,11 +115,10 @@ def face_router(state: ServeState) -> APIRouter:
         sides = []
         for side in ("a", "b"):
             field, points = f"image_{side}", getattr(body, f"landmarks_{side}")
-            files = [getattr(body, field)]
-            image = await _decoded(state, files, points, decode_files, files, field, config.max_pixels, True)
             landmarks = None if points is None else [points]
+            face = getattr(body, f"face_{side}")
             sides.append(
-                await _located(state, image, field, landmarks, f"landmarks_{side}", getattr(body, f"face_{side}"), body)
+                await _faces_of(state, [getattr(body, field)], field, landmarks, f"landmarks_{side}", face, body)
             )
         union = np.maximum(
             await _cells(state, body.occlusion_a, sides[0], "occlusion_a"),
@@ -151,10 +149,8 @@ def face_router(state: ServeState) -> APIRouter:
         gallery = state.serving_gallery()
         body = await read_body(request, IdentifyRequest, state.pool)
         deadline = Deadline.of(request, config.deadline_ms)
-        files = [body.image]
-        image = await _decoded(state, files, body.landmarks, decode_files, files, "image", config.max_pixels, True)
         landmarks = None if body.landmarks is None else [body.landmarks]
-        located = await _located(state, image, "image", landmarks, "landmarks", ALL_FACES, body)
+        located = await _faces_of(state, [body.image], "image", landmarks, "landmarks", ALL_FACES, body)
         occlusion = await _cells(state, body.occlusion, located, "occlusion")
         features = await dispatch.features(state.recognizer, located.batch, deadline)
         with input_errors("occlusion", "k", "threshold"):
@@ -181,8 +177,7 @@ def face_router(state: ServeState) -> APIRouter:
         gallery = state.serving_gallery()
         body = await read_body(request, EnrollRequest, state.pool)
         deadline = Deadline.of(request, config.deadline_ms)
-        images = await in_pool(state.pool, decode_files, body.images, "images", config.max_pixels)
-        located = await _located(state, images, "images", body.landmarks, "landmarks", body.face, body)
+        located = await _faces_of(state, body.images, "images", body.landmarks, "landmarks", body.face, body)
         occlusion = await _cells(state, body.occlusion, located, "occlusion")
         features = await dispatch.features(state.recognizer, located.batch, deadline)
         with identity_errors(body.identity), input_errors("identity", "metadata", "occlusion"):
@@ -249,6 +244,28 @@ async def _decoded(
     if state.requests_in_flight <= 1 and not aligned and sum(len(f) for f in files) <= INLINE_DECODE_BYTES:
         return call(*args, **kwargs)
     return await in_pool(state.pool, call, *args, **kwargs)
+
+
+async def _faces_of(
+    state: ServeState,
+    files: list[bytes],
+    field: str,
+    landmarks: list | None,
+    landmarks_field: str,
+    face: int | str | None,
+    body: Any,
+) -> Located:
+    """The request's faces in ``files``: their sizes read from the headers first (413 over the limits), their
+    decoded pixels held within the server's budget while they are decoded and aligned (503 beyond it)."""
+    single = field != "images"
+    with state.pixels.hold(_declared(state, files, field, single), field):
+        images = await _decoded(state, files, landmarks, decode_files, files, field, state.config.max_pixels, single)
+        return await _located(state, images, field, landmarks, landmarks_field, face, body)
+
+
+def _declared(state: ServeState, files: list[bytes], field: str, single: bool) -> int:
+    config = state.config
+    return declared_sizes(files, field, config.max_pixels, config.max_request_pixels, single)
 
 
 async def _located(

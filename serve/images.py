@@ -17,7 +17,7 @@ from pdsn.runtime import decode_image
 from pdsn.runtime.face_finder import Located
 from pdsn.runtime.inputs import prepare_images, to_model_layout, uint8_contract
 from pdsn.runtime.photos import is_photo
-from pdsn.runtime.preprocess import ImageTooLargeError, align_face
+from pdsn.runtime.preprocess import ImageTooLargeError, align_face, declared_pixels
 from pdsn.serve.errors import ApiError, input_errors
 
 
@@ -39,6 +39,27 @@ def image_bytes(value: object) -> bytes:
     if not data:
         raise ValueError("empty image; send the base64 text of an image file (JPEG, PNG or WebP)")
     return data
+
+
+def declared_sizes(files: list[bytes], field: str, max_pixels: int, request_pixels: int, single: bool = False) -> int:
+    """The pixels a request's images declare in their headers, all read before any is decoded: 413 for an
+    image over ``max_pixels`` or a request over ``request_pixels`` in all, 422 for a file that is no image."""
+    total = 0
+    for index, data in enumerate(files):
+        name = field if single else f"{field}[{index}]"
+        try:
+            total += declared_pixels(data, max_pixels, name)
+        except ValueError as exc:
+            status = 413 if isinstance(exc, ImageTooLargeError) else 422
+            raise ApiError(status, str(exc).replace("image bytes", "the image", 1), name) from None
+    if total > request_pixels:
+        raise ApiError(
+            413,
+            f"{field}: the request's images hold {total:,} pixels in all, over this server's budget of "
+            f"{request_pixels:,} per request (--max-request-pixels); send fewer or smaller images per request",
+            field,
+        )
+    return total
 
 
 def decode_files(files: list[bytes], field: str, max_pixels: int, single: bool = False) -> list[np.ndarray]:

@@ -6,12 +6,16 @@ key is checked before the body is read). Keys are compared in constant time.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pdsn.serve.errors import RETRY_AFTER_S, ApiError
 
 # Routes that need no API key: the health checks (probes carry no secrets) and the API's description.
 KEY_EXEMPT = ("/v2/health/", "/docs", "/openapi.json")
@@ -150,3 +154,32 @@ def _replay(first: Message, receive: Receive) -> Receive:
         return pending.pop() if pending else await receive()
 
     return replayed
+
+
+class PixelBudget:
+    """The decoded pixels all requests in flight may hold at once: a request takes its images' share (read
+    from their headers) before decoding and gives it back once its faces are aligned; one that does not fit
+    now is a 503 with Retry-After rather than a wait, so memory stays bounded whatever arrives."""
+
+    def __init__(self, pixels: int) -> None:
+        self.pixels = pixels
+        self.held = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int, field: str):
+        with self._lock:
+            if self.held + pixels > self.pixels:
+                raise ApiError(
+                    503,
+                    f"{field}: the server is decoding {self.held:,} pixels of other requests' images and these "
+                    f"{pixels:,} would pass its budget of {self.pixels:,} (--max-pixels-in-flight); retry shortly",
+                    field,
+                    {"Retry-After": str(RETRY_AFTER_S)},
+                )
+            self.held += pixels
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.held -= pixels

@@ -15,6 +15,7 @@ from pdsn.runtime import Recognizer
 from pdsn.runtime.gallery import Gallery, recorded_precision, shown_location
 from pdsn.serve.config import ServeConfig
 from pdsn.serve.errors import ApiError, not_ready
+from pdsn.serve.limits import PixelBudget
 
 # Faces in the warm-up batch (at most max_batch): enough to touch the batched code paths.
 WARM_UP_FACES = 8
@@ -30,6 +31,7 @@ class ServeState:
         self.gallery: Gallery | None = None
         self.model_id = ""
         self.pool = ThreadPoolExecutor(config.io_threads, thread_name_prefix="pdsn-serve-io")
+        self.pixels = PixelBudget(config.max_pixels_in_flight)
         self._phase = "loading"
         # Reasons are answered to anyone (health, 503s): they never name a path; the log does.
         self._reason = "loading the bundle"
