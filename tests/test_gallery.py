@@ -392,3 +392,34 @@ def test_a_file_that_is_not_a_gallery_is_refused_untouched(recognizer, tmp_path,
         Gallery.open(path, recognizer, create=True)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]  # no -wal or -shm beside it
+
+
+def test_two_writers_enrolling_one_new_name_at_once_give_one_duplicate(tmp_path, recognizer, faces):
+    """Two processes (here two connections) both find the name free, then both insert: the loser must be
+    told it is a duplicate (409 in the service), not that the gallery failed."""
+    import sqlite3
+
+    path = tmp_path / "shared.db"
+    with Gallery.open(path, recognizer, create=True) as first, Gallery.open(path, recognizer) as second:
+        features = recognizer.features(faces[0][:1])
+        holder = sqlite3.connect(path, timeout=30)
+        holder.execute("BEGIN IMMEDIATE")  # both enrollments queue behind this writer
+        outcomes: list[object] = []
+
+        def enroll(gallery) -> None:
+            try:
+                outcomes.append(gallery.enroll_features("bob", features))
+            except Exception as exc:  # recorded, asserted below
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=enroll, args=(g,)) for g in (first, second)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        holder.rollback()
+        holder.close()
+        for thread in threads:
+            thread.join(30)
+    errors = [o for o in outcomes if isinstance(o, Exception)]
+    assert len(outcomes) == 2 and len(errors) == 1, outcomes
+    assert isinstance(errors[0], DuplicateIdentityError), repr(errors[0])

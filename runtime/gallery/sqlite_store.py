@@ -122,8 +122,13 @@ class SqliteStore:
     def add_identities(
         self, people: Sequence[tuple[str, dict, Sequence[FaceRecord]]], replace: bool
     ) -> list[list[int]]:
-        """Enroll every (name, metadata, faces) in one transaction: all or none; returns their face ids."""
+        """Enroll every (name, metadata, faces) in one transaction: all or none; returns their face ids.
+
+        The transaction takes the write lock before it looks a name up, so two processes enrolling the same
+        new name at once are one after the other: the second finds the first's and is refused as a duplicate.
+        """
         with self._lock, self._errors("enroll"), self._db:
+            self._db.execute("BEGIN IMMEDIATE")
             return [self._insert(name, metadata, faces, replace) for name, metadata, faces in people]
 
     def _insert(self, name: str, metadata: dict, faces: Sequence[FaceRecord], replace: bool) -> list[int]:
