@@ -62,6 +62,13 @@ def add_gallery_commands(commands: argparse._SubParsersAction) -> None:
     listing.add_argument("--limit", type=positive)
     listing.set_defaults(run=_list)
 
+    check = actions.add_parser("check", help="list damaged faces (left out of searches); --repair removes them")
+    _common(check)
+    check.add_argument(
+        "--repair", action="store_true", help="remove the damaged faces (and identities left without one)"
+    )
+    check.set_defaults(run=_check)
+
     remove = actions.add_parser("remove", help="remove identities and their faces")
     _common(remove)
     remove.add_argument("identities", nargs="+")
@@ -143,6 +150,26 @@ def _list(args: argparse.Namespace) -> int:
         for name in gallery.identities(args.offset, args.limit):
             print(name)
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """0 when the gallery holds no damaged face (or they were removed), 1 when damaged faces remain."""
+    recognizer, gallery = _open(args)
+    with recognizer, gallery:
+        for face in gallery.damaged:
+            print(json.dumps({"face_id": face.face_id, "identity": face.identity, "damage": face.reason}))
+        if not gallery.damaged:
+            print(f"{gallery.location}: {gallery.stats().faces} faces, none damaged")
+            return 0
+        if not args.repair:
+            print(f"{len(gallery.damaged)} damaged face(s), left out of searches; `--repair` removes them")
+            return 1
+        removed, emptied = gallery.repair()
+        print(
+            f"removed {len(removed)} damaged face(s)"
+            + (f" and the identities left without one: {emptied}" if emptied else "")
+        )
+        return 0
 
 
 def _remove(args: argparse.Namespace) -> int:

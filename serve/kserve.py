@@ -77,7 +77,11 @@ def _metadata(state: ServeState) -> dict:
 
 def _readiness(state: ServeState) -> JSONResponse:
     ready, reason = state.readiness()
-    return JSONResponse({"ready": True} if ready else {"ready": False, "reason": reason}, 200 if ready else 400)
+    body: dict = {"ready": True} if ready else {"ready": False, "reason": reason}
+    damaged = len(state.gallery.damaged) if ready and state.gallery is not None else 0
+    if damaged:  # served, but some enrolled faces are left out: the operator should repair the gallery
+        body["gallery_damaged_faces"] = damaged
+    return JSONResponse(body, 200 if ready else 400)
 
 
 def _version() -> str:

@@ -132,6 +132,11 @@ def _gallery(stats) -> Iterator[Metric]:
     yield GaugeMetricFamily("pdsn_gallery_identities", "Identities enrolled", value=stats.identities)
     yield GaugeMetricFamily("pdsn_gallery_faces", "Faces enrolled", value=stats.faces)
     yield GaugeMetricFamily("pdsn_gallery_groups", "Groups of faces enrolled with the same cells", value=stats.groups)
+    yield GaugeMetricFamily(
+        "pdsn_gallery_damaged_faces",
+        "Stored faces left out of searches because they are damaged (`pdsn gallery check --repair`)",
+        value=stats.damaged,
+    )
     yield CounterMetricFamily("pdsn_gallery_pattern_cache_hits", "Probe patterns found cached", value=stats.cache.hits)
     yield CounterMetricFamily(
         "pdsn_gallery_pattern_cache_misses", "Probe patterns computed from the features", value=stats.cache.misses

@@ -198,7 +198,7 @@ def test_a_gallery_of_another_model_is_refused(place, recognizer, faces, tiny_bu
     assert "model (FP32 file SHA-256)" in str(refused.value) and "re-enroll" in str(refused.value)
 
 
-def test_damaged_files_are_refused_clearly(tmp_path, recognizer, faces):
+def test_damaged_files_are_refused_and_damaged_faces_left_out_then_repaired(tmp_path, recognizer, faces):
     with _enrolled(tmp_path / "g.db", recognizer, faces) as gallery:
         gallery.close()
     data = (tmp_path / "g.db").read_bytes()
@@ -214,9 +214,18 @@ def test_damaged_files_are_refused_clearly(tmp_path, recognizer, faces):
     blob[100] ^= 0xFF
     db.execute("UPDATE faces SET features = ? WHERE id = 3", (bytes(blob),))
     db.commit()
+    (owner,) = db.execute(
+        "SELECT i.name FROM faces f JOIN identities i ON i.id = f.identity_id WHERE f.id = 3"
+    ).fetchone()
     db.close()
-    with pytest.raises(GalleryError, match="damaged"):
-        Gallery.open(tmp_path / "g.db", recognizer, create=False)
+    with Gallery.open(tmp_path / "g.db", recognizer, create=False) as gallery:  # opens, the damaged face left out
+        assert [(d.face_id, d.identity, d.reason) for d in gallery.damaged] == [(3, owner, "checksum mismatch")]
+        assert gallery.stats().damaged == 1 and gallery.stats().faces == IDENTITIES - 1
+        assert all(m.face_id != 3 for m in gallery.identify(faces[0][0], k=IDENTITIES).matches)
+        removed, emptied = gallery.repair()
+        assert [d.face_id for d in removed] == [3] and emptied == [owner] and gallery.damaged == []
+    with Gallery.open(tmp_path / "g.db", recognizer, create=False) as gallery:
+        assert gallery.damaged == [] and gallery.stats().faces == IDENTITIES - 1 and owner not in gallery
 
 
 def test_enroll_batch_is_one_transaction_and_scores_as_single_enrollments(place, recognizer, faces):

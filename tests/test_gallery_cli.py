@@ -52,3 +52,36 @@ def test_enroll_refuses_a_folder_without_identities(tiny_bundle, tmp_path, capsy
     args = ["gallery", "enroll", "--bundle", str(tiny_bundle), "--gallery", str(tmp_path / "g.db")]
     assert main([*args, str(tmp_path / "empty")]) == 2
     assert "no identity sub-folders with images" in capsys.readouterr().err
+
+
+def _damage(gallery_file, face_id: int) -> None:
+    import sqlite3
+
+    with sqlite3.connect(gallery_file) as db:
+        blob = bytearray(db.execute("SELECT base FROM faces WHERE id = ?", (face_id,)).fetchone()[0])
+        blob[4] ^= 0xFF
+        db.execute("UPDATE faces SET base = ? WHERE id = ?", (bytes(blob), face_id))
+
+
+def test_a_damaged_face_is_checked_served_around_and_repaired(people, tiny_bundle, tmp_path, capsys):
+    import httpx
+    from serve_harness import ServerProcess
+
+    root, _ = people
+    gallery_file = tmp_path / "g.db"
+    common = ["--bundle", str(tiny_bundle), "--gallery", str(gallery_file)]
+    assert main(["gallery", "enroll", *common, str(root / "enroll")]) == 0
+    _damage(gallery_file, 2)
+    capsys.readouterr()
+    assert main(["gallery", "check", *common]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert json.loads(lines[0]) == {"face_id": 2, "identity": "person-0", "damage": "checksum mismatch"}
+    assert "1 damaged face(s), left out of searches" in lines[1]
+    with ServerProcess(tiny_bundle, tmp_path / "server.log", "--gallery", str(gallery_file)) as server:
+        ready = httpx.get(f"{server.url}/v2/health/ready").json()
+        assert ready == {"ready": True, "gallery_damaged_faces": 1}
+        assert "pdsn_gallery_damaged_faces 1.0" in httpx.get(f"{server.url}/metrics").text
+    assert main(["gallery", "check", *common, "--repair"]) == 0
+    assert "removed 1 damaged face(s)" in capsys.readouterr().out
+    assert main(["gallery", "check", *common]) == 0
+    assert "7 faces, none damaged" in capsys.readouterr().out

@@ -122,7 +122,7 @@ def test_one_new_name_enrolled_by_two_replicas_at_once(postgres, recognizer, fea
                 _within(VISIBLE_WITHIN_S, lambda g=gallery: _names_seen(g, features[0]) and g.stats().faces == 1)
 
 
-def test_a_damaged_row_is_refused(postgres, recognizer, features):
+def test_a_damaged_row_is_left_out_reported_and_repaired(postgres, recognizer, features):
     import psycopg
 
     url = postgres.database()
@@ -130,8 +130,10 @@ def test_a_damaged_row_is_refused(postgres, recognizer, features):
         gallery.enroll_features("dave", features[:1])
     with psycopg.connect(url, autocommit=True) as db:
         db.execute("UPDATE pdsn_faces SET base = overlay(base placing '\\x00ff'::bytea from 9 for 2)")
-    with pytest.raises(GalleryError, match="damaged"):
-        Gallery.open(url, recognizer, create=False)
+    with Gallery.open(url, recognizer, create=False) as gallery:
+        assert [d.identity for d in gallery.damaged] == ["dave"] and gallery.stats().faces == 0
+        removed, emptied = gallery.repair()
+        assert [d.identity for d in removed] == ["dave"] and emptied == ["dave"] and "dave" not in gallery
 
 
 def test_unreachable_database_names_the_url_without_its_password(recognizer):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import threading
 import time
@@ -42,6 +43,7 @@ from pdsn.runtime.gallery.patterns import (
 from pdsn.runtime.gallery.records import (
     GALLERY_FORMAT,
     GALLERY_FORMAT_VERSION,
+    DamagedFace,
     FaceRecord,
     Fingerprint,
     GalleryError,
@@ -54,6 +56,7 @@ from pdsn.runtime.inputs import prepare_occlusion
 from pdsn.runtime.photos import DetectionSettings
 
 FEATURE_DTYPES = ("float16", "float32")
+logger = logging.getLogger("pdsn.gallery")
 # Faces looked at per identity asked for: enough of a group's best to find k identities with several faces each.
 CANDIDATES_PER_MATCH = 16
 # Head weights gathered per pattern (up to 42 MB each for LResNet50E-IR), least recently used out beyond this.
@@ -99,6 +102,7 @@ class GalleryStats:
     cache: CacheStats
     indexes: int = 0  # HNSW indexes held (``ann_min_faces``)
     index_bytes: int = 0
+    damaged: int = 0  # faces left out because their stored arrays are damaged
 
 
 @dataclass
@@ -135,7 +139,16 @@ class Gallery:
         self._indexes: dict[tuple[int, int], PatternIndex] = {}  # (group cells, pattern) -> its HNSW index
         self._lock = threading.RLock()
         self._closed = False
-        self._load(store.faces(embedding_size=self._head.embedding_size))
+        # Faces whose stored arrays are damaged: left out of every search, reported, removed by ``repair``.
+        self.damaged: list[DamagedFace] = []
+        self._load(store.faces(embedding_size=self._head.embedding_size, damaged=self.damaged))
+        if self.damaged:
+            logger.warning(
+                "gallery %s: %d damaged face(s) left out (%s); `pdsn gallery check --repair` removes them",
+                store.location,
+                len(self.damaged),
+                ", ".join(f"face {d.face_id} of {d.identity!r}" for d in self.damaged[:10]),
+            )
 
     @classmethod
     def open(
@@ -397,6 +410,15 @@ class Gallery:
                 for i in range(len(features))
             ]
 
+    def repair(self) -> tuple[list[DamagedFace], list[str]]:
+        """Remove the damaged faces from the store (and identities left with none); returns both."""
+        self._check_open()
+        with self._lock:
+            removed = list(self.damaged)
+            emptied = self._store.remove_faces([face.face_id for face in removed]) if removed else []
+            self.damaged.clear()
+            return removed, emptied
+
     def stats(self) -> GalleryStats:
         self._check_open()
         with self._lock:
@@ -411,6 +433,7 @@ class Gallery:
                 self._cache.stats(),
                 len(self._indexes),
                 index_bytes,
+                len(self.damaged),
             )
 
     def close(self) -> None:
@@ -588,7 +611,7 @@ class Gallery:
         if not self._store.changed():
             return
         stored = self._store.face_ids()
-        held = set(self._face_ids)
+        held = self._face_ids | {face.face_id for face in self.damaged}
         gone = held - stored
         if gone:
             for group in list(self._groups.values()):
@@ -597,7 +620,7 @@ class Gallery:
                     self._drop_rows(group, keep)
         new = stored - held
         if new:
-            self._add(list(self._store.faces(sorted(new), self._head.embedding_size)))
+            self._add(list(self._store.faces(sorted(new), self._head.embedding_size, self.damaged)))
 
 
 def _bind(store: GalleryStore, recognizer, keep_features: bool, feature_dtype: str, warm: tuple[int, ...]) -> dict:

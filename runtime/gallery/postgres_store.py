@@ -25,11 +25,12 @@ import time
 from collections.abc import Iterator, Sequence
 
 from pdsn.runtime.gallery.records import (
+    DamagedFace,
     DuplicateIdentityError,
     FaceRecord,
     GalleryError,
     UnknownIdentityError,
-    decode_face,
+    decoded_rows,
     encode_face,
 )
 
@@ -209,17 +210,38 @@ class PostgresStore:
         with self._lock, self._errors("read"):
             return {int(face_id) for (face_id,) in self._read("SELECT id FROM pdsn_faces")}
 
-    def faces(self, ids: Sequence[int] | None = None, embedding_size: int = 0) -> Iterator[FaceRecord]:
-        """Every face (or those of ``ids``), each checked against its CRC-32."""
+    def faces(
+        self, ids: Sequence[int] | None = None, embedding_size: int = 0, damaged: list[DamagedFace] | None = None
+    ) -> Iterator[FaceRecord]:
+        """Every face (or those of ``ids``), each checked against its CRC-32 (``decoded_rows``)."""
         with self._lock, self._errors("read"):
             if ids is None:
                 rows = self._read(_FACES + " ORDER BY f.id").fetchall()
             else:
                 rows = self._read(_FACES + " WHERE f.id = ANY(%s) ORDER BY f.id", (sorted(ids),)).fetchall()
-        for face_id, name, cells, base, features, dtype, patterns, blob, crc in rows:
-            yield decode_face(
-                self.location, face_id, name, cells, base, features, dtype, patterns, blob, crc, embedding_size
-            )
+        yield from decoded_rows(self.location, rows, embedding_size, damaged)
+
+    def remove_faces(self, face_ids: Sequence[int]) -> list[str]:
+        """Remove faces by id in one transaction, and the identities left without a face; returns those."""
+        with self._lock, self._errors("remove faces", writing=True):
+            db = self._connection()
+            with db.transaction():
+                owners = {
+                    row[0]
+                    for row in db.execute(
+                        "DELETE FROM pdsn_faces WHERE id = ANY(%s) RETURNING identity_id", (list(face_ids),)
+                    )
+                }
+                emptied = [
+                    row[0]
+                    for row in db.execute(
+                        "DELETE FROM pdsn_identities i WHERE i.id = ANY(%s) AND NOT EXISTS "
+                        "(SELECT 1 FROM pdsn_faces f WHERE f.identity_id = i.id) RETURNING i.name",
+                        (sorted(owners),),
+                    )
+                ]
+                db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._token))
+            return sorted(emptied)
 
     def changed(self) -> bool:
         """Whether another store (replica) wrote since the last call, as its notifications say."""

@@ -25,6 +25,23 @@ class UnknownIdentityError(GalleryError, KeyError):
         return str(self.args[0])
 
 
+class DamagedFaceError(GalleryError):
+    """A stored face whose arrays do not match their checksum."""
+
+    def __init__(self, message: str, face: DamagedFace) -> None:
+        super().__init__(message)
+        self.face = face
+
+
+@dataclass(frozen=True)
+class DamagedFace:
+    """A face left out of a gallery because its stored arrays are damaged; ``pdsn gallery check --repair`` removes it."""
+
+    face_id: int
+    identity: str
+    reason: str
+
+
 class DuplicateIdentityError(GalleryError):
     """The identity is already enrolled (pass replace=True to replace it)."""
 
@@ -110,7 +127,11 @@ class GalleryStore(Protocol):
     def count(self) -> int: ...
     def contains(self, name: str) -> bool: ...
     def face_ids(self) -> set[int]: ...
-    def faces(self, ids: Sequence[int] | None = None, embedding_size: int = 0) -> Iterator[FaceRecord]: ...
+    def faces(
+        self, ids: Sequence[int] | None = None, embedding_size: int = 0, damaged: list[DamagedFace] | None = None
+    ) -> Iterator[FaceRecord]: ...
+
+    def remove_faces(self, face_ids: Sequence[int]) -> list[str]: ...
     def changed(self) -> bool: ...
     def close(self) -> None: ...
 
@@ -150,9 +171,10 @@ def decode_face(
     pattern_ids = json.loads(patterns)
     stacked = None if blob is None else np.frombuffer(blob, dtype=np.float32).reshape(len(pattern_ids), -1)
     if checksum(base_array, feature_array, stacked) != crc or (embedding_size and len(base_array) != embedding_size):
-        raise GalleryError(
-            f"gallery {where}: face {face_id} of identity {name!r} is damaged (checksum mismatch); restore the "
-            f"gallery from a backup, or remove and re-enroll {name!r}"
+        raise DamagedFaceError(
+            f"gallery {where}: face {face_id} of identity {name!r} is damaged (checksum mismatch); remove it with "
+            f"`pdsn gallery check --repair` and re-enroll {name!r}, or restore the gallery from a backup",
+            DamagedFace(int(face_id), str(name), "checksum mismatch"),
         )
     return FaceRecord(
         face_id,
@@ -162,6 +184,17 @@ def decode_face(
         feature_array,
         {} if stacked is None else {int(p): stacked[i] for i, p in enumerate(pattern_ids)},
     )
+
+
+def decoded_rows(where, rows, embedding_size: int, damaged: list[DamagedFace] | None) -> Iterator[FaceRecord]:
+    """The faces of a store's rows; a damaged one is refused, or with ``damaged`` noted there and left out."""
+    for row in rows:
+        try:
+            yield decode_face(where, *row, embedding_size)
+        except DamagedFaceError as exc:
+            if damaged is None:
+                raise
+            damaged.append(exc.face)
 
 
 def meta_values(fingerprint: dict, settings: dict) -> dict[str, str]:

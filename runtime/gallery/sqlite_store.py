@@ -19,11 +19,12 @@ from pathlib import Path
 
 from pdsn.runtime.gallery.records import (
     GALLERY_FORMAT,
+    DamagedFace,
     DuplicateIdentityError,
     FaceRecord,
     GalleryError,
     UnknownIdentityError,
-    decode_face,
+    decoded_rows,
     encode_face,
 )
 
@@ -185,8 +186,10 @@ class SqliteStore:
         with self._lock, self._errors("read"):
             return {face_id for (face_id,) in self._db.execute("SELECT id FROM faces")}
 
-    def faces(self, ids: Sequence[int] | None = None, embedding_size: int = 0) -> Iterator[FaceRecord]:
-        """Every face (or those of ``ids``), each checked against its CRC-32."""
+    def faces(
+        self, ids: Sequence[int] | None = None, embedding_size: int = 0, damaged: list[DamagedFace] | None = None
+    ) -> Iterator[FaceRecord]:
+        """Every face (or those of ``ids``), each checked against its CRC-32 (``decoded_rows``)."""
         query = (
             "SELECT f.id, i.name, f.cells, f.base, f.features, f.feature_dtype, f.patterns, f.pattern_blob, f.crc"
             " FROM faces f JOIN identities i ON i.id = f.identity_id"
@@ -202,10 +205,25 @@ class SqliteStore:
                     rows += self._db.execute(
                         query + f" WHERE f.id IN ({','.join('?' * len(chunk))}) ORDER BY f.id", chunk
                     ).fetchall()
-        for face_id, name, cells, base, features, dtype, patterns, blob, crc in rows:
-            yield decode_face(
-                self.path, face_id, name, cells, base, features, dtype, patterns, blob, crc, embedding_size
-            )
+        yield from decoded_rows(self.path, rows, embedding_size, damaged)
+
+    def remove_faces(self, face_ids: Sequence[int]) -> list[str]:
+        """Remove faces by id in one transaction, and the identities left without a face; returns those."""
+        with self._lock, self._errors("remove faces"), self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            owners = set()
+            for face_id in face_ids:
+                row = self._db.execute("DELETE FROM faces WHERE id = ? RETURNING identity_id", (face_id,)).fetchone()
+                if row is not None:
+                    owners.add(row[0])
+            emptied = []
+            for owner in sorted(owners):
+                if self._db.execute("SELECT 1 FROM faces WHERE identity_id = ? LIMIT 1", (owner,)).fetchone() is None:
+                    (name,) = self._db.execute(
+                        "DELETE FROM identities WHERE id = ? RETURNING name", (owner,)
+                    ).fetchone()
+                    emptied.append(name)
+            return emptied
 
     def changed(self) -> bool:
         """Whether another connection (thread or process) wrote since the last call."""
