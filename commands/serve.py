@@ -20,10 +20,12 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     from pdsn.serve.access_log import DEFAULT_CAPACITY
     from pdsn.serve.config import (
         DEFAULT_DEADLINE_MS,
+        DEFAULT_HEAD_SLICE_BYTES,
         DEFAULT_MAX_BODY_BYTES,
         DEFAULT_MAX_PIXELS,
         DEFAULT_MAX_PIXELS_IN_FLIGHT,
         DEFAULT_MAX_REQUEST_PIXELS,
+        DEFAULT_PATTERN_CACHE_BYTES,
     )
 
     serve = commands.add_parser(
@@ -97,6 +99,18 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
         type=positive,
         default=DEFAULT_CAPACITY,
         help=f"access-log lines held for a slow reader of stdout; more are dropped and counted (default {DEFAULT_CAPACITY})",
+    )
+    serve.add_argument(
+        "--pattern-cache-bytes",
+        type=positive,
+        default=DEFAULT_PATTERN_CACHE_BYTES,
+        help=f"the gallery's memory for probe patterns' embeddings (default {DEFAULT_PATTERN_CACHE_BYTES:,})",
+    )
+    serve.add_argument(
+        "--head-slice-bytes",
+        type=positive,
+        default=DEFAULT_HEAD_SLICE_BYTES,
+        help=f"the gallery's memory for the head's weights per pattern (default {DEFAULT_HEAD_SLICE_BYTES:,})",
     )
     serve.add_argument("--ssl-certfile", type=Path, help="serve HTTPS with this certificate (PEM)")
     serve.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM)")
@@ -173,6 +187,8 @@ def _serve(args: argparse.Namespace) -> int:
         bundle=args.bundle,
         gallery=args.gallery,
         ann_min_faces=args.ann_min_faces,
+        pattern_cache_bytes=args.pattern_cache_bytes,
+        head_slice_bytes=args.head_slice_bytes,
         backend=args.backend,
         backend_options=backend_options(args),
         device=args.device,

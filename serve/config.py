@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pdsn.runtime.gallery.gallery import SLICE_BUDGET_BYTES
+from pdsn.runtime.gallery.patterns import DEFAULT_CACHE_BYTES
+
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 # Far above any face photo; a decompression bomb is refused from its header, before decoding.
 DEFAULT_MAX_PIXELS = 16_000_000
@@ -15,6 +18,8 @@ DEFAULT_DEADLINE_MS = 10_000.0
 # The longest deadline a request may ask for (X-Deadline-Ms).
 MAX_DEADLINE_MS = 600_000.0
 MODEL_VERSION = "1"
+DEFAULT_PATTERN_CACHE_BYTES = DEFAULT_CACHE_BYTES  # Gallery.open's own defaults
+DEFAULT_HEAD_SLICE_BYTES = SLICE_BUDGET_BYTES
 # The names a server answers to by default (pdsn.serve.origins): this machine's.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -30,6 +35,9 @@ class ServeConfig:
     bundle: Path
     gallery: Path | str | None = None  # a SQLite file or a postgresql:// URL
     ann_min_faces: int | None = None  # HNSW indexes for the warm patterns of groups this large
+    # The gallery's memory for probe patterns: their gallery embeddings, and the head's weights per pattern.
+    pattern_cache_bytes: int = DEFAULT_PATTERN_CACHE_BYTES
+    head_slice_bytes: int = DEFAULT_HEAD_SLICE_BYTES
     backend: str = "auto"
     backend_options: dict = field(default_factory=dict)  # e.g. the triton backend's url and protocol
     device: str = "cpu"
@@ -54,7 +62,15 @@ class ServeConfig:
             raise ValueError(
                 f"deadline_ms must be in (0, {MAX_DEADLINE_MS:g}] milliseconds or None, got {self.deadline_ms!r}"
             )
-        for name in ("max_body_bytes", "max_pixels", "max_request_pixels", "max_pixels_in_flight", "io_threads"):
+        for name in (
+            "max_body_bytes",
+            "max_pixels",
+            "max_request_pixels",
+            "max_pixels_in_flight",
+            "io_threads",
+            "pattern_cache_bytes",
+            "head_slice_bytes",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")

@@ -62,7 +62,14 @@ class ServeState:
             if config.gallery is not None:
                 self._reason = "opening the gallery"
                 logger.info("opening the gallery %s", shown_location(config.gallery))
-                gallery = Gallery.open(config.gallery, recognizer, create=True, ann_min_faces=config.ann_min_faces)
+                gallery = Gallery.open(
+                    config.gallery,
+                    recognizer,
+                    create=True,
+                    ann_min_faces=config.ann_min_faces,
+                    cache_bytes=config.pattern_cache_bytes,
+                    slice_bytes=config.head_slice_bytes,
+                )
                 self._reason = "computing the gallery's warm patterns"
                 gallery.warm()
             self._reason = "running the warm-up batch"

@@ -432,3 +432,15 @@ def test_two_writers_enrolling_one_new_name_at_once_give_one_duplicate(tmp_path,
     errors = [o for o in outcomes if isinstance(o, Exception)]
     assert len(outcomes) == 2 and len(errors) == 1, outcomes
     assert isinstance(errors[0], DuplicateIdentityError), repr(errors[0])
+
+
+def test_the_memory_budgets_are_the_callers_and_checked(tmp_path, recognizer, faces):
+    with Gallery.open(tmp_path / "g.db", recognizer, cache_bytes=1 << 20, slice_bytes=1) as gallery:
+        gallery.enroll("alice", faces[0][:1])
+        for cells in ([10, 11], [20, 21], [3]):
+            gallery.identify(faces[0][0], occlusion=cells)
+        assert gallery.slice_budget == 1 and len(gallery._slices) == 1  # one pattern's slice at most
+        assert gallery.stats().cache.budget_bytes == 1 << 20
+    for name in ("cache_bytes", "slice_bytes"):
+        with pytest.raises(ValueError, match=name):
+            Gallery.open(tmp_path / "h.db", recognizer, **{name: 0})

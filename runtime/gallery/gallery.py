@@ -121,7 +121,13 @@ class Gallery:
     """Enrolled identities with their faces' trunk features, searchable under any occlusion pattern."""
 
     def __init__(
-        self, store: GalleryStore, recognizer, settings: dict, cache_bytes: int, ann_min_faces: int | None = None
+        self,
+        store: GalleryStore,
+        recognizer,
+        settings: dict,
+        cache_bytes: int,
+        ann_min_faces: int | None = None,
+        slice_bytes: int = SLICE_BUDGET_BYTES,
     ) -> None:
         self._store = store
         self.ann_min_faces = ann_min_faces
@@ -136,6 +142,7 @@ class Gallery:
         self._face_ids: set[int] = set()  # every face held in memory, to diff against the store
         self._slices: OrderedDict[int, HeadSlice] = OrderedDict()
         self._slice_bytes = 0
+        self.slice_budget = slice_bytes
         self._indexes: dict[tuple[int, int], PatternIndex] = {}  # (group cells, pattern) -> its HNSW index
         self._lock = threading.RLock()
         self._closed = False
@@ -162,6 +169,7 @@ class Gallery:
         warm_patterns: Sequence[Sequence[int]] = DEFAULT_WARM_PATTERNS,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         ann_min_faces: int | None = None,
+        slice_bytes: int = SLICE_BUDGET_BYTES,
     ) -> Gallery:
         """Open the gallery at ``location``, creating it when ``create`` and absent.
 
@@ -176,6 +184,9 @@ class Gallery:
         ``ann_min_faces``: search the warm patterns of groups of at least this many faces through an
         HNSW index (usearch; built by ``warm``, about a minute per pattern at 100,000 faces), the
         candidates scored exactly; None (the default) searches every pattern exactly.
+
+        ``cache_bytes``: the budget of the probe patterns' gallery embeddings kept; ``slice_bytes``: that of
+        the head's weights gathered per pattern (least recently used out beyond either).
         """
         if feature_dtype not in FEATURE_DTYPES:
             raise ValueError(f"feature_dtype {feature_dtype!r} is not one of {FEATURE_DTYPES}")
@@ -183,10 +194,12 @@ class Gallery:
             raise TypeError(f"keep_features must be True or False, got {keep_features!r}")
         if ann_min_faces is not None:
             ann_min_faces = _positive_int(ann_min_faces, "ann_min_faces")
+        cache_bytes = _positive_int(cache_bytes, "cache_bytes")
+        slice_bytes = _positive_int(slice_bytes, "slice_bytes")
         store = _open_store(location, create)
         try:
             settings = _bind(store, recognizer, keep_features, feature_dtype, warm_pattern_masks(tuple(warm_patterns)))
-            return cls(store, recognizer, settings, cache_bytes, ann_min_faces)
+            return cls(store, recognizer, settings, cache_bytes, ann_min_faces, slice_bytes)
         except BaseException:
             store.close()
             raise
@@ -469,17 +482,20 @@ class Gallery:
         return flat
 
     def _slice(self, pattern: int) -> HeadSlice:
-        """The head's weights over the columns a pattern's products need, gathered once per pattern."""
-        found = self._slices.get(pattern)
-        if found is None:
-            cells = cells_of(pattern)
-            discarded = np.flatnonzero(self._discard[cells].sum(axis=0) > 0) if cells else np.zeros(0, np.int64)
-            found = self._slices[pattern] = self._head.slice(discarded)
-            self._slice_bytes += found.nbytes
-            while self._slice_bytes > SLICE_BUDGET_BYTES and len(self._slices) > 1:
-                self._slice_bytes -= self._slices.popitem(last=False)[1].nbytes
-        self._slices.move_to_end(pattern)
-        return found
+        """The head's weights over the columns a pattern's products need, gathered once per pattern.
+
+        Under the gallery's (re-entrant) lock: enrollments reach it outside any other locked section."""
+        with self._lock:
+            found = self._slices.get(pattern)
+            if found is None:
+                cells = cells_of(pattern)
+                discarded = np.flatnonzero(self._discard[cells].sum(axis=0) > 0) if cells else np.zeros(0, np.int64)
+                found = self._slices[pattern] = self._head.slice(discarded)
+                self._slice_bytes += found.nbytes
+                while self._slice_bytes > self.slice_budget and len(self._slices) > 1:
+                    self._slice_bytes -= self._slices.popitem(last=False)[1].nbytes
+            self._slices.move_to_end(pattern)
+            return found
 
     def _warm_embeddings(self, features: np.ndarray, cells: list[int], base: np.ndarray) -> dict[int, dict]:
         """Row -> {pattern: normalised embedding} for the warm patterns of each face (without stored features)."""
