@@ -444,3 +444,26 @@ def test_the_memory_budgets_are_the_callers_and_checked(tmp_path, recognizer, fa
     for name in ("cache_bytes", "slice_bytes"):
         with pytest.raises(ValueError, match=name):
             Gallery.open(tmp_path / "h.db", recognizer, **{name: 0})
+
+
+def test_searches_never_wait_for_a_writer(tmp_path, recognizer, faces):
+    """Another process holds the write lock: an enrollment here waits for it, identification does not."""
+    import sqlite3
+
+    path = tmp_path / "busy.db"
+    with Gallery.open(path, recognizer, create=True) as gallery:
+        gallery.enroll("alice", faces[0][:1])
+        holder = sqlite3.connect(path, timeout=30)
+        holder.execute("BEGIN IMMEDIATE")
+        waiting = threading.Thread(target=lambda: gallery.enroll("bob", faces[1][:1]))
+        waiting.start()
+        time.sleep(0.3)  # the enrollment now waits for the lock
+        started = time.perf_counter()
+        found = gallery.identify(faces[0][1], k=1)
+        assert time.perf_counter() - started < 1.0 and found.matches[0].identity == "alice"
+        assert waiting.is_alive() and "bob" not in gallery and len(gallery) == 1
+        holder.rollback()
+        holder.close()
+        waiting.join(30)
+        assert "bob" in gallery and gallery.identify(faces[1][1], k=1).matches[0].identity == "bob"
+        assert gallery.stats().faces == 2  # taken in once, by the enrollment or by a search's look at the store

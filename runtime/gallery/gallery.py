@@ -144,7 +144,8 @@ class Gallery:
         self._slice_bytes = 0
         self.slice_budget = slice_bytes
         self._indexes: dict[tuple[int, int], PatternIndex] = {}  # (group cells, pattern) -> its HNSW index
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the in-memory search data
+        self._write_lock = threading.Lock()  # writes to the store, one at a time
         self._closed = False
         # Faces whose stored arrays are damaged: left out of every search, reported, removed by ``repair``.
         self.damaged: list[DamagedFace] = []
@@ -290,14 +291,17 @@ class Gallery:
                 row += 1
             records += faces
             people.append((name, meta, faces))
-        with self._lock:
+        # The store commits outside the search lock (a write may wait for another process's), so searches
+        # never wait on it; writes take turns, so the memory follows the store in commit order.
+        with self._write_lock:
             ids = self._store.add_identities(people, replace)
-            if replace:
-                chosen = set(names)
-                self._forget(lambda face_identity: face_identity in chosen)
             for face_id, record in zip((i for group in ids for i in group), records):
                 record.face_id = face_id
-            self._add(records)
+            with self._lock:
+                if replace:
+                    chosen = set(names)
+                    self._forget(lambda face_identity: face_identity in chosen)
+                self._add(records)
         return ids
 
     def warm(self) -> None:
@@ -322,9 +326,10 @@ class Gallery:
         """Remove ``identity`` and all its faces (UnknownIdentityError if it is not enrolled)."""
         self._check_open()
         name = stored_name(identity)
-        with self._lock:
+        with self._write_lock:
             self._store.remove_identity(name)
-            self._forget(lambda face_identity: face_identity == name)
+            with self._lock:
+                self._forget(lambda face_identity: face_identity == name)
 
     def identities(self, offset: int = 0, limit: int | None = None) -> list[str]:
         """Enrolled identity names, sorted; ``offset``/``limit`` page through them."""
@@ -426,7 +431,7 @@ class Gallery:
     def repair(self) -> tuple[list[DamagedFace], list[str]]:
         """Remove the damaged faces from the store (and identities left with none); returns both."""
         self._check_open()
-        with self._lock:
+        with self._write_lock, self._lock:
             removed = list(self.damaged)
             emptied = self._store.remove_faces([face.face_id for face in removed]) if removed else []
             self.damaged.clear()
@@ -554,9 +559,12 @@ class Gallery:
         self._add(list(records))
 
     def _add(self, records: list[FaceRecord]) -> None:
-        """Append faces to their groups, and their rows to every cached pattern of those groups."""
+        """Append faces to their groups, and their rows to every cached pattern of those groups (a face held
+        already, taken in from the store by a search before its enrollment got here, is not added twice)."""
         by_group: dict[int, list[FaceRecord]] = {}
         for record in records:
+            if record.face_id in self._face_ids:
+                continue
             if self.keep_features and record.features is None:
                 raise GalleryError(f"gallery {self._store.location}: face {record.face_id} has no stored features")
             by_group.setdefault(record.cells, []).append(record)

@@ -1,7 +1,8 @@
 """The embedded gallery store: one SQLite file, the system of record for enrolled faces.
 
 WAL journaling lets several processes open one gallery: readers never block, writers take turns
-(a writer waits up to ``busy_timeout`` for another, then fails with a clear error). Every
+(a writer waits up to ``busy_timeout`` for another, then fails with a clear error). Each store reads
+through a connection of its own, so its reads never wait behind its own writes either. Every
 enrollment is one transaction, committed with ``synchronous=FULL`` before it is acknowledged, so a
 killed process leaves every acknowledged identity whole and no identity half-enrolled. Each
 face's arrays carry a CRC-32 that is checked when they are read back.
@@ -92,7 +93,8 @@ class SqliteStore:
                 f"gallery {self.path} is {found}, not a pdsn gallery; it was left untouched. Point --gallery at a "
                 f"gallery file or at a path where none exists yet (a new gallery is created there)"
             )
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the writing connection's
+        self._read_lock = threading.Lock()
         try:
             self._db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
             self._db.execute("PRAGMA foreign_keys = ON")
@@ -101,6 +103,10 @@ class SqliteStore:
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             with self._db:
                 self._db.executescript(_SCHEMA)
+            # Reads have a connection of their own: in WAL mode they never wait for a writer (this process's,
+            # waiting for another's lock, or another process's).
+            self._reader = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+            self._reader.execute("PRAGMA query_only = ON")
         except sqlite3.DatabaseError as exc:
             raise GalleryError(
                 f"gallery {self.path} is not a readable SQLite gallery ({exc}); restore it from a backup or re-enroll"
@@ -112,8 +118,8 @@ class SqliteStore:
         return str(self.path)
 
     def read_meta(self) -> dict[str, str]:
-        with self._lock, self._errors("read"):
-            return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        with self._read_lock, self._errors("read"):
+            return dict(self._reader.execute("SELECT key, value FROM meta").fetchall())
 
     def write_meta(self, values: dict[str, str]) -> None:
         """Record the gallery's format and fingerprint at creation; keys already recorded are kept."""
@@ -161,30 +167,30 @@ class SqliteStore:
                 raise UnknownIdentityError(f"identity {name!r} is not enrolled in {self.path}")
 
     def metadata(self, name: str) -> dict:
-        with self._lock, self._errors("read"):
-            row = self._db.execute("SELECT metadata FROM identities WHERE name = ?", (name,)).fetchone()
+        with self._read_lock, self._errors("read"):
+            row = self._reader.execute("SELECT metadata FROM identities WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise UnknownIdentityError(f"identity {name!r} is not enrolled in {self.path}")
         return json.loads(row[0])
 
     def identities(self, offset: int = 0, limit: int | None = None) -> list[str]:
-        with self._lock, self._errors("read"):
-            rows = self._db.execute(
+        with self._read_lock, self._errors("read"):
+            rows = self._reader.execute(
                 "SELECT name FROM identities ORDER BY name LIMIT ? OFFSET ?", (-1 if limit is None else limit, offset)
             ).fetchall()
         return [name for (name,) in rows]
 
     def count(self) -> int:
-        with self._lock, self._errors("read"):
-            return int(self._db.execute("SELECT COUNT(*) FROM identities").fetchone()[0])
+        with self._read_lock, self._errors("read"):
+            return int(self._reader.execute("SELECT COUNT(*) FROM identities").fetchone()[0])
 
     def contains(self, name: str) -> bool:
-        with self._lock, self._errors("read"):
-            return self._db.execute("SELECT 1 FROM identities WHERE name = ?", (name,)).fetchone() is not None
+        with self._read_lock, self._errors("read"):
+            return self._reader.execute("SELECT 1 FROM identities WHERE name = ?", (name,)).fetchone() is not None
 
     def face_ids(self) -> set[int]:
-        with self._lock, self._errors("read"):
-            return {face_id for (face_id,) in self._db.execute("SELECT id FROM faces")}
+        with self._read_lock, self._errors("read"):
+            return {face_id for (face_id,) in self._reader.execute("SELECT id FROM faces")}
 
     def faces(
         self, ids: Sequence[int] | None = None, embedding_size: int = 0, damaged: list[DamagedFace] | None = None
@@ -194,15 +200,15 @@ class SqliteStore:
             "SELECT f.id, i.name, f.cells, f.base, f.features, f.feature_dtype, f.patterns, f.pattern_blob, f.crc"
             " FROM faces f JOIN identities i ON i.id = f.identity_id"
         )
-        with self._lock, self._errors("read"):
+        with self._read_lock, self._errors("read"):
             if ids is None:
-                rows = self._db.execute(query + " ORDER BY f.id").fetchall()
+                rows = self._reader.execute(query + " ORDER BY f.id").fetchall()
             else:
                 wanted = sorted(ids)
                 rows = []
                 for start in range(0, len(wanted), 900):
                     chunk = wanted[start : start + 900]
-                    rows += self._db.execute(
+                    rows += self._reader.execute(
                         query + f" WHERE f.id IN ({','.join('?' * len(chunk))}) ORDER BY f.id", chunk
                     ).fetchall()
         yield from decoded_rows(self.path, rows, embedding_size, damaged)
@@ -226,18 +232,19 @@ class SqliteStore:
             return emptied
 
     def changed(self) -> bool:
-        """Whether another connection (thread or process) wrote since the last call."""
-        with self._lock, self._errors("read"):
+        """Whether the gallery was written (by this store or another process) since the last call."""
+        with self._read_lock, self._errors("read"):
             version = self._data_version()
             changed, self._version = version != self._version, version
             return changed
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
 
     def _data_version(self) -> int:
-        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        return int(self._reader.execute("PRAGMA data_version").fetchone()[0])
 
     def _errors(self, action: str):
         return _StoreErrors(self.path, action)
