@@ -112,6 +112,21 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
         default=DEFAULT_HEAD_SLICE_BYTES,
         help=f"the gallery's memory for the head's weights per pattern (default {DEFAULT_HEAD_SLICE_BYTES:,})",
     )
+    serve.add_argument(
+        "--header-timeout-s",
+        type=_real("seconds", zero=False),
+        default=10.0,
+        help="a connection must deliver a request's headers within this (408 and close; also closes idle ones)",
+    )
+    serve.add_argument(
+        "--body-timeout-s",
+        type=_real("seconds", zero=False),
+        default=30.0,
+        help="the most time between two chunks of a request's body (the connection is closed)",
+    )
+    serve.add_argument(
+        "--max-header-bytes", type=positive, default=64 * 1024, help="request line and headers, at most (431 beyond)"
+    )
     serve.add_argument("--ssl-certfile", type=Path, help="serve HTTPS with this certificate (PEM)")
     serve.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM)")
     serve.add_argument(
@@ -165,6 +180,7 @@ def _serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from pdsn.serve.app import create_app
+        from pdsn.serve.connections import guarded_protocol
     except ImportError as exc:
         raise ServeExtraMissing(f"pdsn serve needs the serve extra ({exc}): pip install 'pdsn-deploy[serve]'") from None
     from pdsn.serve.config import ServeConfig
@@ -222,6 +238,7 @@ def _serve(args: argparse.Namespace) -> int:
             ssl_certfile=args.ssl_certfile,
             ssl_keyfile=args.ssl_keyfile,
             timeout_graceful_shutdown=math.ceil(args.drain_seconds),
+            http=guarded_protocol(args.header_timeout_s, args.body_timeout_s, args.max_header_bytes),
             log_config=None,
             access_log=False,
             server_header=False,
