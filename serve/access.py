@@ -16,6 +16,7 @@ import secrets
 import time
 from datetime import datetime, timezone
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,6 +28,7 @@ access_logger = logging.getLogger("pdsn.serve.access")
 logger = logging.getLogger("pdsn.serve")
 _CLIENT_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
 UNMATCHED = "unmatched"
+CLIENT_GONE = 499  # the status metrics and the access log give a request whose client went away
 _ID_PREFIX = secrets.token_hex(8)
 _id_count = itertools.count()
 
@@ -54,16 +56,16 @@ class AccessMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
-        state = self.metrics.state
-        state.requests_in_flight += 1
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:  # gone before its body arrived (or cut for being slow): nobody to answer
+            answer["status"] = CLIENT_GONE
+            logger.info("request %s (%s %s): the client went away", request_id, scope["method"], scope["path"])
         except Exception:
             logger.exception("request %s (%s %s) failed", request_id, scope["method"], scope["path"])
             if not answer["started"]:  # else it was answered already (FastAPI's own 500 handler re-raises)
                 await JSONResponse(internal_error(request_id), 500)(scope, receive, send_with_id)
         finally:
-            state.requests_in_flight -= 1
             seconds = time.perf_counter() - started
             route = self._route(scope)
             self.metrics.observe(route, scope["method"], answer["status"], seconds)

@@ -75,7 +75,7 @@ def create_app(config: ServeConfig, on_load_failure: Callable[[BaseException], N
     fast = [*infer_routes(state), *served_ahead(face.routes, BUSY_FACE_ROUTES)]
     _document(app, infer_openapi())
     service: ASGIApp = FastRoutes(app, routes=fast)
-    service = BodyLimitMiddleware(service, max_bytes=config.max_body_bytes)
+    service = BodyLimitMiddleware(service, max_bytes=config.max_body_bytes, in_flight=state)
     if config.api_keys:
         service = ApiKeyMiddleware(service, keys=config.api_keys)
     service = HostOriginMiddleware(service, hosts=config.allowed_hosts, origins=config.allowed_origins)

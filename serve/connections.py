@@ -9,6 +9,7 @@ memory and SIGTERM's drain. This protocol (httptools, as uvicorn's default) adds
 - **body**: each chunk of a request's body must arrive within ``body_timeout_s`` of the last one; the
   handler waiting for it sees the client as gone, and the connection is closed.
 - **header size**: at most ``max_header_bytes`` of request line and headers; more is a 431 and close.
+- **shutdown**: at SIGTERM a request still uploading its body is cut at once, like a late body.
 """
 
 from __future__ import annotations
@@ -78,6 +79,15 @@ def guarded_protocol(
             if not self.transport.is_closing():
                 self._arm(header_timeout_s, self._headers_late)
 
+        def shutdown(self) -> None:
+            """At SIGTERM: a request still uploading its body is cut now (it could not be answered within the
+            drain anyway); the others finish as uvicorn lets them."""
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_started and cycle.more_body:
+                self._cut(cycle)
+                return
+            super().shutdown()
+
         def send_400_response(self, msg: str) -> None:
             if self._refusal is None:
                 super().send_400_response(msg)
@@ -99,9 +109,12 @@ def guarded_protocol(
             self._deadline = None
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete and cycle.more_body:
-                cycle.disconnected = True  # the handler waiting for the body sees the client gone
-                cycle.message_event.set()
-                self.transport.close()
+                self._cut(cycle)
+
+        def _cut(self, cycle) -> None:
+            cycle.disconnected = True  # the handler waiting for the body sees the client gone
+            cycle.message_event.set()
+            self.transport.close()
 
         def _answer(self, status: int, message: str) -> None:
             if self.transport.is_closing():

@@ -78,12 +78,15 @@ class ApiKeyMiddleware:
 class BodyLimitMiddleware:
     """413 for a body over ``max_bytes``: from Content-Length at once, else while it streams in.
 
-    The body is read here, at most ``max_bytes`` of it, and handed on whole.
+    The body is read here, at most ``max_bytes`` of it, and handed on whole. ``in_flight`` (the server's
+    state) counts the requests being answered: only once their body has arrived, so a slow uploader is
+    not counted as work.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, in_flight=None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.in_flight = in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -108,7 +111,14 @@ class BodyLimitMiddleware:
             if not message.get("more_body", False):
                 break
         body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-        await self.app(scope, _replay(body, receive), send)
+        if self.in_flight is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        self.in_flight.requests_in_flight += 1
+        try:
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            self.in_flight.requests_in_flight -= 1
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, declared: int | None) -> None:
         size = f"{declared:,} bytes" if declared is not None else "more bytes"
