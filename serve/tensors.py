@@ -150,7 +150,8 @@ def _json_data(data: object, name: str, datatype: str, dtype: np.dtype, shape: l
         raise protocol_error(f"input {name!r}: data is not a rectangular list of numbers", name) from None
     if values.size != count:
         raise protocol_error(f"input {name!r}: {values.size} data values for shape {shape} ({count} values)", name)
-    kinds = "b" if datatype == "BOOL" else ("biu" if dtype.kind in "iu" else "biuf")
+    # Booleans only for BOOL: true is not the pixel 1, nor a float 1.0.
+    kinds = "b" if datatype == "BOOL" else ("iu" if dtype.kind in "iu" else "iuf")
     if values.size and values.dtype.kind not in kinds:
         raise protocol_error(f"input {name!r}: data must be {datatype} numbers, got {values.dtype} values", name)
     if dtype.kind in "iu" and values.size:

@@ -209,3 +209,17 @@ def test_no_loose_coercion(client, route, field, value):
     """A boolean is not a number, a string is not a boolean: 422 naming the field, as everywhere else."""
     answer = client.post(route, json={**_json_body(ROUTES[route]), field: value})
     assert answer.status_code == 422 and answer.json()["field"] == field, answer.text
+
+
+@pytest.mark.parametrize("datatype", ["UINT8", "FP32"])
+def test_booleans_are_no_numbers_in_kserve_json(client, datatype):
+    shape = [1, 112, 96, 3] if datatype == "UINT8" else [1, 25]
+    name = "image" if datatype == "UINT8" else "occlusion"
+    tensor = {"name": name, "datatype": datatype, "shape": shape, "data": [True] * int(np.prod(shape))}
+    inputs = (
+        [tensor]
+        if name == "image"
+        else [{"name": "image", "datatype": "UINT8", "shape": [1, 112, 96, 3], "data": [0] * 32256}, tensor]
+    )
+    answer = client.post("/v2/models/pdsn/infer", json={"inputs": inputs})
+    assert answer.status_code == 400 and answer.json()["field"] == name and "got bool values" in answer.json()["error"]
