@@ -9,6 +9,7 @@ An enrollment is answered 201 only once the gallery has committed it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -17,6 +18,7 @@ import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
+from pdsn.runtime import DeadlineExceededError
 from pdsn.runtime.face_finder import ALL_FACES, Located
 from pdsn.runtime.photos import FaceSource
 from pdsn.serve import dispatch
@@ -73,11 +75,14 @@ def face_router(state: ServeState) -> APIRouter:
     async def detect(request: Request) -> Response:
         recognizer = state.serving()
         body = await read_body(request, DetectRequest, state.pool)
+        deadline = Deadline.of(request, config.deadline_ms)
         files = [body.image]
         with state.pixels.hold(_declared(state, files, "image", True), "image"):
-            (image,) = await in_pool(state.pool, decode_files, files, "image", config.max_pixels, True)
+            (image,) = await _within(
+                deadline, in_pool(state.pool, decode_files, files, "image", config.max_pixels, True)
+            )
             with input_errors("image", "min_face"):
-                found = await in_pool(state.pool, recognizer.detect, image, body.min_face)
+                found = await _within(deadline, in_pool(state.pool, recognizer.detect, image, body.min_face))
         faces = [_face(FaceSource(0, face)) for face in found]
         return _json(DetectResponse, state, faces=faces, width=image.shape[1], height=image.shape[0])
 
@@ -91,7 +96,7 @@ def face_router(state: ServeState) -> APIRouter:
         recognizer = state.serving()
         body = await read_body(request, EmbedRequest, state.pool)
         deadline = Deadline.of(request, config.deadline_ms)
-        located = await _faces_of(state, body.images, "images", body.landmarks, "landmarks", ALL_FACES, body)
+        located = await _faces_of(state, body.images, "images", body.landmarks, "landmarks", ALL_FACES, body, deadline)
         occlusion = await _cells(state, body.occlusion, located, "occlusion")
         result = await dispatch.embeddings(recognizer, located.batch, occlusion, deadline)
         return _json(
@@ -118,7 +123,9 @@ def face_router(state: ServeState) -> APIRouter:
             landmarks = None if points is None else [points]
             face = getattr(body, f"face_{side}")
             sides.append(
-                await _faces_of(state, [getattr(body, field)], field, landmarks, f"landmarks_{side}", face, body)
+                await _faces_of(
+                    state, [getattr(body, field)], field, landmarks, f"landmarks_{side}", face, body, deadline
+                )
             )
         union = np.maximum(
             await _cells(state, body.occlusion_a, sides[0], "occlusion_a"),
@@ -150,7 +157,7 @@ def face_router(state: ServeState) -> APIRouter:
         body = await read_body(request, IdentifyRequest, state.pool)
         deadline = Deadline.of(request, config.deadline_ms)
         landmarks = None if body.landmarks is None else [body.landmarks]
-        located = await _faces_of(state, [body.image], "image", landmarks, "landmarks", ALL_FACES, body)
+        located = await _faces_of(state, [body.image], "image", landmarks, "landmarks", ALL_FACES, body, deadline)
         occlusion = await _cells(state, body.occlusion, located, "occlusion")
         features = await dispatch.features(state.recognizer, located.batch, deadline)
         with input_errors("occlusion", "k", "threshold"):
@@ -177,7 +184,7 @@ def face_router(state: ServeState) -> APIRouter:
         gallery = state.serving_gallery()
         body = await read_body(request, EnrollRequest, state.pool)
         deadline = Deadline.of(request, config.deadline_ms)
-        located = await _faces_of(state, body.images, "images", body.landmarks, "landmarks", body.face, body)
+        located = await _faces_of(state, body.images, "images", body.landmarks, "landmarks", body.face, body, deadline)
         occlusion = await _cells(state, body.occlusion, located, "occlusion")
         features = await dispatch.features(state.recognizer, located.batch, deadline)
         with identity_errors(body.identity), input_errors("identity", "metadata", "occlusion"):
@@ -254,13 +261,57 @@ async def _faces_of(
     landmarks_field: str,
     face: int | str | None,
     body: Any,
+    deadline: Deadline,
 ) -> Located:
     """The request's faces in ``files``: their sizes read from the headers first (413 over the limits), their
-    decoded pixels held within the server's budget while they are decoded and aligned (503 beyond it)."""
+    decoded pixels held within the server's budget while they are decoded and aligned (503 beyond it).
+
+    Small crops (or photos the client aligns) go in one step. Photos go one at a time, each stage bounded by
+    the request's deadline (504 when it passes, before the next image is touched), so a request of many
+    large photos neither outlives its deadline nor holds more than one of the pool's threads at a time:
+    requests take turns on the pool, image by image.
+    """
     single = field != "images"
     with state.pixels.hold(_declared(state, files, field, single), field):
-        images = await _decoded(state, files, landmarks, decode_files, files, field, state.config.max_pixels, single)
-        return await _located(state, images, field, landmarks, landmarks_field, face, body)
+        if landmarks is None and sum(len(f) for f in files) <= INLINE_DECODE_BYTES:  # small crops: moments of work
+            deadline.remaining()
+            images = await _decoded(state, files, None, decode_files, files, field, state.config.max_pixels, single)
+            return await _located(state, images, field, None, landmarks_field, face, body)
+        if landmarks is not None:
+            decoding = _decoded(state, files, landmarks, decode_files, files, field, state.config.max_pixels, single)
+            images = await _within(deadline, decoding)
+            return await _within(deadline, _located(state, images, field, landmarks, landmarks_field, face, body))
+        parts = []
+        for index, data in enumerate(files):
+            name = field if single else f"{field}[{index}]"
+            decoding = in_pool(state.pool, decode_files, [data], name, state.config.max_pixels, True)
+            image = await _within(deadline, decoding)
+            parts.append(await _within(deadline, _located(state, image, name, None, landmarks_field, face, body)))
+        return _merged(parts)
+
+
+async def _within(deadline: Deadline, work: Any) -> Any:
+    """``work`` (a coroutine), or DeadlineExceededError (504) when the request's deadline passes first."""
+    left = deadline.remaining()
+    if left is None:
+        return await work
+    try:
+        return await asyncio.wait_for(work, left)
+    except TimeoutError:
+        raise DeadlineExceededError("the request's deadline passed while its images were decoded or aligned") from None
+
+
+def _merged(parts: list[Located]) -> Located:
+    """The faces of images located one at a time, as one ``Located`` (each part is one image)."""
+    batch = np.concatenate([part.batch for part in parts])
+    if all(part.sources is None for part in parts):
+        return Located(batch, None, len(parts))
+    sources = [
+        FaceSource(index, source.face)
+        for index, part in enumerate(parts)
+        for source in (part.sources or [FaceSource(0, None)] * len(part.batch))
+    ]
+    return Located(batch, sources, len(parts))
 
 
 def _declared(state: ServeState, files: list[bytes], field: str, single: bool) -> int:
