@@ -9,13 +9,22 @@ import signal
 import sys
 from pathlib import Path
 
-from pdsn.commands.arguments import backend_options, bundle_options, gallery_location, names, numbers, positive
+from pdsn.commands.arguments import (
+    backend_options,
+    bundle_options,
+    gallery_location,
+    names,
+    nonnegative,
+    numbers,
+    positive,
+)
 
 DEFAULT_PORT = 8000
 
 
 def add_serve_command(commands: argparse._SubParsersAction) -> None:
     """Register ``pdsn serve`` and ``pdsn bench-serve``."""
+    from pdsn.runtime.gallery.gallery import PATTERN_QUEUE, PATTERN_WORKERS
     from pdsn.runtime.recognizer import PRECISIONS
     from pdsn.serve.access_log import DEFAULT_CAPACITY
     from pdsn.serve.config import (
@@ -127,6 +136,18 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--max-header-bytes", type=positive, default=64 * 1024, help="request line and headers, at most (431 beyond)"
     )
+    serve.add_argument(
+        "--pattern-workers",
+        type=positive,
+        default=PATTERN_WORKERS,
+        help=f"new probe patterns the gallery computes at once (default {PATTERN_WORKERS})",
+    )
+    serve.add_argument(
+        "--pattern-queue",
+        type=nonnegative,
+        default=PATTERN_QUEUE,
+        help=f"new probe patterns let wait for a worker; more are a 503 (default {PATTERN_QUEUE})",
+    )
     serve.add_argument("--ssl-certfile", type=Path, help="serve HTTPS with this certificate (PEM)")
     serve.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM)")
     serve.add_argument(
@@ -205,6 +226,8 @@ def _serve(args: argparse.Namespace) -> int:
         ann_min_faces=args.ann_min_faces,
         pattern_cache_bytes=args.pattern_cache_bytes,
         head_slice_bytes=args.head_slice_bytes,
+        pattern_workers=args.pattern_workers,
+        pattern_queue=args.pattern_queue,
         backend=args.backend,
         backend_options=backend_options(args),
         device=args.device,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pdsn.runtime.gallery.gallery import SLICE_BUDGET_BYTES
+from pdsn.runtime.gallery.gallery import PATTERN_QUEUE, PATTERN_WORKERS, SLICE_BUDGET_BYTES
 from pdsn.runtime.gallery.patterns import DEFAULT_CACHE_BYTES
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -38,6 +38,9 @@ class ServeConfig:
     # The gallery's memory for probe patterns: their gallery embeddings, and the head's weights per pattern.
     pattern_cache_bytes: int = DEFAULT_PATTERN_CACHE_BYTES
     head_slice_bytes: int = DEFAULT_HEAD_SLICE_BYTES
+    # New probe patterns the gallery computes at once, and lets wait (beyond: 503).
+    pattern_workers: int = PATTERN_WORKERS
+    pattern_queue: int = PATTERN_QUEUE
     backend: str = "auto"
     backend_options: dict = field(default_factory=dict)  # e.g. the triton backend's url and protocol
     device: str = "cpu"
@@ -70,6 +73,7 @@ class ServeConfig:
             "io_threads",
             "pattern_cache_bytes",
             "head_slice_bytes",
+            "pattern_workers",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from pdsn.runtime import BatcherClosedError, DeadlineExceededError, QueueFullError
-from pdsn.runtime.gallery import DuplicateIdentityError, GalleryError, UnknownIdentityError
+from pdsn.runtime.gallery import DuplicateIdentityError, GalleryError, PatternBusyError, UnknownIdentityError
 
 # Seconds a client should wait before retrying after a 429 or 503.
 RETRY_AFTER_S = 1
@@ -158,6 +158,10 @@ def _closed(request: Request, exc: BatcherClosedError) -> JSONResponse:
     return error_response(request, 503, f"not serving: {exc}", headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
+def _patterns_busy(request: Request, exc: PatternBusyError) -> JSONResponse:
+    return error_response(request, 503, f"overloaded: {exc}", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def _gallery_error(request: Request, exc: GalleryError) -> JSONResponse:
     # Its message names the gallery's file: logged here, not sent.
     logger.error("request %s: gallery error: %s", request_id(request), exc)
@@ -173,4 +177,5 @@ _ANSWERS: tuple[tuple[type[Exception], Callable[[Request, Any], JSONResponse]], 
     (DeadlineExceededError, _deadline),
     (BatcherClosedError, _closed),
     (GalleryError, _gallery_error),
+    (PatternBusyError, _patterns_busy),
 )

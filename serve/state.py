@@ -69,6 +69,8 @@ class ServeState:
                     ann_min_faces=config.ann_min_faces,
                     cache_bytes=config.pattern_cache_bytes,
                     slice_bytes=config.head_slice_bytes,
+                    pattern_workers=config.pattern_workers,
+                    pattern_queue=config.pattern_queue,
                 )
                 self._reason = "computing the gallery's warm patterns"
                 gallery.warm()

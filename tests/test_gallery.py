@@ -467,3 +467,39 @@ def test_searches_never_wait_for_a_writer(tmp_path, recognizer, faces):
         waiting.join(30)
         assert "bob" in gallery and gallery.identify(faces[1][1], k=1).matches[0].identity == "bob"
         assert gallery.stats().faces == 2  # taken in once, by the enrollment or by a search's look at the store
+
+
+def test_a_new_pattern_is_computed_outside_the_search_lock_and_bounded(tmp_path, recognizer, faces, monkeypatch):
+    """While one probe's new pattern is computed, a probe under a cached pattern is answered; more new
+    patterns than the gallery takes at once and waiting are refused with PatternBusyError (a 503)."""
+    from pdsn.model.folded_head import HeadSlice
+    from pdsn.runtime.gallery import PatternBusyError
+
+    with Gallery.open(tmp_path / "g.db", recognizer, create=True, pattern_workers=1, pattern_queue=0) as gallery:
+        for i in range(IDENTITIES):
+            gallery.enroll(f"person-{i:02d}", faces[i, :1])
+        gallery.identify(faces[0][1], k=1)  # the unmasked pattern, now cached
+        apply = HeadSlice.apply
+        computing = threading.Event()
+
+        def slow_apply(self, features, base, head):
+            if len(features) > 1:  # the gallery's product, not a probe's own embedding
+                computing.set()
+                time.sleep(1.0)
+            return apply(self, features, base, head)
+
+        monkeypatch.setattr(HeadSlice, "apply", slow_apply)
+        outcomes: list[object] = []
+        worker = threading.Thread(target=lambda: outcomes.append(gallery.identify(faces[1][0], occlusion=[3, 4], k=1)))
+        worker.start()
+        assert computing.wait(10)
+        started = time.perf_counter()
+        cached = gallery.identify(faces[2][0], k=1)
+        assert time.perf_counter() - started < 0.5 and cached.matches[0].identity == "person-02"
+        with pytest.raises(PatternBusyError, match=r"computing 1 new occlusion pattern\(s\) already"):
+            gallery.identify(faces[3][0], occlusion=[20, 21], k=1)
+        worker.join(30)
+        assert outcomes[0].matches[0].identity == "person-01"
+    for value in (0, -1, True):
+        with pytest.raises(ValueError, match="pattern_"):
+            Gallery.open(tmp_path / "h.db", recognizer, pattern_workers=value)

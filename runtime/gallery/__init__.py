@@ -9,7 +9,7 @@ from pdsn.runtime.gallery.gallery import (
     recorded_precision,
     shown_location,
 )
-from pdsn.runtime.gallery.patterns import DEFAULT_WARM_PATTERNS, CacheStats
+from pdsn.runtime.gallery.patterns import DEFAULT_WARM_PATTERNS, CacheStats, PatternBusyError
 from pdsn.runtime.gallery.records import DuplicateIdentityError, GalleryError, UnknownIdentityError
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "GalleryStats",
     "Identification",
     "Match",
+    "PatternBusyError",
     "UnknownIdentityError",
     "recorded_precision",
     "shown_location",

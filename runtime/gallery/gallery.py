@@ -35,6 +35,7 @@ from pdsn.runtime.gallery.patterns import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_WARM_PATTERNS,
     CacheStats,
+    PatternBusyError,
     PatternCache,
     cells_of,
     pattern_of,
@@ -61,6 +62,9 @@ logger = logging.getLogger("pdsn.gallery")
 CANDIDATES_PER_MATCH = 16
 # Head weights gathered per pattern (up to 42 MB each for LResNet50E-IR), least recently used out beyond this.
 SLICE_BUDGET_BYTES = 512 << 20
+# New probe patterns computed at once, and waiting, per gallery (each a product over every face of a group).
+PATTERN_WORKERS = 1
+PATTERN_QUEUE = 64
 _SCHEMES = re.compile(r"^(postgres|postgresql)://")
 
 
@@ -106,6 +110,20 @@ class GalleryStats:
 
 
 @dataclass
+class _PatternWork:
+    """One group's embeddings under one pattern, to compute from rows ``have`` on, outside the search lock."""
+
+    group: _Group
+    union: int
+    have: int
+    features: np.ndarray
+    base: np.ndarray
+    removals: int
+    rows: np.ndarray | None = None
+    seconds: float = 0.0
+
+
+@dataclass
 class _Group:
     """Faces enrolled with the same occluded cells, row-aligned across every array."""
 
@@ -115,6 +133,7 @@ class _Group:
     base: Rows | None = None  # unmasked embeddings, float32
     features: Rows | None = None  # trunk features, float16/float32; None without keep_features
     stored: dict[int, Rows] = field(default_factory=dict)  # pattern -> normalised embeddings (no features)
+    removals: int = 0  # rows dropped so far: a pattern computed from older rows no longer lines up
 
 
 class Gallery:
@@ -128,6 +147,8 @@ class Gallery:
         cache_bytes: int,
         ann_min_faces: int | None = None,
         slice_bytes: int = SLICE_BUDGET_BYTES,
+        pattern_workers: int = PATTERN_WORKERS,
+        pattern_queue: int = PATTERN_QUEUE,
     ) -> None:
         self._store = store
         self.ann_min_faces = ann_min_faces
@@ -144,6 +165,11 @@ class Gallery:
         self._slice_bytes = 0
         self.slice_budget = slice_bytes
         self._indexes: dict[tuple[int, int], PatternIndex] = {}  # (group cells, pattern) -> its HNSW index
+        self.pattern_workers = pattern_workers
+        self.pattern_queue = pattern_queue
+        self._pattern_slots = threading.BoundedSemaphore(pattern_workers)
+        self._queue_lock = threading.Lock()
+        self._waiting = 0
         self._lock = threading.RLock()  # the in-memory search data
         self._write_lock = threading.Lock()  # writes to the store, one at a time
         self._closed = False
@@ -171,6 +197,8 @@ class Gallery:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         ann_min_faces: int | None = None,
         slice_bytes: int = SLICE_BUDGET_BYTES,
+        pattern_workers: int = PATTERN_WORKERS,
+        pattern_queue: int = PATTERN_QUEUE,
     ) -> Gallery:
         """Open the gallery at ``location``, creating it when ``create`` and absent.
 
@@ -187,7 +215,9 @@ class Gallery:
         candidates scored exactly; None (the default) searches every pattern exactly.
 
         ``cache_bytes``: the budget of the probe patterns' gallery embeddings kept; ``slice_bytes``: that of
-        the head's weights gathered per pattern (least recently used out beyond either).
+        the head's weights gathered per pattern (least recently used out beyond either). A probe under a
+        pattern not cached yet has its gallery embeddings computed outside the search lock, at most
+        ``pattern_workers`` at once and ``pattern_queue`` waiting (``PatternBusyError`` beyond).
         """
         if feature_dtype not in FEATURE_DTYPES:
             raise ValueError(f"feature_dtype {feature_dtype!r} is not one of {FEATURE_DTYPES}")
@@ -197,10 +227,15 @@ class Gallery:
             ann_min_faces = _positive_int(ann_min_faces, "ann_min_faces")
         cache_bytes = _positive_int(cache_bytes, "cache_bytes")
         slice_bytes = _positive_int(slice_bytes, "slice_bytes")
+        pattern_workers = _positive_int(pattern_workers, "pattern_workers")
+        if isinstance(pattern_queue, bool) or not isinstance(pattern_queue, int) or pattern_queue < 0:
+            raise ValueError(f"pattern_queue must be a whole number >= 0, got {pattern_queue!r}")
         store = _open_store(location, create)
         try:
             settings = _bind(store, recognizer, keep_features, feature_dtype, warm_pattern_masks(tuple(warm_patterns)))
-            return cls(store, recognizer, settings, cache_bytes, ann_min_faces, slice_bytes)
+            return cls(
+                store, recognizer, settings, cache_bytes, ann_min_faces, slice_bytes, pattern_workers, pattern_queue
+            )
         except BaseException:
             store.close()
             raise
@@ -410,16 +445,20 @@ class Gallery:
         features = self._checked_features(features)
         vectors = prepare_occlusion(occlusion, len(features))
         probe_patterns = [pattern_of(row) for row in vectors]
+        by_pattern: dict[int, list[int]] = {}
+        for index, pattern in enumerate(probe_patterns):
+            by_pattern.setdefault(pattern, []).append(index)
         with self._lock:
             self._sync()
+            missing = self._uncached(by_pattern)
+        if missing:
+            self._precompute(missing)
+        with self._lock:
             scores_of: dict[int, list] = {}
-            by_pattern: dict[int, list[int]] = {}
-            for index, pattern in enumerate(probe_patterns):
-                by_pattern.setdefault(pattern, []).append(index)
             for pattern, probes in by_pattern.items():
                 for group in self._groups.values():
                     union, exact = self._pattern_for(group, pattern | group.cells)
-                    gallery = self._embeddings(group, union)
+                    gallery = self._embeddings(group, union, probe=False)  # counted by _uncached
                     probe = _normalised(self._slice(union).apply(features[probes], None, self._head))
                     for index, rows, scores in self._scored(group, union, gallery, probe, probes, k):
                         scores_of.setdefault(index, []).append((group, rows, scores, union, exact))
@@ -427,6 +466,68 @@ class Gallery:
                 Identification(_best(scores_of.get(i, []), k, threshold), cells_of(probe_patterns[i]))
                 for i in range(len(features))
             ]
+
+    def _uncached(self, by_pattern: dict[int, list[int]]) -> list[_PatternWork]:
+        """The group embeddings the probes' patterns need that are not cached yet, with the rows to compute them
+        from (views: appends leave a prefix as it is, removals replace the arrays and count in ``removals``)."""
+        if not self.keep_features:
+            return []
+        work = {}
+        for pattern in by_pattern:
+            for group in self._groups.values():
+                union, _ = self._pattern_for(group, pattern | group.cells)
+                entry = self._cache.get((group.cells, union))  # the probe's lookup: a hit or a miss
+                have = 0 if entry is None else len(entry)
+                if have < len(group.face_ids) and (group.cells, union) not in work:
+                    work[(group.cells, union)] = _PatternWork(
+                        group, union, have, group.features.array, group.base.array, group.removals
+                    )
+        return list(work.values())
+
+    def _precompute(self, missing: list[_PatternWork]) -> None:
+        """Compute new patterns' embeddings outside the search lock, so searches under cached patterns go on
+        meanwhile; at most ``pattern_workers`` at once, at most ``pattern_queue`` waiting (``PatternBusyError``
+        beyond: a clear 503 for the service rather than an unbounded pile of products)."""
+        with self._queue_lock:
+            if self._waiting >= self.pattern_queue + self.pattern_workers:
+                raise PatternBusyError(
+                    f"the gallery is computing {self._waiting} new occlusion pattern(s) already, its limit "
+                    f"({self.pattern_workers} at once, {self.pattern_queue} waiting); retry shortly, or probe "
+                    f"under a warm pattern"
+                )
+            self._waiting += 1
+        try:
+            with self._pattern_slots:
+                for item in missing:
+                    started = time.perf_counter()
+                    rows = slice(item.have, len(item.features))
+                    head = self._slice(item.union)
+                    features = item.features[rows]
+                    item.rows = _normalised(
+                        head.apply(features.reshape(len(features), -1), item.base[rows], self._head)
+                    )
+                    item.seconds = time.perf_counter() - started
+        finally:
+            with self._queue_lock:
+                self._waiting -= 1
+        with self._lock:
+            for item in missing:
+                self._cache_computed(item)
+
+    def _cache_computed(self, item: _PatternWork) -> None:
+        """Keep a pattern computed outside the lock, when it still lines up with the group's rows."""
+        group = self._groups.get(item.group.cells)
+        if group is not item.group or group.removals != item.removals or item.rows is None:
+            return  # rows were removed meanwhile: the search computes what it needs under the lock
+        key = (group.cells, item.union)
+        entry = self._cache.get(key, count=False)
+        if entry is None and item.have == 0:
+            entry = Rows(self._head.embedding_size, np.float32)
+            entry.append(item.rows)
+            self._cache.put(key, entry, item.seconds)
+        elif entry is not None and len(entry) == item.have:
+            entry.append(item.rows)
+            self._cache.resized(key, item.seconds)
 
     def repair(self) -> tuple[list[DamagedFace], list[str]]:
         """Remove the damaged faces from the store (and identities left with none); returns both."""
@@ -617,6 +718,7 @@ class Gallery:
             del self._groups[group.cells]
             self._cache.drop_group(group.cells)
             return
+        group.removals += 1
         group.face_ids = [f for f, k in zip(group.face_ids, keep) if k]
         group.identities = [n for n, k in zip(group.identities, keep) if k]
         group.base.keep(keep)

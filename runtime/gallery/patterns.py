@@ -55,6 +55,10 @@ class CacheStats:
     budget_bytes: int
 
 
+class PatternBusyError(RuntimeError):
+    """A gallery has as many new occlusion patterns to compute as it takes at once; retry shortly."""
+
+
 class PatternCache:
     """Normalised embeddings per (group, union pattern) as growable ``Rows``, least recently used out
     beyond ``budget_bytes``. An entry may cover fewer rows than its group has (faces enrolled since);
