@@ -12,12 +12,9 @@ same bytes (``conversion.json`` records their SHA-256s).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
-import logging
-import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +24,7 @@ import onnx
 import torch
 from torch import nn
 
-from pdsn.export.onnx_export import MIN_OPSET
+from pdsn.export.onnx_export import MIN_OPSET, traced_onnx
 from pdsn.model.detector_contract import (
     CONVERSION_REPORT,
     IMAGE_INPUT,
@@ -145,26 +142,7 @@ def _export(net: nn.Module, name: str, outputs: tuple[str, ...], opset: int) -> 
     else:
         side = RNET_SIZE if name == "rnet" else ONET_SIZE
         example, dims = torch.zeros(2, 3, side, side), {0: batch}
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            program = torch.onnx.export(
-                net,
-                (example,),
-                input_names=[IMAGE_INPUT],
-                output_names=list(outputs),
-                opset_version=opset,
-                dynamic_shapes=(dims,),
-                dynamo=True,
-                verbose=False,
-            )
-    finally:
-        quiet.setLevel(level)
-    proto = program.model_proto
+    proto = traced_onnx(net, (example,), [IMAGE_INPUT], list(outputs), opset, (dims,))
     produced = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     if produced != opset:
         raise ValueError(f"opset {opset} was asked for, but torch.onnx produced opset {produced}")

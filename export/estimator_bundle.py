@@ -91,5 +91,7 @@ def _place_evaluation(write: BundleWrite, path: Path, report: dict) -> dict:
         shutil.copyfile(markdown, write.staging / EVALUATION_MARKDOWN)
         placed["markdown"] = write.place(write.staging / EVALUATION_MARKDOWN, EVALUATION_MARKDOWN)
     placed["goals_met"] = all(goal.get("met") is True for goal in report["goals"].values())
-    placed["goals"] = {name: {"value": goal.get("value"), "goal": goal.get("goal")} for name, goal in report["goals"].items()}
+    placed["goals"] = {
+        name: {"value": goal.get("value"), "goal": goal.get("goal")} for name, goal in report["goals"].items()
+    }
     return placed

@@ -129,9 +129,15 @@ def _trace(graph: DeployGraph, contract: ModelContract, opset: int) -> onnx.Mode
 
 
 def traced_onnx(
-    graph: nn.Module, inputs: tuple, input_names: list[str], output_names: list[str], opset: int
+    graph: nn.Module,
+    inputs: tuple,
+    input_names: list[str],
+    output_names: list[str],
+    opset: int,
+    dynamic_shapes: tuple | None = None,
 ) -> onnx.ModelProto:
-    """``torch.onnx.export`` (dynamo) of ``graph`` with a dynamic batch on every input, its chatter quieted."""
+    """``torch.onnx.export`` (dynamo) of ``graph``, its chatter quieted; ``dynamic_shapes`` per input (default: a
+    dynamic batch on every input)."""
     batch = torch.export.Dim("batch")
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
@@ -147,7 +153,7 @@ def traced_onnx(
                 input_names=input_names,
                 output_names=output_names,
                 opset_version=opset,
-                dynamic_shapes=tuple({0: batch} for _ in inputs),
+                dynamic_shapes=dynamic_shapes or tuple({0: batch} for _ in inputs),
                 dynamo=True,
                 verbose=False,
             )
