@@ -39,7 +39,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from pdsn.export.detector_bundle import SHIPPED_DETECTOR, add_detector
+    from pdsn.export.detector_bundle import add_detector
+    from pdsn.model.detector_contract import SHIPPED_DETECTOR
 
     entry = add_detector(args.bundle, args.detector or SHIPPED_DETECTOR)
     print(f"added the face detector to {args.bundle}: {', '.join(entry['files'].values())}")

@@ -19,17 +19,16 @@ from pdsn.model.bundle_format import DETECTOR_NETS, BundleIntegrityError, sha256
 from pdsn.model.bundle_write import BundleWrite
 from pdsn.model.detector_contract import (
     CONVERSION_REPORT,
-    DEFAULT_DETECTOR_DIR,
     IMAGE_INPUT,
     ONET_FILE,
     ONET_SIZE,
     PNET_FILE,
     RNET_FILE,
     RNET_SIZE,
+    SHIPPED_DETECTOR,
     detector_contract,
 )
 
-SHIPPED_DETECTOR = Path(__file__).resolve().parent.parent / "model" / DEFAULT_DETECTOR_DIR
 NET_FILES = dict(zip(DETECTOR_NETS, (PNET_FILE, RNET_FILE, ONET_FILE)))
 LICENSE_FILE = "LICENSE"
 REFERENCE_FILE = "reports/detector-reference.npz"

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import math
 from numbers import Real
+from pathlib import Path
 
 DETECTOR_FORMAT = "pdsn-mtcnn-detector"
 DETECTOR_FORMAT_VERSION = 1
 DEFAULT_DETECTOR_DIR = "default_detector"
+# The converted nets shipped with the package (``pdsn convert-mtcnn`` made them), beside this module.
+SHIPPED_DETECTOR = Path(__file__).resolve().parent / DEFAULT_DETECTOR_DIR
 
 PNET_FILE = "pnet.onnx"
 RNET_FILE = "rnet.onnx"

@@ -50,7 +50,7 @@ class Verification:
     face_b: DetectedFace | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # its embedding is an array: equal only to itself
 class FaceEmbedding:
     """One face found in a photo given to ``Recognizer.embed``: where it is, and its embedding."""
 

@@ -124,7 +124,7 @@ def face_router(state: ServeState) -> APIRouter:
             face = getattr(body, f"face_{side}")
             sides.append(
                 await _faces_of(
-                    state, [getattr(body, field)], field, landmarks, f"landmarks_{side}", face, body, deadline
+                    state, [getattr(body, field)], field, landmarks, f"landmarks_{side}", face, body, deadline, True
                 )
             )
         union = np.maximum(
@@ -157,7 +157,9 @@ def face_router(state: ServeState) -> APIRouter:
         body = await read_body(request, IdentifyRequest, state.pool)
         deadline = Deadline.of(request, config.deadline_ms)
         landmarks = None if body.landmarks is None else [body.landmarks]
-        located = await _faces_of(state, [body.image], "image", landmarks, "landmarks", ALL_FACES, body, deadline)
+        located = await _faces_of(
+            state, [body.image], "image", landmarks, "landmarks", ALL_FACES, body, deadline, single=True
+        )
         occlusion = await _cells(state, body.occlusion, located, "occlusion")
         features = await dispatch.features(state.recognizer, located.batch, deadline)
         with input_errors("occlusion", "k", "threshold"):
@@ -262,8 +264,10 @@ async def _faces_of(
     face: int | str | None,
     body: Any,
     deadline: Deadline,
+    single: bool = False,
 ) -> Located:
-    """The request's faces in ``files``: their sizes read from the headers first (413 over the limits), their
+    """The request's faces in ``files`` (``single``: one image sent as ``field`` itself, so errors name
+    ``field``, not ``field[0]``): their sizes read from the headers first (413 over the limits), their
     decoded pixels held within the server's budget while they are decoded and aligned (503 beyond it).
 
     Small crops (or photos the client aligns) go in one step. Photos go one at a time, each stage bounded by
@@ -271,22 +275,23 @@ async def _faces_of(
     large photos neither outlives its deadline nor holds more than one of the pool's threads at a time:
     requests take turns on the pool, image by image.
     """
-    single = field != "images"
     with state.pixels.hold(_declared(state, files, field, single), field):
         if landmarks is None and sum(len(f) for f in files) <= INLINE_DECODE_BYTES:  # small crops: moments of work
             deadline.remaining()
             images = await _decoded(state, files, None, decode_files, files, field, state.config.max_pixels, single)
-            return await _located(state, images, field, None, landmarks_field, face, body)
+            return await _located(state, images, field, None, landmarks_field, face, body, single)
         if landmarks is not None:
             decoding = _decoded(state, files, landmarks, decode_files, files, field, state.config.max_pixels, single)
             images = await _within(deadline, decoding)
-            return await _within(deadline, _located(state, images, field, landmarks, landmarks_field, face, body))
+            located = _located(state, images, field, landmarks, landmarks_field, face, body, single)
+            return await _within(deadline, located)
         parts = []
         for index, data in enumerate(files):
             name = field if single else f"{field}[{index}]"
             decoding = in_pool(state.pool, decode_files, [data], name, state.config.max_pixels, True)
             image = await _within(deadline, decoding)
-            parts.append(await _within(deadline, _located(state, image, name, None, landmarks_field, face, body)))
+            located = _located(state, image, name, None, landmarks_field, face, body, single=True)
+            parts.append(await _within(deadline, located))
         return _merged(parts)
 
 
@@ -327,10 +332,10 @@ async def _located(
     landmarks_field: str,
     face: int | str | None,
     body: Any,
+    single: bool,
 ) -> Located:
     """The request's faces: aligned crops as they are (on the loop: no work), photos aligned by the client's
     landmarks or by the faces the detector finds (on the thread pool)."""
-    single = field != "images"
     contract = state.recognizer.contract
     if landmarks is not None:
         return await in_pool(state.pool, aligned_by_landmarks, images, landmarks, contract, landmarks_field, single)

@@ -171,3 +171,18 @@ def test_a_hundred_faces_and_a_face_cut_by_the_border(recognizer, group):
     assert len(at_border) == 1  # found, and aligned: its crop is black where the photo ends
     crop = recognizer.locate(cut, detection=SETTINGS).batch[at_border[0]]
     assert (crop[:, :3] == 0).all() and crop[:, 48:].std() > 10
+
+
+def test_detection_memory_stays_within_what_the_docs_say(recognizer, group):
+    """docs/photos.md: detection takes about 22-25 bytes a pixel at its peak; hold it under 30."""
+    import tracemalloc
+
+    photo = np.asarray(Image.fromarray(group).resize((2400, 1800)))  # 4.3 MP
+    recognizer.detect(photo, min_face=MIN_FACE)  # sessions and first-call buffers out of the way
+    tracemalloc.start()
+    try:
+        recognizer.detect(photo)  # the default min_face: the deepest pyramid
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak / (photo.shape[0] * photo.shape[1]) < 30

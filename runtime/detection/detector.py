@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from pdsn.model.detector_contract import (
-    DEFAULT_DETECTOR_DIR,
     DEFAULT_MIN_FACE,
     DEFAULT_SCALE_FACTOR,
     DEFAULT_THRESHOLDS,
@@ -34,6 +33,7 @@ from pdsn.model.detector_contract import (
     PNET_FILE,
     RNET_FILE,
     RNET_SIZE,
+    SHIPPED_DETECTOR,
     check_detection_arguments,
     pyramid_scales,
 )
@@ -64,6 +64,14 @@ class DetectedFace:
     score: float
     landmarks: np.ndarray
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DetectedFace):
+            return NotImplemented
+        return self.box == other.box and self.score == other.score and np.array_equal(self.landmarks, other.landmarks)
+
+    def __hash__(self) -> int:
+        return hash((self.box, self.score))
+
     @property
     def width(self) -> float:
         return self.box[2] - self.box[0]
@@ -80,10 +88,7 @@ class DetectedFace:
 
 def default_detector_files() -> tuple[Path, Path, Path]:
     """The P-, R- and O-Net files shipped with pdsn (``pdsn/model/default_detector``)."""
-    import pdsn.model
-
-    folder = Path(pdsn.model.__file__).resolve().parent / DEFAULT_DETECTOR_DIR
-    return folder / PNET_FILE, folder / RNET_FILE, folder / ONET_FILE
+    return SHIPPED_DETECTOR / PNET_FILE, SHIPPED_DETECTOR / RNET_FILE, SHIPPED_DETECTOR / ONET_FILE
 
 
 class FaceDetector:
