@@ -236,12 +236,14 @@ def _parser() -> argparse.ArgumentParser:
     from pdsn.commands.detector import add_detector_commands
     from pdsn.commands.faces import add_face_commands
     from pdsn.commands.gallery import add_gallery_commands
+    from pdsn.commands.model_import import add_import_command
     from pdsn.commands.serve import add_serve_command
     from pdsn.commands.triton import add_triton_commands
     from pdsn.train.cli import add_training_commands
 
     add_face_commands(commands)
     add_detector_commands(commands)
+    add_import_command(commands)
     add_gallery_commands(commands)
     add_serve_command(commands)
     add_triton_commands(commands)

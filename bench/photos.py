@@ -115,7 +115,7 @@ def _path_row(recognizer, backend: str, frame: np.ndarray, config: PhotoBenchCon
     location.unlink(missing_ok=True)
     with Gallery.open(location, recognizer, create=True) as gallery:
         faces = recognizer.detect(frame, min_face=config.min_face)
-        crops = np.stack([align_detected(frame, f.landmarks) for f in faces])
+        crops = np.stack([align_detected(frame, f.landmarks, recognizer.contract.alignment) for f in faces])
         own = recognizer.features(crops)
         rng = np.random.default_rng(0)
         seeded = np.abs(rng.standard_normal((config.gallery_size, own.shape[1]), dtype=np.float32))
@@ -130,7 +130,7 @@ def _path_row(recognizer, backend: str, frame: np.ndarray, config: PhotoBenchCon
             marks.append(time.perf_counter())
             found = recognizer.detect(image, min_face=config.min_face)
             marks.append(time.perf_counter())
-            batch = np.stack([align_detected(image, f.landmarks) for f in found])
+            batch = np.stack([align_detected(image, f.landmarks, recognizer.contract.alignment) for f in found])
             marks.append(time.perf_counter())
             features = recognizer.features(batch)
             marks.append(time.perf_counter())

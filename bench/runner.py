@@ -219,14 +219,14 @@ def _pytorch_reference(bundle):
     except ImportError:
         return "torch is not installed (pip install 'pdsn-deploy[export]')"
     from pdsn.model.dictionary import MaskDictionary
-    from pdsn.model.network import Architecture, normalize_faces
 
     manifest = bundle.manifest
-    architecture = Architecture.from_dict(manifest["model"]["architecture"])
     weights = manifest["model"]["weights"]
     if weights == "seeded":
         from pdsn.model.demo_weights import seeded_model
+        from pdsn.model.network import Architecture
 
+        architecture = Architecture.from_dict(manifest["model"]["architecture"])
         model = seeded_model(architecture, seed=manifest["provenance"]["seed"])
     else:
         from pdsn.model.demo_weights import TRAINED_DEMO_CHECKPOINT
@@ -239,12 +239,12 @@ def _pytorch_reference(bundle):
             return f"the source checkpoint {checkpoint} is not on this machine"
         from pdsn.model.checkpoint import load_recognition_model
 
-        model, _ = load_recognition_model(checkpoint, architecture)
+        model, _ = load_recognition_model(checkpoint)
     dictionary = MaskDictionary(bundle.dictionary, None, None, "bundle")
 
     def run(faces: np.ndarray, occlusion: np.ndarray):
         with torch.no_grad():
-            return model(normalize_faces(faces), torch.from_numpy(dictionary.combine(occlusion)))
+            return model(model.normalise(faces), torch.from_numpy(dictionary.combine(occlusion)))
 
     return run
 

@@ -34,7 +34,8 @@ from pdsn.model.bundle_format import (
 from pdsn.model.bundle_write import BundleWrite
 from pdsn.model.comparison import ExportGate, onnx_embedder, save_reference
 from pdsn.model.dictionary import DEFAULT_TAU, MaskDictionary, build_dictionary
-from pdsn.model.network import LRESNET50E_IR, Architecture, LResNetIR
+from pdsn.model.network import LRESNET50E_IR, Architecture
+from pdsn.model.recognition import RecognitionNetwork
 from pdsn.model.sample_faces import seeded_faces
 
 MODEL_FILE = "model.onnx"
@@ -81,7 +82,7 @@ def export_bundle(request: ExportRequest) -> ExportResult:
         (staging / "reports").mkdir()
         contract = export_onnx(model, dictionary.masks, staging / MODEL_FILE, request.options)
         np.save(staging / DICTIONARY_FILE, dictionary.masks)
-        faces = seeded_faces(request.parity_faces, seed=request.seed + 1000)
+        faces = seeded_faces(request.parity_faces, seed=request.seed + 1000, size=(contract.height, contract.width))
         references = reference_embeddings(model, faces, dictionary, contract)
         save_reference(staging / REFERENCE_EMBEDDINGS, faces, references)
         parity = export_parity(str(staging / MODEL_FILE), references, faces, dictionary, contract, request.gate)
@@ -169,7 +170,7 @@ def _check_destination(out: Path, overwrite: bool) -> None:
             ) from None
 
 
-def _load_model(request: ExportRequest) -> tuple[LResNetIR, dict]:
+def _load_model(request: ExportRequest) -> tuple[RecognitionNetwork, dict]:
     from pdsn.model import demo_weights
 
     if request.checkpoint is not None and request.seeded_weights:
@@ -197,7 +198,7 @@ def _load_model(request: ExportRequest) -> tuple[LResNetIR, dict]:
     return model, {"weights": "checkpoint", "label": None, "checkpoint": info.to_dict()}
 
 
-def _load_dictionary(request: ExportRequest, model: LResNetIR) -> MaskDictionary:
+def _load_dictionary(request: ExportRequest, model: RecognitionNetwork) -> MaskDictionary:
     from pdsn.model import demo_weights
 
     feature_shape = model.architecture.feature_shape

@@ -32,7 +32,7 @@ from pdsn.model.bundle_format import (
     ModelContract,
 )
 from pdsn.model.grid import NUM_CELLS
-from pdsn.model.network import LResNetIR
+from pdsn.model.recognition import RecognitionNetwork
 
 _MASK_PLACEHOLDER = "fdm_mask"
 MIN_OPSET = 17
@@ -50,53 +50,53 @@ class ExportOptions:
             raise ValueError(f"opset must be >= {MIN_OPSET} (got {self.opset})")
         ModelContract(image_layout=self.image_layout)  # validates the layout name
 
-    def contract(self, model: LResNetIR) -> ModelContract:
+    def contract(self, model: RecognitionNetwork) -> ModelContract:
         return ModelContract(
             image_layout=self.image_layout,
-            feature_shape=model.architecture.feature_shape,
-            embedding_size=model.architecture.embedding_size,
             l2_normalized=self.l2_normalize,
             dictionary_binding="embedded" if self.embed_dictionary else "input",
+            **model.contract_fields(),
         )
 
 
-def fold_head(fc: nn.Sequential) -> nn.Linear:
-    """Fold ``BN1d -> Dropout -> Linear -> BN1d`` (eval mode) into one Linear, computed in float64."""
-    bn_in, linear, bn_out = fc[0], fc[2], fc[3]
-    scale_in, shift_in = _bn_affine(bn_in)
-    scale_out, shift_out = _bn_affine(bn_out)
-    weight = linear.weight.detach().double()
-    bias = linear.bias.detach().double()
-    folded = nn.Linear(linear.in_features, linear.out_features)
-    with torch.no_grad():
-        folded.weight.copy_((scale_out[:, None] * weight * scale_in[None, :]).float())
-        folded.bias.copy_((scale_out * (weight @ shift_in + bias) + shift_out).float())
-    return folded
-
-
 class DeployGraph(nn.Module):
-    """What gets traced: contract input -> trunk -> Mul(features, fdm_mask) -> folded head."""
+    """What gets traced: contract input -> network features -> Mul(features, fdm_mask) -> folded head."""
 
-    def __init__(self, model: LResNetIR, options: ExportOptions) -> None:
+    def __init__(self, model: RecognitionNetwork, contract: ModelContract) -> None:
         super().__init__()
-        self.trunk = model
-        self.head = fold_head(model.fc)
-        self.uint8_input = options.image_layout == "nhwc-uint8"
-        self.l2_normalize = options.l2_normalize
+        self.network = model
+        self.head = model.deploy_head()
+        self.uint8_input = contract.image_layout == "nhwc-uint8"
+        self.l2_normalize = contract.l2_normalized
+        norm = contract.normalization
+        self.scale = float(norm["scale"])
+        self.mean = _graph_constant(norm["mean"])
+        self.std = _graph_constant(norm["std"])
 
     def forward(self, image: torch.Tensor, fdm_mask: torch.Tensor) -> torch.Tensor:
         x = image
         if self.uint8_input:
             # Cast before Transpose: TensorRT's Transpose does not take UInt8 tensors.
-            x = (image.to(torch.float32).permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.5
-        features = self.trunk.features(x) * fdm_mask
+            x = image.to(torch.float32).permute(0, 3, 1, 2) / self.scale - self.mean
+            if not (isinstance(self.std, float) and self.std == 1.0):
+                x = x / self.std
+        features = self.network.features(x) * fdm_mask
         embedding = self.head(features.flatten(1))
         if self.l2_normalize:
             embedding = nn.functional.normalize(embedding, dim=1)
         return embedding
 
 
-def export_onnx(model: LResNetIR, dictionary: np.ndarray, path: str | Path, options: ExportOptions) -> ModelContract:
+def _graph_constant(value: float | list) -> float | torch.Tensor:
+    """One number as a float, per-channel numbers as a [1, C, 1, 1] tensor."""
+    if isinstance(value, list):
+        return torch.tensor(value, dtype=torch.float32).view(1, -1, 1, 1)
+    return float(value)
+
+
+def export_onnx(
+    model: RecognitionNetwork, dictionary: np.ndarray, path: str | Path, options: ExportOptions
+) -> ModelContract:
     """Export ``model`` to ``path`` and return the contract the file honours."""
     contract = options.contract(model)
     expected = (NUM_CELLS, *contract.feature_shape)
@@ -105,7 +105,7 @@ def export_onnx(model: LResNetIR, dictionary: np.ndarray, path: str | Path, opti
             f"dictionary has shape {tuple(dictionary.shape)}, expected {expected} for "
             f"{model.architecture.name} (25 cells x its feature map)"
         )
-    proto = _trace(DeployGraph(model.eval(), options).eval(), contract, options.opset)
+    proto = _trace(DeployGraph(model.eval(), contract).eval(), contract, options.opset)
     produced = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     if produced != options.opset:
         raise ValueError(
@@ -193,9 +193,3 @@ def _fuse_fdm(proto: onnx.ModelProto, dictionary: np.ndarray, options: ExportOpt
     proto.functions.append(fdm_function(opset))
     proto.opset_import.append(helper.make_opsetid(FDM_DOMAIN, FDM_OP_VERSION))
     proto.producer_name = "pdsn-deploy"
-
-
-def _bn_affine(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    shift = bn.bias.detach().double() - bn.running_mean.double() * scale
-    return scale, shift

@@ -19,7 +19,7 @@ from pdsn.model.comparison import (
     run_onnx,
 )
 from pdsn.model.dictionary import MaskDictionary
-from pdsn.model.network import LResNetIR, normalize_faces
+from pdsn.model.recognition import RecognitionNetwork
 
 
 class ParityError(RuntimeError):
@@ -27,16 +27,16 @@ class ParityError(RuntimeError):
 
 
 def pytorch_embeddings(
-    model: LResNetIR, faces: np.ndarray, occlusion: np.ndarray, dictionary: MaskDictionary
+    model: RecognitionNetwork, faces: np.ndarray, occlusion: np.ndarray, dictionary: MaskDictionary
 ) -> np.ndarray:
     """The reference computation: normalise, trunk, multiply by the AND of the items, head."""
     mask = torch.from_numpy(dictionary.combine(occlusion).astype(np.float32))
     with torch.no_grad():
-        return model.eval()(normalize_faces(faces), mask).numpy()
+        return model.eval()(model.normalise(faces), mask).numpy()
 
 
 def reference_embeddings(
-    model: LResNetIR, faces: np.ndarray, dictionary: MaskDictionary, contract: ModelContract
+    model: RecognitionNetwork, faces: np.ndarray, dictionary: MaskDictionary, contract: ModelContract
 ) -> dict[str, tuple[tuple[int, ...], np.ndarray]]:
     """PyTorch's embeddings of ``faces`` under every pattern in PARITY_PATTERNS, as the contract's output."""
     references = {}

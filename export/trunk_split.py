@@ -25,7 +25,7 @@ from pdsn.model.bundle_format import (
     OCCLUSION_INPUT,
     ModelContract,
 )
-from pdsn.model.comparison import Embed, normalized_nchw, onnx_session, split_parity
+from pdsn.model.comparison import Embed, onnx_session, split_parity
 from pdsn.model.folded_head import FoldedHead
 
 TRUNK_FILES = {"fp32": "trunk.onnx", "fp16": "trunk.fp16.onnx", "int8": "trunk.int8.onnx"}
@@ -54,7 +54,7 @@ def write_trunk(
     session = onnx_session(out)
 
     def features(batch: np.ndarray) -> np.ndarray:
-        images = batch if contract.image_layout == "nhwc-uint8" else normalized_nchw(batch, contract)
+        images = batch if contract.image_layout == "nhwc-uint8" else contract.normalized_nchw(batch)
         return session.run(None, {IMAGE_INPUT: images})[0]
 
     report = split_parity(full, features, head, dictionary, faces, contract)
@@ -124,7 +124,12 @@ def folded_head(model: onnx.ModelProto) -> FoldedHead:
         raise ValueError(f"the head's Gemm {node.name!r} is not y = x W^T + b (attributes {attributes})")
     initializers = {t.name: t for t in model.graph.initializer}
     weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
-    bias = numpy_helper.to_array(initializers[node.input[2]]).astype(np.float32) * float(attributes.get("beta", 1.0))
+    if len(node.input) > 2 and node.input[2]:
+        bias = numpy_helper.to_array(initializers[node.input[2]]).astype(np.float32) * float(
+            attributes.get("beta", 1.0)
+        )
+    else:  # the exporter leaves out a bias that is all zeros
+        bias = np.zeros(weight.shape[0], dtype=np.float32)
     return FoldedHead(np.ascontiguousarray(weight), np.ascontiguousarray(bias))
 
 

@@ -170,10 +170,12 @@ def checked_similarity(
         )
     matrix = estimate_similarity(points, target)
     residual = alignment_residual(points, matrix, target)
-    if residual > MAX_RESIDUAL:
+    # The limit is in 112x96 crop pixels; a template of another scale scales it.
+    limit = MAX_RESIDUAL * _eye_distance(target) / _eye_distance(TEMPLATE_112X96)
+    if residual > limit:
         raise ValueError(
             f"{argument} do not fit a face: after the best alignment they are {residual:.1f} crop pixels "
-            f"(RMS) from the template, at most {MAX_RESIDUAL:g} expected; check the landmark detector "
+            f"(RMS) from the template, at most {limit:.3g} expected; check the landmark detector "
             f"output and the order {', '.join(LANDMARK_NAMES)}"
         )
     outside = _outside_fraction(matrix, width, height, crop_width, crop_height)
@@ -204,9 +206,12 @@ def _check_inside(points: np.ndarray, width: int, height: int, argument: str) ->
         )
 
 
+def _eye_distance(points: np.ndarray) -> float:
+    return float(np.linalg.norm(points[1] - points[0]))
+
+
 def _check_eye_distance(points: np.ndarray, template: np.ndarray, width: int, height: int, argument: str) -> None:
-    distance = float(np.linalg.norm(points[1] - points[0]))
-    template_distance = float(np.linalg.norm(template[1] - template[0]))
+    distance, template_distance = _eye_distance(points), _eye_distance(template)
     smallest = template_distance / MAX_UPSCALE
     if distance < smallest:
         raise ValueError(

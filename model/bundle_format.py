@@ -19,7 +19,10 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from pdsn.model.grid import CELL_X_BOUNDS, CELL_Y_BOUNDS, CROP_HEIGHT, CROP_WIDTH, GRID_COLS, GRID_ROWS
+import numpy as np
+
+from pdsn.model.crop_alignment import CROP_ALIGNMENTS, SIMILARITY_112X96
+from pdsn.model.grid import CROP_HEIGHT, CROP_WIDTH, grid_for
 
 BUNDLE_FORMAT = "pdsn-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -68,20 +71,16 @@ class ModelContract:
     width: int = CROP_WIDTH
     channels: int = 3
     color: str = "RGB"
-    # x_float = (x_uint8 / scale - mean) / std, done inside the graph for uint8 input.
+    # x_float = (x_uint8 / scale - mean) / std, done inside the graph for uint8 input; mean and std are
+    # one number or one per channel.
     normalization: dict = field(default_factory=lambda: {"scale": 255.0, "mean": 0.5, "std": 0.5})
-    grid: dict = field(
-        default_factory=lambda: {
-            "rows": GRID_ROWS,
-            "cols": GRID_COLS,
-            "x_bounds": list(CELL_X_BOUNDS),
-            "y_bounds": list(CELL_Y_BOUNDS),
-        }
-    )
+    grid: dict = field(default_factory=lambda: grid_for(CROP_HEIGHT, CROP_WIDTH))
     feature_shape: tuple[int, int, int] = (512, 7, 6)
     embedding_size: int = 512
     l2_normalized: bool = False
     dictionary_binding: str = "input"
+    # How a face is cut from a photo by its five landmarks (pdsn.model.alignment.CROP_ALIGNMENTS).
+    alignment: str = SIMILARITY_112X96
 
     def __post_init__(self) -> None:
         if self.image_layout not in IMAGE_LAYOUTS:
@@ -89,6 +88,11 @@ class ModelContract:
         if self.dictionary_binding not in DICTIONARY_BINDINGS:
             raise BundleFormatError(
                 f"contract dictionary_binding {self.dictionary_binding!r} is not one of {DICTIONARY_BINDINGS}"
+            )
+        if self.alignment not in CROP_ALIGNMENTS:
+            raise BundleFormatError(
+                f"contract alignment {self.alignment!r} is not one of {tuple(CROP_ALIGNMENTS)}; this bundle needs "
+                f"a newer pdsn-deploy"
             )
 
     @property
@@ -101,6 +105,16 @@ class ModelContract:
     @property
     def num_cells(self) -> int:
         return int(self.grid["rows"]) * int(self.grid["cols"])
+
+    def normalized_nchw(self, faces: np.ndarray) -> np.ndarray:
+        """uint8 NHWC faces -> float32 NCHW normalised as ``normalization`` says (the float-input layout)."""
+        x = np.ascontiguousarray(faces).transpose(0, 3, 1, 2).astype(np.float32)
+        scale, mean, std = (self._per_channel(self.normalization[key]) for key in ("scale", "mean", "std"))
+        return np.ascontiguousarray((x / scale - mean) / std)
+
+    @staticmethod
+    def _per_channel(value: float | list) -> np.ndarray:
+        return np.asarray(value, dtype=np.float32).reshape(-1, 1, 1)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -118,8 +132,9 @@ class ModelContract:
         for key in ("rows", "cols"):
             _get(grid, key, int, "contract.grid")
         normalization = _get(data, "normalization", dict, "contract")
-        for key in ("scale", "mean", "std"):
-            _get(normalization, key, float, "contract.normalization")
+        _get(normalization, "scale", float, "contract.normalization")
+        for key in ("mean", "std"):
+            _channel_values(normalization, key, int(_get(data, "channels", int, "contract")))
         feature_shape = _get(data, "feature_shape", list, "contract")
         if len(feature_shape) != 3 or not all(_is(n, int) and n > 0 for n in feature_shape):
             raise BundleFormatError(f"contract.feature_shape is {feature_shape!r}, expected three positive integers")
@@ -138,6 +153,7 @@ class ModelContract:
             embedding_size=data["embedding_size"],
             l2_normalized=_get(data, "l2_normalized", bool, "contract"),
             dictionary_binding=_get(data, "dictionary_binding", str, "contract"),
+            alignment=_optional(data, "alignment", str, "contract") or SIMILARITY_112X96,
         )
         names = {"inputs": _input_names(contract.dictionary_binding), "output": EMBEDDING_OUTPUT}
         for key, expected in names.items():
@@ -147,6 +163,16 @@ class ModelContract:
                     f"(dictionary_binding {contract.dictionary_binding!r})"
                 )
         return contract
+
+
+def _channel_values(normalization: dict, key: str, channels: int) -> None:
+    """``normalization[key]`` is one number or a list of one number per channel."""
+    value = normalization.get(key)
+    if _is(value, float) or (isinstance(value, list) and len(value) == channels and all(_is(v, float) for v in value)):
+        return
+    raise BundleFormatError(
+        f"contract.normalization.{key} is {_short(value)}, expected a number or a list of {channels} numbers"
+    )
 
 
 def _input_names(dictionary_binding: str) -> dict:

@@ -18,10 +18,13 @@ import torch
 
 from pdsn.model.bundle_format import sha256_file
 from pdsn.model.network import ARCHITECTURES, Architecture, LResNetIR, PDSNNetwork
+from pdsn.model.recognition import NetworkArchitecture, RecognitionNetwork
 
 log = logging.getLogger(__name__)
 
 _NESTED_KEYS = ("model_state_dict", "state_dict")
+# Keys that only dlib's face ResNet (``pdsn.model.dlib_resnet``) has: its input means and first step.
+DLIB_STATE_KEYS = ("means", "steps.0.weight")
 _MASK_GENERATOR_PREFIX = "sia."
 _DATA_PARALLEL_PREFIX = "module."
 
@@ -39,13 +42,12 @@ class CheckpointMismatchError(CheckpointError):
         missing: list[str],
         unexpected: list[str],
         misshapen: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
-        architecture: Architecture,
+        architecture: NetworkArchitecture,
     ) -> None:
         self.missing, self.unexpected, self.misshapen = missing, unexpected, misshapen
-        lines = [
-            f"checkpoint {path} does not fit {architecture.name} "
-            f"(layers={list(architecture.layers)}, widths={list(architecture.widths)}):"
-        ]
+        shape = architecture.to_dict()
+        details = ", ".join(f"{key}={shape[key]}" for key in ("layers", "widths") if key in shape)
+        lines = [f"checkpoint {path} does not fit {architecture.name}" + (f" ({details}):" if details else ":")]
         if missing:
             lines.append(f"  missing keys ({len(missing)}): {_abbreviate(missing)}")
         if unexpected:
@@ -160,8 +162,12 @@ def infer_architecture(state_dict: dict[str, torch.Tensor]) -> Architecture:
 
 def load_recognition_model(
     path: str | Path, architecture: Architecture | None = None
-) -> tuple[LResNetIR, CheckpointInfo]:
-    """Load the recognition network in eval mode; mask-generator (``sia.*``) keys are ignored."""
+) -> tuple[RecognitionNetwork, CheckpointInfo]:
+    """Load the recognition network in eval mode; mask-generator (``sia.*``) keys are ignored.
+
+    An LResNet-IR checkpoint gives an ``LResNetIR`` (``architecture`` inferred when None); one written by
+    ``pdsn import dlib`` gives dlib's face ResNet (``DlibResNet``), whose layers are fixed.
+    """
     state, info = read_state_dict(path)
     info.ignored_keys = sorted(k for k in state if k.startswith(_MASK_GENERATOR_PREFIX))
     if info.ignored_keys:
@@ -171,14 +177,34 @@ def load_recognition_model(
             len(info.ignored_keys),
         )
         state = {k: v for k, v in state.items() if not k.startswith(_MASK_GENERATOR_PREFIX)}
+    if all(key in state for key in DLIB_STATE_KEYS):
+        from pdsn.model.dlib_resnet import DlibResNet
+
+        return _load_dlib(DlibResNet(), state, info, architecture), info
     model = LResNetIR(architecture or infer_architecture(state))
     _load_strict(model, state, str(path))
     return model.eval(), info
 
 
+def _load_dlib(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], info: CheckpointInfo, architecture: Architecture | None
+):
+    if architecture is not None:
+        raise CheckpointError(
+            f"checkpoint {info.path} holds dlib's face ResNet v1, whose layers are fixed; --architecture "
+            f"{architecture.name} applies to LResNet-IR checkpoints only. Leave it out"
+        )
+    _load_strict(model, state, info.path)
+    return model.eval()
+
+
 def load_pdsn_model(path: str | Path, architecture: Architecture | None = None) -> tuple[PDSNNetwork, CheckpointInfo]:
     """Load a stage-1 model (recognition network plus ``sia`` mask generator) in eval mode."""
     state, info = read_state_dict(path)
+    if all(key in state for key in DLIB_STATE_KEYS):
+        from pdsn.model.dlib_resnet import DlibPDSN
+
+        return _load_dlib(DlibPDSN(), state, info, architecture), info
     model = PDSNNetwork(architecture or infer_architecture(state))
     _load_strict(model, state, str(path))
     return model.eval(), info

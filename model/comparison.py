@@ -130,11 +130,15 @@ def load_reference(path: str | Path) -> tuple[np.ndarray, dict[str, tuple[tuple[
 
 
 def compare_embeddings(reference: np.ndarray, candidate: np.ndarray) -> dict:
-    """Cosine similarity (min, mean, 1st percentile) and max abs error between row-paired embeddings."""
+    """Cosine similarity (min, mean, 1st percentile) and max abs error between row-paired embeddings.
+
+    Two zero rows count as cosine 1 (a head without a bias maps fully masked features to zero, and so
+    must the candidate); a zero row against a non-zero one counts as 0."""
     reference = reference.astype(np.float64)
     candidate = candidate.astype(np.float64)
     norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
-    cosine = np.sum(reference * candidate, axis=1) / np.maximum(norms, 1e-30)
+    both_zero = ~reference.any(axis=1) & ~candidate.any(axis=1)
+    cosine = np.where(both_zero, 1.0, np.sum(reference * candidate, axis=1) / np.maximum(norms, 1e-30))
     return {
         "count": len(reference),
         "cosine_min": float(cosine.min()),
@@ -150,18 +154,11 @@ def occlusion_batch(cells: tuple[int, ...], count: int) -> np.ndarray:
     return np.repeat(cells_to_vector(cells)[None, :], count, axis=0)
 
 
-def normalized_nchw(faces: np.ndarray, contract: ModelContract) -> np.ndarray:
-    """uint8 NHWC faces -> float32 NCHW normalised as the contract says (the float-input layout)."""
-    norm = contract.normalization
-    x = np.ascontiguousarray(faces).transpose(0, 3, 1, 2).astype(np.float32)
-    return np.ascontiguousarray((x / np.float32(norm["scale"]) - np.float32(norm["mean"])) / np.float32(norm["std"]))
-
-
 def onnx_feeds(
     faces: np.ndarray, occlusion: np.ndarray, dictionary: np.ndarray, contract: ModelContract
 ) -> dict[str, np.ndarray]:
     """Graph inputs for a batch of uint8 faces, shaped and typed per the contract."""
-    images = faces if contract.image_layout == "nhwc-uint8" else normalized_nchw(faces, contract)
+    images = faces if contract.image_layout == "nhwc-uint8" else contract.normalized_nchw(faces)
     feeds = {IMAGE_INPUT: images, OCCLUSION_INPUT: occlusion.astype(np.float32)}
     if contract.dictionary_binding == "input":
         feeds[DICTIONARY_INPUT] = dictionary.astype(np.float32)

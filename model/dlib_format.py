@@ -64,7 +64,7 @@ class DlibNetwork:
     loss_distance_threshold: float
 
 
-class _Expected(NamedTuple):
+class LayerSpec(NamedTuple):
     kind: str
     outputs: int = 0
     kernel: int = 0
@@ -72,38 +72,38 @@ class _Expected(NamedTuple):
     tag: int = 0
 
 
-def _block(filters: int, stride: int) -> list[_Expected]:
+def _block(filters: int, stride: int) -> list[LayerSpec]:
     return [
-        _Expected("con", filters, 3, stride),
-        _Expected("affine"),
-        _Expected("relu"),
-        _Expected("con", filters, 3, 1),
-        _Expected("affine"),
+        LayerSpec("con", filters, 3, stride),
+        LayerSpec("affine"),
+        LayerSpec("relu"),
+        LayerSpec("con", filters, 3, 1),
+        LayerSpec("affine"),
     ]
 
 
-def _residual(filters: int) -> list[_Expected]:
-    return [_Expected("tag", tag=1), *_block(filters, 1), _Expected("add_prev", tag=1), _Expected("relu")]
+def _residual(filters: int) -> list[LayerSpec]:
+    return [LayerSpec("tag", tag=1), *_block(filters, 1), LayerSpec("add_prev", tag=1), LayerSpec("relu")]
 
 
-def _residual_down(filters: int) -> list[_Expected]:
+def _residual_down(filters: int) -> list[LayerSpec]:
     return [
-        _Expected("tag", tag=1),
+        LayerSpec("tag", tag=1),
         *_block(filters, 2),
-        _Expected("tag", tag=2),
-        _Expected("skip", tag=1),
-        _Expected("avg_pool", kernel=2, stride=2),
-        _Expected("add_prev", tag=2),
-        _Expected("relu"),
+        LayerSpec("tag", tag=2),
+        LayerSpec("skip", tag=1),
+        LayerSpec("avg_pool", kernel=2, stride=2),
+        LayerSpec("add_prev", tag=2),
+        LayerSpec("relu"),
     ]
 
 
 # dlib's anet_type (its face recognition example), from the input outward; the loss is loss_metric.
-FACE_RESNET_V1: tuple[_Expected, ...] = (
-    _Expected("con", 32, 7, 2),
-    _Expected("affine"),
-    _Expected("relu"),
-    _Expected("max_pool", kernel=3, stride=2),
+FACE_RESNET_V1: tuple[LayerSpec, ...] = (
+    LayerSpec("con", 32, 7, 2),
+    LayerSpec("affine"),
+    LayerSpec("relu"),
+    LayerSpec("max_pool", kernel=3, stride=2),
     *_residual(32) * 3,
     *_residual_down(64),
     *_residual(64) * 3,
@@ -112,8 +112,8 @@ FACE_RESNET_V1: tuple[_Expected, ...] = (
     *_residual_down(256),
     *_residual(256) * 2,
     *_residual_down(256),
-    _Expected("avg_pool"),
-    _Expected("fc", 128),
+    LayerSpec("avg_pool"),
+    LayerSpec("fc", 128),
 )
 INPUT_SIZE = (150, 150)
 _WRAPPERS = {"tag", "skip"}  # dlib's add_tag_layer and add_skip_layer; every other kind is an add_layer
@@ -158,7 +158,7 @@ def _read_input(stream: _Stream) -> tuple[tuple[float, float, float], tuple[int,
     return means, size
 
 
-def _read_layer(stream: _Stream, index: int, expected: _Expected) -> Layer:
+def _read_layer(stream: _Stream, index: int, expected: LayerSpec) -> Layer:
     where = f"layer {index} ({expected.kind})"
     name = stream.string(f"{where}'s name")
     readers = {
@@ -175,7 +175,7 @@ def _read_layer(stream: _Stream, index: int, expected: _Expected) -> Layer:
     return reader(stream, name, where, expected)
 
 
-def _read_con(stream: _Stream, name: str, where: str, expected: _Expected) -> Layer:
+def _read_con(stream: _Stream, name: str, where: str, expected: LayerSpec) -> Layer:
     params = stream.tensor(f"{where}'s parameters")
     outputs = stream.int_(f"{where}'s filter count")
     kernel = (stream.int_(f"{where}'s rows"), stream.int_(f"{where}'s columns"))
@@ -211,7 +211,7 @@ def _read_con(stream: _Stream, name: str, where: str, expected: _Expected) -> La
     )
 
 
-def _read_affine(stream: _Stream, name: str, where: str, expected: _Expected) -> Layer:
+def _read_affine(stream: _Stream, name: str, where: str, expected: LayerSpec) -> Layer:
     params = stream.tensor(f"{where}'s parameters")
     gamma = stream.alias_tensor(f"{where}'s gamma shape")
     beta = stream.alias_tensor(f"{where}'s beta shape")
@@ -224,13 +224,13 @@ def _read_affine(stream: _Stream, name: str, where: str, expected: _Expected) ->
     return Layer("affine", channels, weight=params.ravel()[:channels].copy(), bias=params.ravel()[channels:].copy())
 
 
-def _read_relu(stream: _Stream, name: str, where: str, expected: _Expected) -> Layer:
+def _read_relu(stream: _Stream, name: str, where: str, expected: LayerSpec) -> Layer:
     disabled = stream.bool_(f"{where}'s disabled flag") if name == "relu_2" else False
     stream.check(f"{where}'s disabled flag", disabled, {False})
     return Layer("relu")
 
 
-def _read_pool(stream: _Stream, name: str, where: str, expected: _Expected) -> Layer:
+def _read_pool(stream: _Stream, name: str, where: str, expected: LayerSpec) -> Layer:
     kernel = (stream.int_(f"{where}'s rows"), stream.int_(f"{where}'s columns"))
     stride = (stream.int_(f"{where}'s row stride"), stream.int_(f"{where}'s column stride"))
     padding = (stream.int_(f"{where}'s row padding"), stream.int_(f"{where}'s column padding"))
@@ -240,11 +240,11 @@ def _read_pool(stream: _Stream, name: str, where: str, expected: _Expected) -> L
     return Layer(expected.kind, kernel=kernel, stride=stride, padding=padding)
 
 
-def _read_add_prev(stream: _Stream, name: str, where: str, expected: _Expected) -> Layer:
+def _read_add_prev(stream: _Stream, name: str, where: str, expected: LayerSpec) -> Layer:
     return Layer("add_prev", tag=expected.tag)
 
 
-def _read_fc(stream: _Stream, name: str, where: str, expected: _Expected) -> Layer:
+def _read_fc(stream: _Stream, name: str, where: str, expected: LayerSpec) -> Layer:
     outputs = stream.int_(f"{where}'s output count")
     inputs = stream.int_(f"{where}'s input count")
     params = stream.tensor(f"{where}'s parameters")

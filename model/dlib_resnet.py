@@ -1,6 +1,6 @@
 """dlib's face recognition ResNet v1 in PyTorch, built from the layers ``pdsn.model.dlib_format`` reads.
 
-It computes what dlib computes: 150x150 RGB chips in, 128-d descriptors out. ``trunk`` runs every
+It computes what dlib computes: 150x150 RGB chips in, 128-d descriptors out. ``features`` runs every
 layer up to the last residual block's feature map (256 x 2 x 2 at 150x150); ``head`` averages that
 map and applies the bias-free dense layer. Residual additions zero-fill the smaller tensor to the
 larger one's shape, as dlib's ``add_prev`` does: at 150x150 one down-sampling block adds a 3x3 map
@@ -10,36 +10,87 @@ to a 4x4 one, so this is not padding-free ResNet arithmetic.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pdsn.model.dlib_format import DlibNetwork, Layer, read_dlib_face_resnet
+from pdsn.model.crop_alignment import DLIB_CHIP_150
+from pdsn.model.dlib_format import FACE_RESNET_V1, INPUT_SIZE, DlibNetwork, LayerSpec, read_dlib_face_resnet
+from pdsn.model.grid import grid_for
+from pdsn.model.network import MaskGenerator
+
+# dlib scales pixels by 1/256 after subtracting its means (a power of two, so the contract's
+# ``x / 256 - mean / 256`` is the same float as dlib's ``(x - mean) / 256``).
+PIXEL_SCALE = 256.0
+
+
+@dataclass(frozen=True)
+class DlibArchitecture:
+    """dlib's face ResNet v1 as a bundle's manifest names it; its layers are fixed (``FACE_RESNET_V1``)."""
+
+    name: str = "dlib-face-resnet-v1"
+    feature_shape: tuple[int, int, int] = (256, 2, 2)
+    embedding_size: int = 128
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "feature_shape": list(self.feature_shape), "embedding_size": self.embedding_size}
+
+
+DLIB_FACE_RESNET_V1 = DlibArchitecture()
 
 
 class DlibResNet(nn.Module):
-    """``forward(x) == head(trunk(x))``; ``x`` is float32 [N, 3, 150, 150] as ``normalise`` makes it."""
+    """``forward(x) == head(features(x))``; ``x`` is float32 [N, 3, 150, 150] as ``normalise`` makes it."""
 
-    def __init__(self, network: DlibNetwork) -> None:
+    def __init__(self, input_means: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
+        """dlib's ``anet_type`` with its layers' shapes and zero weights; ``from_network`` fills them in."""
         super().__init__()
+        self.input_size = INPUT_SIZE
+        self.architecture = DLIB_FACE_RESNET_V1
+        self.register_buffer("means", torch.tensor(input_means, dtype=torch.float32))
+        steps: list[nn.Module] = []
+        channels, remembered = 3, {}
+        for spec in FACE_RESNET_V1[:-2]:
+            steps.append(_empty_step(spec, channels))
+            if spec.kind == "con":
+                channels = spec.outputs
+            elif spec.kind == "tag":
+                remembered[spec.tag] = channels
+            elif spec.kind == "skip":
+                channels = remembered[spec.tag]
+            elif spec.kind == "add_prev":
+                channels = max(channels, remembered[spec.tag])
+        self.steps = nn.ModuleList(steps)
+        self.fc = nn.Linear(channels, FACE_RESNET_V1[-1].outputs, bias=False)
+
+    @classmethod
+    def from_network(cls, network: DlibNetwork) -> DlibResNet:
+        """The network as ``pdsn.model.dlib_format.read_dlib_face_resnet`` read it, weights included."""
         *trunk, pool, fc = network.layers
         if (pool.kind, pool.kernel, fc.kind) != ("avg_pool", (0, 0), "fc"):
             raise ValueError(
                 f"the network ends with {pool.kind} {pool.kernel} then {fc.kind}; expected a whole-map "
                 f"avg_pool (0, 0) then fc. Read it with pdsn.model.dlib_format.read_dlib_face_resnet"
             )
-        self.input_size = network.input_size
-        self.register_buffer("means", torch.tensor(network.input_means, dtype=torch.float32))
-        self.steps = nn.ModuleList(_step(layer) for layer in trunk)
-        self.fc = nn.Linear(fc.weight.shape[1], fc.outputs, bias=False)
-        self.fc.weight.data.copy_(torch.from_numpy(fc.weight))
+        model = cls(network.input_means)
+        with torch.no_grad():
+            for step, layer in zip(model.steps, trunk):
+                if isinstance(step, nn.Conv2d):
+                    step.weight.copy_(torch.from_numpy(layer.weight))
+                    step.bias.copy_(torch.from_numpy(layer.bias))
+                elif isinstance(step, _Affine):
+                    step.gamma.copy_(torch.from_numpy(layer.weight).view(1, -1, 1, 1))
+                    step.beta.copy_(torch.from_numpy(layer.bias).view(1, -1, 1, 1))
+            model.fc.weight.copy_(torch.from_numpy(fc.weight))
+        return model.eval()
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> DlibResNet:
         """The network of ``dlib_face_recognition_resnet_model_v1.dat``."""
-        return cls(read_dlib_face_resnet(path))
+        return cls.from_network(read_dlib_face_resnet(path))
 
     def normalise(self, chips: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 RGB chips [N, 150, 150, 3] to the network's input, as dlib's input layer does:
@@ -54,8 +105,8 @@ class DlibResNet(nn.Module):
         pixels = chips.to(self.means.device).permute(0, 3, 1, 2).float()
         return (pixels - self.means.view(1, 3, 1, 1)) / 256
 
-    def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """The last residual block's feature map, [N, 256, 2, 2] at 150x150."""
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last residual block's feature map, [N, 256, 2, 2] at 150x150: what the mask dictionary covers."""
         tagged = {}
         for step in self.steps:
             if isinstance(step, _Tag):
@@ -72,8 +123,47 @@ class DlibResNet(nn.Module):
         """dlib's avg_pool_everything then fc_no_bias: the 128-d descriptor (not normalised, as dlib's)."""
         return self.fc(features.mean(dim=(2, 3)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.features(x)
+        if mask is not None:
+            features = features * mask
+        return self.head(features)
+
+    def deploy_head(self) -> nn.Linear:
+        """The head as one Linear over the flattened feature map: the average over the map's positions
+        folded into the dense layer (each channel's weight split evenly over its positions), bias zero."""
+        positions = self.architecture.feature_shape[1] * self.architecture.feature_shape[2]
+        folded = nn.Linear(self.fc.in_features * positions, self.fc.out_features)
+        with torch.no_grad():
+            folded.weight.copy_(self.fc.weight.repeat_interleave(positions, dim=1) / positions)
+            folded.bias.zero_()
+        return folded
+
+    def contract_fields(self) -> dict:
+        """The contract's fields that this network fixes (see ``pdsn.model.bundle_format.ModelContract``)."""
+        height, width = self.input_size
+        return {
+            "height": height,
+            "width": width,
+            "normalization": {
+                "scale": PIXEL_SCALE,
+                "mean": [float(m) / PIXEL_SCALE for m in self.means.tolist()],
+                "std": 1.0,
+            },
+            "grid": grid_for(height, width),
+            "alignment": DLIB_CHIP_150,
+            "feature_shape": self.architecture.feature_shape,
+            "embedding_size": self.architecture.embedding_size,
+        }
+
+
+class DlibPDSN(DlibResNet):
+    """Stage-1 model on dlib's network: the network as published, frozen, plus one mask generator
+    (keys ``sia.*``), as ``pdsn.model.network.PDSNNetwork`` is for an LResNet-IR network."""
+
+    def __init__(self, input_means: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
+        super().__init__(input_means)
+        self.sia = MaskGenerator(self.architecture.feature_shape[0])
 
 
 class _Affine(nn.Module):
@@ -108,25 +198,27 @@ class _AddPrev(_TagStep):
     """Adds the tensor remembered under ``tag``."""
 
 
-def _step(layer: Layer) -> nn.Module:
-    if layer.kind == "con":
-        conv = nn.Conv2d(layer.weight.shape[1], layer.outputs, layer.kernel, layer.stride, layer.padding)
-        conv.weight.data.copy_(torch.from_numpy(layer.weight))
-        conv.bias.data.copy_(torch.from_numpy(layer.bias))
+def _empty_step(spec: LayerSpec, channels: int) -> nn.Module:
+    """The module for one layer of ``FACE_RESNET_V1`` taking ``channels`` channels, its parameters zero."""
+    padding = 0 if spec.stride != 1 else spec.kernel // 2  # dlib's default padding
+    if spec.kind == "con":
+        conv = nn.Conv2d(channels, spec.outputs, spec.kernel, spec.stride, padding)
+        nn.init.zeros_(conv.weight)
+        nn.init.zeros_(conv.bias)
         return conv
-    if layer.kind == "affine":
-        return _Affine(layer.weight, layer.bias)
-    if layer.kind == "relu":
-        return nn.ReLU()
-    if layer.kind == "max_pool":
-        return nn.MaxPool2d(layer.kernel, layer.stride, layer.padding)
-    if layer.kind == "avg_pool":
+    if spec.kind == "max_pool":
+        return nn.MaxPool2d(spec.kernel, spec.stride, padding)
+    if spec.kind == "avg_pool":
         # dlib averages only the window's part inside the map.
-        return nn.AvgPool2d(layer.kernel, layer.stride, layer.padding, count_include_pad=False)
+        return nn.AvgPool2d(spec.kernel, spec.stride, padding, count_include_pad=False)
+    if spec.kind == "affine":
+        return _Affine(np.ones(channels, dtype=np.float32), np.zeros(channels, dtype=np.float32))
+    if spec.kind == "relu":
+        return nn.ReLU()
     tags = {"tag": _Tag, "skip": _Skip, "add_prev": _AddPrev}
-    if layer.kind in tags:
-        return tags[layer.kind](layer.tag)
-    raise ValueError(f"layer kind {layer.kind!r} is not one of dlib's face ResNet's: con, affine, relu, pools, tags")
+    if spec.kind in tags:
+        return tags[spec.kind](spec.tag)
+    raise ValueError(f"layer kind {spec.kind!r} is not one of dlib's face ResNet's: con, affine, relu, pools, tags")
 
 
 def _add_zero_filled(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,17 @@ DEFAULT_MIN_COVERAGE = 0.5
 _CELL_ID_RANGE = "0..24 (row-major over the 5x5 grid; the paper's 1..25 numbering is one higher)"
 
 
+def grid_for(height: int, width: int) -> dict:
+    """The 5x5 grid over a crop of ``height`` x ``width`` pixels, as a contract records it: cell
+    boundaries at ``floor(k * size / 5)``, which gives CELL_X_BOUNDS and CELL_Y_BOUNDS at 112x96."""
+    return {
+        "rows": GRID_ROWS,
+        "cols": GRID_COLS,
+        "x_bounds": [k * width // GRID_COLS for k in range(GRID_COLS + 1)],
+        "y_bounds": [k * height // GRID_ROWS for k in range(GRID_ROWS + 1)],
+    }
+
+
 def check_cell_id(value: object, label: str) -> int:
     """``value`` as an int cell id 0..24, or an error naming ``label``, the value and the range."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -45,10 +56,13 @@ def check_cell_id(value: object, label: str) -> int:
     return int(value)
 
 
-def cell_bounds(cell: int) -> tuple[int, int, int, int]:
-    """Pixel bounds (x0, y0, x1, y1) of a cell, half-open: x0 <= x < x1, y0 <= y < y1."""
+def cell_bounds(cell: int, size: tuple[int, int] = (CROP_HEIGHT, CROP_WIDTH)) -> tuple[int, int, int, int]:
+    """Pixel bounds (x0, y0, x1, y1) of a cell of the grid over a crop of ``size`` (height, width),
+    half-open: x0 <= x < x1, y0 <= y < y1."""
     row, col = divmod(check_cell_id(cell, "cell"), GRID_COLS)
-    return CELL_X_BOUNDS[col], CELL_Y_BOUNDS[row], CELL_X_BOUNDS[col + 1], CELL_Y_BOUNDS[row + 1]
+    grid = grid_for(*size)
+    x_bounds, y_bounds = grid["x_bounds"], grid["y_bounds"]
+    return x_bounds[col], y_bounds[row], x_bounds[col + 1], y_bounds[row + 1]
 
 
 def validate_cell_ids(cells: Iterable[int], argument: str = "cells") -> list[int]:
@@ -119,18 +133,21 @@ def vector_to_cells(vector: object) -> list[int]:
     return [int(cell) for cell in np.flatnonzero(validate_occlusion_vectors(vector, "vector")[0])]
 
 
-def coverage_from_mask(mask: object) -> np.ndarray:
-    """Fraction of each cell's pixels that are set in a (112, 96) crop mask; float64 (25,)."""
-    array = as_real_array(mask, "mask", "a (112, 96) 0/1 crop mask")
-    if array.shape != (CROP_HEIGHT, CROP_WIDTH):
+def coverage_from_mask(mask: object, size: tuple[int, int] = (CROP_HEIGHT, CROP_WIDTH)) -> np.ndarray:
+    """Fraction of each cell's pixels that are set in a crop mask of ``size`` (height, width); float64 (25,)."""
+    height, width = size
+    array = as_real_array(mask, "mask", f"a ({height}, {width}) 0/1 crop mask")
+    if array.shape != (height, width):
         raise ValueError(
-            f"mask must have shape ({CROP_HEIGHT}, {CROP_WIDTH}) (rows x columns of the aligned "
+            f"mask must have shape ({height}, {width}) (rows x columns of the aligned "
             f"crop), got shape {array.shape}; map boxes with boxes_to_mask or align the image first"
         )
     _require_zero_one(array, "mask", ("y", "x"), "1 = pixel occluded")
-    per_row_band = np.add.reduceat(array.astype(np.float64), CELL_Y_BOUNDS[:-1], axis=0)
-    counts = np.add.reduceat(per_row_band, CELL_X_BOUNDS[:-1], axis=1)
-    areas = np.outer(np.diff(CELL_Y_BOUNDS), np.diff(CELL_X_BOUNDS))
+    grid = grid_for(height, width)
+    y_bounds, x_bounds = grid["y_bounds"], grid["x_bounds"]
+    per_row_band = np.add.reduceat(array.astype(np.float64), y_bounds[:-1], axis=0)
+    counts = np.add.reduceat(per_row_band, x_bounds[:-1], axis=1)
+    areas = np.outer(np.diff(y_bounds), np.diff(x_bounds))
     return (counts / areas).reshape(NUM_CELLS)
 
 
@@ -178,14 +195,17 @@ def boxes_to_mask(boxes: object, transform: object | None = None) -> np.ndarray:
     return ((x0 <= x) & (x < x1) & (y0 <= y) & (y < y1)).any(axis=-1)
 
 
-def cells_from_mask(mask: object, min_coverage: float = DEFAULT_MIN_COVERAGE) -> np.ndarray:
-    """Float32 (25,) occlusion vector: 1 where at least ``min_coverage`` of a cell is set."""
+def cells_from_mask(
+    mask: object, min_coverage: float = DEFAULT_MIN_COVERAGE, size: tuple[int, int] = (CROP_HEIGHT, CROP_WIDTH)
+) -> np.ndarray:
+    """Float32 (25,) occlusion vector: 1 where at least ``min_coverage`` of a cell of a crop mask of
+    ``size`` (height, width) is set."""
     expected = "a number in (0, 1] (the fraction of a cell that must be covered to count)"
     if isinstance(min_coverage, bool) or not isinstance(min_coverage, numbers.Real):
         raise TypeError(f"min_coverage must be {expected}, got {type(min_coverage).__name__} {min_coverage!r}")
     if not 0.0 < min_coverage <= 1.0:
         raise ValueError(f"min_coverage must be {expected}, got {min_coverage!r}")
-    return (coverage_from_mask(mask) >= min_coverage).astype(np.float32)
+    return (coverage_from_mask(mask, size) >= min_coverage).astype(np.float32)
 
 
 def cells_from_boxes(

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pdsn.model.grid import CROP_HEIGHT, CROP_WIDTH
+from pdsn.model.crop_alignment import SIMILARITY_112X96
+from pdsn.model.grid import CROP_HEIGHT, CROP_WIDTH, grid_for
 
 EMBEDDING_SIZE = 512
 
@@ -137,6 +138,47 @@ class LResNetIR(nn.Module):
         if mask is not None:
             features = features * mask
         return self.head(features)
+
+    @staticmethod
+    def normalise(faces: np.ndarray) -> torch.Tensor:
+        """uint8 NHWC faces -> this network's input (``normalize_faces``)."""
+        return normalize_faces(faces)
+
+    def deploy_head(self) -> nn.Linear:
+        """The head as one Linear over the flattened feature map (its BatchNorm1d layers folded)."""
+        return fold_head(self.fc)
+
+    def contract_fields(self) -> dict:
+        """The contract's fields that this network fixes (see ``pdsn.model.bundle_format.ModelContract``)."""
+        return {
+            "height": CROP_HEIGHT,
+            "width": CROP_WIDTH,
+            "normalization": {"scale": 255.0, "mean": 0.5, "std": 0.5},
+            "grid": grid_for(CROP_HEIGHT, CROP_WIDTH),
+            "alignment": SIMILARITY_112X96,
+            "feature_shape": self.architecture.feature_shape,
+            "embedding_size": self.architecture.embedding_size,
+        }
+
+
+def fold_head(fc: nn.Sequential) -> nn.Linear:
+    """Fold ``BN1d -> Dropout -> Linear -> BN1d`` (eval mode) into one Linear, computed in float64."""
+    bn_in, linear, bn_out = fc[0], fc[2], fc[3]
+    scale_in, shift_in = _bn_affine(bn_in)
+    scale_out, shift_out = _bn_affine(bn_out)
+    weight = linear.weight.detach().double()
+    bias = linear.bias.detach().double()
+    folded = nn.Linear(linear.in_features, linear.out_features)
+    with torch.no_grad():
+        folded.weight.copy_((scale_out[:, None] * weight * scale_in[None, :]).float())
+        folded.bias.copy_((scale_out * (weight @ shift_in + bias) + shift_out).float())
+    return folded
+
+
+def _bn_affine(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    shift = bn.bias.detach().double() - bn.running_mean.double() * scale
+    return scale, shift
 
 
 class MaskGenerator(nn.Sequential):

@@ -16,8 +16,9 @@ from pdsn.model.grid import CROP_HEIGHT, CROP_WIDTH, NUM_CELLS, SCARF_CELLS, SUN
 OCCLUSION_MIX = (("none", 0.4), ("one-cell", 0.3), ("sunglasses", 0.15), ("bottom-row", 0.15))
 
 
-def seeded_faces(count: int, seed: int = 0) -> np.ndarray:
-    """Return ``count`` images, uint8 (count, 112, 96, 3), identical for the same seed."""
+def seeded_faces(count: int, seed: int = 0, size: tuple[int, int] = (CROP_HEIGHT, CROP_WIDTH)) -> np.ndarray:
+    """Return ``count`` images, uint8 (count, height, width, 3) for ``size`` (height, width), identical for
+    the same seed; drawn at 112x96 and resized bilinearly to another size."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     rng = np.random.default_rng(seed)
@@ -43,7 +44,15 @@ def seeded_faces(count: int, seed: int = 0) -> np.ndarray:
         image = image * light[..., None] * rng.uniform(0.75, 1.2)
         image += rng.normal(0, 6, size=image.shape)
         faces[i] = np.clip(image, 0, 255).astype(np.uint8)
-    return faces
+    if size == (CROP_HEIGHT, CROP_WIDTH):
+        return faces
+    return np.stack([_resized(face, size) for face in faces])
+
+
+def _resized(face: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(face).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
 def occlusion_mix(count: int, seed: int) -> np.ndarray:

@@ -116,7 +116,7 @@ class FaceFinder:
             if not found:
                 raise no_face_error(name)
             for number in range(len(found)) if face == ALL_FACES else [chosen_face_index(found, face, name)]:
-                crops.append(align_detected(array, found[number].landmarks))
+                crops.append(align_detected(array, found[number].landmarks, self.contract.alignment))
                 sources.append(FaceSource(index, found[number]))
         return Located(self._batch(crops, argument, False), sources, len(items))
 
@@ -127,7 +127,8 @@ class FaceFinder:
         crops = []
         for index, (item, points, name) in enumerate(zip(items, sets, names)):
             image = decoded(item, name, max_pixels)
-            crops.append(align_face(image, points, argument="landmarks" if single else f"landmarks[{index}]"))
+            name = "landmarks" if single else f"landmarks[{index}]"
+            crops.append(align_face(image, points, self.contract.alignment, argument=name))
         return Located(self._batch(crops, "images", single), None, len(items))
 
     def _batch(self, crops: list, argument: str, single: bool) -> np.ndarray:

@@ -11,6 +11,7 @@ confused; pass vectors as numpy arrays.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -147,15 +148,11 @@ def uint8_contract(contract: ModelContract) -> ModelContract:
     """Decoded and aligned images are uint8 HxWx3 whatever the bundle takes; they are checked as such."""
     if contract.image_layout == "nhwc-uint8":
         return contract
-    return ModelContract(
-        image_layout="nhwc-uint8", height=contract.height, width=contract.width, channels=contract.channels
-    )
+    return dataclasses.replace(contract, image_layout="nhwc-uint8")
 
 
 def to_model_layout(batch: np.ndarray, contract: ModelContract) -> np.ndarray:
     """uint8 NHWC as the bundle takes it: as is, or normalised NCHW float32 for a float-input bundle."""
     if contract.image_layout == "nhwc-uint8":
         return batch
-    norm = contract.normalization
-    scaled = (batch.astype(np.float32) / np.float32(norm["scale"]) - np.float32(norm["mean"])) / np.float32(norm["std"])
-    return np.ascontiguousarray(scaled.transpose(0, 3, 1, 2))
+    return contract.normalized_nchw(batch)

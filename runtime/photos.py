@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pdsn.model.bundle_format import ModelContract
+from pdsn.model.crop_alignment import SIMILARITY_112X96
 from pdsn.model.detector_contract import (
     DEFAULT_MIN_FACE,
     DEFAULT_SCALE_FACTOR,
@@ -110,17 +111,24 @@ def aligned_crop(image: object, contract: ModelContract) -> object | None:
         return image
     if is_photo(image, contract):
         return None
-    if image.shape[-3:] == INSIGHTFACE_CROP and image.dtype == np.uint8 and contract.image_layout == "nhwc-uint8":
+    if image.shape[-3:] == INSIGHTFACE_CROP and image.dtype == np.uint8 and _takes_insightface_crops(contract):
         return image[..., INSIGHTFACE_SHIFT : INSIGHTFACE_SHIFT + contract.width, :]
     return image
 
 
 def is_photo(image: object, contract: ModelContract) -> bool:
-    """A uint8 RGB (H, W, 3) array that is neither the bundle's crop nor a 112x112 crop."""
+    """A uint8 RGB (H, W, 3) array that is neither the bundle's crop nor (for a 112x96 bundle) a 112x112 crop."""
     if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
         return False
-    crop = (contract.height, contract.width, 3)
-    return image.shape not in (crop, INSIGHTFACE_CROP)
+    crops = [(contract.height, contract.width, 3)]
+    if _takes_insightface_crops(contract):
+        crops.append(INSIGHTFACE_CROP)
+    return image.shape not in crops
+
+
+def _takes_insightface_crops(contract: ModelContract) -> bool:
+    """insightface's 112x112 crops hold the 112x96 crop; no other alignment's."""
+    return contract.alignment == SIMILARITY_112X96 and contract.image_layout == "nhwc-uint8"
 
 
 def chosen_face_index(faces: list[DetectedFace], face: int | str | None, argument: str) -> int:

@@ -1,4 +1,5 @@
-"""Image files and bytes as uint8 RGB, and 5-point face alignment to the 112x96 crop (Pillow resamples).
+"""Image files and bytes as uint8 RGB, and 5-point face alignment to the bundle's crop (Pillow resamples
+the 112x96 crop; dlib's chip is cut with dlib's own resampling, ``pdsn.model.dlib_chip``).
 
 Decoding applies the EXIF orientation and converts every supported mode to 8-bit RGB as it would be
 displayed: 16-bit grey (modes ``I;16*``, and ``I`` holding 0..65535) is scaled by 255/65535, float
@@ -19,8 +20,9 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pdsn.model.alignment import TEMPLATE_112X96, checked_similarity, estimate_similarity, invert_transform
-from pdsn.model.grid import CROP_HEIGHT, CROP_WIDTH
+from pdsn.model.alignment import checked_similarity, estimate_similarity, invert_transform
+from pdsn.model.crop_alignment import CROP_ALIGNMENTS, DLIB_CHIP_150, SIMILARITY_112X96, CropAlignment
+from pdsn.model.dlib_chip import dlib_chip
 
 DEFAULT_MAX_PIXELS = 40_000_000
 ALPHA_BACKGROUND = (255, 255, 255)
@@ -91,9 +93,10 @@ def rgb_of_pil(image: Image.Image, name: str = "image") -> np.ndarray:
 
 
 def align_face(
-    image: np.ndarray, landmarks: object, template: np.ndarray = TEMPLATE_112X96, argument: str = "landmarks"
+    image: np.ndarray, landmarks: object, alignment: str = SIMILARITY_112X96, argument: str = "landmarks"
 ) -> np.ndarray:
-    """Warp ``image`` so its 5 landmarks (eyes, nose, mouth corners; x, y) land on the template.
+    """Cut the face whose 5 landmarks (eyes, nose, mouth corners; x, y) are given out of ``image``, as the
+    bundle's ``alignment`` (its contract's) says: the 112x96 crop, or dlib's 150x150 chip.
 
     Landmarks that cannot give a usable crop (outside the image, too close, mirrored, not face-shaped,
     or a crop mostly off the image) are refused; see ``pdsn.model.alignment.checked_similarity``.
@@ -103,21 +106,30 @@ def align_face(
             f"image: expected uint8 RGB (H, W, 3), got "
             f"{getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}"
         )
+    crop = CROP_ALIGNMENTS[alignment]
     height, width = image.shape[:2]
-    return _warped(image, checked_similarity(landmarks, (width, height), (CROP_WIDTH, CROP_HEIGHT), template, argument))
+    matrix = checked_similarity(landmarks, (width, height), (crop.width, crop.height), crop.template, argument)
+    return _cut(image, np.asarray(landmarks, dtype=np.float64).reshape(5, 2), matrix, crop)
 
 
-def align_detected(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+def align_detected(image: np.ndarray, landmarks: np.ndarray, alignment: str = SIMILARITY_112X96) -> np.ndarray:
     """Align a face that the bundle's detector found in ``image`` (uint8 RGB).
 
     Its landmarks come in the template's order from a face the detector saw, so the checks that catch a
     caller's mistaken landmarks do not apply: a face cut by the photo's border is aligned too, the part
     of its crop beyond the border black (as the face's own pixels are missing there).
     """
-    return _warped(image, estimate_similarity(landmarks, TEMPLATE_112X96))
+    crop = CROP_ALIGNMENTS[alignment]
+    return _cut(image, landmarks, estimate_similarity(landmarks, crop.template), crop)
 
 
-def _warped(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+def _cut(image: np.ndarray, landmarks: np.ndarray, matrix: np.ndarray, crop: CropAlignment) -> np.ndarray:
+    if crop.name == DLIB_CHIP_150:
+        return dlib_chip(image, landmarks, crop.template)
+    return _warped(image, matrix, crop)
+
+
+def _warped(image: np.ndarray, matrix: np.ndarray, crop: CropAlignment) -> np.ndarray:
     # Pillow maps output pixel centres through the inverse transform; landmark coordinates use
     # integer pixel centres (as cv2.warpAffine does), so shift by half a pixel on both sides.
     inverse = invert_transform(matrix)
@@ -126,7 +138,7 @@ def _warped(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     c += 0.5 * (a + b - 1.0)
     f += 0.5 * (d + e - 1.0)
     warped = Image.fromarray(image).transform(
-        (CROP_WIDTH, CROP_HEIGHT), Image.Transform.AFFINE, (a, b, c, d, e, f), Image.Resampling.BILINEAR
+        (crop.width, crop.height), Image.Transform.AFFINE, (a, b, c, d, e, f), Image.Resampling.BILINEAR
     )
     return np.asarray(warped, dtype=np.uint8)
 

@@ -85,7 +85,8 @@ def aligned_by_landmarks(
     for index, image in enumerate(images):
         points_name = field if single else f"{field}[{index}]"
         with input_errors(points_name):
-            faces.append(align_face(image, np.asarray(landmarks[index], dtype=np.float64), argument=points_name))
+            points = np.asarray(landmarks[index], dtype=np.float64)
+            faces.append(align_face(image, points, contract.alignment, argument=points_name))
     with input_errors(field):
         batch = prepare_images(faces[0] if single else faces, uint8_contract(contract), field)
     return Located(to_model_layout(batch, contract), None, len(images))

@@ -32,7 +32,7 @@ def network(model_file):
 
 @pytest.fixture(scope="module")
 def model(network):
-    return DlibResNet(network).eval()
+    return DlibResNet.from_network(network)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_torch_module_reproduces_dlib_on_its_own_chips(model, chips):
 def test_trunk_and_head_split_forward(model, chips):
     x = model.normalise(np.stack(chips["t1.jpg"]))
     with torch.no_grad():
-        features = model.trunk(x)
+        features = model.features(x)
         assert features.shape == (6, 256, 2, 2)
         assert torch.equal(model.head(features), model(x))
 

@@ -14,12 +14,13 @@ from factories import TINY, random_binary_dictionary, randomized_model
 
 from pdsn.export import parity as parity_module
 from pdsn.export.bundle_writer import REFERENCE_EMBEDDINGS, ExportRequest, export_bundle
-from pdsn.export.onnx_export import ExportOptions, fold_head
+from pdsn.export.onnx_export import ExportOptions
 from pdsn.export.parity import ParityError, pytorch_embeddings
 from pdsn.model.bundle_format import FDM_DOMAIN, FDM_OP, ModelContract, read_manifest, sha256_file
 from pdsn.model.checkpoint import load_recognition_model
 from pdsn.model.comparison import PARITY_PATTERNS, ExportGate, compare_embeddings, onnx_feeds
 from pdsn.model.dictionary import MaskDictionary
+from pdsn.model.network import fold_head
 from pdsn.model.sample_faces import seeded_faces
 
 

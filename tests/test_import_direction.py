@@ -21,6 +21,7 @@ TORCH_MODEL_MODULES = {
     "pdsn.model.occlusion_net",
     "pdsn.model.mtcnn_net",
     "pdsn.model.dlib_resnet",
+    "pdsn.model.recognition",
 }
 ALLOWED = {
     "model": {"model"},

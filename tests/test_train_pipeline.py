@@ -143,7 +143,16 @@ def test_identity_folder_images_must_be_aligned_crops(tmp_path):
     folder.mkdir()
     for k in range(2):
         Image.fromarray(np.zeros((120, 100, 3), dtype=np.uint8)).save(folder / f"{k}.png")
-    with pytest.raises(ValueError, match=r"is 100x120 \(WxH\); expected an aligned 96x112 crop"):
+    with pytest.raises(ValueError, match=r"is 100x120 \(WxH\); expected an aligned 96x112 or 150x150 crop"):
+        read_identity_folders(tmp_path)
+
+
+def test_identity_folders_hold_one_crop_size(tmp_path):
+    for name, shape in (("alice", (112, 96, 3)), ("bob", (150, 150, 3))):
+        (tmp_path / name).mkdir()
+        for k in range(2):
+            Image.fromarray(np.zeros(shape, dtype=np.uint8)).save(tmp_path / name / f"{k}.png")
+    with pytest.raises(ValueError, match="mixes crop sizes 96x112, 150x150"):
         read_identity_folders(tmp_path)
 
 

@@ -248,13 +248,22 @@ def _faces(args: argparse.Namespace):
 
 
 def _load_model(args: argparse.Namespace):
-    """The stage-0 network and its classifier from --checkpoint, --classifier, --architecture."""
+    """The stage-0 network and its classifier from --checkpoint, --classifier, --architecture.
+
+    A network published without a classifier (dlib's, from ``pdsn import dlib``) gets one made of its
+    training identities' centres (``pdsn.train.centroids``) unless --classifier is given.
+    """
     from pdsn.model.checkpoint import load_recognition_model
+    from pdsn.model.dlib_resnet import DlibResNet
     from pdsn.model.network import architecture_by_name
     from pdsn.train.stage0 import CLASSIFIER_FILENAME, load_classifier
 
     architecture = architecture_by_name(args.architecture) if args.architecture else None
     model, _ = load_recognition_model(args.checkpoint, architecture)
+    if isinstance(model, DlibResNet) and args.classifier is None:
+        from pdsn.train.centroids import centroid_classifier
+
+        return model, centroid_classifier(model, _faces(args))
     classifier_path = args.classifier or args.checkpoint.parent / CLASSIFIER_FILENAME
     if not classifier_path.is_file():
         raise FileNotFoundError(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pdsn.model.grid import CROP_HEIGHT, CROP_WIDTH
+from pdsn.model.crop_alignment import CROP_ALIGNMENTS
 from pdsn.train.occlusion import occlude
 from pdsn.train.synthetic import SyntheticFaces
 
@@ -42,7 +42,8 @@ CELL_OCCLUDER_STREAM = 2
 
 @dataclass(frozen=True)
 class LabelledFaces:
-    """Aligned crops with class ids: ``images`` uint8 (N, 112, 96, 3), ``labels`` int64 (N,)."""
+    """Aligned crops with class ids: ``images`` uint8 (N, H, W, 3) (112x96 crops or 150x150 chips), ``labels``
+    int64 (N,)."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -98,6 +99,12 @@ def read_identity_folders(root: str | Path) -> LabelledFaces:
             )
         images.extend(read_face(p) for p in files)
         labels.extend([label] * len(files))
+    sizes = sorted({image.shape[1::-1] for image in images})
+    if len(sizes) > 1:
+        raise ValueError(
+            f"{root} mixes crop sizes {', '.join(f'{w}x{h}' for w, h in sizes)} (WxH); every crop of a set must be "
+            "aligned for the same network"
+        )
     return LabelledFaces(
         np.stack(images),
         np.asarray(labels, dtype=np.int64),
@@ -157,7 +164,7 @@ def read_pair_list(path: str | Path, root: str | Path | None = None) -> FacePair
 
 
 def read_face(path: Path) -> np.ndarray:
-    """An aligned 112x96 crop as uint8 RGB (grey or RGBA files are converted)."""
+    """An aligned crop (112x96, or dlib's 150x150 chip) as uint8 RGB (grey or RGBA files are converted)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -165,10 +172,12 @@ def read_face(path: Path) -> np.ndarray:
             array = np.asarray(image.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"image {path} could not be read: {exc}") from None
-    if array.shape != (CROP_HEIGHT, CROP_WIDTH, 3):
+    sizes = {(a.height, a.width) for a in CROP_ALIGNMENTS.values()}
+    if array.shape[:2] not in sizes:
+        expected = " or ".join(f"{w}x{h}" for h, w in sorted(sizes))
         raise ValueError(
             f"image {path} is {array.shape[1]}x{array.shape[0]} (WxH); expected an aligned "
-            f"{CROP_WIDTH}x{CROP_HEIGHT} crop: align it first (5-point template)"
+            f"{expected} crop: align it first (5-point template)"
         )
     return array
 

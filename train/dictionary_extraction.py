@@ -22,7 +22,8 @@ from pdsn.model.dictionary import (
     write_mean_mask_txt,
 )
 from pdsn.model.grid import NUM_CELLS
-from pdsn.model.network import LResNetIR, PDSNNetwork
+from pdsn.model.network import PDSNNetwork
+from pdsn.model.recognition import RecognitionNetwork
 from pdsn.train.features import CellFeatureCache, PairFeatures
 from pdsn.train.stage1 import find_pdsn_checkpoints
 
@@ -79,7 +80,7 @@ def extract_mean_masks(
     return np.stack(masks)
 
 
-def recognition_model_of(pdsn_dir: str | Path) -> LResNetIR:
+def recognition_model_of(pdsn_dir: str | Path) -> RecognitionNetwork:
     """The frozen stage-0 network inside the stage-1 checkpoints (read from cell 0's)."""
     return load_recognition_model(find_pdsn_checkpoints(pdsn_dir)[0])[0]
 
@@ -110,14 +111,12 @@ def write_dictionary(
     return DictionaryFiles(paths, out / DICTIONARY_FILE, dictionary.tau)  # type: ignore[arg-type]
 
 
-def _check_same_network(pdsn: PDSNNetwork, model: LResNetIR, path: Path) -> None:
-    got, expected = pdsn.architecture, model.architecture
-    if (got.layers, got.widths, got.embedding_size) != (expected.layers, expected.widths, expected.embedding_size):
+def _check_same_network(pdsn: PDSNNetwork, model: RecognitionNetwork, path: Path) -> None:
+    got, expected = pdsn.architecture.to_dict(), model.architecture.to_dict()
+    if _shape_of(got) != _shape_of(expected):
         raise CheckpointError(
-            f"stage-1 checkpoint {path} is a network of layers {list(got.layers)}, widths "
-            f"{list(got.widths)}, embedding {got.embedding_size}, but the features come from one "
-            f"of layers {list(expected.layers)}, widths {list(expected.widths)}, embedding "
-            f"{expected.embedding_size}; all 25 PDSNs must be trained on the same stage-0 network"
+            f"stage-1 checkpoint {path} is a network of {_described(got)}, but the features come from one "
+            f"of {_described(expected)}; all 25 PDSNs must be trained on the same stage-0 network"
         )
     reference = model.state_dict()
     differing = [
@@ -131,3 +130,14 @@ def _check_same_network(pdsn: PDSNNetwork, model: LResNetIR, path: Path) -> None
             f"the features were computed with ({len(differing)} tensors differ, e.g. {differing[0]}); all 25 PDSNs must be trained "
             "on the same frozen stage-0 network: retrain them from one --checkpoint"
         )
+
+
+def _shape_of(architecture: dict) -> dict:
+    """What fixes the feature map and the embedding; a name or a dropout rate does not."""
+    return {key: value for key, value in architecture.items() if key not in ("name", "dropout")}
+
+
+def _described(architecture: dict) -> str:
+    """An architecture's shape in words: its layers and widths, or (for a fixed network) its name."""
+    shown = [key for key in ("layers", "widths") if key in architecture] or ["name"]
+    return ", ".join(f"{key} {architecture[key]}" for key in (*shown, "embedding_size"))

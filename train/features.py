@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pdsn.model.network import LResNetIR, normalize_faces
+from pdsn.model.recognition import RecognitionNetwork
 from pdsn.train.data import FacePairs, LabelledFaces, occlude_cell
 
 FEATURE_BATCH = 128
@@ -31,20 +31,20 @@ class PairFeatures:
 
 
 @torch.no_grad()
-def trunk_features(model: LResNetIR, images: np.ndarray, batch_size: int = FEATURE_BATCH) -> torch.Tensor:
+def trunk_features(model: RecognitionNetwork, images: np.ndarray, batch_size: int = FEATURE_BATCH) -> torch.Tensor:
     """(N, C, H, W) trunk output of uint8 NHWC faces, with the model in eval mode."""
     was_training = model.training
     model.eval()
     try:
         chunks = [
-            model.features(normalize_faces(images[i : i + batch_size])) for i in range(0, len(images), batch_size)
+            model.features(model.normalise(images[i : i + batch_size])) for i in range(0, len(images), batch_size)
         ]
     finally:
         model.train(was_training)
     return torch.cat(chunks)
 
 
-def pair_features(model: LResNetIR, pairs: FacePairs) -> PairFeatures:
+def pair_features(model: RecognitionNetwork, pairs: FacePairs) -> PairFeatures:
     """Features of given pairs (e.g. a reference pair list)."""
     return PairFeatures(
         trunk_features(model, pairs.clean),
@@ -61,7 +61,13 @@ class CellFeatureCache:
     is one pair per face).
     """
 
-    def __init__(self, model: LResNetIR, faces: LabelledFaces, seed: int, pairs_per_cell: int | None = None) -> None:
+    def __init__(self, model: RecognitionNetwork, faces: LabelledFaces, seed: int, pairs_per_cell: int | None = None) -> None:
+        fields = model.contract_fields()
+        if faces.images.shape[1:3] != (fields["height"], fields["width"]):
+            raise ValueError(
+                f"{faces.source}: the faces are {faces.images.shape[2]}x{faces.images.shape[1]} (WxH) crops, but "
+                f"{model.architecture.name} takes {fields['width']}x{fields['height']}; align them for this network"
+            )
         self.model, self.faces, self.seed, self.pairs_per_cell = model, faces, seed, pairs_per_cell
         self.clean = trunk_features(model, faces.images)
         self._cells: dict[int, PairFeatures] = {}

@@ -1,4 +1,4 @@
-"""Synthetic occluders drawn over aligned 112x96 face crops (numpy only).
+"""Synthetic occluders drawn over aligned face crops: the 112x96 crop or dlib's 150x150 chip (numpy only).
 
 ``OCCLUDER_KINDS``, the four kinds every published evaluation draws from: ``bar`` (a solid,
 uniformly coloured rectangle), ``patch`` (a rectangle with a random striped and blotchy texture),
@@ -14,25 +14,19 @@ draws from it are unchanged.
 
 Every occluder is opaque with hard edges, so the returned pixel mask is exactly the set of pixels
 it replaced, and the 25-vector of occluded cells is ``pdsn.model.grid.cells_from_mask(mask,
-min_coverage)``.
+min_coverage, size)`` over the crop's own grid.
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
-from pdsn.model.alignment import TEMPLATE_112X96
-from pdsn.model.grid import (
-    CROP_HEIGHT,
-    CROP_WIDTH,
-    DEFAULT_MIN_COVERAGE,
-    NUM_CELLS,
-    cell_bounds,
-    cells_from_mask,
-)
+from pdsn.model.crop_alignment import CROP_ALIGNMENTS
+from pdsn.model.grid import DEFAULT_MIN_COVERAGE, NUM_CELLS, cell_bounds, cells_from_mask
 
 OCCLUDER_KINDS = ("bar", "patch", "sunglasses", "scarf")
 ESTIMATOR_OCCLUDER_KINDS = (*OCCLUDER_KINDS, "hand", "face_mask")
@@ -43,16 +37,38 @@ _SKIN_DARK = np.array([92.0, 62.0, 48.0])
 # Face-mask fabrics: surgical blue, white, black, pale green.
 _MASK_COLOURS = np.array([[150, 190, 220], [235, 235, 232], [32, 32, 36], [170, 205, 185]], dtype=np.float64)
 
-_ROWS, _COLS = np.mgrid[0:CROP_HEIGHT, 0:CROP_WIDTH].astype(np.float64)
-# Pixel centres, in the same continuous coordinates as grid boxes (pixel k spans [k, k + 1)).
-_X, _Y = _COLS + 0.5, _ROWS + 0.5
+# The crops occluders are drawn on, (height, width), and where each alignment's landmarks fall in them.
+CROP_TEMPLATES = {(a.height, a.width): a.template for a in CROP_ALIGNMENTS.values()}
+
+
+@dataclass(frozen=True, eq=False)
+class _Canvas:
+    """A crop's pixel grid: row and column indices, and pixel centres in the continuous coordinates of
+    grid boxes (pixel k spans [k, k + 1))."""
+
+    height: int
+    width: int
+    rows: np.ndarray
+    cols: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, 3)
+
+
+@functools.cache
+def _canvas(height: int, width: int) -> _Canvas:
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
+    return _Canvas(height, width, rows, cols, cols + 0.5, rows + 0.5)
 
 
 @dataclass(frozen=True)
 class Occlusion:
     """An occluded crop.
 
-    ``image`` uint8 (112, 96, 3); ``mask`` bool (112, 96), True where the occluder replaced the
+    ``image`` uint8 (H, W, 3), the crop's size; ``mask`` bool (H, W), True where the occluder replaced the
     pixel; ``cells`` float32 (25,), 1 where a grid cell counts as occluded; ``kind`` the occluder.
     """
 
@@ -78,11 +94,12 @@ def occlude(
     ``bar`` and ``patch`` need exactly one of ``cell`` (0..24; the occluder covers the cell grown by
     a random 0..``margin`` pixels on each side) or ``box`` (x0, y0, x1, y1 in crop pixels).
     The other kinds (``sunglasses``, ``scarf``, ``hand``, ``face_mask``) take neither; they are
-    placed from ``landmarks`` ((5, 2): eyes, nose, mouth corners in crop pixels; default: the
-    alignment template). The result is a deterministic function of the arguments and the state of
+    placed from ``landmarks`` ((5, 2): eyes, nose, mouth corners in crop pixels; default: the template of
+    the alignment whose crop has the image's size). The result is a deterministic function of the arguments and the state of
     ``rng``.
     """
     crop = _check_image(image)
+    canvas = _canvas(*crop.shape[:2])
     if not isinstance(kind, str) or kind not in ESTIMATOR_OCCLUDER_KINDS:
         raise ValueError(f"kind must be one of {ESTIMATOR_OCCLUDER_KINDS}, got {kind!r}")
     if not isinstance(rng, np.random.Generator):
@@ -96,8 +113,8 @@ def occlude(
                 f"kind {kind!r} needs exactly one of cell (a grid cell id 0..{NUM_CELLS - 1}) or "
                 f"box (x0, y0, x1, y1 in crop pixels); got cell={cell!r}, box={box!r}"
             )
-        region = _cell_region(cell, rng, int(margin)) if box is None else _check_box(box)
-        colours, mask = _bar(region, rng) if kind == "bar" else _patch(region, rng)
+        region = _cell_region(cell, canvas, rng, int(margin)) if box is None else _check_box(box, canvas)
+        colours, mask = _bar(region, canvas, rng) if kind == "bar" else _patch(region, canvas, rng)
     else:
         for name, value in (("cell", cell), ("box", box)):
             if value is not None:
@@ -105,11 +122,11 @@ def occlude(
                     f"{name} is not used by kind {kind!r}, which is placed from landmarks; "
                     f"got {name}={value!r}. Use kind 'bar' or 'patch' to cover a cell or a box"
                 )
-        colours, mask = _PLACED_BY_LANDMARKS[kind](_check_landmarks(landmarks), rng)
+        colours, mask = _PLACED_BY_LANDMARKS[kind](_check_landmarks(landmarks, canvas), canvas, rng)
 
     occluded = crop.copy()
     occluded[mask] = np.clip(colours[mask] + 0.5, 0, 255).astype(np.uint8)
-    return Occlusion(occluded, mask, cells_from_mask(mask, min_coverage), kind)
+    return Occlusion(occluded, mask, cells_from_mask(mask, min_coverage, crop.shape[:2]), kind)
 
 
 def random_occlusion(
@@ -136,16 +153,19 @@ def random_occlusion(
 
 
 def _check_image(image: object) -> np.ndarray:
-    expected = f"a uint8 RGB crop of shape ({CROP_HEIGHT}, {CROP_WIDTH}, 3)"
+    sizes = " or ".join(f"({h}, {w}, 3)" for h, w in CROP_TEMPLATES)
+    expected = f"a uint8 RGB crop of shape {sizes}"
     if not isinstance(image, np.ndarray):
         raise ValueError(f"image must be {expected}, got {type(image).__name__}")
-    if image.dtype != np.uint8 or image.shape != (CROP_HEIGHT, CROP_WIDTH, 3):
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] not in CROP_TEMPLATES:
         raise ValueError(f"image must be {expected}, got dtype {image.dtype} shape {image.shape}")
     return image
 
 
-def _check_box(box: object) -> tuple[float, float, float, float]:
-    expected = "(x0, y0, x1, y1) in crop pixels with x1 > x0, y1 > y0, overlapping the 96x112 crop"
+def _check_box(box: object, canvas: _Canvas) -> tuple[float, float, float, float]:
+    expected = (
+        f"(x0, y0, x1, y1) in crop pixels with x1 > x0, y1 > y0, overlapping the {canvas.width}x{canvas.height} crop"
+    )
     try:
         values = np.asarray(box, dtype=np.float64)
     except (TypeError, ValueError):
@@ -153,14 +173,14 @@ def _check_box(box: object) -> tuple[float, float, float, float]:
     if values.shape != (4,) or not np.isfinite(values).all():
         raise ValueError(f"box must be {expected}, got {box!r}")
     x0, y0, x1, y1 = (float(v) for v in values)
-    if x1 <= x0 or y1 <= y0 or x1 <= 0 or y1 <= 0 or x0 >= CROP_WIDTH or y0 >= CROP_HEIGHT:
+    if x1 <= x0 or y1 <= y0 or x1 <= 0 or y1 <= 0 or x0 >= canvas.width or y0 >= canvas.height:
         raise ValueError(f"box must be {expected}, got {box!r}")
     return x0, y0, x1, y1
 
 
-def _check_landmarks(landmarks: object) -> np.ndarray:
+def _check_landmarks(landmarks: object, canvas: _Canvas) -> np.ndarray:
     if landmarks is None:
-        return np.asarray(TEMPLATE_112X96)
+        return np.asarray(CROP_TEMPLATES[canvas.height, canvas.width])
     try:
         points = np.asarray(landmarks, dtype=np.float64)
     except (TypeError, ValueError):
@@ -173,40 +193,40 @@ def _check_landmarks(landmarks: object) -> np.ndarray:
     return points
 
 
-def _cell_region(cell: int | None, rng: np.random.Generator, margin: int) -> tuple[float, ...]:
-    x0, y0, x1, y1 = cell_bounds(cell)  # type: ignore[arg-type]
+def _cell_region(cell: int | None, canvas: _Canvas, rng: np.random.Generator, margin: int) -> tuple[float, ...]:
+    x0, y0, x1, y1 = cell_bounds(cell, (canvas.height, canvas.width))  # type: ignore[arg-type]
     grow = rng.integers(0, margin + 1, size=4)
     return (
         max(0, x0 - grow[0]),
         max(0, y0 - grow[1]),
-        min(CROP_WIDTH, x1 + grow[2]),
-        min(CROP_HEIGHT, y1 + grow[3]),
+        min(canvas.width, x1 + grow[2]),
+        min(canvas.height, y1 + grow[3]),
     )
 
 
-def _box_mask(region: tuple[float, ...]) -> np.ndarray:
+def _box_mask(region: tuple[float, ...], canvas: _Canvas) -> np.ndarray:
     x0, y0, x1, y1 = region
-    return (x0 <= _X) & (x1 > _X) & (y0 <= _Y) & (y1 > _Y)
+    return (x0 <= canvas.x) & (x1 > canvas.x) & (y0 <= canvas.y) & (y1 > canvas.y)
 
 
-def _bar(region: tuple[float, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _bar(region: tuple[float, ...], canvas: _Canvas, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     colour = rng.uniform(0, 255, 3)
-    return np.broadcast_to(colour, (CROP_HEIGHT, CROP_WIDTH, 3)), _box_mask(region)
+    return np.broadcast_to(colour, canvas.shape), _box_mask(region, canvas)
 
 
-def _texture(rng: np.random.Generator, waves: int = 3) -> np.ndarray:
+def _texture(canvas: _Canvas, rng: np.random.Generator, waves: int = 3) -> np.ndarray:
     """A random colour texture over the whole crop: base colour, low-frequency waves, fine grain."""
-    image = np.broadcast_to(rng.uniform(30, 225, 3), (CROP_HEIGHT, CROP_WIDTH, 3)).copy()
+    image = np.broadcast_to(rng.uniform(30, 225, 3), canvas.shape).copy()
     for _ in range(waves):
         frequency = rng.uniform(0.05, 0.6)
         angle, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
-        wave = np.sin(frequency * (np.cos(angle) * _X + np.sin(angle) * _Y) + phase)
+        wave = np.sin(frequency * (np.cos(angle) * canvas.x + np.sin(angle) * canvas.y) + phase)
         image += wave[..., None] * rng.uniform(-40, 40, 3)
     return image + rng.normal(0, 8, image.shape)
 
 
-def _patch(region: tuple[float, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    return _texture(rng), _box_mask(region)
+def _patch(region: tuple[float, ...], canvas: _Canvas, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    return _texture(canvas, rng), _box_mask(region, canvas)
 
 
 def _eye_frame(points: np.ndarray) -> tuple[np.ndarray, float, float, float]:
@@ -220,15 +240,15 @@ def _eye_frame(points: np.ndarray) -> tuple[np.ndarray, float, float, float]:
 def _to_frame(
     x: np.ndarray | float, y: np.ndarray | float, frame: tuple[np.ndarray, float, float, float]
 ) -> tuple[np.ndarray, np.ndarray]:
-    # Landmarks put pixel centres at integer coordinates, so pass pixel indices (not _X, _Y).
+    # Landmarks put pixel centres at integer coordinates, so pass pixel indices (not canvas.x, canvas.y).
     centre, c, s, _ = frame
     dx, dy = np.asarray(x) - centre[0], np.asarray(y) - centre[1]
     return c * dx + s * dy, c * dy - s * dx
 
 
-def _sunglasses(points: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _sunglasses(points: np.ndarray, canvas: _Canvas, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     frame = _eye_frame(points)
-    u, v = _to_frame(_COLS, _ROWS, frame)
+    u, v = _to_frame(canvas.cols, canvas.rows, frame)
     eye_distance = frame[3]
     half_gap = eye_distance / 2.0
     lens_w, lens_h = eye_distance * rng.uniform(0.36, 0.46), eye_distance * rng.uniform(0.26, 0.34)
@@ -244,34 +264,34 @@ def _sunglasses(points: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
 
     tint = rng.uniform(5, 60) * (1.0 + rng.uniform(-0.3, 0.3, 3))
     shine = np.clip(1.0 - (v - drop) / lens_h, 0.0, 2.0)[..., None] * rng.uniform(5, 30)
-    colours = np.broadcast_to(tint, (CROP_HEIGHT, CROP_WIDTH, 3)) + shine
+    colours = np.broadcast_to(tint, canvas.shape) + shine
     rim = np.broadcast_to(rng.uniform(0, 90, 3), colours.shape)
     return np.where((bridge | temples)[..., None] & ~lenses[..., None], rim, colours), mask
 
 
-def _scarf(points: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _scarf(points: np.ndarray, canvas: _Canvas, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     frame = _eye_frame(points)
-    u, v = _to_frame(_COLS, _ROWS, frame)
+    u, v = _to_frame(canvas.cols, canvas.rows, frame)
     eye_distance = frame[3]
     nose_u, nose_v = _to_frame(points[2, 0], points[2, 1], frame)
     top = nose_v + eye_distance * rng.uniform(0.05, 0.25)
     sag = eye_distance * rng.uniform(-0.15, 0.15) * ((u - nose_u) / eye_distance) ** 2
     mask = v >= top + sag
-    cloth = _texture(rng, waves=2)
+    cloth = _texture(canvas, rng, waves=2)
     stripes = np.sin(rng.uniform(0.4, 1.2) * (u + rng.uniform(-0.6, 0.6) * v))
     cloth += (stripes > rng.uniform(-0.3, 0.6))[..., None] * rng.uniform(-80, 80, 3)
     folds = 1.0 + 0.15 * np.sin(rng.uniform(0.15, 0.35) * u + rng.uniform(0, 2 * np.pi))
     return cloth * folds[..., None], mask
 
 
-def _hand(points: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _hand(points: np.ndarray, canvas: _Canvas, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A hand (skin-toned palm and fingers) or an object (textured blob) anywhere on the face.
 
     A hand is shaded like a rounded solid, darker towards every part's rim, so that fingers and
     the palm's outline show even when its tone matches the face's.
     """
     frame = _eye_frame(points)
-    u, v = _to_frame(_COLS, _ROWS, frame)
+    u, v = _to_frame(canvas.cols, canvas.rows, frame)
     eye_distance = frame[3]
     centre = np.array([eye_distance * rng.uniform(-1.1, 1.1), eye_distance * rng.uniform(-1.0, 1.7)])
     radius = eye_distance * rng.uniform(0.35, 0.75)
@@ -285,7 +305,7 @@ def _hand(points: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.
     # Relative depth into the shape: 0 on a part's axis or centre, 1 on its rim.
     rim = np.hypot(du, dv) / (radius * wobble)
     if not is_hand:
-        return _texture(rng), rim <= 1.0
+        return _texture(canvas, rng), rim <= 1.0
     pointing = rng.uniform(0, 2 * np.pi)
     spread, length, width = rng.uniform(0.25, 0.5), radius * rng.uniform(0.9, 1.5), radius * rng.uniform(0.15, 0.25)
     for offset in np.linspace(-spread, spread, int(rng.integers(2, 5))):
@@ -296,7 +316,7 @@ def _hand(points: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.
     skin = _SKIN_LIGHT + rng.uniform(0, 1) * (_SKIN_DARK - _SKIN_LIGHT)
     light = rng.uniform(-0.15, 0.15, 2)
     shade = 1.0 - rng.uniform(0.25, 0.45) * np.clip(rim, 0.0, 1.0) ** 3 + (light[0] * du + light[1] * dv) / radius
-    return skin * shade[..., None] + rng.normal(0, 5, (CROP_HEIGHT, CROP_WIDTH, 3)), rim <= 1.0
+    return skin * shade[..., None] + rng.normal(0, 5, canvas.shape), rim <= 1.0
 
 
 def _segment_distance(u: np.ndarray, v: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -306,10 +326,10 @@ def _segment_distance(u: np.ndarray, v: np.ndarray, start: np.ndarray, end: np.n
     return np.hypot(u - start[0] - t * along[0], v - start[1] - t * along[1])
 
 
-def _face_mask(points: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _face_mask(points: np.ndarray, canvas: _Canvas, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A pleated medical mask from the nose bridge to below the chin, optionally with ear loops."""
     frame = _eye_frame(points)
-    u, v = _to_frame(_COLS, _ROWS, frame)
+    u, v = _to_frame(canvas.cols, canvas.rows, frame)
     eye_distance = frame[3]
     nose_u, nose_v = _to_frame(points[2, 0], points[2, 1], frame)
     _, mouth_v = _to_frame(points[3:, 0].mean(), points[3:, 1].mean(), frame)
@@ -332,7 +352,7 @@ def _face_mask(points: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray
                 mask |= _segment_distance(u, v, corner, ear) <= thickness
     fabric = _MASK_COLOURS[rng.integers(len(_MASK_COLOURS))] * rng.uniform(0.85, 1.05)
     pleats = 1.0 - 0.12 * (np.sin(2 * np.pi * (v - top) / (height / rng.uniform(3.0, 4.5))) > 0.6)
-    colours = fabric * pleats[..., None] + rng.normal(0, 4, (CROP_HEIGHT, CROP_WIDTH, 3))
+    colours = fabric * pleats[..., None] + rng.normal(0, 4, canvas.shape)
     loop = np.broadcast_to(fabric * 0.95, colours.shape)
     return np.where(body[..., None], colours, loop), mask
 

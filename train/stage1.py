@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from pdsn.model.checkpoint import save_checkpoint
+from pdsn.model.dlib_resnet import DlibPDSN, DlibResNet
 from pdsn.model.grid import NUM_CELLS, check_cell_id, validate_cell_ids
 from pdsn.model.network import LResNetIR, PDSNNetwork
 from pdsn.train.cosface import MarginCosineProduct
@@ -75,11 +76,11 @@ def checkpoint_name(cell: int) -> str:
     return f"cell_{check_cell_id(cell, 'cell'):02d}.pth"
 
 
-def pdsn_from_recognition(model: LResNetIR, seed: int) -> PDSNNetwork:
+def pdsn_from_recognition(model: LResNetIR | DlibResNet, seed: int) -> PDSNNetwork | DlibPDSN:
     """A PDSN holding ``model``'s weights and a freshly initialised (seeded) mask generator."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        pdsn = PDSNNetwork(model.architecture)
+        pdsn = DlibPDSN() if isinstance(model, DlibResNet) else PDSNNetwork(model.architecture)
     missing, unexpected = pdsn.load_state_dict(model.state_dict(), strict=False)
     if unexpected or any(not key.startswith("sia.") for key in missing):
         raise RuntimeError(f"stage-0 weights do not fit the PDSN network: missing {missing}, unexpected {unexpected}")
