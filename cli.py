@@ -15,6 +15,7 @@ from pdsn.commands.arguments import (
     numbers,
     positive,
 )
+from pdsn.model.shipped_models import WEIGHTS
 
 # What a user can cause and fix: bad values or files, and the errors pdsn raises on purpose (its own
 # RuntimeError subclasses: a missed gate, a backend not installed, ...). Anything else, a bare
@@ -46,17 +47,19 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     export = commands.add_parser("export", help="checkpoint + dictionary -> verified ONNX bundle")
-    export.add_argument("--checkpoint", type=Path, help="reference-format checkpoint (default: the trained demo model)")
+    export.add_argument(
+        "--checkpoint", type=Path, help="reference-format or `pdsn import` checkpoint (default: --weights)"
+    )
     export.add_argument(
         "--dictionary",
         type=Path,
-        help="mean_mask.txt directory, or .npy/.npz (required with --checkpoint; default: the demo model's)",
+        help="mean_mask.txt directory, or .npy/.npz (required with --checkpoint; default: the shipped model's)",
     )
     export.add_argument(
         "--weights",
-        choices=("demo", "seeded"),
-        default="demo",
-        help="without --checkpoint: the trained demo model, or seeded timing weights of --architecture",
+        choices=WEIGHTS,
+        help="without --checkpoint: dlib's face ResNet with its dictionary (the default), the trained demo model "
+        "(synthetic faces), or seeded timing weights of --architecture",
     )
     export.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     export.add_argument(
@@ -204,6 +207,17 @@ def _parser() -> argparse.ArgumentParser:
     from pdsn.train.evaluate import EVAL_PAIRS
 
     demo = commands.add_parser("demo", help="the main job on the embedded default model")
+    which = demo.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--photo",
+        type=Path,
+        help="a photo of several people: the default model (dlib's) enrolls and identifies them behind occluders",
+    )
+    which.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="the trained demo model's run on synthetic faces (variants, accuracy, LResNet50E-IR timing)",
+    )
     demo.add_argument("--out", type=Path, default=Path("pdsn-demo-bundle"), help="where to write the demo bundle")
     demo.add_argument(
         "--bench-work",
@@ -273,7 +287,7 @@ def _export(args: argparse.Namespace) -> int:
         ),
         seed=args.seed,
         overwrite=args.overwrite,
-        seeded_weights=args.weights == "seeded",
+        weights=args.weights,
     )
     result = export_bundle(request)
     print(format_parity_table(result.parity))
@@ -447,6 +461,10 @@ def _add_estimator(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.photo is not None:
+        from pdsn.photo_demo import run_photo_demo
+
+        return run_photo_demo(args.photo, args.out)
     from pdsn.demo import run_demo
 
     return run_demo(args.out, args.bench_work, args.bench_architecture, args.eval_pairs)

@@ -35,7 +35,7 @@ def prepare_demo_bundle(out: Path, progress: bool = True) -> tuple[dict, dict]:
     from pdsn.export.bundle_writer import ExportRequest, export_bundle
 
     existing = existing_bundle(out, "trained-demo")
-    parity = export_bundle(ExportRequest(out=out, overwrite=existing is not None)).parity
+    parity = export_bundle(ExportRequest(out=out, overwrite=existing is not None, weights="demo")).parity
     return parity, add_variants(out, DEMO_CALIBRATION, enforce_gate=True, progress=progress)
 
 

@@ -30,9 +30,7 @@ def prepare_timing_bundle(out: Path, architecture_name: str, reuse: bool, progre
     split = fits and existing.get("head") and all("trunk" in v for v in existing["variants"].values())
     if reuse and split and set(VARIANT_PRECISIONS) <= set(existing["variants"]):
         return existing["variants"]
-    export_bundle(
-        ExportRequest(out=out, architecture=architecture, seeded_weights=True, overwrite=existing is not None)
-    )
+    export_bundle(ExportRequest(out=out, architecture=architecture, weights="seeded", overwrite=existing is not None))
     return add_variants(out, TIMING_CALIBRATION, enforce_gate=False, progress=progress)
 
 
@@ -42,7 +40,8 @@ def existing_bundle(out: Path, weights: str) -> dict | None:
 
     existing = read_manifest(out) if (out / "manifest.json").is_file() else None
     if out.is_dir() and any(out.iterdir()) and (existing is None or existing["model"]["weights"] != weights):
-        kind = "the demo bundle" if weights == "trained-demo" else "a timing bundle of seeded weights"
+        kinds = {"trained-demo": "the demo bundle", "dlib-face-resnet-v1": "the demo bundle of dlib's model"}
+        kind = kinds.get(weights, "a timing bundle of seeded weights")
         raise FileExistsError(f"{out} holds something other than {kind}; choose another directory")
     return existing
 

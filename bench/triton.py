@@ -130,7 +130,7 @@ def _demo_bundle(out: Path) -> Path:
         return out
     from pdsn.export.bundle_writer import ExportRequest, export_bundle
 
-    export_bundle(ExportRequest(out=out))
+    export_bundle(ExportRequest(out=out, weights="demo"))
     return out
 
 

@@ -37,6 +37,16 @@ from pdsn.model.dictionary import DEFAULT_TAU, MaskDictionary, build_dictionary
 from pdsn.model.network import LRESNET50E_IR, Architecture
 from pdsn.model.recognition import RecognitionNetwork
 from pdsn.model.sample_faces import seeded_faces
+from pdsn.model.shipped_models import (
+    DEMO_WEIGHTS,
+    DLIB_CHECKPOINT,
+    DLIB_DICTIONARY,
+    DLIB_EVALUATION,
+    DLIB_LABEL,
+    DLIB_WEIGHTS,
+    SEEDED_WEIGHTS,
+    WEIGHTS,
+)
 
 MODEL_FILE = "model.onnx"
 DICTIONARY_FILE = "dictionary.npy"
@@ -58,9 +68,21 @@ class ExportRequest:
     seed: int = 0
     parity_faces: int = 8
     overwrite: bool = False
-    # Without a checkpoint: False exports the trained demo model (the default), True seeded
-    # timing weights of ``architecture`` (LResNet50E-IR when None).
-    seeded_weights: bool = False
+    # Shipped weights instead of a checkpoint (see WEIGHTS); None: the checkpoint, or dlib's without one.
+    weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.weights is not None and self.weights not in WEIGHTS:
+            raise ValueError(f"weights {self.weights!r} is not one of {WEIGHTS}")
+        if self.weights is not None and self.checkpoint is not None:
+            raise ValueError(
+                f"--weights {self.weights} replaces a checkpoint: pass --checkpoint or --weights, not both"
+            )
+
+    @property
+    def shipped(self) -> str | None:
+        """The shipped weights exported, or None for a checkpoint."""
+        return None if self.checkpoint is not None else (self.weights or DLIB_WEIGHTS)
 
 
 @dataclass(frozen=True)
@@ -129,6 +151,7 @@ def export_bundle(request: ExportRequest) -> ExportResult:
             },
             "engines": {},
             "detector": detector,
+            **_decision(request),
             "provenance": {
                 "tools": package_versions(("pdsn-deploy", "torch", "onnx", "onnxruntime", "numpy")),
                 "opset": request.options.opset,
@@ -141,6 +164,14 @@ def export_bundle(request: ExportRequest) -> ExportResult:
 
         manifest["estimator"] = add_estimator(out)
     return ExportResult(out, manifest, parity)
+
+
+def _decision(request: ExportRequest) -> dict:
+    """The shipped dlib model's decision threshold, as measured on real pairs (none for other weights)."""
+    if request.shipped != DLIB_WEIGHTS:
+        return {}
+    measured = json.loads(DLIB_EVALUATION.read_text())["decision"]
+    return {"decision": {**measured, "source": "scripts/dlib-default-model.sh, on the registry's real photos"}}
 
 
 def _check_destination(out: Path, overwrite: bool) -> None:
@@ -172,30 +203,28 @@ def _check_destination(out: Path, overwrite: bool) -> None:
 
 def _load_model(request: ExportRequest) -> tuple[RecognitionNetwork, dict]:
     from pdsn.model import demo_weights
+    from pdsn.model.checkpoint import load_recognition_model
 
-    if request.checkpoint is not None and request.seeded_weights:
-        raise ValueError("seeded weights replace a checkpoint: pass --checkpoint or --weights seeded, not both")
-    if request.seeded_weights:
+    if request.shipped == SEEDED_WEIGHTS:
         architecture = request.architecture or LRESNET50E_IR
         model = demo_weights.seeded_model(architecture, seed=request.seed)
         return model, {"weights": "seeded", "label": demo_weights.SEEDED_WEIGHTS_LABEL, "checkpoint": None}
-    from pdsn.model.checkpoint import load_recognition_model
-
-    if request.checkpoint is None:
-        model, info = load_recognition_model(demo_weights.TRAINED_DEMO_CHECKPOINT)
-        if request.architecture is not None and request.architecture != model.architecture:
-            raise ValueError(
-                f"the trained demo model is {model.architecture.name}, not {request.architecture.name}; "
-                f"pass --checkpoint CKPT for your own {request.architecture.name} weights, or "
-                f"--weights seeded for seeded timing weights of that architecture"
-            )
-        return model, {
-            "weights": "trained-demo",
-            "label": demo_weights.TRAINED_DEMO_LABEL,
-            "checkpoint": info.to_dict(),
-        }
-    model, info = load_recognition_model(request.checkpoint, request.architecture)
-    return model, {"weights": "checkpoint", "label": None, "checkpoint": info.to_dict()}
+    if request.shipped is None:
+        model, info = load_recognition_model(request.checkpoint, request.architecture)  # type: ignore[arg-type]
+        return model, {"weights": "checkpoint", "label": None, "checkpoint": info.to_dict()}
+    shipped = {
+        DLIB_WEIGHTS: (DLIB_CHECKPOINT, "dlib-face-resnet-v1", DLIB_LABEL),
+        DEMO_WEIGHTS: (demo_weights.TRAINED_DEMO_CHECKPOINT, "trained-demo", demo_weights.TRAINED_DEMO_LABEL),
+    }
+    checkpoint, weights, label = shipped[request.shipped]
+    model, info = load_recognition_model(checkpoint)
+    if request.architecture is not None and request.architecture != model.architecture:
+        raise ValueError(
+            f"the shipped {weights} model is {model.architecture.name}, not {request.architecture.name}; "
+            f"pass --checkpoint CKPT for your own {request.architecture.name} weights, or "
+            f"--weights seeded for seeded timing weights of that architecture"
+        )
+    return model, {"weights": weights, "label": label, "checkpoint": info.to_dict()}
 
 
 def _load_dictionary(request: ExportRequest, model: RecognitionNetwork) -> MaskDictionary:
@@ -204,13 +233,15 @@ def _load_dictionary(request: ExportRequest, model: RecognitionNetwork) -> MaskD
     feature_shape = model.architecture.feature_shape
     if request.dictionary is not None:
         source = request.dictionary
-    elif request.seeded_weights:
+    elif request.shipped == SEEDED_WEIGHTS:
         if request.threshold is not None:
             raise ValueError("--threshold: the seeded stand-in dictionary is binarised by --tau only")
         tau = DEFAULT_TAU if request.tau is None else request.tau
-        return demo_weights.seeded_dictionary(model.architecture, seed=request.seed, tau=tau)
-    elif request.checkpoint is None:
+        return demo_weights.seeded_dictionary(model.architecture, seed=request.seed, tau=tau)  # type: ignore[arg-type]
+    elif request.shipped == DEMO_WEIGHTS:
         source = demo_weights.TRAINED_DEMO_DICTIONARY
+    elif request.shipped == DLIB_WEIGHTS:
+        source = DLIB_DICTIONARY
     else:
         raise ValueError(
             f"--dictionary is required with --checkpoint {request.checkpoint}: the mean_mask.txt "

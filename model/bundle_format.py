@@ -280,6 +280,9 @@ def validate_manifest(manifest: dict) -> None:
     _get(_get(manifest, "dictionary", dict, ""), "file", str, "dictionary")
     if head := _optional(manifest, "head", dict, ""):
         _get(head, "file", str, "head")
+    decision = _optional(manifest, "decision", dict, "")
+    if decision and not -1.0 <= _get(decision, "threshold", float, "decision") <= 1.0:
+        raise BundleFormatError(f"decision.threshold is {decision['threshold']}, expected a cosine in [-1, 1]")
     if estimator := _optional(manifest, "estimator", dict, ""):
         _get(estimator, "file", str, "estimator")
         _get(_get(estimator, "contract", dict, "estimator"), "thresholds", list, "estimator.contract")

@@ -1,8 +1,9 @@
 """The models that ship with the package, so the main job runs with nothing downloaded.
 
-* The trained demo model (the default): a small LResNet-IR trained end to end on SYNTHETIC faces
-  by `pdsn train-demo`, with its 25 mean masks and binarised dictionary. Its embeddings identify
-  synthetic identities; it has never seen a real face.
+* dlib's face ResNet (the default; ``pdsn.model.shipped_models``).
+* The trained demo model: a small LResNet-IR trained end to end on SYNTHETIC faces by
+  `pdsn train-demo`, with its 25 mean masks and binarised dictionary. Its embeddings identify
+  synthetic identities; it has never seen a real face. The training pipeline's tests use it.
 * Seeded timing weights for any architecture (LResNet50E-IR for the benchmarks, since speed does
   not depend on the weights): the reference initialisation with BN affine parameters and PReLU
   slopes jittered, and every BN layer's running statistics measured on seeded sample faces, so

@@ -1,4 +1,5 @@
-"""The embedded defaults: the trained demo model exports by default, seeded LResNet50E-IR for timing."""
+"""The embedded defaults: dlib's face ResNet exports by default; the trained demo model (synthetic faces) on
+request, seeded LResNet50E-IR for timing."""
 
 from __future__ import annotations
 
@@ -12,12 +13,25 @@ from pdsn.export.bundle_writer import ExportRequest, export_bundle
 from pdsn.model.demo_weights import TRAINED_DEMO_CHECKPOINT
 from pdsn.model.network import LRESNET50E_IR
 from pdsn.model.sample_faces import seeded_faces
+from pdsn.model.shipped_models import DLIB_CHECKPOINT
 from pdsn.runtime import Recognizer
 from pdsn.train.synthetic import SyntheticFaces
 
 
-def test_export_without_a_checkpoint_is_the_trained_demo_model(tmp_path):
+def test_export_without_a_checkpoint_is_dlibs_model(tmp_path):
     result = export_bundle(ExportRequest(out=tmp_path / "default", parity_faces=2))
+    model = result.manifest["model"]
+    assert model["weights"] == "dlib-face-resnet-v1" and "public domain" in model["label"]
+    assert model["architecture"]["name"] == "dlib-face-resnet-v1"
+    assert model["checkpoint"]["path"] == str(DLIB_CHECKPOINT)
+    assert result.manifest["contract"]["alignment"] == "dlib-chip-150"
+    decision = result.manifest["decision"]
+    assert 0.0 < decision["threshold"] < 1.0 and decision["far"] == 0.0
+    assert decision["same_pairs"] > 100 and decision["different_pairs"] > 1000 and decision["people"] == 8
+
+
+def test_weights_demo_is_the_trained_demo_model(tmp_path):
+    result = export_bundle(ExportRequest(out=tmp_path / "default", parity_faces=2, weights="demo"))
     model = result.manifest["model"]
     assert model["weights"] == "trained-demo" and "SYNTHETIC" in model["label"]
     assert model["architecture"]["name"] == "lresnet-ir-tiny"
@@ -31,10 +45,12 @@ def test_export_without_a_checkpoint_is_the_trained_demo_model(tmp_path):
 
 
 def test_the_demo_model_refuses_another_architecture_and_seeded_weights_a_checkpoint(tmp_path):
-    with pytest.raises(ValueError, match="trained demo model is lresnet-ir-tiny.*--weights seeded"):
+    with pytest.raises(ValueError, match="shipped trained-demo model is lresnet-ir-tiny.*--weights seeded"):
+        export_bundle(ExportRequest(out=tmp_path / "a", architecture=LRESNET50E_IR, weights="demo"))
+    with pytest.raises(ValueError, match="shipped dlib-face-resnet-v1 model is dlib-face-resnet-v1, not lresnet50e-ir"):
         export_bundle(ExportRequest(out=tmp_path / "a", architecture=LRESNET50E_IR))
     with pytest.raises(ValueError, match="not both"):
-        export_bundle(ExportRequest(out=tmp_path / "b", checkpoint=TRAINED_DEMO_CHECKPOINT, seeded_weights=True))
+        export_bundle(ExportRequest(out=tmp_path / "b", checkpoint=TRAINED_DEMO_CHECKPOINT, weights="seeded"))
     with pytest.raises(ValueError, match="--dictionary is required with --checkpoint"):
         export_bundle(ExportRequest(out=tmp_path / "c", checkpoint=TRAINED_DEMO_CHECKPOINT))
     assert not any(tmp_path.iterdir()), "a refused export writes nothing"
@@ -42,7 +58,7 @@ def test_the_demo_model_refuses_another_architecture_and_seeded_weights_a_checkp
 
 @pytest.mark.slow
 def test_seeded_lresnet50e_ir_bundle(tmp_path):
-    result = export_bundle(ExportRequest(out=tmp_path / "timing", seeded_weights=True))
+    result = export_bundle(ExportRequest(out=tmp_path / "timing", weights="seeded"))
     manifest = result.manifest
     assert manifest["model"]["architecture"]["name"] == "lresnet50e-ir"
     assert manifest["model"]["weights"] == "seeded" and "SEEDED WEIGHTS" in manifest["model"]["label"]
@@ -57,6 +73,7 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys):
     out, timing = tmp_path / "demo", tmp_path / "timing"
     command = [
         "demo",
+        "--synthetic",
         "--out",
         str(out),
         "--bench-work",
@@ -105,7 +122,27 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys):
 
 
 def test_demo_refuses_to_replace_other_bundles(tiny_bundle, tmp_path, capsys):
-    assert main(["demo", "--out", str(tiny_bundle)]) == 2
+    assert main(["demo", "--synthetic", "--out", str(tiny_bundle)]) == 2
     assert "something other than the demo bundle" in capsys.readouterr().err
+    assert main(["demo", "--photo", str(tmp_path / "any.jpg"), "--out", str(tiny_bundle)]) == 2
+    assert "something other than the demo bundle of dlib's model" in capsys.readouterr().err
     assert main(["bench", "--work", str(tiny_bundle), "--no-sweep"]) == 2
     assert "something other than a timing bundle" in capsys.readouterr().err
+
+
+def test_photo_demo_runs_on_a_real_group_photo(tmp_path, capsys):
+    from pdsn.bench.real_photos import group_photo
+
+    assert main(["demo", "--photo", str(group_photo()), "--out", str(tmp_path / "demo")]) == 0
+    printed = capsys.readouterr().out
+    for step in ("[1/4]", "[2/4] t1.jpg: 6 faces found", "[3/4]", "[4/4]", "FDM, true cells:", "person-6"):
+        assert step in printed
+    assert "FAIL" not in printed
+    people, right, found = None, 0, 0
+    for line in printed.splitlines():
+        if " behind " in line and "covering cells" in line:
+            people = line.split()[0]
+        elif "best match" in line:
+            found += 1
+            right += line.split("best match ")[1].split(",")[0] == people
+    assert found >= 8 and right == found, "every occluded face the detector finds is identified as its person"

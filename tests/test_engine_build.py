@@ -387,7 +387,7 @@ def test_default_lresnet50e_ir_builds_every_precision(rtx, tmp_path, capsys):
     from pdsn.calib.variants import VariantRequest, add_variant
     from pdsn.export.bundle_writer import ExportRequest, export_bundle
 
-    bundle = export_bundle(ExportRequest(out=tmp_path / "default", parity_faces=2, seeded_weights=True)).bundle
+    bundle = export_bundle(ExportRequest(out=tmp_path / "default", parity_faces=2, weights="seeded")).bundle
     for precision in ("fp16", "int8"):
         add_variant(
             VariantRequest(

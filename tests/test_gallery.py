@@ -30,7 +30,7 @@ def demo_bundle(tmp_path_factory) -> Path:
     from pdsn.export.bundle_writer import ExportRequest, export_bundle
 
     out = tmp_path_factory.mktemp("gallery") / "demo"
-    export_bundle(ExportRequest(out=out))
+    export_bundle(ExportRequest(out=out, weights="demo"))
     return out
 
 

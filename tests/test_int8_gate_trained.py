@@ -20,7 +20,9 @@ from pdsn.verify import verify_bundle
 @pytest.fixture(scope="module")
 def trained_bundle(tmp_path_factory) -> tuple[Path, Path]:
     work = tmp_path_factory.mktemp("trained")
-    assert export_bundle(ExportRequest(out=work / "bundle")).manifest["model"]["weights"] == "trained-demo"
+    assert (
+        export_bundle(ExportRequest(out=work / "bundle", weights="demo")).manifest["model"]["weights"] == "trained-demo"
+    )
     faces = work / "faces"
     images, labels = SyntheticFaces(40, 6, seed=7).generate()
     for i, (image, label) in enumerate(zip(images, labels)):

@@ -37,7 +37,7 @@ def test_without_modelopt_the_error_says_how_to_install_it(tiny_bundle):
 
 @pytest.mark.skipif(not HAS_MODELOPT, reason="needs NVIDIA ModelOpt (a separate environment, see the README)")
 def test_modelopt_int8_of_the_demo_model_meets_the_default_gate(tmp_path):
-    bundle = export_bundle(ExportRequest(out=tmp_path / "bundle", parity_faces=2)).bundle
+    bundle = export_bundle(ExportRequest(out=tmp_path / "bundle", parity_faces=2, weights="demo")).bundle
     entry = add_variant(
         VariantRequest(
             bundle,

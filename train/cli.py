@@ -53,6 +53,12 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     pdsn.add_argument("--epochs", type=int, help="default 6")
     pdsn.add_argument("--lr", type=float, help="default 0.05")
     pdsn.add_argument("--batch-size", type=int, help="default 64")
+    pdsn.add_argument(
+        "--l1-weight",
+        type=float,
+        help="weight of the masked features' L1 difference against the two CE terms (default 10, the paper's; "
+        "scale it to the network's feature magnitudes, e.g. 1e5 for dlib's)",
+    )
     pdsn.add_argument("--out", type=Path, required=True, help="folder for cell_JJ.pth checkpoints")
     pdsn.set_defaults(run=_threaded(_train_pdsn))
 
@@ -218,7 +224,12 @@ def _data_options(parser: argparse.ArgumentParser, pair_list: bool = False) -> N
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="stage-0 model.pth (reference format)")
-    parser.add_argument("--classifier", type=Path, help="its CosFace classifier.pth (default: next to --checkpoint)")
+    parser.add_argument(
+        "--classifier",
+        type=Path,
+        help="its CosFace classifier.pth (default: next to --checkpoint; an imported network without one gets "
+        "its identities' centres)",
+    )
     parser.add_argument("--architecture", help="require this architecture (default: inferred from the checkpoint)")
 
 
@@ -239,6 +250,11 @@ def _threaded(handler):
 def _config(default, **given):
     """``default`` (a config dataclass) with every setting given on the command line."""
     return dataclasses.replace(default, **{name: value for name, value in given.items() if value is not None})
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict:
+    """The command line's values of ``names`` (None where not given)."""
+    return {name: getattr(args, name) for name in names}
 
 
 def _faces(args: argparse.Namespace):
@@ -320,7 +336,7 @@ def _train_pdsn(args: argparse.Namespace) -> int:
 
     cells = _parse_cells(args)
     model, classifier = _load_model(args)
-    config = _config(Stage1Config(), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    config = _config(Stage1Config(), **_given(args, "epochs", "batch_size", "lr", "l1_weight", "seed"))
     if Path(args.data).is_file() or Path(args.data).suffix == ".txt":
         from pdsn.train.data import read_pair_list
 
@@ -380,14 +396,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
     model, classifier = _load_model(args)
     dictionary = build_dictionary(args.dictionary, tau=args.tau, feature_shape=model.architecture.feature_shape)
-    config = _config(
-        Stage2Config(),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        trunk_lr_scale=args.trunk_lr_scale,
-        seed=args.seed,
-    )
+    config = _config(Stage2Config(), **_given(args, "epochs", "batch_size", "lr", "trunk_lr_scale", "seed"))
     tuned, tuned_classifier, history = finetune(model, classifier, dictionary, _faces(args), config, args.verbose)
     model_path, classifier_path = save_stage0(args.out, tuned, tuned_classifier, epoch=config.epochs)
     print(f"stage 2: loss {history[0].loss:.4f} -> {history[-1].loss:.4f}; wrote {model_path} and {classifier_path}")
