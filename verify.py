@@ -42,7 +42,8 @@ def verify_bundle(
     reference_file = loaded.manifest["variants"]["fp32"]["parity"].get("reference_embeddings")
     what = "variants.fp32.parity.reference_embeddings"
     pytorch = load_reference(loaded.file(reference_file, what)) if reference_file else None
-    _, faces = load_face_sets(holdout_source, 0, holdout, seed, progress=False)
+    size = (loaded.contract.height, loaded.contract.width)
+    _, faces = load_face_sets(holdout_source, 0, holdout, seed, progress=False, size=size)
     rows, skipped = {}, {}
     if pytorch is None:
         skipped["fp32"] = (

@@ -81,6 +81,10 @@ def goal_lines(result: dict) -> list[str]:
                 f"{100 * goal['throughput_ratio']:.0f}% (goal >= 90%), p99 {goal['p99_ms']:.1f} ms "
                 f"(goal <= {goal['p99_bound_ms']:.1f} ms): {verdict}"
             )
+        elif "ratio" in goal:
+            lines.append(
+                f"{goal['path']}: {goal['goal']}: {goal['ratio']:.1f}x (goal >= {goal['bound']:g}x): {verdict}"
+            )
         else:
             lines.append(
                 f"{goal['path']}: {goal['goal']}: {goal['overhead_ms']:.3f} ms "
@@ -124,7 +128,7 @@ def markdown(result: dict) -> str:
         body += "\n## Concurrency sweep\n\n" + _markdown_table(SWEEP_COLUMNS, sweep_rows(result))
     goals = goal_lines(result)
     if goals:
-        body += "\n## Batcher goals\n\n" + "".join(f"- {line}\n" for line in goals)
+        body += "\n## Goals\n\n" + "".join(f"- {line}\n" for line in goals)
     notes = "".join(
         f"\n- {precision}: the variant missed its accuracy gate ({'; '.join(parity.get('failures', []))}); "
         f"its rows are timing only, the runtime does not serve it"

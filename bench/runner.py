@@ -14,8 +14,12 @@ import numpy as np
 from pdsn.bench.concurrency import SweepConfig, sweep
 from pdsn.bench.machine import describe_machine
 from pdsn.bench.timing import NOISY_WINDOW_PCT, LatencyStats, measure, measure_interleaved
+from pdsn.model.crop_alignment import DLIB_CHIP_150
 
 REFERENCE = "pytorch-eager-fp32"
+# dlib's own network on its own runtime, for a bundle of dlib's face ResNet (where dlib is installed).
+DLIB_PEER = "dlib-compute_face_descriptor"
+GOAL_VS_DLIB = 5.0
 LATENCY_DEFINITION = (
     "Latency is the wall time of one synchronous call that turns a batch of uint8 aligned crops "
     "(plus occlusion) into embeddings, measured with time.perf_counter after warm-up, over a window "
@@ -57,16 +61,19 @@ def run_benchmark(bundle: Path, config: BenchConfig, progress: bool = True) -> d
     from pdsn.runtime.bundle import open_bundle
 
     loaded = open_bundle(bundle)
-    faces, occlusion = _inputs(max(config.batches))
+    faces, occlusion = _inputs(max(config.batches), (loaded.contract.height, loaded.contract.width))
     rows, sweeps, skipped = [], [], {}
     if config.reference:
-        reference = _pytorch_reference(loaded)
-        if isinstance(reference, str):
-            skipped[REFERENCE] = reference
-        else:
+        peers = [(REFERENCE, "pytorch", _pytorch_reference(loaded))]
+        if loaded.contract.alignment == DLIB_CHIP_150:
+            peers.append((DLIB_PEER, "dlib", _dlib_peer()))
+        for path, engine, peer in peers:
+            if isinstance(peer, str):
+                skipped[path] = peer
+                continue
             for batch in config.batches:
-                stats = _measure(lambda b=batch: reference(faces[:b], occlusion[:b]), batch, config)
-                rows.append(_row(REFERENCE, "pytorch", "fp32", stats, None))
+                stats = _measure(lambda b=batch, run=peer: run(faces[:b], occlusion[:b]), batch, config)
+                rows.append(_row(path, engine, "fp32", stats, None))
                 _say(progress, rows[-1])
     for backend in config.backends:
         for precision in config.precisions:
@@ -103,7 +110,7 @@ def run_benchmark(bundle: Path, config: BenchConfig, progress: bool = True) -> d
         "latency_definition": LATENCY_DEFINITION,
         "rows": rows,
         "concurrency": sweeps,
-        "goals": batcher_goals(rows, sweeps),
+        "goals": batcher_goals(rows, sweeps) + dlib_goals(rows),
         "skipped": skipped,
     }
 
@@ -178,10 +185,44 @@ def batcher_goals(rows: list[dict], sweeps: list[dict]) -> list[dict]:
     return goals
 
 
-def _inputs(count: int) -> tuple[np.ndarray, np.ndarray]:
+def dlib_goals(rows: list[dict]) -> list[dict]:
+    """Per batch size: the runtime's fastest path >= GOAL_VS_DLIB x dlib's own descriptor computation."""
+    goals = []
+    for row in (r for r in rows if r["path"] == DLIB_PEER):
+        ours = [r for r in rows if r["batch"] == row["batch"] and "direct" in r]
+        if not ours:
+            continue
+        best = max(ours, key=lambda r: r["throughput_img_s"])
+        ratio = best["throughput_img_s"] / row["throughput_img_s"]
+        goals.append(
+            {
+                "goal": f"fastest runtime path vs dlib at batch {row['batch']}",
+                "path": best["path"],
+                "ratio": ratio,
+                "bound": GOAL_VS_DLIB,
+                "met": ratio >= GOAL_VS_DLIB,
+            }
+        )
+    return goals
+
+
+def _inputs(count: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     from pdsn.model.sample_faces import occlusion_mix, seeded_faces
 
-    return seeded_faces(count, seed=4242), occlusion_mix(count, seed=4242)
+    return seeded_faces(count, seed=4242, size=size), occlusion_mix(count, seed=4242)
+
+
+def _dlib_peer():
+    """dlib's ``compute_face_descriptor`` on a batch of chips (its list overload), or why it cannot run here."""
+    try:
+        from pdsn.bench.dlib_peer import dlib_descriptors
+    except ImportError as exc:
+        return str(exc)
+    try:
+        dlib_descriptors(_inputs(1, (150, 150))[0])
+    except ImportError as exc:
+        return str(exc)
+    return lambda faces, occlusion: dlib_descriptors(faces)
 
 
 def _measure(call, batch: int, config: BenchConfig) -> LatencyStats:

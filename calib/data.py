@@ -1,4 +1,4 @@
-"""Calibration and held-out face sets: aligned 112x96 crops with a traffic-like occlusion mix.
+"""Calibration and held-out face sets: aligned crops of the bundle's size with a traffic-like occlusion mix.
 
 A source is a folder of images (searched recursively), a list file with one image path per line
 (relative paths are taken from the list's folder), or ``synthetic`` for the project's seeded
@@ -23,7 +23,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 @dataclass(frozen=True)
 class FaceSet:
-    images: np.ndarray  # uint8 (N, 112, 96, 3)
+    images: np.ndarray  # uint8 (N, H, W, 3), the bundle's crop size
     occlusion: np.ndarray  # float32 (N, 25)
     source: str
     synthetic: bool
@@ -43,14 +43,20 @@ class FaceSet:
 
 
 def load_face_sets(
-    source: str | Path, samples: int, holdout: int, seed: int = 0, progress: bool = True
+    source: str | Path,
+    samples: int,
+    holdout: int,
+    seed: int = 0,
+    progress: bool = True,
+    size: tuple[int, int] = (CROP_HEIGHT, CROP_WIDTH),
 ) -> tuple[FaceSet | None, FaceSet]:
-    """Draw a calibration set (None when ``samples`` is 0) and a disjoint held-out set."""
+    """Draw a calibration set (None when ``samples`` is 0) and a disjoint held-out set of crops of ``size``
+    (height, width): the bundle's contract's."""
     if samples < 0 or holdout < 1:
         raise ValueError(f"--samples must be >= 0 and --holdout >= 1, got {samples} and {holdout}")
     if str(source) == SYNTHETIC:
-        calibration = _synthetic_set(samples, seed, "calibration") if samples else None
-        return calibration, _synthetic_set(holdout, seed + 1, "held-out")
+        calibration = _synthetic_set(samples, seed, "calibration", size) if samples else None
+        return calibration, _synthetic_set(holdout, seed + 1, "held-out", size)
     paths = list_images(Path(source))
     if len(paths) < samples + holdout:
         raise ValueError(
@@ -62,8 +68,8 @@ def load_face_sets(
     chosen = [paths[i] for i in sorted(order[:samples])]
     held = [paths[i] for i in sorted(order[samples : samples + holdout])]
     return (
-        _file_set(chosen, f"{source} ({samples} of {len(paths)})", seed, progress) if samples else None,
-        _file_set(held, f"{source} (held out: {holdout})", seed + 1, progress),
+        _file_set(chosen, f"{source} ({samples} of {len(paths)})", seed, progress, size) if samples else None,
+        _file_set(held, f"{source} (held out: {holdout})", seed + 1, progress, size),
     )
 
 
@@ -78,30 +84,30 @@ def list_images(source: Path) -> list[Path]:
             raise FileNotFoundError(f"--calib {source}: {len(missing)} listed images do not exist, e.g. {missing[:3]}")
     else:
         raise FileNotFoundError(
-            f"--calib {source}: no such folder or list file; expected a folder of aligned 112x96 "
-            f"crops, a text file listing them, or 'synthetic'"
+            f"--calib {source}: no such folder or list file; expected a folder of aligned crops of the "
+            f"bundle's size, a text file listing them, or 'synthetic'"
         )
     if not paths:
         raise ValueError(f"--calib {source}: no .png/.jpg/.jpeg images found")
     return paths
 
 
-def _synthetic_set(count: int, seed: int, role: str) -> FaceSet:
+def _synthetic_set(count: int, seed: int, role: str, size: tuple[int, int]) -> FaceSet:
     from pdsn.model.sample_faces import seeded_faces
 
-    images = seeded_faces(count, seed=seed + 7919)
+    images = seeded_faces(count, seed=seed + 7919, size=size)
     occlusion = occlusion_mix(count, seed)
     return FaceSet(images, occlusion, f"synthetic faces ({role}, seed {seed})", True, _fingerprint(images, occlusion))
 
 
-def _file_set(paths: list[Path], source: str, seed: int, progress: bool) -> FaceSet:
-    images = np.stack([read_crop(p) for p in _progress(paths, progress, "reading faces")])
+def _file_set(paths: list[Path], source: str, seed: int, progress: bool, size: tuple[int, int]) -> FaceSet:
+    images = np.stack([read_crop(p, size) for p in _progress(paths, progress, "reading faces")])
     occlusion = occlusion_mix(len(images), seed)
     return FaceSet(images, occlusion, source, False, _fingerprint(images, occlusion))
 
 
-def read_crop(path: Path) -> np.ndarray:
-    """An aligned 112x96 RGB crop as uint8; anything else is refused with the file named."""
+def read_crop(path: Path, size: tuple[int, int] = (CROP_HEIGHT, CROP_WIDTH)) -> np.ndarray:
+    """An aligned RGB crop of ``size`` (height, width) as uint8; anything else is refused with the file named."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -111,10 +117,10 @@ def read_crop(path: Path) -> np.ndarray:
                     f"image {path} has colour mode {image.mode}, expected RGB; "
                     f"calibration must see what the deployed model sees, so convert the set first"
                 )
-            if image.size != (CROP_WIDTH, CROP_HEIGHT):
+            if image.size != (size[1], size[0]):
                 raise ValueError(
                     f"image {path} is {image.size[0]}x{image.size[1]} (WxH), expected "
-                    f"aligned {CROP_WIDTH}x{CROP_HEIGHT} crops"
+                    f"aligned {size[1]}x{size[0]} crops (the bundle's)"
                 )
             return np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as exc:

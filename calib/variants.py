@@ -87,7 +87,12 @@ def add_variant(request: VariantRequest) -> dict:
         dictionary = np.load(bundle_file(bundle, manifest, manifest["dictionary"]["file"], "dictionary.file"))
         samples = request.samples if request.precision == "int8" else 0
         calibration, holdout = load_face_sets(
-            request.calib or SYNTHETIC, samples, request.holdout, request.seed, request.progress
+            request.calib or SYNTHETIC,
+            samples,
+            request.holdout,
+            request.seed,
+            request.progress,
+            (contract.height, contract.width),
         )
         pairs = read_lfw_pairs(request.pairs, request.pairs_root) if request.pairs else None
         staged = write.staging / VARIANT_FILES[request.precision]
@@ -97,7 +102,9 @@ def add_variant(request: VariantRequest) -> dict:
         gate = request.gates[request.precision]
         report = variant_parity(reference, candidate, holdout, gate)
         if pairs is not None:
-            report["pairs"] = pairs_accuracy_change(reference, candidate, pairs, read_crop)
+            report["pairs"] = pairs_accuracy_change(
+                reference, candidate, pairs, lambda path: read_crop(path, (contract.height, contract.width))
+            )
         report_name = f"reports/parity-{request.precision}.json"
         (write.staging / "reports").mkdir(exist_ok=True)
         (write.staging / report_name).write_text(json.dumps(report, indent=2) + "\n")

@@ -56,7 +56,9 @@ def add_face_commands(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("image_b", type=Path)
     compare.add_argument("--occlusion-a", type=cells, help="occluded cells of image A, or auto")
     compare.add_argument("--occlusion-b", type=cells, help="occluded cells of image B, or auto")
-    compare.add_argument("--threshold", type=cosine, help="decide same/different at this cosine score")
+    compare.add_argument(
+        "--threshold", type=cosine, help="decide same/different at this cosine score (default: the bundle's own)"
+    )
     compare.add_argument(
         "--face-a", type=face_choice, default="largest", help="which face of photo A (default largest)"
     )
@@ -97,6 +99,7 @@ def _embed(args: argparse.Namespace) -> int:
         result = recognizer.embed(
             [str(path) for path in args.images], args.occlusion, landmarks, detection=detection_settings(args)
         )
+        note = noted(recognizer.bundle)
     if isinstance(result, np.ndarray):
         rows = [{"image": str(path)} for path in args.images]
         embeddings = result
@@ -108,21 +111,28 @@ def _embed(args: argparse.Namespace) -> int:
             np.save(handle, embeddings)
         print(f"wrote {embeddings.shape[0]} embeddings of size {embeddings.shape[1]} to {args.out}, one per face:")
         for index, row in enumerate(rows):
-            print(json.dumps({"row": index, **row}))
+            print(json.dumps({"row": index, **row, **note}))
     else:
         for row, vector in zip(rows, embeddings):
-            print(json.dumps({**row, "embedding": [round(float(v), 6) for v in vector]}))
+            print(json.dumps({**row, "embedding": [round(float(v), 6) for v in vector], **note}))
     return 0
+
+
+def noted(bundle) -> dict:
+    """``{"model_note": ...}`` for a JSON answer of a model trained on synthetic faces only, else nothing."""
+    return {"model_note": bundle.model_note} if bundle.model_note else {}
 
 
 def _compare(args: argparse.Namespace) -> int:
     with _open(args) as recognizer:
+        bundle = recognizer.bundle
+        threshold = args.threshold if args.threshold is not None else bundle.decision_threshold
         result = recognizer.verify(
             str(args.image_a),
             str(args.image_b),
             args.occlusion_a,
             args.occlusion_b,
-            threshold=args.threshold,
+            threshold=threshold,
             face_a=args.face_a,
             face_b=args.face_b,
             detection=detection_settings(args),
@@ -132,8 +142,18 @@ def _compare(args: argparse.Namespace) -> int:
             print(f"face {name}: {json.dumps(face_json(face))}")
     print(f"cosine score {result.score:.6f}  (masked cells: {result.occluded_cells or 'none'})")
     if result.match is not None:
-        print("same person" if result.match else "different people")
+        source = "given" if args.threshold is not None else _decision_text(bundle.manifest["decision"])
+        print(f"{'same person' if result.match else 'different people'} (threshold {threshold}, {source})")
+    if bundle.model_note:
+        print(f"note: {bundle.model_note}")
     return 0
+
+
+def _decision_text(decision: dict) -> str:
+    return (
+        f"the bundle's, set on {decision['same_pairs']} same-person and {decision['different_pairs']} "
+        f"different-person pairs of real faces: FAR {decision['far']:.3f}, FRR {decision['frr']:.3f}"
+    )
 
 
 def face_json(face) -> dict:

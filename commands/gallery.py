@@ -17,7 +17,7 @@ from pdsn.commands.arguments import (
     gallery_location,
     positive,
 )
-from pdsn.commands.faces import face_json
+from pdsn.commands.faces import face_json, noted
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -121,6 +121,7 @@ def _identify(args: argparse.Namespace) -> int:
     with recognizer, gallery:
         images = [str(path) for path in args.images]
         results = gallery.identify_many(images, args.occlusion, args.k, args.threshold, detection=settings)
+        note = noted(recognizer.bundle)
         for result in results:
             print(
                 json.dumps(
@@ -138,6 +139,7 @@ def _identify(args: argparse.Namespace) -> int:
                             }
                             for m in result.matches
                         ],
+                        **note,
                     }
                 )
             )

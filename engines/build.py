@@ -247,7 +247,7 @@ def _check_turing_rewrite(bundle: Path, manifest: dict, variant: Path, rewritten
 
     contract = ModelContract.from_dict(manifest["contract"])
     dictionary = np.load(bundle_file(bundle, manifest, manifest["dictionary"]["file"], "dictionary.file"))
-    _, faces = load_face_sets(SYNTHETIC, 0, 32, progress=False)
+    _, faces = load_face_sets(SYNTHETIC, 0, 32, progress=False, size=(contract.height, contract.width))
     report = variant_parity(
         onnx_embedder(variant, dictionary, contract),
         onnx_embedder(rewritten, dictionary, contract),

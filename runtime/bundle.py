@@ -17,6 +17,7 @@ from pdsn.model.bundle_format import (
 )
 from pdsn.model.dictionary import validate_dictionary
 from pdsn.model.grid import NUM_CELLS
+from pdsn.model.shipped_models import SYNTHETIC_WEIGHTS
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,21 @@ class Bundle:
     @property
     def precisions(self) -> list[str]:
         return sorted(self.manifest["variants"])
+
+    @property
+    def decision_threshold(self) -> float | None:
+        """The cosine at or above which two faces are the same person, as measured for this model on real
+        pairs (the manifest's ``decision``); None where the bundle records none."""
+        decision = self.manifest.get("decision")
+        return None if not decision else float(decision["threshold"])
+
+    @property
+    def model_note(self) -> str | None:
+        """A warning for answers of a model trained on synthetic faces only; None for any other model."""
+        model = self.manifest["model"]
+        if model["weights"] not in SYNTHETIC_WEIGHTS:
+            return None
+        return f"this model was trained on synthetic faces only; its scores do not tell real people apart ({model['label']})"
 
     def file(self, relative: str, what: str | None = None) -> Path:
         """The path of a file the manifest lists, checked by ``bundle_file``; ``what`` names the manifest entry."""

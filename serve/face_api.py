@@ -134,13 +134,15 @@ def face_router(state: ServeState) -> APIRouter:
         pair = np.concatenate([side.batch for side in sides])
         first, second = await dispatch.embeddings(recognizer, pair, np.repeat(union, 2, axis=0), deadline)
         score = float(np.dot(first, second) / max(np.linalg.norm(first) * np.linalg.norm(second), 1e-12))
-        match = None if body.threshold is None else score >= body.threshold
+        threshold = body.threshold if body.threshold is not None else recognizer.bundle.decision_threshold
+        match = None if threshold is None else score >= threshold
         found = [None if side.sources is None else _face(side.sources[0]) for side in sides]
         return _json(
             VerifyResponse,
             state,
             score=score,
             match=match,
+            threshold=threshold,
             occluded_cells=_cell_lists(union)[0],
             face_a=found[0],
             face_b=found[1],
@@ -374,5 +376,8 @@ def _cell_lists(occlusion: np.ndarray) -> list[list[int]]:
 
 def _json(model: type[BaseModel], state: ServeState, status: int = 200, **fields) -> Response:
     """The answer as ``model``'s JSON; built from the service's own values, so not validated again."""
-    answer = model.model_construct(model=state.model_id, precision=state.recognizer.precision, **fields)
+    recognizer = state.recognizer
+    answer = model.model_construct(
+        model=state.model_id, precision=recognizer.precision, model_note=recognizer.bundle.model_note, **fields
+    )
     return Response(answer.model_dump_json(), status, media_type="application/json")

@@ -8,6 +8,9 @@ from pydantic import BaseModel, Field
 class _Answer(BaseModel):
     model: str = Field(description="the model that answered: name@sha256-prefix of its variant file")
     precision: str = Field(description="the variant that answered: fp32, fp16 or int8")
+    model_note: str | None = Field(
+        None, description="set when the model was trained on synthetic faces only: its scores do not tell people apart"
+    )
 
 
 class FaceAnswer(BaseModel):
@@ -37,7 +40,10 @@ class EmbedResponse(_Answer):
 
 class VerifyResponse(_Answer):
     score: float = Field(description="cosine similarity, both faces masked by the union of their cells")
-    match: bool | None = Field(description="score >= threshold; null without a threshold")
+    match: bool | None = Field(
+        description="score >= threshold (the request's, else the bundle's decision threshold); null without either"
+    )
+    threshold: float | None = Field(None, description="the threshold that decided match")
     occluded_cells: list[int] = Field(description="the union of both faces' cells, which masked both")
     face_a: FaceAnswer | None = Field(None, description="the face compared, when image_a was a photo")
     face_b: FaceAnswer | None = Field(None, description="the face compared, when image_b was a photo")

@@ -3,6 +3,8 @@ request, seeded LResNet50E-IR for timing."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -146,3 +148,52 @@ def test_photo_demo_runs_on_a_real_group_photo(tmp_path, capsys):
             found += 1
             right += line.split("best match ")[1].split(",")[0] == people
     assert found >= 8 and right == found, "every occluded face the detector finds is identified as its person"
+
+
+@pytest.fixture(scope="module")
+def shipped_bundles(tmp_path_factory):
+    """The default (dlib's) bundle and the trained demo model's, as `pdsn export` writes them."""
+    folder = tmp_path_factory.mktemp("shipped")
+    dlib = export_bundle(ExportRequest(out=folder / "dlib", parity_faces=2)).bundle
+    demo = export_bundle(ExportRequest(out=folder / "demo", parity_faces=2, weights="demo")).bundle
+    return dlib, demo
+
+
+def test_compare_decides_at_the_bundles_threshold_and_the_synthetic_model_says_what_it_is(shipped_bundles, capsys):
+    from pdsn.bench.real_photos import portrait_photos
+
+    dlib, demo = shipped_bundles
+    biden, obama = (str(p) for p in portrait_photos()[:2])
+    assert main(["compare", "--bundle", str(dlib), biden, obama]) == 0
+    printed = capsys.readouterr().out
+    assert "different people (threshold 0.9494, the bundle's, set on 472 same-person and 2688" in printed
+    assert "note:" not in printed
+    assert main(["compare", "--bundle", str(demo), biden, obama, "--threshold", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "(threshold 0.5, given)" in printed
+    assert "note: this model was trained on synthetic faces only" in printed
+    assert main(["embed", "--bundle", str(demo), biden]) == 0
+    assert all(json.loads(line)["model_note"].startswith("this model") for line in capsys.readouterr().out.splitlines())
+
+
+def test_the_service_decides_at_the_bundles_threshold_and_notes_a_synthetic_model(shipped_bundles, tmp_path):
+    import base64
+
+    import httpx
+    from serve_harness import ServerProcess
+
+    from pdsn.bench.real_photos import portrait_photos
+
+    dlib, demo = shipped_bundles
+    photos = [base64.b64encode(p.read_bytes()).decode() for p in portrait_photos()[:2]]
+    for bundle, note in ((dlib, False), (demo, True)):
+        with (
+            ServerProcess(bundle, tmp_path / f"{bundle.name}.log", "--backend", "onnxruntime") as server,
+            httpx.Client(base_url=server.url, timeout=60.0) as http,
+        ):
+            body = http.post("/v1/verify", json={"image_a": photos[0], "image_b": photos[1]}).json()
+        if note:
+            assert body["threshold"] is None and body["match"] is None
+            assert body["model_note"].startswith("this model was trained on synthetic faces only")
+        else:
+            assert body["threshold"] == 0.9494 and body["match"] is False and body["model_note"] is None
