@@ -105,7 +105,8 @@ def _verify_estimator(loaded: Bundle, skipped: dict) -> dict:
             "`pdsn add-estimator` again to check it on every backend"
         )
         return {}
-    faces = parity_faces(reference["faces"]["count"], reference["faces"]["seed"])
+    size = tuple(reference["faces"].get("size", (loaded.contract.height, loaded.contract.width)))
+    faces = parity_faces(reference["faces"]["count"], reference["faces"]["seed"], size)
     thresholds = np.asarray(entry["contract"]["thresholds"], dtype=np.float32)
     rows = {}
     for backend in ESTIMATOR_BACKENDS:

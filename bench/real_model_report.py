@@ -20,15 +20,18 @@ EVALUATION_MD = "evaluation.md"
 
 
 def measure(bundle: Path) -> dict:
-    from pdsn.bench.real_occlusion import fdm_effect, group_photo_pairs, threshold_from_pairs
+    from pdsn.bench.real_occlusion import estimator_effect, fdm_effect, group_photo_pairs, threshold_from_pairs
     from pdsn.runtime import Recognizer
 
     with Recognizer.open(bundle, backend="onnxruntime") as recognizer:
-        return {
+        report = {
             "decision": threshold_from_pairs(recognizer),
             "group_photo": group_photo_pairs(recognizer),
             "fdm": fdm_effect(recognizer),
         }
+        if recognizer.bundle.manifest.get("estimator"):
+            report["estimator"] = estimator_effect(recognizer)
+        return report
 
 
 def markdown(report: dict) -> str:
@@ -73,6 +76,20 @@ def markdown(report: dict) -> str:
     lines += ["", "Same-person mean by occluder (none / FDM):", ""]
     for kind, plain in fdm["none"]["same_by_occluder"].items():
         lines.append(f"- {kind}: {plain:.4f} / {fdm['fdm']['same_by_occluder'][kind]:.4f}")
+    if estimator := report.get("estimator"):
+        lines += [
+            "",
+            "## The occlusion estimator",
+            "",
+            f"On {estimator['clean_chips']} clean chips of {estimator['faces']} faces ({estimator['people']} people): "
+            f"{estimator['clean_flagged']:.3f} have any cell flagged. Behind drawn occluders "
+            f"({estimator['occluded_chips']} chips, {estimator['covered_cells']} covered cells): it finds "
+            f"{estimator['recall']:.3f} of the covered cells, and {estimator['precision']:.3f} of the cells it flags "
+            "are covered.",
+            "",
+            "Covered cells found, by occluder: "
+            + ", ".join(f"{kind} {value:.3f}" for kind, value in estimator["recall_by_occluder"].items()),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -80,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pdsn.bench.real_model_report", description=__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--dictionary", type=Path, required=True)
+    parser.add_argument("--estimator", type=Path, help="an occlusion estimator .pth to put in the measured bundle")
     parser.add_argument("--work", type=Path, required=True, help="folder for the measured bundle")
     parser.add_argument("--out", type=Path, required=True, help="folder for evaluation.json and evaluation.md")
     args = parser.parse_args(argv)
@@ -87,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
 
     bundle = args.work / "bundle"
     export_bundle(ExportRequest(out=bundle, checkpoint=args.checkpoint, dictionary=args.dictionary, overwrite=True))
+    if args.estimator is not None:
+        from pdsn.export.estimator_bundle import add_estimator
+
+        add_estimator(bundle, args.estimator)
     report = {**measure(bundle), "machine": describe_machine()}
     (args.out / EVALUATION_JSON).write_text(json.dumps(report, indent=2) + "\n")
     (args.out / EVALUATION_MD).write_text(markdown(report))

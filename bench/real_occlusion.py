@@ -135,6 +135,46 @@ def fdm_effect(recognizer, seed: int = EVALUATION_SEED + 1) -> dict:
     return report
 
 
+def estimator_effect(recognizer, seed: int = EVALUATION_SEED + 2) -> dict:
+    """The bundle's occlusion estimator on clean chips (how many get any cell flagged) and behind each drawn
+    occluder (how many of the covered cells it finds, and how many it flags that are not covered)."""
+    from pdsn.train.occlusion import occlude
+
+    rng = np.random.default_rng(seed)
+    faces = evaluation_chips(recognizer, CHIPS_PER_FACE, seed)
+    template = CROP_ALIGNMENTS[recognizer.contract.alignment].template
+    clean = recognizer.estimate_occlusion(faces.chips)
+    drawn = [
+        occlude(
+            chip,
+            kind,
+            rng,
+            cell=int(rng.integers(NUM_CELLS)) if kind == "patch" else None,
+            landmarks=None if kind == "patch" else template,
+        )
+        for chip in faces.chips
+        for kind in OCCLUDERS
+    ]
+    truth = np.stack([d.cells for d in drawn]) > 0.5
+    found = recognizer.estimate_occlusion(np.stack([d.image for d in drawn])) > 0.5
+    kinds = np.array([d.kind for d in drawn])
+    by_kind = {
+        kind: float((found & truth)[kinds == kind].sum() / max(truth[kinds == kind].sum(), 1)) for kind in OCCLUDERS
+    }
+    return {
+        "clean_chips": len(faces.chips),
+        "faces": len(set(zip(faces.people, faces.photos))),
+        "people": len(set(faces.people)),
+        "clean_flagged": float((clean > 0.5).any(axis=1).mean()),
+        "occluded_chips": len(drawn),
+        "covered_cells": int(truth.sum()),
+        "recall": float((found & truth).sum() / max(truth.sum(), 1)),
+        "precision": float((found & truth).sum() / max(found.sum(), 1)),
+        "recall_by_occluder": by_kind,
+        "seed": seed,
+    }
+
+
 def _masked_scores(recognizer, probes: np.ndarray, cells: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     """Each probe against every enrolled face, both under the probe's cells."""
     masked_probes = _normalised(recognizer.embed(probes, occlusion=cells))

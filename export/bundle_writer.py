@@ -41,6 +41,7 @@ from pdsn.model.shipped_models import (
     DEMO_WEIGHTS,
     DLIB_CHECKPOINT,
     DLIB_DICTIONARY,
+    DLIB_ESTIMATOR,
     DLIB_EVALUATION,
     DLIB_LABEL,
     DLIB_WEIGHTS,
@@ -159,11 +160,20 @@ def export_bundle(request: ExportRequest) -> ExportResult:
             },
         }
         write.commit(manifest)
-    if weights["weights"] == "trained-demo":  # the demo model ships with an estimator trained on its data
+    estimator = _shipped_estimator(request)
+    if estimator is not None:  # the shipped models come with an estimator trained for their crops
         from pdsn.export.estimator_bundle import add_estimator
 
-        manifest["estimator"] = add_estimator(out)
+        manifest["estimator"] = add_estimator(out, estimator)
     return ExportResult(out, manifest, parity)
+
+
+def _shipped_estimator(request: ExportRequest) -> Path | None:
+    if request.shipped == DEMO_WEIGHTS:
+        from pdsn.model.occlusion_net import SHIPPED_ESTIMATOR
+
+        return SHIPPED_ESTIMATOR
+    return DLIB_ESTIMATOR if request.shipped == DLIB_WEIGHTS else None
 
 
 def _decision(request: ExportRequest) -> dict:

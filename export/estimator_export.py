@@ -1,6 +1,6 @@
 """The occlusion estimator to ONNX (``estimator.onnx``), checked against PyTorch.
 
-The graph takes the recognition model's input, ``image`` uint8 [N, 112, 96, 3] RGB, and does the
+The graph takes the recognition model's input, ``image`` uint8 [N, H, W, 3] RGB, and does the
 cast, NHWC -> NCHW and ``(x/255 - 0.5)/0.5`` inside, as ``DeployGraph`` does; it returns
 ``occlusion_probability`` float32 [N, 25], the sigmoid of the cell logits. The per-cell thresholds
 stay outside the graph, in the contract this module returns, so a runtime applies them with
@@ -31,15 +31,7 @@ from pdsn.model.estimator_contract import (
     ESTIMATOR_OUTPUT,
 )
 from pdsn.model.estimator_parity import PARITY_FACES, EstimatorGate, judge_estimator, parity_faces
-from pdsn.model.grid import (
-    CELL_X_BOUNDS,
-    CELL_Y_BOUNDS,
-    CROP_HEIGHT,
-    CROP_WIDTH,
-    GRID_COLS,
-    GRID_ROWS,
-    NUM_CELLS,
-)
+from pdsn.model.grid import NUM_CELLS, grid_for
 from pdsn.model.occlusion_net import OcclusionNet, TrainedEstimator
 
 ESTIMATOR_PARITY_REPORT = "reports/estimator-parity.json"
@@ -65,7 +57,7 @@ class EstimatorGraph(nn.Module):
 
 def export_estimator(estimator: TrainedEstimator, path: str | Path, opset: int = DEFAULT_OPSET) -> dict:
     """Write ``estimator`` as ONNX to ``path``; returns the contract (tensors, normalisation, grid, thresholds)."""
-    proto = _trace(EstimatorGraph(estimator.model.eval()).eval(), opset)
+    proto = _trace(EstimatorGraph(estimator.model.eval()).eval(), estimator.model.architecture.input_size, opset)
     proto.producer_name = "pdsn-deploy"
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
@@ -74,20 +66,16 @@ def export_estimator(estimator: TrainedEstimator, path: str | Path, opset: int =
 
 def estimator_contract(estimator: TrainedEstimator, opset: int = DEFAULT_OPSET) -> dict:
     """What a caller feeds ``estimator.onnx``, what it returns, and how to read the output."""
+    height, width = estimator.model.architecture.input_size
     return {
         "format": ESTIMATOR_FORMAT,
         "format_version": ESTIMATOR_FORMAT_VERSION,
         "inputs": {
-            ESTIMATOR_IMAGE_INPUT: {"dtype": "uint8", "shape": ["N", CROP_HEIGHT, CROP_WIDTH, 3], "color": "RGB"}
+            ESTIMATOR_IMAGE_INPUT: {"dtype": "uint8", "shape": ["N", height, width, 3], "color": "RGB"}
         },
         "outputs": {ESTIMATOR_OUTPUT: {"dtype": "float32", "shape": ["N", NUM_CELLS], "meaning": "sigmoid"}},
         "normalization": {"scale": 255.0, "mean": 0.5, "std": 0.5, "inside_graph": True},
-        "grid": {
-            "rows": GRID_ROWS,
-            "cols": GRID_COLS,
-            "x_bounds": list(CELL_X_BOUNDS),
-            "y_bounds": list(CELL_Y_BOUNDS),
-        },
+        "grid": grid_for(height, width),
         "thresholds": [round(float(t), 6) for t in estimator.thresholds],
         "rule": "cell occluded where occlusion_probability >= thresholds[cell]",
         "min_coverage": estimator.record.get("min_coverage"),
@@ -126,13 +114,14 @@ def write_estimator(
     directory = Path(directory)
     onnx_path, report_path = directory / ESTIMATOR_FILE, directory / ESTIMATOR_PARITY_REPORT
     contract = export_estimator(estimator, onnx_path, opset)
+    size = estimator.model.architecture.input_size
     try:
-        report = estimator_parity(estimator, onnx_path, parity_faces() if faces is None else faces, gate)
+        report = estimator_parity(estimator, onnx_path, parity_faces(size=size) if faces is None else faces, gate)
         if faces is None:
             # What `pdsn verify` judges every backend's estimator against, without torch.
             report["reference"] = {
-                "faces": {"generator": "parity_faces", "count": PARITY_FACES, "seed": 0},
-                "pytorch_probabilities": estimator.probabilities(parity_faces()).round(7).tolist(),
+                "faces": {"generator": "parity_faces", "count": PARITY_FACES, "seed": 0, "size": list(size)},
+                "pytorch_probabilities": estimator.probabilities(parity_faces(size=size)).round(7).tolist(),
             }
         if not report["passed"]:
             raise EstimatorParityError(
@@ -174,6 +163,6 @@ def _validation_summary(record: dict) -> dict | None:
     }
 
 
-def _trace(graph: EstimatorGraph, opset: int) -> onnx.ModelProto:
-    image = torch.randint(0, 256, (2, CROP_HEIGHT, CROP_WIDTH, 3), dtype=torch.uint8)
+def _trace(graph: EstimatorGraph, size: tuple[int, int], opset: int) -> onnx.ModelProto:
+    image = torch.randint(0, 256, (2, *size, 3), dtype=torch.uint8)
     return traced_onnx(graph, (image,), [ESTIMATOR_IMAGE_INPUT], [ESTIMATOR_OUTPUT], opset)

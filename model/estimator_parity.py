@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pdsn.model.grid import GRID_COLS, GRID_ROWS, cell_bounds
+from pdsn.model.grid import CROP_HEIGHT, CROP_WIDTH, GRID_COLS, GRID_ROWS, cell_bounds
 from pdsn.model.sample_faces import seeded_faces
 
 PARITY_FACES = 16
@@ -24,17 +24,19 @@ class EstimatorGate:
     max_abs_error: float = 1e-4
 
 
-def parity_faces(count: int = PARITY_FACES, seed: int = 0) -> np.ndarray:
-    """Seeded face-like crops, every second one with a solid box over a random 2x2 block of cells.
+def parity_faces(
+    count: int = PARITY_FACES, seed: int = 0, size: tuple[int, int] = (CROP_HEIGHT, CROP_WIDTH)
+) -> np.ndarray:
+    """Seeded face-like crops of ``size``, every second one with a solid box over a random 2x2 block of cells.
 
     Occluded faces put probabilities across the whole range, so the cell check sees decisions both ways.
     """
-    faces = seeded_faces(count, seed)
+    faces = seeded_faces(count, seed, size)
     rng = np.random.default_rng([seed, 1])
     for face in faces[1::2]:
         row, col = (int(i) for i in rng.integers(0, GRID_ROWS - 1, size=2))
-        x0, y0, _, _ = cell_bounds(row * GRID_COLS + col)
-        _, _, x1, y1 = cell_bounds((row + 1) * GRID_COLS + col + 1)
+        x0, y0, _, _ = cell_bounds(row * GRID_COLS + col, size)
+        _, _, x1, y1 = cell_bounds((row + 1) * GRID_COLS + col + 1, size)
         face[y0:y1, x0:x1] = rng.integers(0, 256, 3, dtype=np.uint8)
     return faces
 

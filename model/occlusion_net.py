@@ -2,8 +2,9 @@
 
 It looks only at the aligned crop, so it runs before the recognition model on any backend and
 tells it which FDM items to apply. Four strided stages of two 3x3 convolutions (BN, ReLU) take the
-112x96 crop to a 7x6 map; a 1x1 convolution and one linear layer map that to 25 logits, one per
-cell (1 = occluded). Input: the recognition model's normalisation, ``normalize_faces``.
+crop (112x96, or dlib's 150x150 chip: ``EstimatorArchitecture.input_size``) to a 7x6 (10x10) map; a
+1x1 convolution and one linear layer map that to 25 logits, one per cell (1 = occluded). Input:
+``(x / 255 - 0.5) / 0.5`` (``normalize_faces``), whatever the recognition model's normalisation.
 
 A trained estimator is two files side by side: ``NAME.pth`` (the architecture and the state dict,
 read with ``weights_only=True``) and ``NAME.json`` (the per-cell thresholds chosen on validation,
@@ -49,6 +50,7 @@ class EstimatorArchitecture:
 
     widths: tuple[int, int, int, int] = (16, 32, 48, 64)
     head_channels: int = 16
+    input_size: tuple[int, int] = (CROP_HEIGHT, CROP_WIDTH)  # (height, width) of the crops it reads
 
     def __post_init__(self) -> None:
         if len(self.widths) != 4 or any(int(w) < 1 for w in self.widths) or int(self.head_channels) < 1:
@@ -59,22 +61,27 @@ class EstimatorArchitecture:
 
     @property
     def map_shape(self) -> tuple[int, int]:
-        """(H, W) of the last stage's map: four halvings of 112x96."""
-        height, width = CROP_HEIGHT, CROP_WIDTH
+        """(H, W) of the last stage's map: four halvings of the input."""
+        height, width = self.input_size
         for _ in self.widths:
             height, width = (height + 1) // 2, (width + 1) // 2
         return height, width
 
     def to_dict(self) -> dict:
-        return {"widths": list(self.widths), "head_channels": self.head_channels}
+        return {"widths": list(self.widths), "head_channels": self.head_channels, "input_size": list(self.input_size)}
 
     @classmethod
     def from_dict(cls, data: dict) -> EstimatorArchitecture:
-        return cls(widths=tuple(int(w) for w in data["widths"]), head_channels=int(data["head_channels"]))  # type: ignore[arg-type]
+        """An architecture as ``to_dict`` wrote it; one written before ``input_size`` reads 112x96 crops."""
+        return cls(
+            widths=tuple(int(w) for w in data["widths"]),  # type: ignore[arg-type]
+            head_channels=int(data["head_channels"]),
+            input_size=tuple(int(n) for n in data.get("input_size", (CROP_HEIGHT, CROP_WIDTH))),  # type: ignore[arg-type]
+        )
 
 
 class OcclusionNet(nn.Module):
-    """Normalised float NCHW crops (N, 3, 112, 96) -> per-cell occlusion logits (N, 25)."""
+    """Normalised float NCHW crops (N, 3, H, W) of the architecture's input size -> per-cell logits (N, 25)."""
 
     def __init__(self, architecture: EstimatorArchitecture = EstimatorArchitecture()) -> None:
         super().__init__()
@@ -107,7 +114,7 @@ class TrainedEstimator:
         self.model.eval()
 
     def probabilities(self, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
-        """Per-cell occlusion probabilities of uint8 (N, 112, 96, 3) crops, float32 (N, 25)."""
+        """Per-cell occlusion probabilities of uint8 (N, H, W, 3) crops, float32 (N, 25)."""
         return predict_probabilities(self.model, images, batch_size)
 
     def predict_cells(self, images: np.ndarray) -> np.ndarray:
@@ -234,7 +241,7 @@ def architecture_summary(architecture: EstimatorArchitecture) -> dict:
     return {
         **architecture.to_dict(),
         "parameters": parameter_count(model),
-        "flops_per_image": count_flops(model, (3, CROP_HEIGHT, CROP_WIDTH)),
+        "flops_per_image": count_flops(model, (3, *architecture.input_size)),
     }
 
 

@@ -18,6 +18,7 @@ DLIB_DIR = Path(__file__).with_name("default_dlib")
 DLIB_CHECKPOINT = DLIB_DIR / "model.pth"
 DLIB_DICTIONARY = DLIB_DIR / "dictionary.npz"
 DLIB_EVALUATION = DLIB_DIR / "evaluation.json"
+DLIB_ESTIMATOR = DLIB_DIR / "occlusion_estimator.pth"  # trained on real chips by scripts/dlib-default-model.sh
 DLIB_LABEL = (
     "dlib's face recognition ResNet v1 (public domain), 150x150 chips -> 128-d, with a PDSN dictionary learnt "
     "on real faces; its decision threshold and how it was measured are in the manifest's decision entry"

@@ -27,6 +27,9 @@ def test_export_without_a_checkpoint_is_dlibs_model(tmp_path):
     assert model["architecture"]["name"] == "dlib-face-resnet-v1"
     assert model["checkpoint"]["path"] == str(DLIB_CHECKPOINT)
     assert result.manifest["contract"]["alignment"] == "dlib-chip-150"
+    estimator = result.manifest["estimator"]["contract"]
+    assert estimator["inputs"]["image"]["shape"] == ["N", 150, 150, 3]
+    assert estimator["grid"] == result.manifest["contract"]["grid"]
     decision = result.manifest["decision"]
     assert 0.0 < decision["threshold"] < 1.0 and decision["far"] == 0.0
     assert decision["same_pairs"] > 100 and decision["different_pairs"] > 1000 and decision["people"] == 8
@@ -137,7 +140,7 @@ def test_photo_demo_runs_on_a_real_group_photo(tmp_path, capsys):
 
     assert main(["demo", "--photo", str(group_photo()), "--out", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out
-    for step in ("[1/4]", "[2/4] t1.jpg: 6 faces found", "[3/4]", "[4/4]", "FDM, true cells:", "person-6"):
+    for step in ("[1/4]", "[2/4] t1.jpg: 6 faces found", "[3/4]", "[4/4]", "FDM, true cells:", "FDM, estimator's cells"):
         assert step in printed
     assert "FAIL" not in printed
     people, right, found = None, 0, 0

@@ -157,7 +157,9 @@ def _occlusion_commands(commands: argparse._SubParsersAction) -> None:
     occlusion = commands.add_parser(
         "train-occlusion", help="train the occlusion estimator (which grid cells are occluded) and its thresholds"
     )
-    occlusion.add_argument("--data", default=SYNTHETIC, help="'synthetic' or a folder of aligned 112x96 crops")
+    occlusion.add_argument(
+        "--data", default=SYNTHETIC, help="'synthetic' or a folder of aligned 112x96 crops (or 150x150 chips)"
+    )
     occlusion.add_argument("--out", type=Path, required=True, help="folder for occlusion_estimator.pth and .json")
     occlusion.add_argument("--seed", type=int, default=0, help="faces, occluders, initialisation and shuffling")
     occlusion.add_argument("--epochs", type=int, help="default 16")

@@ -120,7 +120,7 @@ class EstimatorConfig:
 
 @dataclass(frozen=True)
 class FaceSet:
-    """Clean aligned crops uint8 (N, 112, 96, 3) and their landmarks (N, 5, 2), or None for the template's."""
+    """Clean aligned crops uint8 (N, H, W, 3) and their landmarks (N, 5, 2), or None for the template's."""
 
     images: np.ndarray
     landmarks: np.ndarray | None
@@ -153,18 +153,19 @@ def load_faces(config: EstimatorConfig) -> tuple[FaceSet, FaceSet]:
 
 
 def read_training_folder(root: str | Path, seed: int) -> tuple[FaceSet, FaceSet]:
-    """Aligned 112x96 crops anywhere under ``root``, split into training and validation faces.
+    """Aligned crops (112x96, or dlib's 150x150 chips; one size) anywhere under ``root``, split into training
+    and validation faces.
 
     Each folder that holds images is one identity; a fifth of the identities (at least one) are
     held out for validation, chosen by ``seed``. With all images in one folder, a fifth of the
     images are held out instead, and the split records that identities could not be kept apart.
-    Files that are not readable 112x96 crops are skipped and counted; a folder with no usable
-    face, or with only one, is refused.
+    Files that are not readable crops of either size are skipped and counted; a folder with no usable
+    face, or with only one, or with crops of both sizes, is refused.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(
-            f"--data {str(root)!r} is not a folder; pass 'synthetic' or a folder of aligned 112x96 crops "
+            f"--data {str(root)!r} is not a folder; pass 'synthetic' or a folder of aligned 112x96 (or 150x150) crops "
             f"({'/'.join(IMAGE_SUFFIXES)})"
         )
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -180,8 +181,13 @@ def read_training_folder(root: str | Path, seed: int) -> tuple[FaceSet, FaceSet]
         found = f"{len(files)} image file(s)" + (f", {len(skipped)} unusable, e.g. {skipped[0]}" if skipped else "")
         raise ValueError(
             f"--data {root} holds {len(images)} usable face(s) ({found}); training the occlusion estimator needs "
-            f"at least 2 aligned {IMAGE_SUFFIXES} crops of 112x96 pixels (96 wide, 112 high) under it: align the "
+            f"at least 2 aligned {IMAGE_SUFFIXES} crops of 112x96 pixels (96 wide, 112 high), or of 150x150, under it: align the "
             "images first (5-point template), or pass --data synthetic"
+        )
+    sizes = sorted({image.shape[:2] for image in images})
+    if len(sizes) > 1:
+        raise ValueError(
+            f"--data {root} mixes crop sizes {sizes} (height, width); the estimator reads one size, its bundle's"
         )
     names = sorted(set(groups))
     rng = np.random.default_rng([seed, _FOLDER_SPLIT_STREAM])
@@ -265,6 +271,8 @@ def train_estimator(config: EstimatorConfig = EstimatorConfig(), progress: bool 
     with torch_threads(config.threads):
         started = time.perf_counter()
         train_faces, validation_faces = load_faces(config)
+        size = tuple(train_faces.images.shape[1:3])
+        config = dataclasses.replace(config, architecture=dataclasses.replace(config.architecture, input_size=size))
         validation = validation_views(validation_faces, config)
         model, history = _fit(train_faces, config, progress)
         probabilities = predict_probabilities(model, validation.images)
@@ -277,8 +285,9 @@ def train_estimator(config: EstimatorConfig = EstimatorConfig(), progress: bool 
         seconds = time.perf_counter() - started
         threads = torch.get_num_threads()
     record = {
-        "what": "occlusion estimator for the 5x5 PDSN grid, trained on SYNTHETIC faces and occluders by "
-        "`pdsn train-occlusion`; probabilities >= the per-cell thresholds mark occluded cells",
+        "what": f"occlusion estimator for the 5x5 PDSN grid over {size[1]}x{size[0]} crops, trained on "
+        f"{'SYNTHETIC faces' if config.data == SYNTHETIC else 'the faces of ' + str(config.data)} and drawn occluders "
+        "by `pdsn train-occlusion`; probabilities >= the per-cell thresholds mark occluded cells",
         "min_coverage": config.min_coverage,
         "network": architecture_summary(config.architecture),
         "training": {
