@@ -199,7 +199,7 @@ def _parser() -> argparse.ArgumentParser:
         "--photos",
         action="store_true",
         help="instead: face detection on 640x480 and 1280x720 frames beside facenet-pytorch's MTCNN, and the whole "
-        "photo path (decode, detect, align, embed, identify); default bundle: the demo model",
+        "photo path (decode, detect, align, embed, identify); default bundle: the default model (dlib's)",
     )
     bench.add_argument("--min-face", type=float, default=40.0, help="--photos: smallest face side, px (default 40)")
     bench.set_defaults(run=_bench)
@@ -424,9 +424,9 @@ def _bench_photos(bundle: Path | None, args: argparse.Namespace) -> int:
     if bundle is None:
         from pdsn.export.bundle_writer import ExportRequest, export_bundle
 
-        bundle = work / "demo-bundle"
+        bundle = work / "default-bundle"
         if not (bundle / "manifest.json").is_file():
-            print(f"exporting the demo model to {bundle}")
+            print(f"exporting the default model to {bundle}")
             work.mkdir(parents=True, exist_ok=True)
             export_bundle(ExportRequest(out=bundle))
     config = PhotoBenchConfig(min_face=args.min_face, backends=args.backends, seconds=args.seconds)

@@ -9,6 +9,7 @@ every backend, and must cut a photo's faces as dlib's chip (``pdsn.model.dlib_ch
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -161,3 +162,22 @@ def test_a_112x112_array_is_a_photo_to_a_dlib_bundle(dlib_bundle):
 def test_verify_checks_every_part(dlib_bundle, capsys):
     assert main(["verify", "--bundle", str(dlib_bundle)]) == 0
     assert "detector" in capsys.readouterr().out
+
+
+def test_variants_pass_their_gates_calibrated_on_real_chips(dlib_bundle, tmp_path, capsys):
+    """FP16 and INT8 of dlib's network, INT8 calibrated on real chips and both judged on held-out real chips."""
+    from pdsn.bench.real_faces import write_identity_folders
+
+    faces = tmp_path / "faces"
+    write_identity_folders(faces, per_face=12, seed=3)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(dlib_bundle, bundle)
+    calib = ["--calib", str(faces), "--holdout", "32"]
+    assert main(["quantize", "--bundle", str(bundle), "--precision", "fp16", *calib]) == 0
+    assert main(["quantize", "--bundle", str(bundle), "--precision", "int8", "--samples", "88", *calib]) == 0
+    variants = json.loads((bundle / "manifest.json").read_text())["variants"]
+    assert variants["fp16"]["parity"]["passed"] and variants["int8"]["parity"]["passed"]
+    calibration = variants["int8"]["calibration"]
+    assert calibration["samples"] == 88 and not calibration["synthetic"] and "(88 of 120)" in calibration["source"]
+    with Recognizer.open(bundle, backend="openvino", precision="int8") as recognizer:
+        assert recognizer.embed(np.zeros((2, 150, 150, 3), dtype=np.uint8)).shape == (2, 128)
