@@ -121,7 +121,9 @@ def test_bundle_gives_dlibs_descriptors(dlib_bundle, chips, backend):
     theirs = dlib_descriptors(chips)
     cosine = np.sum(ours * theirs, axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
     distance = np.linalg.norm(ours - theirs, axis=1)
-    print(f"\n{backend}: {len(chips)} chips of 8 people: cosine min {cosine.min():.7f}, distance max {distance.max():.1e}")
+    print(
+        f"\n{backend}: {len(chips)} chips of 8 people: cosine min {cosine.min():.7f}, distance max {distance.max():.1e}"
+    )
     assert len(chips) == 10
     assert cosine.min() >= MIN_COSINE
     assert distance.max() <= MAX_DISTANCE
@@ -181,3 +183,43 @@ def test_variants_pass_their_gates_calibrated_on_real_chips(dlib_bundle, tmp_pat
     assert calibration["samples"] == 88 and not calibration["synthetic"] and "(88 of 120)" in calibration["source"]
     with Recognizer.open(bundle, backend="openvino", precision="int8") as recognizer:
         assert recognizer.embed(np.zeros((2, 150, 150, 3), dtype=np.uint8)).shape == (2, 128)
+
+
+def test_triton_serves_dlibs_chips_and_the_whole_photo_pipeline(dlib_bundle, chips, tmp_path):
+    """The python kind of `pdsn triton-repo` on a real Triton server: 150x150 chips in, and the faces
+    model cutting dlib's chips from a photo itself, as the in-process runtime does."""
+    pytest.importorskip("tritonclient.grpc", reason='needs pip install "tritonclient[http,grpc]"')
+    import tritonclient.grpc as grpcclient
+    from triton_harness import LocalTritonServer, server_env
+
+    from pdsn.triton_repo.repository import RepositoryRequest, write_repository
+
+    env = server_env()
+    write_repository(RepositoryRequest(dlib_bundle, tmp_path / "repo", kind="python"))
+    photo = group_photo().read_bytes()
+    with (
+        LocalTritonServer(tmp_path / "repo", tmp_path / "server.log", env) as server,
+        Recognizer.open(dlib_bundle, backend="onnxruntime") as local,
+        Recognizer.open(dlib_bundle, backend="triton", url=server.grpc_url, protocol="grpc") as remote,
+    ):
+        np.testing.assert_allclose(remote.embed(chips), local.embed(chips), rtol=0, atol=1e-5)
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        inputs = [grpcclient.InferInput("photo", [1], "BYTES"), grpcclient.InferInput("min_face", [1], "FP32")]
+        inputs[0].set_data_from_numpy(np.array([photo], dtype=object))
+        inputs[1].set_data_from_numpy(np.array([40.0], np.float32))
+        embeddings = client.infer("pdsn_faces", inputs).as_numpy("embedding")
+        expected = local.embed(photo, detection=DetectionSettings(min_face=40))
+    assert embeddings.shape == (6, 128)
+    np.testing.assert_allclose(embeddings, np.stack([f.embedding for f in expected]), rtol=0, atol=1e-5)
+
+
+def test_a_tensorrt_rtx_engine_builds_for_dlibs_network(dlib_bundle, tmp_path):
+    """Built on this CPU machine; running it needs an NVIDIA GPU (the GPU check runs engines where there is one)."""
+    rtx = pytest.importorskip("tensorrt_rtx_bindings")
+    bundle = tmp_path / "bundle"
+    shutil.copytree(dlib_bundle, bundle)
+    assert main(["build", "--bundle", str(bundle), "--flavour", "tensorrt-rtx", "--batch", "1,8,16", "--quiet"]) == 0
+    engines = json.loads((bundle / "manifest.json").read_text())["engines"]
+    (entry,) = engines.values()
+    assert entry["file"] == f"engines/tensorrt-rtx-{rtx.__version__}-portable-fp32-b1-8-16.engine"
+    assert entry["profile"] == {"min": 1, "opt": 8, "max": 16}
