@@ -503,3 +503,29 @@ def test_a_new_pattern_is_computed_outside_the_search_lock_and_bounded(tmp_path,
     for value in (0, -1, True):
         with pytest.raises(ValueError, match="pattern_"):
             Gallery.open(tmp_path / "h.db", recognizer, pattern_workers=value)
+
+
+@pytest.mark.parametrize("backing", ["sqlite", "postgresql"])
+def test_opening_a_gallery_holds_its_arrays_not_a_second_copy(recognizer, tmp_path, backing, request):
+    """The store is read a chunk at a time into arrays sized once: the peak while opening is about the arrays
+    themselves (1.22 times here; 2.5 times before, with every row read at once and the arrays grown by doubling)."""
+    import tracemalloc
+
+    from pdsn.runtime.gallery import Enrollment
+
+    location = tmp_path / "big.db" if backing == "sqlite" else request.getfixturevalue("postgres").database()
+    width = recognizer.folded_head.feature_size
+    seeded = np.random.default_rng(5).standard_normal((3000, width)).astype(np.float32)
+    cells = [None, [10, 11, 12, 13]]
+    with Gallery.open(location, recognizer, create=True) as gallery:
+        gallery.enroll_batch([Enrollment(f"p{i:04d}", seeded[i : i + 1], cells[i % 2]) for i in range(len(seeded))])
+    tracemalloc.start()
+    try:
+        with Gallery.open(location, recognizer) as gallery:
+            _, peak = tracemalloc.get_traced_memory()
+            held = sum(group.features.nbytes + group.base.nbytes for group in gallery._groups.values())
+            assert gallery.stats().faces == 3000 and len(gallery._groups) == 2
+    finally:
+        tracemalloc.stop()
+    print(f"\n{backing}: arrays {held / 2**20:.1f} MiB, peak while opening {peak / 2**20:.1f} MiB")
+    assert peak < 1.3 * held

@@ -15,13 +15,14 @@ so (``exact`` is False).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from pdsn.runtime.gallery.patterns import (
 from pdsn.runtime.gallery.records import (
     GALLERY_FORMAT,
     GALLERY_FORMAT_VERSION,
+    LOAD_CHUNK,
     DamagedFace,
     FaceRecord,
     Fingerprint,
@@ -175,7 +177,7 @@ class Gallery:
         self._closed = False
         # Faces whose stored arrays are damaged: left out of every search, reported, removed by ``repair``.
         self.damaged: list[DamagedFace] = []
-        self._load(store.faces(embedding_size=self._head.embedding_size, damaged=self.damaged))
+        self._load(store.group_sizes(), store.faces(embedding_size=self._head.embedding_size, damaged=self.damaged))
         if self.damaged:
             logger.warning(
                 "gallery %s: %d damaged face(s) left out (%s); `pdsn gallery check --repair` removes them",
@@ -656,8 +658,21 @@ class Gallery:
         features = group.features.array[rows]
         return _normalised(self._slice(pattern).apply(features.reshape(len(features), -1), base, self._head))
 
-    def _load(self, records) -> None:
-        self._add(list(records))
+    def _load(self, sizes: dict[int, int], records: Iterator[FaceRecord]) -> None:
+        """Every stored face, taken in ``LOAD_CHUNK`` at a time into arrays sized once from ``sizes`` (faces
+        per group): peak memory at load is about the arrays', not a copy of the whole gallery beside them."""
+        for cells, count in sizes.items():
+            self._new_group(cells, count)
+        for chunk in iter(lambda: list(itertools.islice(records, LOAD_CHUNK)), []):
+            self._add(chunk)
+
+    def _new_group(self, cells: int, reserve: int = 0) -> _Group:
+        group = self._groups[cells] = _Group(cells, base=Rows(self._head.embedding_size, np.float32))
+        group.base.reserve(reserve)
+        if self.keep_features:
+            group.features = Rows(self._head.feature_size, self.feature_dtype)
+            group.features.reserve(reserve)
+        return group
 
     def _add(self, records: list[FaceRecord]) -> None:
         """Append faces to their groups, and their rows to every cached pattern of those groups (a face held
@@ -671,16 +686,12 @@ class Gallery:
             by_group.setdefault(record.cells, []).append(record)
         width = self._head.embedding_size
         for cells, members in by_group.items():
-            group = self._groups.get(cells)
-            if group is None:
-                group = self._groups[cells] = _Group(cells, base=Rows(width, np.float32))
-                if self.keep_features:
-                    group.features = Rows(self._head.feature_size, self.feature_dtype)
+            group = self._groups.get(cells) or self._new_group(cells)
             group.face_ids += [m.face_id for m in members]
             group.identities += [m.identity for m in members]
-            group.base.append(np.stack([m.base for m in members]))
+            group.base.extend([m.base for m in members])
             if self.keep_features:
-                group.features.append(np.stack([m.features for m in members]).astype(self.feature_dtype))
+                group.features.extend([m.features for m in members])  # cast to the gallery's dtype on the copy
             else:
                 for pattern in {p for m in members for p in m.patterns}:
                     if pattern not in group.stored:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from pdsn.runtime.gallery.records import (
+    LOAD_CHUNK,
     DamagedFace,
     DuplicateIdentityError,
     FaceRecord,
@@ -210,16 +211,32 @@ class PostgresStore:
         with self._lock, self._errors("read"):
             return {int(face_id) for (face_id,) in self._read("SELECT id FROM pdsn_faces")}
 
+    def group_sizes(self) -> dict[int, int]:
+        """Faces per occluded-cells value."""
+        with self._lock, self._errors("read"):
+            return {
+                int(cells): int(count)
+                for cells, count in self._read("SELECT cells, COUNT(*) FROM pdsn_faces GROUP BY cells").fetchall()
+            }
+
     def faces(
         self, ids: Sequence[int] | None = None, embedding_size: int = 0, damaged: list[DamagedFace] | None = None
     ) -> Iterator[FaceRecord]:
-        """Every face (or those of ``ids``), each checked against its CRC-32 (``decoded_rows``)."""
-        with self._lock, self._errors("read"):
-            if ids is None:
-                rows = self._read(_FACES + " ORDER BY f.id").fetchall()
-            else:
+        """Every face (or those of ``ids``), each checked against its CRC-32 (``decoded_rows``), read
+        ``LOAD_CHUNK`` at a time: the rows in flight stay small however large the gallery."""
+        if ids is not None:
+            with self._lock, self._errors("read"):
                 rows = self._read(_FACES + " WHERE f.id = ANY(%s) ORDER BY f.id", (sorted(ids),)).fetchall()
-        yield from decoded_rows(self.location, rows, embedding_size, damaged)
+            yield from decoded_rows(self.location, rows, embedding_size, damaged)
+            return
+        last = 0
+        while True:
+            with self._lock, self._errors("read"):
+                rows = self._read(_FACES + " WHERE f.id > %s ORDER BY f.id LIMIT %s", (last, LOAD_CHUNK)).fetchall()
+            if not rows:
+                return
+            yield from decoded_rows(self.location, rows, embedding_size, damaged)
+            last = rows[-1][0]
 
     def remove_faces(self, face_ids: Sequence[int]) -> list[str]:
         """Remove faces by id in one transaction, and the identities left without a face; returns those."""

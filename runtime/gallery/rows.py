@@ -23,6 +23,14 @@ class Rows:
     def nbytes(self) -> int:
         return self._count * self._buffer.shape[1] * self._buffer.itemsize
 
+    def reserve(self, count: int) -> None:
+        """Room for ``count`` rows in all, allocated once: a gallery that knows how many faces it loads
+        never holds a buffer and its doubled copy at the same time."""
+        if count > len(self._buffer):
+            grown = np.empty((count, self._buffer.shape[1]), self._buffer.dtype)
+            grown[: self._count] = self.array
+            self._buffer = grown
+
     def append(self, rows: np.ndarray) -> None:
         needed = self._count + len(rows)
         if needed > len(self._buffer):
@@ -30,6 +38,15 @@ class Rows:
             grown[: self._count] = self.array
             self._buffer = grown
         self._buffer[self._count : needed] = rows
+        self._count = needed
+
+    def extend(self, rows: list[np.ndarray]) -> None:
+        """Append one row per array, each copied straight into the buffer (no stacked copy of them all first)."""
+        needed = self._count + len(rows)
+        if needed > len(self._buffer):
+            self.reserve(max(needed, 2 * len(self._buffer), 16))
+        for index, row in enumerate(rows, start=self._count):
+            self._buffer[index] = row
         self._count = needed
 
     def keep(self, mask: np.ndarray) -> None:

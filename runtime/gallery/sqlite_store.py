@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pdsn.runtime.gallery.records import (
     GALLERY_FORMAT,
+    LOAD_CHUNK,
     DamagedFace,
     DuplicateIdentityError,
     FaceRecord,
@@ -192,26 +193,39 @@ class SqliteStore:
         with self._read_lock, self._errors("read"):
             return {face_id for (face_id,) in self._reader.execute("SELECT id FROM faces")}
 
+    def group_sizes(self) -> dict[int, int]:
+        """Faces per occluded-cells value."""
+        with self._read_lock, self._errors("read"):
+            return dict(self._reader.execute("SELECT cells, COUNT(*) FROM faces GROUP BY cells").fetchall())
+
     def faces(
         self, ids: Sequence[int] | None = None, embedding_size: int = 0, damaged: list[DamagedFace] | None = None
     ) -> Iterator[FaceRecord]:
-        """Every face (or those of ``ids``), each checked against its CRC-32 (``decoded_rows``)."""
+        """Every face (or those of ``ids``), each checked against its CRC-32 (``decoded_rows``), read
+        ``LOAD_CHUNK`` at a time: the rows in flight stay small however large the gallery."""
         query = (
             "SELECT f.id, i.name, f.cells, f.base, f.features, f.feature_dtype, f.patterns, f.pattern_blob, f.crc"
             " FROM faces f JOIN identities i ON i.id = f.identity_id"
         )
-        with self._read_lock, self._errors("read"):
-            if ids is None:
-                rows = self._reader.execute(query + " ORDER BY f.id").fetchall()
-            else:
-                wanted = sorted(ids)
-                rows = []
-                for start in range(0, len(wanted), 900):
-                    chunk = wanted[start : start + 900]
-                    rows += self._reader.execute(
-                        query + f" WHERE f.id IN ({','.join('?' * len(chunk))}) ORDER BY f.id", chunk
+        if ids is None:
+            last = 0
+            while True:
+                with self._read_lock, self._errors("read"):
+                    rows = self._reader.execute(
+                        query + " WHERE f.id > ? ORDER BY f.id LIMIT ?", (last, LOAD_CHUNK)
                     ).fetchall()
-        yield from decoded_rows(self.path, rows, embedding_size, damaged)
+                if not rows:
+                    return
+                yield from decoded_rows(self.path, rows, embedding_size, damaged)
+                last = rows[-1][0]
+        wanted = sorted(ids)
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start : start + 900]
+            with self._read_lock, self._errors("read"):
+                rows = self._reader.execute(
+                    query + f" WHERE f.id IN ({','.join('?' * len(chunk))}) ORDER BY f.id", chunk
+                ).fetchall()
+            yield from decoded_rows(self.path, rows, embedding_size, damaged)
 
     def remove_faces(self, face_ids: Sequence[int]) -> list[str]:
         """Remove faces by id in one transaction, and the identities left without a face; returns those."""
