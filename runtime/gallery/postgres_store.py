@@ -219,6 +219,14 @@ class PostgresStore:
                 for cells, count in self._read("SELECT cells, COUNT(*) FROM pdsn_faces GROUP BY cells").fetchall()
             }
 
+    def faces_of(
+        self, names: Sequence[str], embedding_size: int = 0, damaged: list[DamagedFace] | None = None
+    ) -> Iterator[FaceRecord]:
+        """The faces of the identities ``names``, in face id order."""
+        with self._lock, self._errors("read"):
+            rows = self._read(_FACES + " WHERE i.name = ANY(%s) ORDER BY f.id", (list(names),)).fetchall()
+        yield from decoded_rows(self.location, rows, embedding_size, damaged)
+
     def faces(
         self, ids: Sequence[int] | None = None, embedding_size: int = 0, damaged: list[DamagedFace] | None = None
     ) -> Iterator[FaceRecord]:

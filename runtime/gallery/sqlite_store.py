@@ -78,6 +78,12 @@ def _not_a_gallery(path: Path) -> str | None:
     return None
 
 
+_FACE_QUERY = (
+    "SELECT f.id, i.name, f.cells, f.base, f.features, f.feature_dtype, f.patterns, f.pattern_blob, f.crc"
+    " FROM faces f JOIN identities i ON i.id = f.identity_id"
+)
+
+
 class SqliteStore:
     """Faces and identities in one SQLite file; safe to share between threads and processes."""
 
@@ -198,15 +204,24 @@ class SqliteStore:
         with self._read_lock, self._errors("read"):
             return dict(self._reader.execute("SELECT cells, COUNT(*) FROM faces GROUP BY cells").fetchall())
 
+    def faces_of(
+        self, names: Sequence[str], embedding_size: int = 0, damaged: list[DamagedFace] | None = None
+    ) -> Iterator[FaceRecord]:
+        """The faces of the identities ``names``, in face id order per chunk of names."""
+        for start in range(0, len(names), 900):
+            chunk = list(names[start : start + 900])
+            with self._read_lock, self._errors("read"):
+                rows = self._reader.execute(
+                    _FACE_QUERY + f" WHERE i.name IN ({','.join('?' * len(chunk))}) ORDER BY f.id", chunk
+                ).fetchall()
+            yield from decoded_rows(self.path, rows, embedding_size, damaged)
+
     def faces(
         self, ids: Sequence[int] | None = None, embedding_size: int = 0, damaged: list[DamagedFace] | None = None
     ) -> Iterator[FaceRecord]:
         """Every face (or those of ``ids``), each checked against its CRC-32 (``decoded_rows``), read
         ``LOAD_CHUNK`` at a time: the rows in flight stay small however large the gallery."""
-        query = (
-            "SELECT f.id, i.name, f.cells, f.base, f.features, f.feature_dtype, f.patterns, f.pattern_blob, f.crc"
-            " FROM faces f JOIN identities i ON i.id = f.identity_id"
-        )
+        query = _FACE_QUERY
         if ids is None:
             last = 0
             while True:
