@@ -1,8 +1,23 @@
-"""Input checks shared by the numpy-only model modules."""
+"""Input checks shared across the package (numpy only)."""
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
+
+
+def check_int(value: object, argument: str, minimum: int, optional: bool = False) -> int | None:
+    """``value`` as an int >= ``minimum`` (None passes when ``optional``); a TypeError for anything that is not
+    an integer (bools, floats, strings) and a ValueError below ``minimum``, each naming ``argument``."""
+    expected = f"{'None or ' if optional else ''}an integer >= {minimum}"
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{argument} must be {expected}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{argument} must be {expected}, got {value!r}")
+    return int(value)
 
 
 def as_real_array(value: object, argument: str, expected: str) -> np.ndarray:

@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from pdsn.model.validation import check_int
+
 # Queue waits and compute times kept for percentiles: the most recent this many requests.
 TIMING_WINDOW = 100_000
 # The longest batching delay accepted: far beyond any useful one, and within every platform's waits.
@@ -84,17 +86,6 @@ class BatcherHealth:
     reason: str = ""
 
 
-def check_int(name: str, value: object, minimum: int, optional: bool = False) -> None:
-    """Refuse a ``value`` that is not an int >= ``minimum`` (or None, when ``optional``): bools, floats, strings."""
-    expected = f"{'None or ' if optional else ''}an int >= {minimum}"
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-
-
 def check_real(
     name: str,
     value: object,
@@ -119,9 +110,9 @@ def check_real(
 
 def check_settings(max_batch: int, max_delay_ms: float, queue_size: int | None) -> int:
     """Refuse bad batcher settings; returns the queue size (None: 4 × ``max_batch``)."""
-    check_int("max_batch", max_batch, 1)
+    check_int(max_batch, "max_batch", 1)
     check_real("max_delay_ms", max_delay_ms, 0.0, MAX_DELAY_MS, unit="milliseconds")
-    check_int("queue_size", queue_size, 1, optional=True)
+    check_int(queue_size, "queue_size", 1, optional=True)
     queue = 4 * max_batch if queue_size is None else queue_size
     if queue < max_batch:
         raise ValueError(f"queue_size must hold at least one full batch (max_batch = {max_batch} faces), got {queue}")
@@ -185,7 +176,7 @@ class DynamicBatcher:
         on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.queue_size = check_settings(max_batch, max_delay_ms, queue_size)
-        check_int("embedding_size", embedding_size, 1, optional=True)
+        check_int(embedding_size, "embedding_size", 1, optional=True)
         self.max_batch = max_batch
         self.max_delay_s = max_delay_ms / 1000.0
         self.embedding_size = embedding_size

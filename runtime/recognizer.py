@@ -13,6 +13,7 @@ import numpy as np
 
 from pdsn.model.folded_head import FoldedHead
 from pdsn.model.grid import NUM_CELLS, vector_to_cells
+from pdsn.model.validation import check_int
 from pdsn.runtime.backends import ENGINE_BACKENDS, create_backend, resolve_backend
 from pdsn.runtime.backends.engines import find_engine, named_engine
 from pdsn.runtime.batcher import (
@@ -20,7 +21,6 @@ from pdsn.runtime.batcher import (
     BatcherHealth,
     BatcherStats,
     DynamicBatcher,
-    check_int,
     check_real,
     check_settings,
 )
@@ -127,7 +127,7 @@ class Recognizer:
             raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
         check_settings(max_batch, max_delay_ms, queue_size)
         if "threads" in backend_options:
-            check_int("threads", backend_options["threads"], 1, optional=True)
+            check_int(backend_options["threads"], "threads", 1, optional=True)
         if "engine" in backend_options:
             raise TypeError("engine is a named argument of Recognizer.open (an engine's manifest key or file name)")
         loaded = open_bundle(bundle, verify=verify, expected_digest=expected_digest)

@@ -269,7 +269,7 @@ def test_a_pipelined_backend_starts_the_next_batch_while_one_computes():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_batch": 0}, "max_batch must be an int >= 1, got 0"),
+        ({"max_batch": 0}, "max_batch must be an integer >= 1, got 0"),
         ({"max_batch": 4, "max_delay_ms": -1}, "max_delay_ms"),
         ({"max_batch": 4, "queue_size": 2}, "must hold at least one full batch"),
     ],

@@ -85,15 +85,15 @@ def test_landmarks_follow_the_pose_near_the_template():
 
 
 @pytest.mark.parametrize(
-    "kwargs, argument",
+    "kwargs, error, argument",
     [
-        ({"num_identities": 0, "images_per_identity": 1}, "num_identities"),
-        ({"num_identities": 2, "images_per_identity": 1.5}, "images_per_identity"),
-        ({"num_identities": 2, "images_per_identity": 1, "seed": -1}, "seed"),
+        ({"num_identities": 0, "images_per_identity": 1}, ValueError, "num_identities must be an integer >= 1"),
+        ({"num_identities": 2, "images_per_identity": 1.5}, TypeError, r"images_per_identity .* got 1.5 \(float\)"),
+        ({"num_identities": 2, "images_per_identity": 1, "seed": -1}, ValueError, "seed must be an integer >= 0"),
     ],
 )
-def test_generator_rejects_bad_arguments(kwargs, argument):
-    with pytest.raises(ValueError, match=argument):
+def test_generator_rejects_bad_arguments(kwargs, error, argument):
+    with pytest.raises(error, match=argument):
         SyntheticFaces(**kwargs)
 
 

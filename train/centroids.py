@@ -24,9 +24,7 @@ from pdsn.train.features import trunk_features
 def centroid_classifier(model: RecognitionNetwork, faces: LabelledFaces) -> MarginCosineProduct:
     """A CosFace classifier whose class ``i`` is the mean normalised embedding of identity ``i``'s clean faces."""
     if faces.num_classes < 2:
-        raise ValueError(
-            f"{faces.source}: {faces.num_classes} identity; stage 1 needs at least 2 to tell people apart"
-        )
+        raise ValueError(f"{faces.source}: {faces.num_classes} identity; stage 1 needs at least 2 to tell people apart")
     embeddings = F.normalize(model.head(trunk_features(model, faces.images)), dim=1)
     labels = torch.from_numpy(np.asarray(faces.labels))
     centres = torch.zeros(faces.num_classes, embeddings.shape[1])

@@ -61,7 +61,9 @@ class CellFeatureCache:
     is one pair per face).
     """
 
-    def __init__(self, model: RecognitionNetwork, faces: LabelledFaces, seed: int, pairs_per_cell: int | None = None) -> None:
+    def __init__(
+        self, model: RecognitionNetwork, faces: LabelledFaces, seed: int, pairs_per_cell: int | None = None
+    ) -> None:
         fields = model.contract_fields()
         if faces.images.shape[1:3] != (fields["height"], fields["width"]):
             raise ValueError(

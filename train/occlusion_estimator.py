@@ -41,12 +41,12 @@ from pdsn.model.occlusion_net import (
     predict_probabilities,
     save_estimator,
 )
+from pdsn.model.validation import check_int
 from pdsn.train.data import IMAGE_SUFFIXES, SYNTHETIC, read_face
 from pdsn.train.estimator_evaluation import cell_report
 from pdsn.train.occlusion import ESTIMATOR_OCCLUDER_KINDS, random_occlusion
 from pdsn.train.stage0 import (
     batches_per_epoch,
-    check_int,
     learning_rate_at,
     shuffled_batches,
     torch_threads,

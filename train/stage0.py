@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from pdsn.model.checkpoint import CheckpointError, read_state_dict, save_checkpoint
 from pdsn.model.grid import CROP_HEIGHT, CROP_WIDTH
 from pdsn.model.network import LRESNET_IR_TINY, Architecture, LResNetIR, normalize_faces
+from pdsn.model.validation import check_int
 from pdsn.train.cosface import MarginCosineProduct
 from pdsn.train.occlusion import random_occlusion
 from pdsn.train.synthetic import SyntheticFaces
@@ -291,13 +292,6 @@ def check_labels_fit(labels: np.ndarray | torch.Tensor, classifier: MarginCosine
             f"(0..{classifier.out_features - 1}); later stages train on the identities stage 0 was "
             "trained on: use the same data, identities and seed"
         )
-
-
-def check_int(value: object, argument: str, minimum: int) -> int:
-    """``value`` as an int, or a ValueError naming ``argument`` unless it is an integer >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{argument} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def batches_per_epoch(count: int, batch_size: int) -> int:

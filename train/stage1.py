@@ -22,13 +22,13 @@ from pdsn.model.checkpoint import save_checkpoint
 from pdsn.model.dlib_resnet import DlibPDSN, DlibResNet
 from pdsn.model.grid import NUM_CELLS, check_cell_id, validate_cell_ids
 from pdsn.model.network import LResNetIR, PDSNNetwork
+from pdsn.model.validation import check_int
 from pdsn.train.cosface import MarginCosineProduct
 from pdsn.train.features import CellFeatureCache, PairFeatures
 from pdsn.train.stage0 import (
     MOMENTUM,
     WEIGHT_DECAY,
     batches_per_epoch,
-    check_int,
     check_labels_fit,
     learning_rate_at,
     shuffled_batches,

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from pdsn.model.dictionary import MaskDictionary
 from pdsn.model.network import LResNetIR, normalize_faces
+from pdsn.model.validation import check_int
 from pdsn.train.cosface import MarginCosineProduct
 from pdsn.train.data import LabelledFaces
 from pdsn.train.occlusion import OCCLUDER_KINDS, random_occlusion
@@ -26,7 +27,6 @@ from pdsn.train.stage0 import (
     WEIGHT_DECAY,
     EpochStats,
     batches_per_epoch,
-    check_int,
     check_labels_fit,
     learning_rate_at,
     shuffled_batches,

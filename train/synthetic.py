@@ -18,11 +18,10 @@ of images (about 1 ms per image on one core).
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from pdsn.model.grid import CROP_HEIGHT, CROP_WIDTH
+from pdsn.model.validation import check_int
 
 # Canvas margin around the crop, so that shifted or rotated faces never sample past the drawing.
 _PAD = 16
@@ -50,12 +49,6 @@ _PUPIL = np.full(3, 15.0)
 _INT8_STD = float(np.sqrt((256.0**2 - 1.0) / 12.0))
 
 
-def _check_int(value: object, argument: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{argument} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 class SyntheticFaces:
     """A seeded set of SYNTHETIC identities with ``images_per_identity`` aligned crops of each.
 
@@ -64,9 +57,9 @@ class SyntheticFaces:
     """
 
     def __init__(self, num_identities: int, images_per_identity: int, seed: int = 0) -> None:
-        self.num_identities = _check_int(num_identities, "num_identities", 1)
-        self.images_per_identity = _check_int(images_per_identity, "images_per_identity", 1)
-        self.seed = _check_int(seed, "seed", 0)
+        self.num_identities = check_int(num_identities, "num_identities", 1)
+        self.images_per_identity = check_int(images_per_identity, "images_per_identity", 1)
+        self.seed = check_int(seed, "seed", 0)
 
     def __len__(self) -> int:
         return self.num_identities * self.images_per_identity
