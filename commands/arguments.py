@@ -118,7 +118,9 @@ def cells(text: str) -> list[int] | str:
 
 def gallery_location(text: str) -> str | Path:
     """A gallery: a ``postgresql://`` URL (kept as text) or a SQLite file path."""
-    return text if text.startswith(("postgresql://", "postgres://")) else Path(text)
+    from pdsn.runtime.gallery.locations import is_database_url
+
+    return text if is_database_url(text) else Path(text)
 
 
 def detection_options(parser: argparse.ArgumentParser) -> None:

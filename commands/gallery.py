@@ -184,7 +184,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from pdsn.runtime.gallery.gallery import shown_location
+    from pdsn.runtime.gallery.locations import shown_location
     from pdsn.runtime.gallery.migrate import migrate_gallery
 
     result = migrate_gallery(args.source, args.destination)

@@ -7,8 +7,8 @@ from pdsn.runtime.gallery.gallery import (
     Identification,
     Match,
     recorded_precision,
-    shown_location,
 )
+from pdsn.runtime.gallery.locations import shown_location
 from pdsn.runtime.gallery.patterns import DEFAULT_WARM_PATTERNS, CacheStats, PatternBusyError
 from pdsn.runtime.gallery.records import DuplicateIdentityError, GalleryError, UnknownIdentityError
 

@@ -18,7 +18,6 @@ import dataclasses
 import itertools
 import json
 import logging
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -31,6 +30,7 @@ import numpy as np
 from pdsn.model.folded_head import HeadSlice
 from pdsn.runtime.detection import DetectedFace
 from pdsn.runtime.gallery.ann import PatternIndex
+from pdsn.runtime.gallery.locations import is_database_url, open_store, shown_location
 from pdsn.runtime.gallery.names import checked_identity, stored_name
 from pdsn.runtime.gallery.patterns import (
     DEFAULT_CACHE_BYTES,
@@ -54,7 +54,6 @@ from pdsn.runtime.gallery.records import (
     meta_values,
 )
 from pdsn.runtime.gallery.rows import Rows
-from pdsn.runtime.gallery.sqlite_store import SqliteStore
 from pdsn.runtime.inputs import prepare_occlusion
 from pdsn.runtime.photos import DetectionSettings
 
@@ -67,7 +66,6 @@ SLICE_BUDGET_BYTES = 512 << 20
 # New probe patterns computed at once, and waiting, per gallery (each a product over every face of a group).
 PATTERN_WORKERS = 1
 PATTERN_QUEUE = 64
-_SCHEMES = re.compile(r"^(postgres|postgresql)://")
 
 
 @dataclass(frozen=True)
@@ -232,7 +230,7 @@ class Gallery:
         pattern_workers = _positive_int(pattern_workers, "pattern_workers")
         if isinstance(pattern_queue, bool) or not isinstance(pattern_queue, int) or pattern_queue < 0:
             raise ValueError(f"pattern_queue must be a whole number >= 0, got {pattern_queue!r}")
-        store = _open_store(location, create)
+        store = open_store(location, create)
         try:
             settings = _bind(store, recognizer, keep_features, feature_dtype, warm_pattern_masks(tuple(warm_patterns)))
             return cls(
@@ -245,8 +243,8 @@ class Gallery:
     @classmethod
     def create(cls, location: str | Path, recognizer, **options) -> Gallery:
         """A new, empty gallery at ``location``; refused if one exists there."""
-        if _is_database(location):
-            store = _open_store(location, create=True)
+        if is_database_url(location):
+            store = open_store(location, create=True)
             try:
                 exists = bool(store.read_meta())
             finally:
@@ -799,9 +797,9 @@ def recorded_precision(location: str | Path) -> str | None:
     """The trunk precision a gallery's faces were enrolled with; None for a gallery that does not exist yet
     or records none. ``pdsn serve --precision auto`` serves that precision, so a bundle that gained a faster
     variant after enrollment still opens its gallery."""
-    if not _is_database(location) and not Path(location).is_file():
+    if not is_database_url(location) and not Path(location).is_file():
         return None
-    store = _open_store(location, create=False)
+    store = open_store(location, create=False)
     try:
         meta = store.read_meta()
     finally:
@@ -810,28 +808,6 @@ def recorded_precision(location: str | Path) -> str | None:
         return str(json.loads(meta["fingerprint"])["precision"])
     except (KeyError, ValueError, TypeError):
         return None
-
-
-def _is_database(location: object) -> bool:
-    return isinstance(location, str) and _SCHEMES.match(location) is not None
-
-
-def _open_store(location: str | Path, create: bool) -> GalleryStore:
-    """A PostgreSQL store for a ``postgresql://`` URL, else the SQLite file at ``location``."""
-    if _is_database(location):
-        from pdsn.runtime.gallery.postgres_store import PostgresStore
-
-        return PostgresStore(str(location), create)
-    return SqliteStore(location, create)
-
-
-def shown_location(location: str | Path) -> str:
-    """``location`` as messages show it: a database URL without its password."""
-    if _is_database(location):
-        from pdsn.runtime.gallery.postgres_store import redacted
-
-        return redacted(str(location))
-    return str(location)
 
 
 def recognizer_fingerprint(recognizer) -> Fingerprint:

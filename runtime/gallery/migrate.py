@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pdsn.runtime.gallery.gallery import _open_store, shown_location
+from pdsn.runtime.gallery.locations import open_store, shown_location
 from pdsn.runtime.gallery.records import DamagedFace, FaceRecord, GalleryError, GalleryStore
 
 # DST's meta records where it was copied from, and that the copy completed (meta keys are written once).
@@ -39,12 +39,12 @@ def migrate_gallery(
     source: str | Path, destination: str | Path, progress: Callable[[int, int], None] | None = None
 ) -> Migration:
     """Copy the gallery at ``source`` into ``destination`` (new, or one this copy was interrupted in)."""
-    src = _open_store(source, create=False)
+    src = open_store(source, create=False)
     try:
         meta = src.read_meta()
         if not meta:
             raise GalleryError(f"gallery {shown_location(source)} does not exist or holds no gallery")
-        dst = _open_store(destination, create=True)
+        dst = open_store(destination, create=True)
         try:
             _bind_destination(dst, meta, shown_location(source), shown_location(destination))
             damaged: list[DamagedFace] = []
