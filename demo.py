@@ -9,6 +9,7 @@ seeded weights (speed does not depend on the weights), side by side with PyTorch
 
 from __future__ import annotations
 
+import textwrap
 import time
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def run_demo(out: Path, timing_work: Path, timing_architecture: str, eval_pairs:
         f"with one ai.pdsn::FdmGatherMul node, dictionary.npy, manifest.json"
     )
     print("      ONNX Runtime vs PyTorch on the same faces (gate: cosine >= 0.99999):")
-    print(_indent(format_parity_table(parity), 6))
+    print(textwrap.indent(format_parity_table(parity), " " * 6))
     print(
         "\n[2/6] precision variants against the FP32 model on held-out faces (a variant that "
         "missed its gate would have stopped the demo here):"
@@ -83,7 +84,7 @@ def run_demo(out: Path, timing_work: Path, timing_architecture: str, eval_pairs:
         f"\n[5/6] verification accuracy on {eval_pairs} synthetic pairs of identities the model "
         f"never saw, PyTorch and every runtime precision:"
     )
-    print(_indent(_accuracy_table(out, eval_pairs), 6))
+    print(textwrap.indent(_accuracy_table(out, eval_pairs), " " * 6))
 
     print(
         f"\n[6/6] throughput and latency of the paper's {timing_architecture} (seeded weights in "
@@ -92,7 +93,7 @@ def run_demo(out: Path, timing_work: Path, timing_architecture: str, eval_pairs:
     )
     timing_variants = prepare_timing_bundle(timing_work, timing_architecture, reuse=True)
     result = run_benchmark(timing_work, BenchConfig(batches=(1, 8), seconds=2.0, min_iterations=3), progress=False)
-    print(_indent(terminal_table(result), 6))
+    print(textwrap.indent(terminal_table(result), " " * 6))
     if not timing_variants["int8"]["parity"]["passed"]:
         p = timing_variants["int8"]["parity"]
         print(
@@ -114,7 +115,7 @@ def _verify_every_backend(bundle: Path) -> None:
 
     result = verify_bundle(bundle)
     print("      `pdsn verify`: every variant on every backend here against ONNX Runtime FP32, 32 held-out faces:")
-    print(_indent(format_verification(result), 6))
+    print(textwrap.indent(format_verification(result), " " * 6))
     if not result["passed"]:
         raise DemoStopped(f"a variant of {bundle} missed its gate on a backend (table above); the demo stops here")
 
@@ -196,7 +197,3 @@ def _accuracy_table(bundle: Path, num_pairs: int) -> str:
             if isinstance(embedder, BundleEmbedder):
                 embedder.close()
     return format_table(report)
-
-
-def _indent(text: str, spaces: int) -> str:
-    return "\n".join(" " * spaces + line for line in text.splitlines())

@@ -11,6 +11,7 @@ group photo holds no one twice.
 from __future__ import annotations
 
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def run_photo_demo(photo: Path, out: Path, min_face: float = 40.0) -> int:
     result = export_bundle(ExportRequest(out=out, overwrite=existing is not None))
     decision = result.manifest["decision"]
     print(f"[1/4] exported {out}/ in {time.perf_counter() - started:.0f} s; ONNX Runtime against PyTorch:")
-    print(_indent(format_parity_table(result.parity), 6))
+    print(textwrap.indent(format_parity_table(result.parity), " " * 6))
     image = load_image(photo)
     settings = DetectionSettings(min_face=min_face)
     with (
@@ -138,7 +139,3 @@ def _match_text(identification, decision: dict) -> str:
     best = identification.matches[0]
     verdict = "above" if best.score >= decision["threshold"] else "below"
     return f"best match {best.identity}, score {best.score:.4f} ({verdict} the threshold)"
-
-
-def _indent(text: str, spaces: int) -> str:
-    return "\n".join(" " * spaces + line for line in text.splitlines())

@@ -44,7 +44,9 @@ from pdsn.model.shipped_models import (
     DLIB_ESTIMATOR,
     DLIB_EVALUATION,
     DLIB_LABEL,
+    DLIB_SETUP_HINT,
     DLIB_WEIGHTS,
+    DLIB_WEIGHTS_DIGEST,
     SEEDED_WEIGHTS,
     WEIGHTS,
 )
@@ -168,6 +170,24 @@ def export_bundle(request: ExportRequest) -> ExportResult:
     return ExportResult(out, manifest, parity)
 
 
+def _dlib_weights():
+    """dlib's weights as `scripts/default-model.sh` converted them, checked to be the ones the shipped dictionary,
+    estimator and threshold were made for."""
+    from pdsn.model.checkpoint import CheckpointError, load_recognition_model, weights_digest
+
+    if not DLIB_CHECKPOINT.is_file():
+        raise FileNotFoundError(f"the default model's weights ({DLIB_CHECKPOINT}) are not made yet: {DLIB_SETUP_HINT}")
+    model, info = load_recognition_model(DLIB_CHECKPOINT)
+    digest = weights_digest(model)
+    if digest != DLIB_WEIGHTS_DIGEST:
+        raise CheckpointError(
+            f"{DLIB_CHECKPOINT} holds other weights than the default model's dictionary, estimator and threshold were "
+            f"made for (tensor digest {digest[:16]}..., expected {DLIB_WEIGHTS_DIGEST[:16]}...); remove it and "
+            f"{DLIB_SETUP_HINT}"
+        )
+    return model, info
+
+
 def _shipped_estimator(request: ExportRequest) -> Path | None:
     if request.shipped == DEMO_WEIGHTS:
         from pdsn.model.occlusion_net import SHIPPED_ESTIMATOR
@@ -227,7 +247,7 @@ def _load_model(request: ExportRequest) -> tuple[RecognitionNetwork, dict]:
         DEMO_WEIGHTS: (demo_weights.TRAINED_DEMO_CHECKPOINT, "trained-demo", demo_weights.TRAINED_DEMO_LABEL),
     }
     checkpoint, weights, label = shipped[request.shipped]
-    model, info = load_recognition_model(checkpoint)
+    model, info = _dlib_weights() if request.shipped == DLIB_WEIGHTS else load_recognition_model(checkpoint)
     if request.architecture is not None and request.architecture != model.architecture:
         raise ValueError(
             f"the shipped {weights} model is {model.architecture.name}, not {request.architecture.name}; "

