@@ -74,12 +74,22 @@ def add_gallery_commands(commands: argparse._SubParsersAction) -> None:
     remove.add_argument("identities", nargs="+")
     remove.set_defaults(run=_remove)
 
+    warm = actions.add_parser(
+        "warm",
+        help="pgvector gallery: fill in the warm patterns' embeddings faces lack (resumable); --add lists a new one",
+    )
+    _common(warm)
+    warm.add_argument(
+        "--add", type=cells, help="a new warm pattern's cells, e.g. 0,1,5,6: its HNSW index is built, then filled"
+    )
+    warm.set_defaults(run=_warm)
+
     migrate = actions.add_parser(
-        "migrate", help="copy a gallery between stores (SQLite file, postgresql:// URL); run again to resume"
+        "migrate",
+        help="copy a gallery between stores (SQLite file, postgresql://, pgvector:// or pgvector+embedded:// URL); "
+        "run again to resume",
     )
-    migrate.add_argument(
-        "source", type=gallery_location, help="the gallery to copy: a SQLite file or a postgresql:// URL"
-    )
+    migrate.add_argument("source", type=gallery_location, help="the gallery to copy: a SQLite file or a URL")
     migrate.add_argument("destination", type=gallery_location, help="where to copy it: a new file or an empty database")
     migrate.set_defaults(run=_migrate)
 
@@ -90,7 +100,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--gallery",
         type=gallery_location,
         required=True,
-        help="the gallery: a SQLite file (created on enroll) or a postgresql:// URL",
+        help="the gallery: a SQLite file (created on enroll), a postgresql:// URL, or a pgvector one searched in the "
+        "database (pgvector://..., pgvector+embedded:///path/to/dir)",
     )
     parser.add_argument("--precision", default="auto", help="trunk precision (the gallery records it; default auto)")
 
@@ -195,6 +206,38 @@ def _migrate(args: argparse.Namespace) -> int:
     )
     for face in result.damaged:
         print(f"left behind: damaged face {face.face_id} of {face.identity!r} ({face.reason})")
+    if result.needs_warm:
+        print(
+            f"{shown_location(args.destination)} needs its warm patterns' embeddings computed before it can be "
+            f"searched: pdsn gallery warm --gallery {shown_location(args.destination)} --bundle BUNDLE"
+        )
+    return 0
+
+
+def _warm(args: argparse.Namespace) -> int:
+    from pdsn.runtime.gallery.locations import is_vector_location
+
+    if not is_vector_location(str(args.gallery)):
+        raise ValueError(
+            f"--gallery {args.gallery}: `pdsn gallery warm` fills a pgvector gallery's warm patterns; an in-process "
+            "gallery computes its own when it opens or searches"
+        )
+    recognizer, gallery = _open(args)
+    with recognizer, gallery:
+        filled = [0]
+
+        def progress(count: int) -> None:
+            filled[0] += count
+
+        if args.add is not None:
+            if args.add == "auto":
+                raise ValueError("--add: expected the new warm pattern's cells, e.g. 0,1,5,6, not auto")
+            gallery.add_warm_pattern(args.add, progress)
+        else:
+            gallery.warm(progress)
+        print(
+            f"{gallery.location}: filled {filled[0]} faces' warm embeddings; warm patterns searched: {gallery.stats().indexes}"
+        )
     return 0
 
 

@@ -1,7 +1,10 @@
 """``pdsn gallery migrate SRC DST``: a gallery copied between stores (a SQLite file, a PostgreSQL database).
 
 The faces are copied as stored (features, embeddings, patterns, checksums recomputed by the writer),
-so no model is needed and scores in DST are those of SRC. DST records the model fingerprint and
+so no model is needed and scores in DST are those of SRC (a pgvector store keeps pattern embeddings in
+half precision). A pgvector DST copied from a gallery that kept features, not pattern embeddings,
+needs them computed with the model: ``pdsn gallery warm`` (``Gallery.warm``) does so, and until then
+the DST refuses searches, saying so. DST records the model fingerprint and
 settings of SRC, where it was copied from, and, once the copy is whole, that it is. Identities are copied a
 page at a time, each page in one transaction: a copy that is killed leaves whole identities only, and
 running the same command again copies the rest. At the end the identity and face counts are compared,
@@ -10,14 +13,17 @@ and a sample of identities is read back from both sides and compared array for a
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pdsn.runtime.gallery.locations import open_store, shown_location
+from pdsn.runtime.gallery.pgvector_store import PgvectorStore
 from pdsn.runtime.gallery.records import DamagedFace, FaceRecord, GalleryError, GalleryStore
 
 # DST's meta records where it was copied from, and that the copy completed (meta keys are written once).
@@ -33,6 +39,7 @@ class Migration:
     copied: int  # identities this run copied (the rest were there from an earlier, interrupted run)
     damaged: list[DamagedFace]  # faces of SRC that could not be read and were left behind
     sampled: int  # identities compared array for array
+    needs_warm: bool = False  # a pgvector DST lacks warm embeddings SRC did not keep (``Gallery.warm`` adds them)
 
 
 def migrate_gallery(
@@ -49,21 +56,37 @@ def migrate_gallery(
             _bind_destination(dst, meta, shown_location(source), shown_location(destination))
             damaged: list[DamagedFace] = []
             copied, total, offset = 0, src.count(), 0
-            while names := src.identities(offset, PAGE_IDENTITIES):
-                offset += len(names)
-                missing = [name for name in names if not dst.contains(name)]
-                if missing:
-                    dst.add_identities(_people(src, missing, damaged), replace=False)
-                    copied += len(missing)
-                if progress is not None:
-                    progress(offset, total)
+            with _bulk(dst):
+                while names := src.identities(offset, PAGE_IDENTITIES):
+                    offset += len(names)
+                    missing = [name for name in names if not dst.contains(name)]
+                    if missing:
+                        dst.add_identities(_people(src, missing, damaged), replace=False)
+                        copied += len(missing)
+                    if progress is not None:
+                        progress(offset, total)
             result = _checked(src, dst, copied, damaged, source, destination)
+            if isinstance(dst, PgvectorStore):
+                result = dataclasses.replace(result, needs_warm=not all(w.complete for w in dst.warm_patterns()))
             dst.write_meta({COMPLETE_KEY: "true"})
             return result
         finally:
             dst.close()
     finally:
         src.close()
+
+
+@contextmanager
+def _bulk(dst: GalleryStore) -> Iterator[None]:
+    """A pgvector destination builds its HNSW indexes once, after the copy, rather than face by face."""
+    if not isinstance(dst, PgvectorStore):
+        yield
+        return
+    dst.drop_indexes()
+    try:
+        yield
+    finally:
+        dst.build_indexes()
 
 
 def _bind_destination(dst: GalleryStore, meta: dict, source: str, destination: str) -> None:
@@ -100,9 +123,11 @@ def _checked(
         )
     names = src.identities()
     sample = names[:: max(1, len(names) // SAMPLE_IDENTITIES)][:SAMPLE_IDENTITIES]
+    # Pattern embeddings compare at the coarser of the two stores' precisions (pgvector keeps half precision).
+    precision = min((np.dtype(store.pattern_dtype) for store in (src, dst)), key=lambda d: d.itemsize)
     for name in sample:
         theirs, ours = list(src.faces_of([name], damaged=[])), list(dst.faces_of([name]))
-        if len(theirs) != len(ours) or any(not _same(a, b) for a, b in zip(theirs, ours)):
+        if len(theirs) != len(ours) or any(not _same(a, b, precision) for a, b in zip(theirs, ours)):
             raise GalleryError(
                 f"identity {name!r} reads back differently from {shown_location(destination)} than from "
                 f"{shown_location(source)}; the copy is not trustworthy: remove it and migrate again"
@@ -114,14 +139,10 @@ def _checked(
     return Migration(counts["dst"][0], counts["dst"][1], copied, damaged, len(sample))
 
 
-def _same(a: FaceRecord, b: FaceRecord) -> bool:
-    arrays = (
-        (a.base, b.base),
-        (a.features, b.features),
-    )
+def _same(a: FaceRecord, b: FaceRecord, precision: np.dtype) -> bool:
     if a.cells != b.cells or sorted(a.patterns) != sorted(b.patterns):
         return False
-    for x, y in (*arrays, *((a.patterns[p], b.patterns[p]) for p in a.patterns)):
+    for x, y in ((a.base, b.base), (a.features, b.features)):
         if (x is None) != (y is None) or (x is not None and (x.dtype != y.dtype or not np.array_equal(x, y))):
             return False
-    return True
+    return all(np.array_equal(a.patterns[p].astype(precision), b.patterns[p].astype(precision)) for p in a.patterns)

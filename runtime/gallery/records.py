@@ -115,6 +115,7 @@ class GalleryStore(Protocol):
     """The system of record a Gallery reads and writes (SQLite file or PostgreSQL database)."""
 
     location: str  # for messages: a file path, or a database URL without its password
+    pattern_dtype: str  # the precision a read-back pattern embedding keeps
 
     def read_meta(self) -> dict[str, str]: ...
     def write_meta(self, values: dict[str, str]) -> None: ...

@@ -87,6 +87,8 @@ _FACE_QUERY = (
 class SqliteStore:
     """Faces and identities in one SQLite file; safe to share between threads and processes."""
 
+    pattern_dtype = "float32"  # the precision a read-back pattern embedding keeps
+
     def __init__(self, path: str | Path, create: bool) -> None:
         self.path = Path(path)
         if not create and not self.path.is_file():

