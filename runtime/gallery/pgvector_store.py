@@ -14,20 +14,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import queue
+import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import numpy as np
 
 from pdsn.runtime.gallery.embedded_server import INSTALL_HINT
-from pdsn.runtime.gallery.postgres_store import PostgresStore
-from pdsn.runtime.gallery.records import LOAD_CHUNK, DamagedFace, FaceRecord, GalleryError
+from pdsn.runtime.gallery.postgres_store import CONNECT_TIMEOUT_S, FACES_QUERY, PostgresStore
+from pdsn.runtime.gallery.records import LOAD_CHUNK, DamagedFace, FaceRecord, GalleryError, decoded_rows
 
 # HNSW build settings (pgvector's defaults), and the candidates a search walks by default.
 HNSW_M, HNSW_EF_CONSTRUCTION = 16, 64
 DEFAULT_EF_SEARCH = 100
 # Memory to build an HNSW graph in: about 600 MB holds 1,000,000 faces of 128-d half vectors.
 BUILD_MEMORY = "1GB"
+# Connections a store searches over at once (each search takes one; more searches wait for one).
+SEARCH_CONNECTIONS = 8
 # A group smaller than this is scanned exactly (a filtered HNSW walk finds few of a small group's faces).
 EXACT_BELOW = 5000
 _VECTOR_LOCK = 0x70647376  # pg_advisory_xact_lock key for creating the vector tables
@@ -109,6 +114,9 @@ class PgvectorStore(PostgresStore):
         self._halfvec, self._register = _pgvector()
         self.ef_search = ef_search
         self._vectors_ready = False
+        # Searches run on their own connections, several at once; writes and the rest share the main one.
+        self._idle: queue.LifoQueue = queue.LifoQueue()
+        self._search_slots = threading.BoundedSemaphore(SEARCH_CONNECTIONS)
         super().__init__(url, create, shown)
 
     def _check_kind(self, db) -> None:
@@ -321,12 +329,11 @@ class PgvectorStore(PostgresStore):
 
     def plan(self) -> SearchPlan:
         """The warm patterns and the groups, in one round trip."""
-        with self._lock, self._errors("read"):
-            warm, groups = self._read(
-                "SELECT (SELECT COALESCE(array_agg(ARRAY[warm, pattern, complete::int] ORDER BY warm), '{}') "
-                "FROM pdsn_warm_patterns), (SELECT COALESCE(array_agg(ARRAY[cells, faces]), '{}') FROM pdsn_groups "
-                "WHERE faces > 0)"
-            ).fetchone()
+        warm, groups = self._search_query(
+            "SELECT (SELECT COALESCE(array_agg(ARRAY[warm, pattern, complete::int] ORDER BY warm), '{}') "
+            "FROM pdsn_warm_patterns), (SELECT COALESCE(array_agg(ARRAY[cells, faces]), '{}') FROM pdsn_groups "
+            "WHERE faces > 0)"
+        )[0]
         return SearchPlan(
             tuple(WarmPattern(int(w), int(p), bool(c)) for w, p, c in warm),
             {int(cells): int(faces) for cells, faces in groups},
@@ -362,13 +369,47 @@ class PgvectorStore(PostgresStore):
             "LIMIT %(limit)s) v JOIN pdsn_identities i ON i.id = v.identity_id"
         )
         parameters = {"probe": self._halfvec(np.asarray(probe, np.float32)), "cells": cells, "limit": limit}
-        with self._lock, self._errors("search"):
-            rows = self._read(query, parameters).fetchall()
+        rows = self._search_query(query, parameters)
         return sorted((Hit(int(f), str(n), -float(d)) for f, n, d in rows), key=lambda h: (-h.score, h.face_id))
 
     def scoring_faces(self, ids: Sequence[int], embedding_size: int, damaged: list[DamagedFace]) -> list[FaceRecord]:
         """The faces ``ids`` with their features and base embeddings (no warm embeddings): for re-scoring."""
-        return list(super().faces(ids, embedding_size, damaged))
+        rows = self._search_query(FACES_QUERY + " WHERE f.id = ANY(%s) ORDER BY f.id", (sorted(ids),))
+        return list(decoded_rows(self.location, rows, embedding_size, damaged))
+
+    def _search_query(self, query: str, parameters: tuple | dict = ()) -> list[tuple]:
+        """A read on a search connection: tried again once on a fresh one if the connection was lost."""
+        with self._search_slots, self._errors("search"):
+            for attempt in (1, 2):
+                try:
+                    with self._searching(fresh=attempt == 2) as db:
+                        return db.execute(query, parameters).fetchall()
+                except self._psycopg.OperationalError:
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+
+    @contextmanager
+    def _searching(self, fresh: bool) -> Iterator:
+        """An idle search connection (or a new one), given back when the search is done, closed if it failed."""
+        db = None
+        if not fresh:
+            with suppress(queue.Empty):
+                db = self._idle.get_nowait()
+        if db is None or db.closed or db.broken:
+            db = self._psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+            self._configure(db)
+        try:
+            yield db
+        except BaseException:
+            db.close()
+            raise
+        self._idle.put(db)
+
+    def close(self) -> None:
+        super().close()
+        while not self._idle.empty():
+            self._idle.get_nowait().close()
 
     def faces(
         self, ids: Sequence[int] | None = None, embedding_size: int = 0, damaged: list[DamagedFace] | None = None

@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS pdsn_faces (
 CREATE INDEX IF NOT EXISTS pdsn_faces_by_identity ON pdsn_faces(identity_id);
 """
 _FACE_COLUMNS = "f.id, i.name, f.cells, f.base, f.features, f.feature_dtype, f.patterns, f.pattern_blob, f.crc"
-_FACES = f"SELECT {_FACE_COLUMNS} FROM pdsn_faces f JOIN pdsn_identities i ON i.id = f.identity_id"
+# Faces with their identity names; a WHERE clause follows.
+FACES_QUERY = f"SELECT {_FACE_COLUMNS} FROM pdsn_faces f JOIN pdsn_identities i ON i.id = f.identity_id"
 
 
 def redacted(url: str) -> str:
@@ -242,7 +243,7 @@ class PostgresStore:
     ) -> Iterator[FaceRecord]:
         """The faces of the identities ``names``, in face id order."""
         with self._lock, self._errors("read"):
-            rows = self._read(_FACES + " WHERE i.name = ANY(%s) ORDER BY f.id", (list(names),)).fetchall()
+            rows = self._read(FACES_QUERY + " WHERE i.name = ANY(%s) ORDER BY f.id", (list(names),)).fetchall()
         yield from decoded_rows(self.location, rows, embedding_size, damaged)
 
     def faces(
@@ -252,13 +253,15 @@ class PostgresStore:
         ``LOAD_CHUNK`` at a time: the rows in flight stay small however large the gallery."""
         if ids is not None:
             with self._lock, self._errors("read"):
-                rows = self._read(_FACES + " WHERE f.id = ANY(%s) ORDER BY f.id", (sorted(ids),)).fetchall()
+                rows = self._read(FACES_QUERY + " WHERE f.id = ANY(%s) ORDER BY f.id", (sorted(ids),)).fetchall()
             yield from decoded_rows(self.location, rows, embedding_size, damaged)
             return
         last = 0
         while True:
             with self._lock, self._errors("read"):
-                rows = self._read(_FACES + " WHERE f.id > %s ORDER BY f.id LIMIT %s", (last, LOAD_CHUNK)).fetchall()
+                rows = self._read(
+                    FACES_QUERY + " WHERE f.id > %s ORDER BY f.id LIMIT %s", (last, LOAD_CHUNK)
+                ).fetchall()
             if not rows:
                 return
             yield from decoded_rows(self.location, rows, embedding_size, damaged)
