@@ -15,11 +15,12 @@ from pdsn.commands.arguments import (
     numbers,
     positive,
 )
+from pdsn.errors import PdsnError
 from pdsn.model.shipped_models import WEIGHTS
 
-# What a user can cause and fix: bad values or files, and the errors pdsn raises on purpose (its own
-# RuntimeError subclasses: a missed gate, a backend not installed, ...). Anything else, a bare
-# RuntimeError or a TypeError included, is a bug and surfaces as a traceback.
+# What a user can cause and fix: the errors pdsn raises on purpose (PdsnError: a missed gate, a backend
+# not installed, a bad argument, ...), and bad values or files. Anything else, a bare RuntimeError or a
+# TypeError included, is a bug and surfaces as a traceback.
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, TimeoutError)
 
 
@@ -37,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(exc: Exception) -> bool:
-    ours = isinstance(exc, RuntimeError) and type(exc).__module__.startswith("pdsn.")
-    return isinstance(exc, _USER_ERRORS) or ours
+    return isinstance(exc, (PdsnError, *_USER_ERRORS))
 
 
 def _parser() -> argparse.ArgumentParser:

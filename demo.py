@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pdsn.bench.timing_bundle import VARIANT_PRECISIONS, add_variants, existing_bundle, prepare_timing_bundle
+from pdsn.errors import PdsnError
 from pdsn.train.evaluate import EVAL_PAIRS
 
 # The demo model's INT8 variant, under the default gates. Min-max calibration: on this model it
@@ -24,7 +25,7 @@ DEMO_CALIBRATION = {"calib": "synthetic", "method": "minmax", "samples": 256, "h
 DEMO_PRECISIONS = ("fp32", *VARIANT_PRECISIONS)
 
 
-class DemoStopped(RuntimeError):
+class DemoStopped(PdsnError, RuntimeError):
     """A check of the demo failed; its output says which."""
 
 

@@ -45,6 +45,7 @@ import numpy as np
 from pdsn.bench.machine import cpu_model
 from pdsn.bench.report import save_report
 from pdsn.bench.timing import LatencyStats, measure_interleaved
+from pdsn.errors import PdsnError
 from pdsn.kernels.fdm_pack import pack_dictionary, pack_occlusion
 from pdsn.kernels.fdm_reference import fdm_gather_mul
 from pdsn.model.demo_weights import SEEDED_WEIGHTS_LABEL, seeded_dictionary, seeded_model
@@ -72,7 +73,7 @@ SEED = 4242
 REQUIRED_GPU_TESTS = ("tests/test_fdm_kernel.py", "tests/test_cuda_memory.py")
 
 
-class NoGpuError(RuntimeError):
+class NoGpuError(PdsnError, RuntimeError):
     """``--device cuda`` was asked for, but torch sees no CUDA GPU."""
 
 

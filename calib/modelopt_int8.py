@@ -26,6 +26,7 @@ import onnx
 
 from pdsn.calib.data import FaceSet
 from pdsn.calib.graph_regions import int8_nodes, trunk_nodes
+from pdsn.errors import PdsnError
 from pdsn.model.bundle_format import FDM_DOMAIN, FDM_OP, IMAGE_INPUT, ModelContract
 from pdsn.model.comparison import onnx_feeds, onnx_session
 
@@ -37,7 +38,7 @@ INSTALL_HINT = (
 )
 
 
-class ModelOptUnavailableError(RuntimeError):
+class ModelOptUnavailableError(PdsnError, RuntimeError):
     """NVIDIA ModelOpt is not installed in this environment."""
 
 

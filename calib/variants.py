@@ -18,6 +18,7 @@ import numpy as np
 
 from pdsn.calib.data import SYNTHETIC, load_face_sets, read_crop
 from pdsn.calib.gates import DEFAULT_GATES, PrecisionGate, format_variant_table, pairs_accuracy_change, variant_parity
+from pdsn.errors import PdsnError
 from pdsn.export.trunk_split import TRUNK_FILES, write_trunk
 from pdsn.model.bundle_format import ModelContract, bundle_file, entry_of, verify_files
 from pdsn.model.bundle_write import BundleWrite
@@ -29,7 +30,7 @@ VARIANT_FILES = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 QUANTIZERS = ("onnxruntime", "modelopt")
 
 
-class VariantRejected(RuntimeError):
+class VariantRejected(PdsnError, RuntimeError):
     """The variant missed its parity gate; the bundle was left unchanged."""
 
 

@@ -18,6 +18,7 @@ from pdsn.commands.arguments import (
     numbers,
     positive,
 )
+from pdsn.errors import PdsnError
 
 DEFAULT_PORT = 8000
 
@@ -192,7 +193,7 @@ def _batcher_options(parser: argparse.ArgumentParser, max_batch: int = 64) -> No
     parser.add_argument("--queue-size", type=positive, help="faces queued before 429 (default 4 x --max-batch)")
 
 
-class ServeExtraMissing(RuntimeError):
+class ServeExtraMissing(PdsnError, RuntimeError):
     """The ``serve`` extra (FastAPI, uvicorn, ...) is not installed."""
 
 

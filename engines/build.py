@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pdsn.engines.flavour import BuildTargets, Flavour, load_flavour, report_to_stderr
 from pdsn.engines.turing_graph import TURING
+from pdsn.errors import PdsnError
 from pdsn.model.bundle_format import bundle_file, entry_of, sha256_file, verify_files
 from pdsn.model.bundle_write import BundleWrite
 
@@ -40,7 +41,7 @@ FDM_IMPLS = ("native", "plugin")
 DEFAULT_BATCH = (1, 16, 128)
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(PdsnError, RuntimeError):
     """TensorRT rejected the model or failed to build it; the bundle is unchanged."""
 
 

@@ -46,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pdsn.errors import PdsnError
 from pdsn.kernels.tensorrt_modules import FLAVOURS, INSTALL_HINTS, MODULES, import_tensorrt
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ PROGRESS_DEPTH = 2  # phases nested deeper than this are not reported
 _log = logging.getLogger(__name__)
 
 
-class TensorRTUnavailableError(RuntimeError):
+class TensorRTUnavailableError(PdsnError, RuntimeError):
     """The requested TensorRT flavour is not installed (or too old) here."""
 
 

@@ -24,6 +24,7 @@ import onnx
 import torch
 from torch import nn
 
+from pdsn.errors import PdsnError
 from pdsn.export.onnx_export import MIN_OPSET, traced_onnx
 from pdsn.model.detector_contract import (
     CONVERSION_REPORT,
@@ -54,7 +55,7 @@ _NETS = (
 _BATCH = 8
 
 
-class DetectorParityError(RuntimeError):
+class DetectorParityError(PdsnError, RuntimeError):
     """An exported detector net does not reproduce the PyTorch one."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pdsn.errors import PdsnError
 from pdsn.model.bundle_format import sha256_file
 from pdsn.model.checkpoint import save_checkpoint
 from pdsn.model.comparison import ExportGate, compare_embeddings
@@ -29,7 +30,7 @@ MAX_DISTANCE = 1e-3
 CHECK_CHIPS = 8
 
 
-class ImportParityError(RuntimeError):
+class ImportParityError(PdsnError, RuntimeError):
     """The converted network does not reproduce dlib on the same chips; nothing was written."""
 
 

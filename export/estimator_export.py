@@ -21,6 +21,7 @@ import onnx
 import torch
 from torch import nn
 
+from pdsn.errors import PdsnError
 from pdsn.export.onnx_export import traced_onnx
 from pdsn.model.comparison import onnx_session
 from pdsn.model.estimator_contract import (
@@ -38,7 +39,7 @@ ESTIMATOR_PARITY_REPORT = "reports/estimator-parity.json"
 DEFAULT_OPSET = 18
 
 
-class EstimatorParityError(RuntimeError):
+class EstimatorParityError(PdsnError, RuntimeError):
     """The exported estimator does not reproduce the PyTorch one."""
 
 
@@ -70,9 +71,7 @@ def estimator_contract(estimator: TrainedEstimator, opset: int = DEFAULT_OPSET) 
     return {
         "format": ESTIMATOR_FORMAT,
         "format_version": ESTIMATOR_FORMAT_VERSION,
-        "inputs": {
-            ESTIMATOR_IMAGE_INPUT: {"dtype": "uint8", "shape": ["N", height, width, 3], "color": "RGB"}
-        },
+        "inputs": {ESTIMATOR_IMAGE_INPUT: {"dtype": "uint8", "shape": ["N", height, width, 3], "color": "RGB"}},
         "outputs": {ESTIMATOR_OUTPUT: {"dtype": "float32", "shape": ["N", NUM_CELLS], "meaning": "sigmoid"}},
         "normalization": {"scale": 255.0, "mean": 0.5, "std": 0.5, "inside_graph": True},
         "grid": grid_for(height, width),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pdsn.errors import PdsnError
 from pdsn.model.bundle_format import ModelContract
 from pdsn.model.comparison import (
     PARITY_PATTERNS,
@@ -22,7 +23,7 @@ from pdsn.model.dictionary import MaskDictionary
 from pdsn.model.recognition import RecognitionNetwork
 
 
-class ParityError(RuntimeError):
+class ParityError(PdsnError, RuntimeError):
     """The exported model does not reproduce the PyTorch model."""
 
 

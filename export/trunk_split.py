@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from pdsn.errors import PdsnError
 from pdsn.model.bundle_format import (
     DICTIONARY_INPUT,
     EMBEDDING_OUTPUT,
@@ -32,7 +33,7 @@ TRUNK_FILES = {"fp32": "trunk.onnx", "fp16": "trunk.fp16.onnx", "int8": "trunk.i
 HEAD_FILE = "head.npz"
 
 
-class SplitParityError(RuntimeError):
+class SplitParityError(PdsnError, RuntimeError):
     """The trunk and folded head do not reproduce the full model; nothing was written."""
 
 

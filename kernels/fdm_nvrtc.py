@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from pdsn.errors import PdsnError
+
 KERNEL_FILE = "fdm_kernel.cu"
 KERNELS = {"float32": "fdm_gather_mul_f32", "float16": "fdm_gather_mul_f16"}
 INSTALL_HINT = "pip install cuda-bindings nvidia-cuda-nvrtc (CUDA 13; Python 3.11 or later)"
@@ -20,7 +22,7 @@ THREADS_PER_BLOCK = 256
 MAX_BLOCKS = 65535
 
 
-class KernelCompileError(RuntimeError):
+class KernelCompileError(PdsnError, RuntimeError):
     """NVRTC rejected the kernel source."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pdsn.errors import PdsnError
 from pdsn.model.crop_alignment import CROP_ALIGNMENTS, SIMILARITY_112X96
 from pdsn.model.grid import CROP_HEIGHT, CROP_WIDTH, grid_for
 
@@ -54,7 +55,7 @@ _FIX = "re-export the bundle with `pdsn export` (and re-make its variants); do n
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class BundleIntegrityError(ValueError):
+class BundleIntegrityError(PdsnError, ValueError):
     """A bundle file is missing, altered or inconsistent with the manifest."""
 
 

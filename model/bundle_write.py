@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
+from pdsn.errors import PdsnError
 from pdsn.model.bundle_format import (
     LOCK_NAME,
     MANIFEST_NAME,
@@ -53,7 +54,7 @@ JOURNAL = "journal.json"
 _log = logging.getLogger(__name__)
 
 
-class BundleLockedError(RuntimeError):
+class BundleLockedError(PdsnError, RuntimeError):
     """Another writer held the bundle's write lock for longer than the wait allowed."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from pdsn.errors import PdsnError
 from pdsn.model.bundle_format import sha256_file
 from pdsn.model.network import ARCHITECTURES, Architecture, LResNetIR, PDSNNetwork
 from pdsn.model.recognition import NetworkArchitecture, RecognitionNetwork
@@ -30,7 +31,7 @@ _MASK_GENERATOR_PREFIX = "sia."
 _DATA_PARALLEL_PREFIX = "module."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PdsnError, ValueError):
     """A file that cannot be used as a checkpoint for the requested model."""
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from pdsn.errors import InputError, InputTypeError
 from pdsn.model.alignment import apply_transform, invert_transform
 from pdsn.model.validation import as_real_array
 
@@ -48,11 +49,11 @@ def grid_for(height: int, width: int) -> dict:
 def check_cell_id(value: object, label: str) -> int:
     """``value`` as an int cell id 0..24, or an error naming ``label``, the value and the range."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(
-            f"{label} must be an integer cell id {_CELL_ID_RANGE}, got {value!r} of type {type(value).__name__}"
+        raise InputTypeError(
+            label, f"{label} must be an integer cell id {_CELL_ID_RANGE}, got {value!r} of type {type(value).__name__}"
         )
     if not 0 <= value < NUM_CELLS:
-        raise ValueError(f"{label} is {value}, expected a cell id in {_CELL_ID_RANGE}")
+        raise InputError(label, f"{label} is {value}, expected a cell id in {_CELL_ID_RANGE}")
     return int(value)
 
 
@@ -72,17 +73,19 @@ def validate_cell_ids(cells: Iterable[int], argument: str = "cells") -> list[int
         or not isinstance(cells, Iterable)
         or (isinstance(cells, np.ndarray) and cells.ndim != 1)
     ):
-        raise TypeError(
+        raise InputTypeError(
+            argument,
             f"{argument} must be a flat collection of integer cell ids {_CELL_ID_RANGE}, got "
-            f"{type(cells).__name__} {cells!r}; wrap a single id in a list, e.g. [12]"
+            f"{type(cells).__name__} {cells!r}; wrap a single id in a list, e.g. [12]",
         )
     ids = [check_cell_id(value, f"{argument}[{index}]") for index, value in enumerate(cells)]
     duplicates = sorted(cell for cell, count in Counter(ids).items() if count > 1)
     if duplicates:
-        raise ValueError(
+        raise InputError(
+            argument,
             f"{argument} lists cell id(s) {duplicates} more than once; cell ids must be unique. "
             "If this is a 25-element 0/1 occlusion vector, pass it as a numpy array "
-            "(validate_occlusion_vectors), not as a list of cell ids"
+            "(validate_occlusion_vectors), not as a list of cell ids",
         )
     return sorted(ids)
 
@@ -101,10 +104,11 @@ def _require_zero_one(array: np.ndarray, argument: str, axis_names: tuple[str, .
         return
     index = np.argwhere(bad)[0]
     where = ", ".join(f"{name} {int(i)}" for name, i in zip(axis_names, index))
-    raise ValueError(
+    raise InputError(
+        argument,
         f"{argument}[{where}] is {array[tuple(index)].item()!r}; every entry must be exactly "
         f"0 or 1 ({meaning}), found {int(bad.sum())} other value(s). Threshold or round the "
-        "values first"
+        "values first",
     )
 
 
@@ -117,9 +121,10 @@ def validate_occlusion_vectors(vectors: object, argument: str = "occlusion") -> 
     if array.ndim == 2 and array.shape[1] == NUM_CELLS:
         _require_zero_one(array, argument, ("row", "column"), "1 = cell occluded")
         return array.astype(np.float32)
-    raise ValueError(
+    raise InputError(
+        argument,
         f"{argument} vector must have 25 entries (one per 5x5 grid cell), got shape "
-        f"{array.shape}; pass shape (25,) for one face or (N, 25) for a batch"
+        f"{array.shape}; pass shape (25,) for one face or (N, 25) for a batch",
     )
 
 

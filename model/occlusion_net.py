@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pdsn.errors import PdsnError
 from pdsn.model.bundle_format import sha256_file
 from pdsn.model.demo_weights import TRAINED_DEMO_DIR
 from pdsn.model.estimator_contract import (
@@ -40,7 +41,7 @@ SHIPPED_ESTIMATOR = TRAINED_DEMO_DIR / "occlusion_estimator.pth"
 _DESCRIPTION_KEYS = ("format", "format_version", "weights", "architecture", "thresholds")
 
 
-class EstimatorFileError(ValueError):
+class EstimatorFileError(PdsnError, ValueError):
     """A file that is not a trained occlusion estimator, or whose two halves do not belong together."""
 
 

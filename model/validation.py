@@ -6,17 +6,19 @@ import numbers
 
 import numpy as np
 
+from pdsn.errors import InputError, InputTypeError
+
 
 def check_int(value: object, argument: str, minimum: int, optional: bool = False) -> int | None:
-    """``value`` as an int >= ``minimum`` (None passes when ``optional``); a TypeError for anything that is not
-    an integer (bools, floats, strings) and a ValueError below ``minimum``, each naming ``argument``."""
+    """``value`` as an int >= ``minimum`` (None passes when ``optional``); an InputTypeError for anything that is
+    not an integer (bools, floats, strings) and an InputError below ``minimum``, each with ``argument`` as field."""
     expected = f"{'None or ' if optional else ''}an integer >= {minimum}"
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{argument} must be {expected}, got {value!r} ({type(value).__name__})")
+        raise InputTypeError(argument, f"{argument} must be {expected}, got {value!r} ({type(value).__name__})")
     if value < minimum:
-        raise ValueError(f"{argument} must be {expected}, got {value!r}")
+        raise InputError(argument, f"{argument} must be {expected}, got {value!r}")
     return int(value)
 
 
@@ -25,7 +27,9 @@ def as_real_array(value: object, argument: str, expected: str) -> np.ndarray:
     try:
         array = np.asarray(value)
     except ValueError as error:
-        raise ValueError(f"{argument} must be {expected}, got a ragged sequence ({error})") from None
+        raise InputError(argument, f"{argument} must be {expected}, got a ragged sequence ({error})") from None
     if array.dtype.kind not in "biuf":
-        raise TypeError(f"{argument} must be {expected} of booleans or real numbers, got dtype {array.dtype}")
+        raise InputTypeError(
+            argument, f"{argument} must be {expected} of booleans or real numbers, got dtype {array.dtype}"
+        )
     return array

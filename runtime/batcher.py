@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from pdsn.errors import PdsnError
 from pdsn.model.validation import check_int
 
 # Queue waits and compute times kept for percentiles: the most recent this many requests.
@@ -58,15 +59,15 @@ MAX_DELAY_MS = 60_000.0
 logger = logging.getLogger(__name__)
 
 
-class QueueFullError(RuntimeError):
+class QueueFullError(PdsnError, RuntimeError):
     """The batcher's queue is full: the caller should back off, shed load or retry later."""
 
 
-class DeadlineExceededError(TimeoutError):
+class DeadlineExceededError(PdsnError, TimeoutError):
     """A request waited in the queue past its deadline and was not run."""
 
 
-class BatcherClosedError(RuntimeError):
+class BatcherClosedError(PdsnError, RuntimeError):
     """The batcher was closed and accepts no new work."""
 
 
@@ -74,7 +75,7 @@ class BatcherFailedError(BatcherClosedError):
     """The batcher's worker stopped on an unexpected error; every request not yet answered fails."""
 
 
-class BackendOutputError(RuntimeError):
+class BackendOutputError(PdsnError, RuntimeError):
     """The backend returned something other than one finite float embedding per face."""
 
 

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from pdsn.errors import PdsnError
 from pdsn.runtime.backends.base import BackendUnavailableError
 
 INSTALL_HINT = "pip install cuda-python (NVIDIA's CUDA bindings; a GPU driver is needed to run)"
 
 
-class CudaError(RuntimeError):
+class CudaError(PdsnError, RuntimeError):
     """A CUDA runtime call failed."""
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from pdsn.errors import InputError, InputTypeError
 from pdsn.model.bundle_format import ModelContract
 from pdsn.model.grid import NUM_CELLS, cells_to_vector, validate_occlusion_vectors
 
@@ -27,20 +28,23 @@ def prepare_images(images: object, contract: ModelContract, argument: str = "ima
     """Return a contiguous batch in the graph's input layout, or raise naming what is wrong."""
     if isinstance(images, (list, tuple)):
         if not images:
-            raise ValueError(f"{argument}: empty batch; pass at least one image")
+            raise InputError(argument, f"{argument}: empty batch; pass at least one image")
         items = [_one_image(img, contract, f"{argument}[{i}]") for i, img in enumerate(images)]
         return np.ascontiguousarray(np.stack(items))
     if not isinstance(images, np.ndarray):
-        raise TypeError(f"{argument}: expected a numpy array or a list of arrays, got {type(images).__name__}")
+        raise InputTypeError(
+            argument, f"{argument}: expected a numpy array or a list of arrays, got {type(images).__name__}"
+        )
     if images.ndim == 3:
         return np.ascontiguousarray(_one_image(images, contract, argument)[None])
     if images.ndim != 4:
-        raise ValueError(
+        raise InputError(
+            argument,
             f"{argument}: expected one image {_shape_text(contract)} or a batch "
-            f"[N, {', '.join(map(str, contract.image_shape))}], got shape {images.shape}"
+            f"[N, {', '.join(map(str, contract.image_shape))}], got shape {images.shape}",
         )
     if images.shape[0] == 0:
-        raise ValueError(f"{argument}: empty batch (shape {images.shape}); pass at least one image")
+        raise InputError(argument, f"{argument}: empty batch (shape {images.shape}); pass at least one image")
     _check_image(images[0], contract, argument, batch_shape=images.shape)
     return np.ascontiguousarray(_check_values(images, contract, argument))
 
@@ -54,23 +58,26 @@ def prepare_occlusion(occlusion: object, count: int, argument: str = "occlusion"
         if len(vectors) == 1:
             return np.repeat(vectors, count, axis=0)
         if len(vectors) != count:
-            raise ValueError(
+            raise InputError(
+                argument,
                 f"{argument}: {len(vectors)} occlusion vectors for {count} images; pass one per "
-                f"image, or one (25,) vector for all"
+                f"image, or one (25,) vector for all",
             )
         return vectors
     if isinstance(occlusion, (set, frozenset)) or _is_id_list(occlusion):
         return np.repeat(cells_to_vector(occlusion, argument)[None], count, axis=0)  # type: ignore[arg-type]
     if isinstance(occlusion, Sequence) and not isinstance(occlusion, (str, bytes)):
         if len(occlusion) != count:
-            raise ValueError(
+            raise InputError(
+                argument,
                 f"{argument}: a per-image list needs one entry per image: got {len(occlusion)} "
-                f"entries for {count} images"
+                f"entries for {count} images",
             )
         return np.concatenate([prepare_occlusion(item, 1, f"{argument}[{i}]") for i, item in enumerate(occlusion)])
-    raise TypeError(
+    raise InputTypeError(
+        argument,
         f"{argument}: expected None, a numpy 0/1 array of shape (25,) or (N, 25), or a list of "
-        f"cell ids 0..24; got {type(occlusion).__name__}"
+        f"cell ids 0..24; got {type(occlusion).__name__}",
     )
 
 
@@ -83,9 +90,9 @@ def _is_id_list(value: object) -> bool:
 
 def _one_image(image: object, contract: ModelContract, argument: str) -> np.ndarray:
     if not isinstance(image, np.ndarray):
-        raise TypeError(f"{argument}: expected a numpy array, got {type(image).__name__}")
+        raise InputTypeError(argument, f"{argument}: expected a numpy array, got {type(image).__name__}")
     if image.ndim != 3:
-        raise ValueError(f"{argument}: expected one image {_shape_text(contract)}, got shape {image.shape}")
+        raise InputError(argument, f"{argument}: expected one image {_shape_text(contract)}, got shape {image.shape}")
     _check_image(image, contract, argument, batch_shape=None)
     return _check_values(image, contract, argument)
 
@@ -95,46 +102,51 @@ def _check_image(image: np.ndarray, contract: ModelContract, argument: str, batc
     if contract.image_layout == "nhwc-uint8":
         height, width, channels = image.shape
         if image.shape == (contract.channels, contract.height, contract.width):
-            raise ValueError(
+            raise InputError(
+                argument,
                 f"{argument}: {given} looks channels-first; this bundle takes channels-last RGB "
-                f"{_shape_text(contract)} (use image.transpose(1, 2, 0))"
+                f"{_shape_text(contract)} (use image.transpose(1, 2, 0))",
             )
     else:
         channels, height, width = image.shape
     if channels != contract.channels:
         hint = " (convert to RGB first, e.g. PIL Image.convert('RGB'))" if channels in (1, 2, 4) else ""
-        raise ValueError(f"{argument}: {given} has {channels} channels, expected 3 (RGB){hint}")
+        raise InputError(argument, f"{argument}: {given} has {channels} channels, expected 3 (RGB){hint}")
     if (height, width) != (contract.height, contract.width):
-        raise ValueError(
+        raise InputError(
+            argument,
             f"{argument}: {given} is {height}x{width} (HxW), expected an aligned "
             f"{contract.height}x{contract.width} face crop; align the face first by passing its "
-            f"5 landmarks (landmarks=...), see pdsn.runtime.preprocess.align_face"
+            f"5 landmarks (landmarks=...), see pdsn.runtime.preprocess.align_face",
         )
 
 
 def _check_values(images: np.ndarray, contract: ModelContract, argument: str) -> np.ndarray:
     if contract.image_layout == "nhwc-uint8":
         if images.dtype != np.uint8:
-            raise TypeError(
+            raise InputTypeError(
+                argument,
                 f"{argument}: dtype {images.dtype}, expected uint8 RGB (0..255); this bundle "
                 f"normalises inside the graph. If your values are 0..255 floats use "
                 f"np.clip(x, 0, 255).astype(np.uint8); if already normalised, export with "
-                f"--float-input"
+                f"--float-input",
             )
         return images
     if not np.issubdtype(images.dtype, np.floating):
-        raise TypeError(
+        raise InputTypeError(
+            argument,
             f"{argument}: dtype {images.dtype}, expected float32 normalised as (x/255 - 0.5)/0.5 "
-            f"(this bundle was exported with float input)"
+            f"(this bundle was exported with float input)",
         )
     bad = ~np.isfinite(images)
     if bad.any():
-        raise ValueError(f"{argument}: {int(bad.sum())} values are NaN or Inf; all must be finite")
+        raise InputError(argument, f"{argument}: {int(bad.sum())} values are NaN or Inf; all must be finite")
     low, high = float(images.min()), float(images.max())
     if low < -1 - FLOAT_RANGE_TOLERANCE or high > 1 + FLOAT_RANGE_TOLERANCE:
-        raise ValueError(
+        raise InputError(
+            argument,
             f"{argument}: values span [{low:.4g}, {high:.4g}], expected [-1, 1] as (x/255 - 0.5)/0.5 of 0..255 "
-            f"pixels; if these are 0..255 pixel values, pass (x / 255 - 0.5) / 0.5"
+            f"pixels; if these are 0..255 pixel values, pass (x / 255 - 0.5) / 0.5",
         )
     return images.astype(np.float32, copy=False)
 

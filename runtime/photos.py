@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pdsn.errors import PdsnError
 from pdsn.model.bundle_format import ModelContract
 from pdsn.model.crop_alignment import SIMILARITY_112X96
 from pdsn.model.detector_contract import (
@@ -36,7 +37,7 @@ INSIGHTFACE_SHIFT = 8  # columns: the 112x112 template is the 112x96 one shifted
 LARGEST = "largest"
 
 
-class FaceCountError(ValueError):
+class FaceCountError(PdsnError, ValueError):
     """A photo with no face, or with several where one is needed; ``found`` says how many were found."""
 
     def __init__(self, message: str, found: int) -> None:

@@ -20,6 +20,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pdsn.errors import PdsnError
 from pdsn.model.alignment import checked_similarity, estimate_similarity, invert_transform
 from pdsn.model.crop_alignment import CROP_ALIGNMENTS, DLIB_CHIP_150, SIMILARITY_112X96, CropAlignment
 from pdsn.model.dlib_chip import dlib_chip
@@ -38,7 +39,7 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Imag
 _OPEN_LOCK = threading.Lock()
 
 
-class ImageTooLargeError(ValueError):
+class ImageTooLargeError(PdsnError, ValueError):
     """An image file with more pixels than the loader accepts, refused from its header before decoding."""
 
 

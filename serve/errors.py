@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from pdsn.errors import InputError, PdsnError
 from pdsn.runtime import BatcherClosedError, DeadlineExceededError, QueueFullError
 from pdsn.runtime.gallery import DuplicateIdentityError, GalleryError, PatternBusyError, UnknownIdentityError
 
@@ -29,7 +30,7 @@ _LOCATIONS = {"body", "query", "path", "header"}
 logger = logging.getLogger("pdsn.serve")
 
 
-class ApiError(Exception):
+class ApiError(PdsnError):
     """An answer other than 2xx that the client can act on; ``field`` names the input at fault."""
 
     def __init__(self, status: int, message: str, field: str | None = None, headers: dict | None = None) -> None:
@@ -48,15 +49,18 @@ def not_ready(reason: str) -> ApiError:
 def input_errors(*fields: str, status: int = 422) -> Iterator[None]:
     """Turn the runtime's input checks (ValueError, TypeError) raised inside into a 4xx naming the field.
 
-    The field is the message's own leading name when it is one of ``fields`` or an item of one
-    (``images[1]``), else the first of ``fields``.
+    The field is an ``InputError``'s own ``field`` (else the message's leading name) when it is one of
+    ``fields`` or an item of one (``images[1]``), else the first of ``fields``.
     """
     try:
         yield
     except (ValueError, TypeError) as exc:
         message = str(exc)
-        match = _FIELD.match(message)
-        leading = match.group(1) if match else ""
+        if isinstance(exc, InputError):
+            leading = exc.field
+        else:  # a check not typed yet: its message starts with the argument's name
+            match = _FIELD.match(message)
+            leading = match.group(1) if match else ""
         named = next((leading for field in fields if leading.startswith(field)), fields[0])
         raise ApiError(status, message if message.startswith(named) else f"{named}: {message}", named) from None
 

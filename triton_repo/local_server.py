@@ -23,6 +23,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from pdsn.errors import PdsnError
+
 ENV_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "triton-env.sh"
 STAMP = ".pdsn-triton-env"
 UNOBTAINABLE = 3  # triton-env.sh's exit status when the packages cannot be installed
@@ -30,7 +32,7 @@ READY_TIMEOUT_S = 60.0
 ENV_TIMEOUT_S = 900.0
 
 
-class TritonUnobtainable(RuntimeError):
+class TritonUnobtainable(PdsnError, RuntimeError):
     """The server cannot be had on this machine (platform, or no access to the package registry)."""
 
 

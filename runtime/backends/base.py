@@ -7,8 +7,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from pdsn.errors import PdsnError
 
-class BackendUnavailableError(RuntimeError):
+
+class BackendUnavailableError(PdsnError, RuntimeError):
     """The requested backend or device cannot be used here (missing library, no GPU, fallback)."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pdsn.errors import PdsnError
 from pdsn.model.bundle_format import (
     EMBEDDING_OUTPUT,
     FEATURES_OUTPUT,
@@ -47,7 +48,7 @@ class TritonUnavailableError(BackendUnavailableError):
     """The Triton server could not be reached or did not answer."""
 
 
-class TritonInferenceError(RuntimeError):
+class TritonInferenceError(PdsnError, RuntimeError):
     """The Triton server answered with an error (e.g. the model failed on the request)."""
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pdsn.errors import InputError, InputTypeError
 from pdsn.model.folded_head import HeadSlice
 from pdsn.runtime.detection import DetectedFace
 from pdsn.runtime.gallery.ann import PatternIndex
@@ -601,15 +602,17 @@ class Gallery:
 
     def _checked_features(self, features: object) -> np.ndarray:
         if not isinstance(features, np.ndarray) or features.ndim < 2 or not len(features):
-            raise ValueError(
+            raise InputError(
+                "features",
                 f"features: expected a non-empty (N, {self._head.feature_size}) array from Recognizer.features, "
-                f"got {getattr(features, 'shape', type(features).__name__)}"
+                f"got {getattr(features, 'shape', type(features).__name__)}",
             )
         flat = features.reshape(len(features), -1)
         if flat.shape[1] != self._head.feature_size or flat.dtype.kind != "f" or not np.isfinite(flat).all():
-            raise ValueError(
+            raise InputError(
+                "features",
                 f"features: expected finite floats of {self._head.feature_size} values per face (this model's "
-                f"trunk), got {flat.dtype} with {flat.shape[1]} per face"
+                f"trunk), got {flat.dtype} with {flat.shape[1]} per face",
             )
         return flat
 
@@ -904,7 +907,7 @@ def _metadata(metadata: object) -> dict:
 
 def _positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        raise InputError(name, f"{name} must be a whole number >= 1, got {value!r}")
     return int(value)
 
 
@@ -912,7 +915,7 @@ def _threshold(value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"threshold must be a cosine score in [-1, 1] or None, got {value!r}")
+        raise InputTypeError("threshold", f"threshold must be a cosine score in [-1, 1] or None, got {value!r}")
     if not np.isfinite(value) or not -1.0 <= float(value) <= 1.0:
-        raise ValueError(f"threshold must be a finite cosine score in [-1, 1], got {value!r}")
+        raise InputError("threshold", f"threshold must be a finite cosine score in [-1, 1], got {value!r}")
     return float(value)

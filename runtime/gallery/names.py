@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from pdsn.errors import InputError
+
 MAX_IDENTITY_LENGTH = 256
 # Unicode general categories refused in names: controls, format characters, line and paragraph separators.
 REFUSED_CATEGORIES = {
@@ -23,21 +25,23 @@ REFUSED_CATEGORIES = {
 def checked_identity(identity: object) -> str:
     """``identity`` if it is a usable name; else a ValueError saying which character, where, is the problem."""
     if not isinstance(identity, str) or not identity.strip():
-        raise ValueError(f"identity must be a non-empty string, got {identity!r}")
+        raise InputError("identity", f"identity must be a non-empty string, got {identity!r}")
     if len(identity) > MAX_IDENTITY_LENGTH:
-        raise ValueError(f"identity must be at most {MAX_IDENTITY_LENGTH} characters, got {len(identity)}")
+        raise InputError("identity", f"identity must be at most {MAX_IDENTITY_LENGTH} characters, got {len(identity)}")
     for position, character in enumerate(identity):
         category = unicodedata.category(character)
         if category in REFUSED_CATEGORIES:
-            raise ValueError(
+            raise InputError(
+                "identity",
                 f"identity has {REFUSED_CATEGORIES[category]} U+{ord(character):04X} "
                 f"({unicodedata.name(character, 'unnamed')}) at position {position}; names may hold only "
-                f"characters that display as themselves"
+                f"characters that display as themselves",
             )
     if not unicodedata.is_normalized("NFC", identity):
-        raise ValueError(
+        raise InputError(
+            "identity",
             f"identity is not in Unicode NFC form (the same name can be written with other code points); send "
-            f"{unicodedata.normalize('NFC', identity)!r}, its NFC form"
+            f"{unicodedata.normalize('NFC', identity)!r}, its NFC form",
         )
     return identity
 
@@ -46,5 +50,5 @@ def stored_name(identity: object) -> str:
     """A name to look up (remove, metadata): any non-empty string, so a name enrolled before these rules
     can still be removed."""
     if not isinstance(identity, str) or not identity:
-        raise ValueError(f"identity must be a non-empty string, got {identity!r}")
+        raise InputError("identity", f"identity must be a non-empty string, got {identity!r}")
     return identity

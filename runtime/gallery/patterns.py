@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pdsn.errors import PdsnError
 from pdsn.model.grid import NUM_CELLS, SCARF_CELLS, SUNGLASSES_CELLS
 from pdsn.runtime.gallery.rows import Rows
 
@@ -55,7 +56,7 @@ class CacheStats:
     budget_bytes: int
 
 
-class PatternBusyError(RuntimeError):
+class PatternBusyError(PdsnError, RuntimeError):
     """A gallery has as many new occlusion patterns to compute as it takes at once; retry shortly."""
 
 

@@ -10,11 +10,13 @@ from typing import Protocol
 
 import numpy as np
 
+from pdsn.errors import PdsnError
+
 GALLERY_FORMAT = "pdsn-gallery"
 GALLERY_FORMAT_VERSION = 1
 
 
-class GalleryError(RuntimeError):
+class GalleryError(PdsnError, RuntimeError):
     """The gallery cannot be opened or used as asked; the message says why and what to do."""
 
 
