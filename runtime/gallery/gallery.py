@@ -200,6 +200,7 @@ class Gallery:
         slice_bytes: int = SLICE_BUDGET_BYTES,
         pattern_workers: int = PATTERN_WORKERS,
         pattern_queue: int = PATTERN_QUEUE,
+        ef_search: int | None = None,
     ) -> Gallery:
         """Open the gallery at ``location``, creating it when ``create`` and absent.
 
@@ -223,6 +224,9 @@ class Gallery:
         the head's weights gathered per pattern (least recently used out beyond either). A probe under a
         pattern not cached yet has its gallery embeddings computed outside the search lock, at most
         ``pattern_workers`` at once and ``pattern_queue`` waiting (``PatternBusyError`` beyond).
+
+        ``ef_search`` (pgvector galleries only): candidates each HNSW search walks, default 100; more finds
+        more of the exact top matches in large galleries, at a cost in time (``docs/pgvector.md`` measures it).
         """
         if feature_dtype not in FEATURE_DTYPES:
             raise ValueError(f"feature_dtype {feature_dtype!r} is not one of {FEATURE_DTYPES}")
@@ -240,7 +244,13 @@ class Gallery:
 
             warm = warm_pattern_masks(tuple(warm_patterns))
             return VectorGallery.open_location(
-                str(location), recognizer, create, keep_features, feature_dtype, warm, slice_bytes
+                str(location), recognizer, create, keep_features, feature_dtype, warm, slice_bytes, ef_search
+            )
+        if ef_search is not None:
+            raise InputError(
+                "ef_search",
+                f"ef_search applies to galleries searched with pgvector (pgvector://, pgvector+embedded://), not "
+                f"to {shown_location(location)}; use ann_min_faces for HNSW search in memory",
             )
         store = open_store(location, create)
         try:

@@ -119,6 +119,12 @@ class PgvectorStore(PostgresStore):
         self._search_slots = threading.BoundedSemaphore(SEARCH_CONNECTIONS)
         super().__init__(url, create, shown)
 
+    def set_ef_search(self, ef_search: int) -> None:
+        """Walk ``ef_search`` candidates per HNSW search from now on (more: better recall, slower searches)."""
+        self.ef_search = ef_search
+        while not self._idle.empty():  # idle search connections are re-made with the new setting
+            self._idle.get_nowait().close()
+
     def _check_kind(self, db) -> None:
         """The database must offer pgvector; an existing gallery must be one searched here."""
         try:

@@ -29,6 +29,7 @@ from pdsn.runtime.gallery.gallery import (
     _best,
     _bind,
     _normalised,
+    _positive_int,
 )
 from pdsn.runtime.gallery.locations import open_store
 from pdsn.runtime.gallery.names import stored_name
@@ -52,6 +53,15 @@ class _Hits:
 
 class VectorGallery(Gallery):
     """``Gallery``'s API over a ``PgvectorStore``: enrollments and searches go to the database."""
+
+    @property
+    def ef_search(self) -> int:
+        """Candidates each HNSW search walks (pgvector's ``hnsw.ef_search``): recall against speed."""
+        return self._store.ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self._store.set_ef_search(_positive_int(value, "ef_search"))
 
     def __init__(self, store: PgvectorStore, recognizer, settings: dict, slice_bytes: int = SLICE_BUDGET_BYTES) -> None:
         # The in-memory gallery's search data are not made: only what enrollment and the probes' heads use.
@@ -81,12 +91,16 @@ class VectorGallery(Gallery):
         feature_dtype: str,
         warm_patterns: tuple[int, ...],
         slice_bytes: int,
+        ef_search: int | None,
     ) -> VectorGallery:
         store = open_store(location, create)
         try:
             settings = _bind(store, recognizer, keep_features, feature_dtype, warm_patterns)
             store.write_meta({})  # an existing gallery: its vector tables are checked against this model
-            return cls(store, recognizer, settings, slice_bytes)
+            gallery = cls(store, recognizer, settings, slice_bytes)
+            if ef_search is not None:
+                gallery.ef_search = ef_search
+            return gallery
         except BaseException:
             store.close()
             raise
