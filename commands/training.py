@@ -2,8 +2,8 @@
 
 Handlers import what they need when they run, so building the parser loads no torch (only the
 numpy-level data and evaluation modules, for their defaults); stage settings left out on the
-command line take the defaults of their config classes. Errors are ValueError/FileNotFoundError/RuntimeError: ``pdsn.cli.main`` prints
-them and exits with status 2.
+command line take the defaults of their config classes. ``pdsn.cli.main`` prints a user's error (a
+PdsnError, or a bad value or file) as one line and exits with status 2.
 """
 
 from __future__ import annotations

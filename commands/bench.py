@@ -1,0 +1,142 @@
+"""``pdsn bench``: speed against the peers measured in the same run (backends, a gallery, photos)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pdsn.commands.arguments import delays, names, numbers
+
+
+def add_bench_command(commands: argparse._SubParsersAction) -> None:
+    """Register ``pdsn bench``."""
+    bench = commands.add_parser("bench", help="throughput and latency of every backend/precision/batch, side by side")
+    bench.add_argument(
+        "--bundle", type=Path, help="bundle to measure (default: seeded weights of --architecture, prepared in --work)"
+    )
+    bench.add_argument("--work", type=Path, default=Path("pdsn-bench-bundle"), help="where the timing bundle lives")
+    bench.add_argument("--architecture", default="lresnet50e-ir", help="the timing bundle's architecture")
+    bench.add_argument("--backends", type=names, default=("onnxruntime", "openvino"))
+    bench.add_argument("--precisions", type=names, default=("fp32", "int8"))
+    bench.add_argument("--batches", type=numbers, default=(1, 8, 32))
+    bench.add_argument("--seconds", type=float, default=3.0, help="minimum measuring window per configuration")
+    bench.add_argument("--no-reference", action="store_true", help="skip the PyTorch eager FP32 baseline")
+    bench.add_argument(
+        "--clients",
+        type=numbers,
+        default=(1, 2, 4, 8, 16),
+        help="concurrency sweep: closed-loop single-face clients (default 1,2,4,8,16)",
+    )
+    bench.add_argument(
+        "--delays",
+        type=delays,
+        default=(0.0, 2.0, 10.0),
+        help="concurrency sweep: the batcher's max_delay_ms values (default 0,2,10)",
+    )
+    bench.add_argument("--max-batch", type=int, default=8, help="concurrency sweep: the batcher's max_batch")
+    bench.add_argument("--sweep-seconds", type=float, default=5.0, help="measuring window per sweep point")
+    bench.add_argument("--no-sweep", action="store_true", help="skip the concurrency sweep")
+    bench.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for the JSON and Markdown")
+    bench.add_argument("--name", default="cpu", help="file name stem of the results")
+    bench.add_argument(
+        "--gallery",
+        type=numbers,
+        help="instead: 1:N identification against galleries of these sizes, e.g. 1000,10000,100000 (seeded features)",
+    )
+    bench.add_argument(
+        "--store",
+        choices=("memory", "pgvector"),
+        default="memory",
+        help="--gallery: the in-process gallery (default), or pgvector (searched inside an embedded PostgreSQL "
+        "with pgvector, beside the in-process gallery; default bundle: the default model's)",
+    )
+    bench.add_argument(
+        "--photos",
+        action="store_true",
+        help="instead: face detection on 640x480 and 1280x720 frames beside facenet-pytorch's MTCNN, and the whole "
+        "photo path (decode, detect, align, embed, identify); default bundle: the default model (dlib's)",
+    )
+    bench.add_argument("--min-face", type=float, default=40.0, help="--photos: smallest face side, px (default 40)")
+    bench.set_defaults(run=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pdsn.bench.concurrency import SweepConfig
+    from pdsn.bench.report import terminal_table, write_results
+    from pdsn.bench.runner import BenchConfig, run_benchmark
+
+    bundle = args.bundle
+    if args.photos:
+        return _bench_photos(bundle, args)
+    if bundle is None:
+        from pdsn.bench.timing_bundle import prepare_timing_bundle
+
+        print(f"preparing the timing bundle ({args.architecture}, seeded weights) in {args.work} (reused when present)")
+        prepare_timing_bundle(args.work, args.architecture, reuse=True)
+        bundle = args.work
+    if args.gallery:
+        return _bench_gallery(bundle, args)
+    if args.max_batch < 1:
+        raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")
+    sweep = None if args.no_sweep else SweepConfig(args.clients, args.delays, args.max_batch, args.sweep_seconds)
+    config = BenchConfig(
+        backends=args.backends,
+        precisions=args.precisions,
+        batches=args.batches,
+        reference=not args.no_reference,
+        seconds=args.seconds,
+        sweep=sweep,
+    )
+    result = run_benchmark(bundle, config)
+    print(terminal_table(result))
+    for path in write_results(result, args.out, args.name):
+        print(f"wrote {path}")
+    return 0
+
+
+def _bench_gallery(bundle: Path, args: argparse.Namespace) -> int:
+    from pdsn.bench.gallery import GalleryBenchConfig, gallery_markdown, run_gallery_benchmark
+    from pdsn.bench.report import save_report
+
+    work = args.work.parent / f"{args.work.name}-galleries"  # beside the bundle, never inside it
+    if args.store == "pgvector":
+        from pdsn.bench.gallery_pgvector import VectorBenchConfig, run_vector_benchmark, vector_markdown
+
+        result = run_vector_benchmark(bundle, VectorBenchConfig(sizes=args.gallery), work)
+        for path in save_report(result, vector_markdown(result), args.out, f"{args.name}-pgvector"):
+            print(f"wrote {path}")
+        print(vector_markdown(result))
+        return 0
+    result = run_gallery_benchmark(bundle, GalleryBenchConfig(sizes=args.gallery), work)
+    for path in save_report(result, gallery_markdown(result), args.out, f"{args.name}-gallery"):
+        print(f"wrote {path}")
+    print(gallery_markdown(result))
+    return 0
+
+
+def _default_bundle(work: Path) -> Path:
+    """The default model exported under ``work`` (reused when there)."""
+    from pdsn.export.bundle_writer import ExportRequest, export_bundle
+
+    bundle = work / "default-bundle"
+    if not (bundle / "manifest.json").is_file():
+        print(f"exporting the default model to {bundle}")
+        work.mkdir(parents=True, exist_ok=True)
+        export_bundle(ExportRequest(out=bundle))
+    return bundle
+
+
+def _bench_photos(bundle: Path | None, args: argparse.Namespace) -> int:
+    from pdsn.bench.photos import PhotoBenchConfig, photos_markdown, run_photo_benchmark
+    from pdsn.bench.report import save_report
+
+    work = args.work.parent / f"{args.work.name}-photos"  # beside the timing bundle, never inside it
+    if bundle is None:
+        bundle = _default_bundle(work)
+    config = PhotoBenchConfig(min_face=args.min_face, backends=args.backends, seconds=args.seconds)
+    result = run_photo_benchmark(bundle, config, work)
+    text = photos_markdown(result)
+    for path in save_report(result, text, args.out, f"{args.name}-photos"):
+        print(f"wrote {path}")
+    print(text)
+    return 0
