@@ -50,6 +50,10 @@ def add_bench_command(commands: argparse._SubParsersAction) -> None:
         help="--gallery: the in-process gallery (default), or pgvector (searched inside an embedded PostgreSQL "
         "with pgvector, beside the in-process gallery; default bundle: the default model's)",
     )
+    bench.add_argument("--hnsw-m", type=int, default=16, help="--store pgvector: HNSW links per node (default 16)")
+    bench.add_argument(
+        "--hnsw-ef-construction", type=int, default=64, help="--store pgvector: HNSW build candidates (default 64)"
+    )
     bench.add_argument(
         "--photos",
         action="store_true",
@@ -102,7 +106,10 @@ def _bench_gallery(bundle: Path, args: argparse.Namespace) -> int:
     if args.store == "pgvector":
         from pdsn.bench.gallery_pgvector import VectorBenchConfig, run_vector_benchmark, vector_markdown
 
-        result = run_vector_benchmark(bundle, VectorBenchConfig(sizes=args.gallery), work)
+        config = VectorBenchConfig(
+            sizes=args.gallery, hnsw_m=args.hnsw_m, hnsw_ef_construction=args.hnsw_ef_construction
+        )
+        result = run_vector_benchmark(bundle, config, work)
         for path in save_report(result, vector_markdown(result), args.out, f"{args.name}-pgvector"):
             print(f"wrote {path}")
         print(vector_markdown(result))

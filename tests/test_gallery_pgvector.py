@@ -135,13 +135,23 @@ def test_a_new_warm_pattern_is_filled_in_batches_and_a_stopped_fill_resumes(
 
 
 def test_a_bulk_load_builds_the_indexes_after_and_finds_the_same(pgvector, recognizer, features):
+    from pdsn.errors import InputError
+
     with Gallery.open(pgvector.database(), recognizer) as gallery:
-        with gallery.bulk_load():
+        with pytest.raises(InputError, match="hnsw_m"), gallery.bulk_load(hnsw_m=0):
+            pass
+        with gallery.bulk_load(hnsw_m=24, hnsw_ef_construction=80):
             _enroll_all(gallery, features)
             assert gallery.stats().index_bytes == 0
             during = _top(gallery, features[3], [10, 11, 12, 13])
         assert gallery.stats().indexes == 3 and gallery.stats().index_bytes > 0
         assert _top(gallery, features[3], [10, 11, 12, 13]) == during
+        options = (
+            gallery._store._connection()
+            .execute("SELECT reloptions FROM pg_class WHERE relname LIKE 'pdsn_face_vectors_hnsw_%'")
+            .fetchall()
+        )
+        assert len(options) == 3 and all(set(o) == {"m=24", "ef_construction=80"} for (o,) in options)
 
 
 def test_migrations_to_and_from_pgvector_keep_the_answers(pgvector, recognizer, features, tmp_path):

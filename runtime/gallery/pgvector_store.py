@@ -262,15 +262,18 @@ class PgvectorStore(PostgresStore):
             for entry in self._warm_list(db):
                 db.execute(f"DROP INDEX IF EXISTS pdsn_face_vectors_hnsw_{int(entry.warm)}")
 
-    def build_indexes(self, memory: str = BUILD_MEMORY) -> None:
-        """Build the HNSW index of every warm pattern that lacks one, with ``memory`` to build the graph in
-        (a graph larger than it is built far more slowly)."""
+    def build_indexes(
+        self, m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION, memory: str = BUILD_MEMORY
+    ) -> None:
+        """Build the HNSW index of every warm pattern that lacks one, a graph of ``m`` links per node built with
+        ``ef_construction`` candidates, with ``memory`` to build it in (a graph larger than it builds far more
+        slowly)."""
         with self._lock, self._errors("build the HNSW indexes"):
             db = self._connection()
             db.execute("SELECT set_config('maintenance_work_mem', %s, false)", (memory,))
             try:
                 for entry in self._warm_list(db):
-                    db.execute(_index_sql(entry.warm, concurrently=False))
+                    db.execute(_index_sql(entry.warm, concurrently=False, m=m, ef_construction=ef_construction))
             finally:
                 db.execute("RESET maintenance_work_mem")
             # Fresh statistics, so the planner walks the HNSW index for a large group rather than scanning it.
@@ -454,9 +457,9 @@ class PgvectorStore(PostgresStore):
         return tuple(WarmPattern(int(w), int(p), bool(c)) for w, p, c in rows)
 
 
-def _index_sql(warm: int, concurrently: bool) -> str:
+def _index_sql(warm: int, concurrently: bool, m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION) -> str:
     return (
         f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS pdsn_face_vectors_hnsw_{int(warm)} ON "
-        f"pdsn_face_vectors USING hnsw (embedding halfvec_ip_ops) WITH (m = {HNSW_M}, ef_construction = "
-        f"{HNSW_EF_CONSTRUCTION}) WHERE warm = {int(warm)}"
+        f"pdsn_face_vectors USING hnsw (embedding halfvec_ip_ops) WITH (m = {int(m)}, ef_construction = "
+        f"{int(ef_construction)}) WHERE warm = {int(warm)}"
     )

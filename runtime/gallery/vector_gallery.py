@@ -34,7 +34,15 @@ from pdsn.runtime.gallery.gallery import (
 from pdsn.runtime.gallery.locations import open_store
 from pdsn.runtime.gallery.names import stored_name
 from pdsn.runtime.gallery.patterns import CacheStats, cells_of, warm_pattern_masks
-from pdsn.runtime.gallery.pgvector_store import EXACT_BELOW, Hit, PgvectorStore, SearchPlan, WarmPattern
+from pdsn.runtime.gallery.pgvector_store import (
+    EXACT_BELOW,
+    HNSW_EF_CONSTRUCTION,
+    HNSW_M,
+    Hit,
+    PgvectorStore,
+    SearchPlan,
+    WarmPattern,
+)
 from pdsn.runtime.gallery.records import DamagedFace, FaceRecord, GalleryError
 
 # Faces whose warm embeddings ``warm`` computes per transaction.
@@ -146,15 +154,21 @@ class VectorGallery(Gallery):
         self.warm(progress)
 
     @contextmanager
-    def bulk_load(self) -> Iterator[None]:
+    def bulk_load(self, hnsw_m: int = HNSW_M, hnsw_ef_construction: int = HNSW_EF_CONSTRUCTION) -> Iterator[None]:
         """Enroll many faces at once: the HNSW indexes are dropped for the load and built again after it (an
-        index maintained face by face costs several times the load). Searches meanwhile scan exactly."""
+        index maintained face by face costs several times the load). Searches meanwhile scan exactly.
+
+        ``hnsw_m`` and ``hnsw_ef_construction`` size the graphs built after it: pgvector's defaults (16, 64), or
+        larger for more recall at the same ``ef_search`` and a longer build (``docs/pgvector.md`` measures both).
+        """
         self._check_open()
+        m = _positive_int(hnsw_m, "hnsw_m")
+        ef_construction = _positive_int(hnsw_ef_construction, "hnsw_ef_construction")
         self._store.drop_indexes()
         try:
             yield
         finally:
-            self._store.build_indexes()
+            self._store.build_indexes(m, ef_construction)
 
     def _fill(self, entry: WarmPattern, ids: list[int]) -> None:
         faces = self._store.scoring_faces(ids, self._head.embedding_size, self.damaged)
