@@ -250,14 +250,6 @@ class VectorGallery(Gallery):
 
     # -- the rest of Gallery's API ------------------------------------------------------------
 
-    def repair(self):
-        self._check_open()
-        with self._write_lock:
-            removed = list(self.damaged)
-            emptied = self._store.remove_faces([face.face_id for face in removed]) if removed else []
-            self.damaged.clear()
-            return removed, emptied
-
     def stats(self) -> GalleryStats:
         self._check_open()
         plan = self._store.plan()
