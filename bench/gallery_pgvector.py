@@ -116,6 +116,7 @@ def _size_row(bundle: Path, rec, size: int, config: VectorBenchConfig, work: Pat
         row["indexes"] = gallery.stats().indexes
         row["disk_bytes"] = gallery._store.database_bytes()
         row["index_bytes"] = gallery._store.index_bytes()
+        row["shared_buffers"] = gallery._store.setting("shared_buffers")
         numbers = np.random.default_rng(size).integers(0, identities, config.probes)
         probes = [faces.probe(int(n)) for n in numbers]
         face_ids = np.array(ids, dtype=np.int64).reshape(-1)
@@ -365,8 +366,8 @@ def vector_markdown(result: dict) -> str:
         "",
         "Seeded trunk features, not faces: two per identity (a centre plus noise; same-identity cosine about 0.98, "
         "different identities about 0.79 at the median); probes are a third noisy face of an enrolled identity. One "
-        "embedded PostgreSQL 18 + pgvector 0.8 server (default settings: 128 MB shared buffers) on the same 2 cores "
-        "as the client. Warm patterns: none, sunglasses, lower face (3 HNSW indexes on halfvec, "
+        f"embedded PostgreSQL 18 + pgvector 0.8 server (shared buffers {_shared_buffers(result['rows'])}) on the same "
+        "2 cores as the client. Warm patterns: none, sunglasses, lower face (3 HNSW indexes on halfvec, "
         f"m {result['config']['hnsw_m']}, ef_construction {result['config']['hnsw_ef_construction']}). Identification under sunglasses, k 5, the candidates re-scored from the stored "
         f"features, each probe set run once untimed first. Reproduce: `pdsn bench --gallery "
         f"{','.join(str(r['faces']) for r in result['rows'])} --store pgvector{_graph_options(result['config'])}`.",
@@ -424,11 +425,19 @@ def vector_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _shared_buffers(rows: list[dict]) -> str:
+    """The servers' shared buffers (runs before they were recorded had PostgreSQL's default)."""
+    return " / ".join(sorted({r.get("shared_buffers", "128MB") for r in rows}))
+
+
 def _graph_options(config: dict) -> str:
-    """The bench options that sized the HNSW graphs, where not pgvector's defaults."""
-    if (config["hnsw_m"], config["hnsw_ef_construction"]) == (HNSW_M, HNSW_EF_CONSTRUCTION):
-        return ""
-    return f" --hnsw-m {config['hnsw_m']} --hnsw-ef-construction {config['hnsw_ef_construction']}"
+    """The bench options that sized the HNSW graphs and chose the search widths, where not the defaults."""
+    options = ""
+    if (config["hnsw_m"], config["hnsw_ef_construction"]) != (HNSW_M, HNSW_EF_CONSTRUCTION):
+        options += f" --hnsw-m {config['hnsw_m']} --hnsw-ef-construction {config['hnsw_ef_construction']}"
+    if tuple(config["ef_search"]) != VectorBenchConfig.ef_search:
+        options += " --ef-search " + ",".join(str(e) for e in config["ef_search"])
+    return options
 
 
 if __name__ == "__main__":

@@ -55,6 +55,12 @@ def add_bench_command(commands: argparse._SubParsersAction) -> None:
         "--hnsw-ef-construction", type=int, default=64, help="--store pgvector: HNSW build candidates (default 64)"
     )
     bench.add_argument(
+        "--ef-search",
+        type=numbers,
+        default=(100, 400, 1000),
+        help="--store pgvector: the HNSW search widths swept, recall against time (default 100,400,1000)",
+    )
+    bench.add_argument(
         "--photos",
         action="store_true",
         help="instead: face detection on 640x480 and 1280x720 frames beside facenet-pytorch's MTCNN, and the whole "
@@ -72,6 +78,8 @@ def _bench(args: argparse.Namespace) -> int:
     bundle = args.bundle
     if args.photos:
         return _bench_photos(bundle, args)
+    if args.gallery and args.store == "pgvector":
+        return _bench_vector_gallery(bundle, args)
     if bundle is None:
         from pdsn.bench.timing_bundle import prepare_timing_bundle
 
@@ -103,21 +111,31 @@ def _bench_gallery(bundle: Path, args: argparse.Namespace) -> int:
     from pdsn.bench.report import save_report
 
     work = args.work.parent / f"{args.work.name}-galleries"  # beside the bundle, never inside it
-    if args.store == "pgvector":
-        from pdsn.bench.gallery_pgvector import VectorBenchConfig, run_vector_benchmark, vector_markdown
-
-        config = VectorBenchConfig(
-            sizes=args.gallery, hnsw_m=args.hnsw_m, hnsw_ef_construction=args.hnsw_ef_construction
-        )
-        result = run_vector_benchmark(bundle, config, work)
-        for path in save_report(result, vector_markdown(result), args.out, f"{args.name}-pgvector"):
-            print(f"wrote {path}")
-        print(vector_markdown(result))
-        return 0
     result = run_gallery_benchmark(bundle, GalleryBenchConfig(sizes=args.gallery), work)
     for path in save_report(result, gallery_markdown(result), args.out, f"{args.name}-gallery"):
         print(f"wrote {path}")
     print(gallery_markdown(result))
+    return 0
+
+
+def _bench_vector_gallery(bundle: Path | None, args: argparse.Namespace) -> int:
+    from pdsn.bench.gallery_pgvector import VectorBenchConfig, run_vector_benchmark, vector_markdown
+    from pdsn.bench.report import save_report
+
+    work = args.work.parent / f"{args.work.name}-galleries"  # beside the timing bundle, never inside it
+    if bundle is None:
+        bundle = _default_bundle(work)
+    config = VectorBenchConfig(
+        sizes=args.gallery,
+        hnsw_m=args.hnsw_m,
+        hnsw_ef_construction=args.hnsw_ef_construction,
+        ef_search=args.ef_search,
+    )
+    result = run_vector_benchmark(bundle, config, work)
+    text = vector_markdown(result)
+    for path in save_report(result, text, args.out, f"{args.name}-pgvector"):
+        print(f"wrote {path}")
+    print(text)
     return 0
 
 

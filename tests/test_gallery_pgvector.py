@@ -295,6 +295,25 @@ def test_the_wrong_kind_of_gallery_and_the_wrong_dimension_are_refused(pgvector,
         Gallery.open(vectors, recognizer)
 
 
+def test_a_new_embedded_server_is_sized_to_the_machine(pgvector):
+    import psycopg
+
+    from pdsn.runtime.gallery.embedded_server import server_settings
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    expected = server_settings(memory)
+    with psycopg.connect(pgvector.url) as db:
+        shown = {
+            name: db.execute(
+                f"SELECT setting::bigint * pg_size_bytes(unit) FROM pg_settings WHERE name = '{name}'"
+            ).fetchone()[0]
+            for name in expected
+        }
+    assert shown == {name: int(value[:-2]) * 2**20 for name, value in expected.items()}
+    assert server_settings(24 * 2**30) == {"shared_buffers": "6144MB", "effective_cache_size": "12288MB"}
+    assert server_settings(256 * 2**20)["shared_buffers"] == "128MB"  # never below PostgreSQL's default
+
+
 def test_an_embedded_location_whose_parent_is_missing_is_refused(recognizer, tmp_path):
     with pytest.raises(GalleryError, match="parent folder .* does not exist"):
         Gallery.open(f"pgvector+embedded://{tmp_path / 'missing' / 'db'}", recognizer)

