@@ -95,11 +95,11 @@ def run_demo(out: Path, timing_work: Path, timing_architecture: str, eval_pairs:
     timing_variants = prepare_timing_bundle(timing_work, timing_architecture, reuse=True)
     result = run_benchmark(timing_work, BenchConfig(batches=(1, 8), seconds=2.0, min_iterations=3), progress=False)
     print(textwrap.indent(terminal_table(result), " " * 6))
-    if not timing_variants["int8"]["parity"]["passed"]:
-        p = timing_variants["int8"]["parity"]
+    if not timing_variants["int8"].parity.passed:
+        p = timing_variants["int8"].parity
         print(
             f"      The INT8 rows time a variant of untrained weights that misses the INT8 gate (cosine "
-            f"mean {p['cosine_mean']:.4f}, p1 {p['cosine_p1']:.4f}); it is kept for timing only."
+            f"mean {p.cosine_mean:.4f}, p1 {p.cosine_p1:.4f}); it is kept for timing only."
         )
     print(
         "\nThe demo model knows only synthetic faces: its scores show the method (FDM lifts occluded "

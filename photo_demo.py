@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pdsn.model.manifest import Decision
+
 OCCLUDERS = ("sunglasses", "face_mask", "hand", "scarf")
 
 
@@ -32,7 +34,7 @@ def run_photo_demo(photo: Path, out: Path, min_face: float = 40.0) -> int:
     started = time.perf_counter()
     existing = existing_bundle(out, "dlib-face-resnet-v1")
     result = export_bundle(ExportRequest(out=out, overwrite=existing is not None))
-    decision = result.manifest["decision"]
+    decision = result.manifest.decision
     print(f"[1/4] exported {out}/ in {time.perf_counter() - started:.0f} s; ONNX Runtime against PyTorch:")
     print(textwrap.indent(format_parity_table(result.parity), " " * 6))
     image = load_image(photo)
@@ -53,10 +55,10 @@ def run_photo_demo(photo: Path, out: Path, min_face: float = 40.0) -> int:
             print(
                 f"      person-{number}: box ({x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}), detector score {face.score:.3f}"
             )
-        has_estimator = bool(recognizer.bundle.manifest.get("estimator"))
+        has_estimator = recognizer.bundle.manifest.estimator is not None
         print(
             f"\n[3/4] each face covered in the photo by a drawn occluder and identified again from the "
-            f"occluded photo (threshold {decision['threshold']}):"
+            f"occluded photo (threshold {decision.threshold}):"
         )
         rng = np.random.default_rng(2026)
         for number, face in enumerate(faces, start=1):
@@ -86,9 +88,9 @@ def run_photo_demo(photo: Path, out: Path, min_face: float = 40.0) -> int:
             for b in range(a + 1, len(faces))
         ]
     print(
-        f"\n[4/4] the decision threshold {decision['threshold']} was set on {decision['same_pairs']} same-person "
-        f"and {decision['different_pairs']} different-person pairs of real faces ({decision['faces']} faces, "
-        f"{decision['people']} people): FAR {decision['far']:.3f}, FRR {decision['frr']:.3f}. In this photo the "
+        f"\n[4/4] the decision threshold {decision.threshold} was set on {decision.same_pairs} same-person "
+        f"and {decision.different_pairs} different-person pairs of real faces ({decision.faces} faces, "
+        f"{decision.people} people): FAR {decision.far:.3f}, FRR {decision.frr:.3f}. In this photo the "
         f"highest score between two different people is {max(scores):.4f}, over {len(scores)} pairs."
     )
     return 0
@@ -135,7 +137,7 @@ def _identified(gallery, photo: np.ndarray, face, occlusion, settings):
     return nearest if distance[id(nearest)] < (face.box[2] - face.box[0]) / 3 else None
 
 
-def _match_text(identification, decision: dict) -> str:
+def _match_text(identification, decision: Decision) -> str:
     best = identification.matches[0]
-    verdict = "above" if best.score >= decision["threshold"] else "below"
+    verdict = "above" if best.score >= decision.threshold else "below"
     return f"best match {best.identity}, score {best.score:.4f} ({verdict} the threshold)"

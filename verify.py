@@ -22,6 +22,7 @@ from pdsn.model.bundle_write import writer_active
 from pdsn.model.comparison import ExportGate, judge_against_reference, load_reference
 from pdsn.model.detector_contract import IMAGE_INPUT, NET_INPUT_SIZES, NET_OUTPUTS
 from pdsn.model.estimator_parity import judge_estimator, parity_faces
+from pdsn.model.manifest import Variant
 from pdsn.runtime import Recognizer
 from pdsn.runtime.backends import BACKENDS, ENGINE_BACKENDS, BackendUnavailableError
 from pdsn.runtime.bundle import Bundle, open_bundle
@@ -39,7 +40,7 @@ def verify_bundle(
     "manifest_sha256": str, "leftovers": [names], "writer_active": bool}; ``expected_digest`` pins the
     manifest's SHA-256."""
     loaded = open_bundle(bundle, expected_digest=expected_digest)
-    reference_file = loaded.manifest["variants"]["fp32"]["parity"].get("reference_embeddings")
+    reference_file = loaded.manifest.variants["fp32"].parity.reference_embeddings
     what = "variants.fp32.parity.reference_embeddings"
     pytorch = load_reference(loaded.file(reference_file, what)) if reference_file else None
     size = (loaded.contract.height, loaded.contract.width)
@@ -53,14 +54,12 @@ def verify_bundle(
     pinned = {"expected_digest": loaded.digest}  # every open reads the manifest checked here
     with Recognizer.open(bundle, backend="onnxruntime", precision="fp32", **pinned) as reference:
         for backend in BACKENDS:
-            engines = {
-                e["precision"]: e for e in loaded.manifest.get("engines", {}).values() if e["flavour"] == backend
-            }
+            engines = {e.precision: e for e in loaded.manifest.engines_of(backend)}
             if backend in ENGINE_BACKENDS and not engines:
                 skipped[backend] = f"no {backend} engine in the bundle (`pdsn build --flavour {backend}` makes one)"
                 continue
             for precision in sorted(engines) if backend in ENGINE_BACKENDS else loaded.precisions:
-                options = {"device": "cuda", "max_batch": engines[precision]["profile"]["max"]} if engines else {}
+                options = {"device": "cuda", "max_batch": engines[precision].profile.max} if engines else {}
                 try:
                     candidate = Recognizer.open(
                         bundle, backend=backend, precision=precision, allow_ungated=True, **options, **pinned
@@ -71,7 +70,7 @@ def verify_bundle(
                 with candidate:
                     label = f"{precision} on {backend}"
                     if precision != "fp32":
-                        gate = _recorded_gate(loaded.manifest["variants"][precision], precision)
+                        gate = _recorded_gate(loaded.manifest.variants[precision])
                         rows[label] = variant_parity(reference.embed, candidate.embed, faces, gate)
                     elif pytorch is not None:
                         faces_seen, references = pytorch
@@ -94,10 +93,13 @@ def verify_bundle(
 
 def _verify_estimator(loaded: Bundle, skipped: dict) -> dict:
     """The occlusion estimator on each CPU backend against PyTorch's probabilities recorded at export."""
-    entry = loaded.manifest.get("estimator")
-    if not entry:
+    entry = loaded.manifest.estimator
+    if entry is None:
         return {}
-    parity = json.loads(loaded.file(entry["parity"]["report"], "estimator.parity.report").read_text(encoding="utf-8"))
+    if entry.parity_report is None:
+        skipped["estimator"] = "it records no parity report; `pdsn add-estimator` again to check it on every backend"
+        return {}
+    parity = json.loads(loaded.file(entry.parity_report, "estimator.parity.report").read_text(encoding="utf-8"))
     reference = parity.get("reference")
     if not reference:
         skipped["estimator"] = (
@@ -107,7 +109,7 @@ def _verify_estimator(loaded: Bundle, skipped: dict) -> dict:
         return {}
     size = tuple(reference["faces"].get("size", (loaded.contract.height, loaded.contract.width)))
     faces = parity_faces(reference["faces"]["count"], reference["faces"]["seed"], size)
-    thresholds = np.asarray(entry["contract"]["thresholds"], dtype=np.float32)
+    thresholds = np.asarray(entry.thresholds, dtype=np.float32)
     rows = {}
     for backend in ESTIMATOR_BACKENDS:
         try:
@@ -124,12 +126,12 @@ def _verify_estimator(loaded: Bundle, skipped: dict) -> dict:
 
 def _verify_detector(loaded: Bundle, skipped: dict) -> dict:
     """The face detector's three nets on each CPU backend against ONNX Runtime's outputs recorded when it was placed."""
-    entry = loaded.manifest.get("detector")
-    if not entry:
+    entry = loaded.manifest.detector
+    if entry is None:
         skipped["detector"] = "the bundle has no face detector (`pdsn add-detector` adds one)"
         return {}
-    files = {net: loaded.file(entry["files"][net], f"detector.files.{net}") for net in DETECTOR_NETS}
-    with np.load(loaded.file(entry["reference"], "detector.reference"), allow_pickle=False) as saved:
+    files = {net: loaded.file(entry.files[net], f"detector.files.{net}") for net in DETECTOR_NETS}
+    with np.load(loaded.file(entry.reference, "detector.reference"), allow_pickle=False) as saved:
         recorded = {key: saved[key] for key in saved.files}
     rows = {}
     for backend in DETECTOR_BACKENDS:
@@ -161,10 +163,10 @@ def _verify_detector(loaded: Bundle, skipped: dict) -> dict:
     return rows
 
 
-def _recorded_gate(variant: dict, precision: str) -> PrecisionGate:
+def _recorded_gate(variant: Variant) -> PrecisionGate:
     """The gate the variant was made under (``pdsn quantize --min-cosine`` etc.), else the default."""
-    recorded = variant.get("parity", {}).get("gate")
-    return PrecisionGate(**recorded) if isinstance(recorded, dict) and recorded else DEFAULT_GATES[precision]
+    recorded = variant.parity.gate
+    return PrecisionGate(**recorded) if recorded else DEFAULT_GATES[variant.precision]
 
 
 def format_verification(result: dict) -> str:

@@ -116,7 +116,7 @@ def run_gallery_benchmark(bundle: Path, config: GalleryBenchConfig, work: Path, 
         info = rec.backend_info
     return {
         "bundle": str(bundle),
-        "model": rec.bundle.manifest["model"]["architecture"]["name"],
+        "model": rec.bundle.manifest.model.name,
         "feature_size": rec.folded_head.feature_size,
         "backend": info,
         "machine": describe_machine(("pdsn-deploy", "numpy", "onnxruntime", "openvino")),

@@ -78,7 +78,7 @@ def run_vector_benchmark(bundle: Path, config: VectorBenchConfig, work: Path, pr
     with Recognizer.open(bundle, backend="auto", precision="auto", allow_ungated=True, max_delay_ms=0.0) as rec:
         for size in config.sizes:
             rows.append(_size_row(bundle, rec, size, config, work, progress))
-        model = rec.bundle.manifest["model"]["architecture"]["name"]
+        model = rec.bundle.manifest.model.name
         head = rec.folded_head
     return {
         "bundle": str(bundle),

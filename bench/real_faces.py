@@ -66,9 +66,7 @@ def real_faces() -> list[RealFace]:
     return faces
 
 
-def augmented_chips(
-    face: RealFace, count: int, rng: np.random.Generator, alignment: str = DLIB_CHIP_150
-) -> np.ndarray:
+def augmented_chips(face: RealFace, count: int, rng: np.random.Generator, alignment: str = DLIB_CHIP_150) -> np.ndarray:
     """``count`` augmented crops of ``face`` for ``alignment``, uint8 (count, H, W, 3)."""
     crop = CROP_ALIGNMENTS[alignment]
     mirrored = np.ascontiguousarray(face.image[:, ::-1])

@@ -29,7 +29,7 @@ def measure(bundle: Path) -> dict:
             "group_photo": group_photo_pairs(recognizer),
             "fdm": fdm_effect(recognizer),
         }
-        if recognizer.bundle.manifest.get("estimator"):
+        if recognizer.bundle.manifest.estimator is not None:
             report["estimator"] = estimator_effect(recognizer)
         return report
 

@@ -127,7 +127,7 @@ def fdm_effect(recognizer, seed: int = EVALUATION_SEED + 1) -> dict:
         "fdm": _summary(with_fdm, owners, faces, enrolled, kinds),
         "seed": seed,
     }
-    if recognizer.bundle.manifest.get("estimator"):
+    if recognizer.bundle.manifest.estimator is not None:
         estimated = recognizer.estimate_occlusion(probes_array)
         report["auto"] = _summary(
             _masked_scores(recognizer, probes_array, estimated, gallery), owners, faces, enrolled, kinds

@@ -102,9 +102,9 @@ def run_benchmark(bundle: Path, config: BenchConfig, progress: bool = True) -> d
     _add_ratios(rows)
     return {
         "bundle": str(bundle),
-        "model": loaded.manifest["model"]["architecture"]["name"],
-        "weights": loaded.manifest["model"]["weights"],
-        "variants": {p: v.get("parity", {}) for p, v in loaded.manifest["variants"].items()},
+        "model": loaded.manifest.model.name,
+        "weights": loaded.manifest.model.weights,
+        "variants": {p: dict(v.parity.record) for p, v in loaded.manifest.variants.items()},
         "machine": describe_machine(("pdsn-deploy", "numpy", "onnxruntime", "openvino", "torch")),
         "config": asdict(config),
         "latency_definition": LATENCY_DEFINITION,
@@ -261,21 +261,25 @@ def _pytorch_reference(bundle):
         return "torch is not installed (pip install 'pdsn-deploy[export]')"
     from pdsn.model.dictionary import MaskDictionary
 
-    manifest = bundle.manifest
-    weights = manifest["model"]["weights"]
+    model_record = bundle.manifest.model
+    weights = model_record.weights
     if weights == "seeded":
         from pdsn.model.demo_weights import seeded_model
         from pdsn.model.network import Architecture
 
-        architecture = Architecture.from_dict(manifest["model"]["architecture"])
-        model = seeded_model(architecture, seed=manifest["provenance"]["seed"])
+        if model_record.seed is None:
+            return "the bundle records no seed for its seeded weights"
+        model = seeded_model(Architecture.from_dict(dict(model_record.architecture)), seed=model_record.seed)
     else:
         from pdsn.model.demo_weights import TRAINED_DEMO_CHECKPOINT
 
         # The demo model ships with the package, wherever the bundle was exported.
-        checkpoint = (
-            TRAINED_DEMO_CHECKPOINT if weights == "trained-demo" else Path(manifest["model"]["checkpoint"]["path"])
-        )
+        if weights == "trained-demo":
+            checkpoint = TRAINED_DEMO_CHECKPOINT
+        elif model_record.checkpoint_path is None:
+            return "the bundle records no source checkpoint"
+        else:
+            checkpoint = Path(model_record.checkpoint_path)
         if not checkpoint.is_file():
             return f"the source checkpoint {checkpoint} is not on this machine"
         from pdsn.model.checkpoint import load_recognition_model

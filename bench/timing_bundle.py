@@ -6,7 +6,10 @@ seeded weights, prepared once in a work folder and reused.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+
+from pdsn.model.manifest import Manifest, Variant, read_manifest
 
 VARIANT_PRECISIONS = ("fp16", "int8")
 # The timing bundle's calibration is quick: its INT8 variant times the engine, and seeded
@@ -14,7 +17,9 @@ VARIANT_PRECISIONS = ("fp16", "int8")
 TIMING_CALIBRATION = {"calib": "synthetic", "method": "minmax", "samples": 64, "holdout": 32}
 
 
-def prepare_timing_bundle(out: Path, architecture_name: str, reuse: bool, progress: bool = True) -> dict:
+def prepare_timing_bundle(
+    out: Path, architecture_name: str, reuse: bool, progress: bool = True
+) -> Mapping[str, Variant]:
     """Export seeded weights of ``architecture_name`` with their variants; returns the variants.
 
     Seeded weights are untrained, so a variant that misses its gate is still written, marked as
@@ -25,21 +30,25 @@ def prepare_timing_bundle(out: Path, architecture_name: str, reuse: bool, progre
 
     architecture = architecture_by_name(architecture_name)
     existing = existing_bundle(out, "seeded")
-    fits = existing is not None and existing["model"]["architecture"]["name"] == architecture.name
     # A bundle from before the trunk/head split cannot serve galleries: remade, not reused.
-    split = fits and existing.get("head") and all("trunk" in v for v in existing["variants"].values())
-    if reuse and split and set(VARIANT_PRECISIONS) <= set(existing["variants"]):
-        return existing["variants"]
+    if (
+        reuse
+        and existing is not None
+        and existing.model.name == architecture.name
+        and existing.head_file
+        and all(v.trunk_file for v in existing.variants.values())
+        and set(VARIANT_PRECISIONS) <= set(existing.variants)
+    ):
+        return existing.variants
     export_bundle(ExportRequest(out=out, architecture=architecture, weights="seeded", overwrite=existing is not None))
-    return add_variants(out, TIMING_CALIBRATION, enforce_gate=False, progress=progress)
+    add_variants(out, TIMING_CALIBRATION, enforce_gate=False, progress=progress)
+    return read_manifest(out).variants
 
 
-def existing_bundle(out: Path, weights: str) -> dict | None:
+def existing_bundle(out: Path, weights: str) -> Manifest | None:
     """The manifest of the bundle of ``weights`` at ``out``; refuses to replace anything else."""
-    from pdsn.model.bundle_format import read_manifest
-
     existing = read_manifest(out) if (out / "manifest.json").is_file() else None
-    if out.is_dir() and any(out.iterdir()) and (existing is None or existing["model"]["weights"] != weights):
+    if out.is_dir() and any(out.iterdir()) and (existing is None or existing.model.weights != weights):
         kinds = {"trained-demo": "the demo bundle", "dlib-face-resnet-v1": "the demo bundle of dlib's model"}
         kind = kinds.get(weights, "a timing bundle of seeded weights")
         raise FileExistsError(f"{out} holds something other than {kind}; choose another directory")

@@ -20,10 +20,10 @@ from pdsn.calib.data import SYNTHETIC, load_face_sets, read_crop
 from pdsn.calib.gates import DEFAULT_GATES, PrecisionGate, format_variant_table, pairs_accuracy_change, variant_parity
 from pdsn.errors import PdsnError
 from pdsn.export.trunk_split import TRUNK_FILES, write_trunk
-from pdsn.model.bundle_format import ModelContract, bundle_file, entry_of, verify_files
 from pdsn.model.bundle_write import BundleWrite
 from pdsn.model.comparison import onnx_embedder
 from pdsn.model.folded_head import FoldedHead
+from pdsn.model.manifest import bundle_file, verify_files
 from pdsn.model.protocols import read_lfw_pairs
 
 VARIANT_FILES = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
@@ -77,15 +77,15 @@ def add_variant(request: VariantRequest) -> dict:
     with BundleWrite(bundle, f"pdsn quantize --precision {request.precision}") as write:
         manifest = write.existing
         verify_files(bundle, manifest)
-        fp32 = manifest["variants"].get("fp32")
+        fp32 = manifest.variants.get("fp32")
         if fp32 is None:
             raise ValueError(
-                f"bundle {bundle} has no FP32 model (variants: {sorted(manifest['variants'])}); "
+                f"bundle {bundle} has no FP32 model (variants: {sorted(manifest.variants)}); "
                 f"variants are made from it, so export the bundle again with `pdsn export`"
             )
-        fp32_path = bundle_file(bundle, manifest, fp32["file"], "variants.fp32.file")
-        contract = ModelContract.from_dict(manifest["contract"])
-        dictionary = np.load(bundle_file(bundle, manifest, manifest["dictionary"]["file"], "dictionary.file"))
+        fp32_path = bundle_file(bundle, manifest, fp32.file, "variants.fp32.file")
+        contract = manifest.contract
+        dictionary = np.load(bundle_file(bundle, manifest, manifest.dictionary_file, "dictionary.file"))
         samples = request.samples if request.precision == "int8" else 0
         calibration, holdout = load_face_sets(
             request.calib or SYNTHETIC,
@@ -144,8 +144,9 @@ def add_variant(request: VariantRequest) -> dict:
             entry["trunk"] = {"file": write.place(write.staging / trunk_name, trunk_name), "parity": trunk_entry}
         if pairs is not None:
             entry["pairs"] = report["pairs"]
-        manifest["variants"][request.precision] = entry
-        write.commit(manifest)
+        document = manifest.document()
+        document["variants"][request.precision] = entry
+        write.commit(document)
     return entry
 
 
@@ -154,9 +155,9 @@ def _trunk(bundle, manifest, precision, variant, full, dictionary, contract, hol
 
     None for a bundle without a folded head (exported by an older pdsn-deploy): it serves no gallery.
     """
-    if not manifest.get("head"):
+    if manifest.head_file is None:
         return None
-    head = FoldedHead.load(bundle_file(bundle, manifest, manifest["head"]["file"], "head.file"))
+    head = FoldedHead.load(bundle_file(bundle, manifest, manifest.head_file, "head.file"))
     trunk = staging / TRUNK_FILES[precision]
     return write_trunk(variant, precision, trunk, head, full, dictionary, contract, holdout.images)
 
@@ -178,12 +179,12 @@ def _make(request, manifest, fp32_path, out_path, calibration, dictionary, contr
         return make_int8_modelopt(fp32_path, out_path, calibration, dictionary, contract, request.method), None
     from pdsn.calib.int8 import make_int8
 
-    fp32_hash = manifest["files"][manifest["variants"]["fp32"]["file"]]["sha256"]
+    fp32_hash = manifest.sha256_of(manifest.variants["fp32"].file)
     cache = f"calibration/int8-{request.method}-{calibration.fingerprint[:16]}-{fp32_hash[:12]}.json"
     staged_cache = staging / cache
     staged_cache.parent.mkdir(parents=True, exist_ok=True)
-    if cache in manifest["files"]:
-        shutil.copy2(bundle_file(request.bundle, manifest, cache, entry_of(manifest, cache)), staged_cache)
+    if cache in manifest.files:
+        shutil.copy2(bundle_file(request.bundle, manifest, cache, manifest.entry_of(cache)), staged_cache)
     made = make_int8(
         fp32_path,
         out_path,

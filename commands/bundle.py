@@ -166,10 +166,7 @@ def _export(args: argparse.Namespace) -> int:
     )
     result = export_bundle(request)
     print(format_parity_table(result.parity))
-    print(
-        f"wrote {result.bundle} ({result.manifest['model']['architecture']['name']}, "
-        f"weights: {result.manifest['model']['weights']})"
-    )
+    print(f"wrote {result.bundle} ({result.manifest.model.name}, weights: {result.manifest.model.weights})")
     return 0
 
 

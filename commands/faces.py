@@ -19,6 +19,7 @@ from pdsn.commands.arguments import (
     landmark_points,
     npy_path,
 )
+from pdsn.model.manifest import Decision
 
 ANNOTATION_COLOURS = ((0, 200, 80), (255, 170, 0), (0, 140, 255), (230, 40, 200), (250, 250, 0))
 
@@ -142,17 +143,17 @@ def _compare(args: argparse.Namespace) -> int:
             print(f"face {name}: {json.dumps(face_json(face))}")
     print(f"cosine score {result.score:.6f}  (masked cells: {result.occluded_cells or 'none'})")
     if result.match is not None:
-        source = "given" if args.threshold is not None else _decision_text(bundle.manifest["decision"])
+        source = "given" if args.threshold is not None else _decision_text(bundle.manifest.decision)
         print(f"{'same person' if result.match else 'different people'} (threshold {threshold}, {source})")
     if bundle.model_note:
         print(f"note: {bundle.model_note}")
     return 0
 
 
-def _decision_text(decision: dict) -> str:
+def _decision_text(decision: Decision) -> str:
     return (
-        f"the bundle's, set on {decision['same_pairs']} same-person and {decision['different_pairs']} "
-        f"different-person pairs of real faces: FAR {decision['far']:.3f}, FRR {decision['frr']:.3f}"
+        f"the bundle's, set on {decision.same_pairs} same-person and {decision.different_pairs} "
+        f"different-person pairs of real faces: FAR {decision.far:.3f}, FRR {decision.frr:.3f}"
     )
 
 

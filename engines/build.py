@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 from pdsn.engines.flavour import BuildTargets, Flavour, load_flavour, report_to_stderr
 from pdsn.engines.turing_graph import TURING
 from pdsn.errors import PdsnError
-from pdsn.model.bundle_format import bundle_file, entry_of, sha256_file, verify_files
+from pdsn.model.bundle_format import sha256_file
 from pdsn.model.bundle_write import BundleWrite
+from pdsn.model.manifest import Manifest, Variant, bundle_file, verify_files
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -111,7 +112,7 @@ def build_engine(request: EngineBuildRequest) -> dict:
         flavour = load_flavour(request.flavour)
         flavour.check_targets(request.targets)
         flavour.check_fdm_impl(request.fdm_impl)
-        compiled = _compile(flavour, request, bundle, manifest, variant["file"], batch)
+        compiled = _compile(flavour, request, bundle, manifest, variant.file, batch)
 
         preferred = engine_file_name(flavour, compiled.target, request)
         staged = write.staging / Path(preferred).name
@@ -126,9 +127,9 @@ def build_engine(request: EngineBuildRequest) -> dict:
             "compute_capability": compiled.target,
             "precision": request.precision,
             "variant": {
-                "file": variant["file"],
-                "sha256": manifest["files"][variant["file"]]["sha256"],
-                "gate_passed": bool(variant.get("parity", {}).get("passed", False)),
+                "file": variant.file,
+                "sha256": manifest.sha256_of(variant.file),
+                "gate_passed": variant.parity.passed,
             },
             "profile": {"min": batch[0], "opt": batch[1], "max": batch[2]},
             "fdm_impl": request.fdm_impl,
@@ -142,20 +143,18 @@ def build_engine(request: EngineBuildRequest) -> dict:
             "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
             "timing_cache": None,
         }
-        engines = manifest.setdefault("engines", {})
+        document = manifest.document()
+        engines = document.setdefault("engines", {})
         engines[Path(preferred).stem] = entry
         if compiled.timing_cache is not None:
             staged = write.staging / Path(_timing_cache_file(flavour)).name
             staged.write_bytes(compiled.timing_cache)
             cache_file = write.place(staged, _timing_cache_file(flavour))
             entry["timing_cache"] = {"file": cache_file, "loaded_bytes": compiled.timing_cache_loaded}
-            for other in engines.values():  # one timing cache per flavour and version: the newest
-                if other.get("timing_cache") and (other["flavour"], other["version"]) == (
-                    flavour.name,
-                    flavour.version,
-                ):
-                    other["timing_cache"]["file"] = cache_file
-        write.commit(manifest)
+            for key, other in manifest.engines.items():  # one timing cache per flavour and version: the newest
+                if other.timing_cache_file and (other.flavour, other.version) == (flavour.name, flavour.version):
+                    engines[key]["timing_cache"]["file"] = cache_file
+        write.commit(document)
     return entry
 
 
@@ -163,7 +162,7 @@ def _compile(
     flavour: Flavour,
     request: EngineBuildRequest,
     bundle: Path,
-    manifest: dict,
+    manifest: Manifest,
     variant_file: str,
     batch: tuple[int, int, int],
 ) -> _Compiled:
@@ -173,7 +172,7 @@ def _compile(
     builder = flavour.module.Builder(logger)
     network = builder.create_network(flavour.network_flags())
     turing = TURING in request.targets.compute_capabilities
-    variant = bundle_file(bundle, manifest, variant_file, entry_of(manifest, variant_file))
+    variant = bundle_file(bundle, manifest, variant_file, manifest.entry_of(variant_file))
     with _network_source(variant, request.fdm_impl, turing) as source:
         turing_parity = _check_turing_rewrite(bundle, manifest, variant, source) if turing else None
         parser = _parse(flavour, network, logger, source)
@@ -205,8 +204,8 @@ def _timing_cache_file(flavour: Flavour) -> str:
     return f"{ENGINES_DIR}/timing-{flavour.name}-{flavour.version}.cache"
 
 
-def _variant(bundle: Path, manifest: dict, precision: str) -> dict:
-    variants = manifest.get("variants", {})
+def _variant(bundle: Path, manifest: Manifest, precision: str) -> Variant:
+    variants = manifest.variants
     if precision not in variants:
         how = "`pdsn export`" if precision == "fp32" else f"`pdsn quantize --bundle {bundle} --precision {precision}`"
         raise ValueError(
@@ -237,17 +236,16 @@ def _network_source(variant: Path, fdm_impl: str, turing: bool) -> Iterator[Path
         yield rewritten
 
 
-def _check_turing_rewrite(bundle: Path, manifest: dict, variant: Path, rewritten: Path) -> dict:
+def _check_turing_rewrite(bundle: Path, manifest: Manifest, variant: Path, rewritten: Path) -> dict:
     """The Turing rewrite against its variant on held-out synthetic faces (ONNX Runtime, FP16 gate)."""
     import numpy as np
 
     from pdsn.calib.data import SYNTHETIC, load_face_sets
     from pdsn.calib.gates import DEFAULT_GATES, format_variant_table, variant_parity
-    from pdsn.model.bundle_format import ModelContract
     from pdsn.model.comparison import onnx_embedder
 
-    contract = ModelContract.from_dict(manifest["contract"])
-    dictionary = np.load(bundle_file(bundle, manifest, manifest["dictionary"]["file"], "dictionary.file"))
+    contract = manifest.contract
+    dictionary = np.load(bundle_file(bundle, manifest, manifest.dictionary_file, "dictionary.file"))
     _, faces = load_face_sets(SYNTHETIC, 0, 32, progress=False, size=(contract.height, contract.width))
     report = variant_parity(
         onnx_embedder(variant, dictionary, contract),
@@ -309,7 +307,7 @@ def _input_shapes(network: trt.INetworkDefinition) -> dict[str, list[int]]:
     return shapes
 
 
-def _attach_timing_cache(flavour: Flavour, config: trt.IBuilderConfig, bundle: Path, manifest: dict) -> int:
+def _attach_timing_cache(flavour: Flavour, config: trt.IBuilderConfig, bundle: Path, manifest: Manifest) -> int:
     """Load the bundle's timing cache for this flavour and version; returns the bytes reused.
 
     The engines of one flavour and version share one cache file (each build stores the grown cache
@@ -318,9 +316,9 @@ def _attach_timing_cache(flavour: Flavour, config: trt.IBuilderConfig, bundle: P
     if not flavour.has_timing_cache:
         return 0
     stored = b""
-    for key, engine in manifest.get("engines", {}).items():
-        if engine.get("timing_cache") and (engine["flavour"], engine["version"]) == (flavour.name, flavour.version):
+    for key, engine in manifest.engines.items():
+        if engine.timing_cache_file and (engine.flavour, engine.version) == (flavour.name, flavour.version):
             what = f"engines.{key}.timing_cache.file"
-            stored = bundle_file(bundle, manifest, engine["timing_cache"]["file"], what).read_bytes()
+            stored = bundle_file(bundle, manifest, engine.timing_cache_file, what).read_bytes()
             break
     return len(stored) if flavour.attach_timing_cache(config, stored) and stored else 0

@@ -29,11 +29,11 @@ from pdsn.model.bundle_format import (
     RESERVED_PREFIX,
     BundleIntegrityError,
     package_versions,
-    read_manifest,
 )
 from pdsn.model.bundle_write import BundleWrite
 from pdsn.model.comparison import ExportGate, onnx_embedder, save_reference
 from pdsn.model.dictionary import DEFAULT_TAU, MaskDictionary, build_dictionary
+from pdsn.model.manifest import Manifest, read_manifest
 from pdsn.model.network import LRESNET50E_IR, Architecture
 from pdsn.model.recognition import RecognitionNetwork
 from pdsn.model.sample_faces import seeded_faces
@@ -91,7 +91,7 @@ class ExportRequest:
 @dataclass(frozen=True)
 class ExportResult:
     bundle: Path
-    manifest: dict
+    manifest: Manifest
     parity: dict
 
 
@@ -166,8 +166,8 @@ def export_bundle(request: ExportRequest) -> ExportResult:
     if estimator is not None:  # the shipped models come with an estimator trained for their crops
         from pdsn.export.estimator_bundle import add_estimator
 
-        manifest["estimator"] = add_estimator(out, estimator)
-    return ExportResult(out, manifest, parity)
+        add_estimator(out, estimator)
+    return ExportResult(out, read_manifest(out), parity)
 
 
 def _dlib_weights():

@@ -2,7 +2,7 @@
 
 The three MTCNN nets ship with the package already converted (``model/default_detector/``, made by
 ``pdsn convert-mtcnn`` and gated against the PyTorch nets there). Placing them checks their hashes
-against the conversion report, records their contract under ``manifest["detector"]``, and saves
+against the conversion report, records their contract under the manifest's ``detector``, and saves
 ONNX Runtime's outputs on fixed inputs (``reports/detector-reference.npz``), against which
 ``pdsn verify`` checks the detector on every backend without torch.
 """
@@ -68,10 +68,10 @@ def write_detector(write: BundleWrite, source: Path = SHIPPED_DETECTOR) -> dict:
 def add_detector(bundle: str | Path, source: Path = SHIPPED_DETECTOR) -> dict:
     """Put the detector into an existing bundle (one exported before bundles carried it); returns its entry."""
     with BundleWrite(Path(bundle), "pdsn add-detector") as write:
-        manifest = write.existing
-        manifest["detector"] = write_detector(write, source)
-        write.commit(manifest)
-    return manifest["detector"]
+        document = write.existing.document()
+        entry = document["detector"] = write_detector(write, source)
+        write.commit(document)
+    return entry
 
 
 def reference_inputs() -> dict[str, np.ndarray]:

@@ -1,7 +1,7 @@
 """Putting the occlusion estimator into a bundle (``pdsn add-estimator``; ``pdsn export`` does it for the demo model).
 
 The estimator is exported and gated against PyTorch in the bundle writer's staging folder, then
-placed and recorded under ``manifest["estimator"]`` in one atomic manifest switch, like a variant.
+placed and recorded under the manifest's ``estimator`` in one atomic manifest switch, like a variant.
 Its evaluation report (``pdsn evaluate-occlusion --report``), when there is one for these weights,
 travels with it: copied into the bundle, hashed, its goals summarised in the manifest.
 """
@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from pdsn.export.estimator_export import write_estimator
-from pdsn.model.bundle_format import ModelContract, sha256_file
+from pdsn.model.bundle_format import sha256_file
 from pdsn.model.bundle_write import BundleWrite
 from pdsn.model.occlusion_net import SHIPPED_ESTIMATOR, load_estimator
 
@@ -40,7 +40,7 @@ def add_estimator(
     report = _evaluation_of(Path(estimator), evaluation)
     with BundleWrite(Path(bundle), "pdsn add-estimator") as write:
         manifest = write.existing
-        contract = ModelContract.from_dict(manifest["contract"])
+        contract = manifest.contract
         if contract.image_layout != "nhwc-uint8":
             raise ValueError(
                 f"bundle {bundle} takes {contract.image_layout} images; the occlusion estimator reads uint8 RGB "
@@ -52,8 +52,9 @@ def add_estimator(
         entry["parity"]["report"] = write.place(write.staging / parity, parity)
         entry["evaluation"] = None if report is None else _place_evaluation(write, *report)
         entry["source"] = str(estimator)
-        manifest["estimator"] = entry
-        write.commit(manifest)
+        document = manifest.document()
+        document["estimator"] = entry
+        write.commit(document)
     return entry
 
 

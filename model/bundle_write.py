@@ -41,13 +41,11 @@ from pdsn.model.bundle_format import (
     BundleIntegrityError,
     file_problem,
     leftovers,
-    read_manifest,
-    referenced_files,
     sha256_file,
     sync_folder,
     write_atomically,
-    write_manifest,
 )
+from pdsn.model.manifest import FileRecord, Manifest, read_manifest, write_manifest
 
 LOCK_TIMEOUT_S = 600.0  # how long a writer waits for another writer of the same bundle
 JOURNAL = "journal.json"
@@ -101,7 +99,7 @@ class BundleWrite:
     """One writer's change to a bundle; see the module docstring for the steps and what a kill leaves.
 
     ``manifest`` is the bundle's manifest as read under the lock (None for a new bundle); the
-    writer changes it and hands it to ``commit``. ``create`` (export): make the bundle folder if
+    writer changes a copy of its document (``Manifest.document``) and hands it to ``commit``. ``create`` (export): make the bundle folder if
     it is missing, and remove it again if the write fails before its first manifest.
     """
 
@@ -111,12 +109,12 @@ class BundleWrite:
         self._create = create
         self._created = False
         self._journal: dict[str, list[str]] = {"placed": [], "retired": []}
-        self._listed: dict = {}
-        self.manifest: dict | None = None
+        self._listed: dict[str, FileRecord] = {}
+        self.manifest: Manifest | None = None
         self.staging = Path()
 
     @property
-    def existing(self) -> dict:
+    def existing(self) -> Manifest:
         """The manifest of the bundle being changed (quantize, build); an export of a new bundle has none."""
         if self.manifest is None:
             raise BundleIntegrityError(f"bundle {self.bundle} has no manifest yet; export it first with `pdsn export`")
@@ -136,7 +134,7 @@ class BundleWrite:
         try:
             new = self._create and not (self.bundle / MANIFEST_NAME).exists()
             self.manifest = None if new else read_manifest(self.bundle)
-            self._listed = dict(self.manifest["files"]) if self.manifest else {}
+            self._listed = dict(self.manifest.files) if self.manifest else {}
             _remove_leftovers(self.bundle, self._listed)
             self.staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.bundle))
         except BaseException:
@@ -162,7 +160,7 @@ class BundleWrite:
         hashed = str(path.with_name(f"{path.stem}.{digest[:12]}{path.suffix}"))
         for name in (preferred, hashed):
             recorded = self._listed.get(name)
-            if recorded is not None and recorded["sha256"] == digest:
+            if recorded is not None and recorded.sha256 == digest:
                 return name
             if recorded is None and not os.path.lexists(self.bundle / name):
                 break
@@ -181,13 +179,15 @@ class BundleWrite:
         sync_folder(target.parent)
         return name
 
-    def commit(self, manifest: dict) -> None:
-        """Switch the bundle to ``manifest``; it lists exactly the files it refers to, hashed now."""
-        manifest["files"] = sorted(set(referenced_files(manifest).values()))
-        self._journal["retired"] = sorted(set(self._listed) - set(manifest["files"]))
+    def commit(self, document: dict) -> Manifest:
+        """Switch the bundle to the manifest ``document``; it lists exactly the files it refers to, hashed now."""
+        referenced = Manifest.from_document(document, listed=False).referenced_files()
+        document["files"] = sorted(set(referenced.values()))
+        self._journal["retired"] = sorted(set(self._listed) - set(document["files"]))
         self._write_journal()
-        write_manifest(self.bundle, manifest)
-        self._listed = manifest["files"]
+        self.manifest = write_manifest(self.bundle, document)
+        self._listed = dict(self.manifest.files)
+        return self.manifest
 
     def _write_journal(self) -> None:
         write_atomically(self.staging / JOURNAL, json.dumps(self._journal).encode("utf-8"))

@@ -151,11 +151,11 @@ def _is_batch_array(images: object) -> bool:
 
 
 def _open_detector(bundle: Bundle, backend: str, device: str, threads: int | None) -> FaceDetector:
-    entry = bundle.manifest.get("detector")
+    entry = bundle.manifest.detector
     if entry is None:
         raise ValueError(
             f"bundle {bundle.path} has no face detector (exported by an older pdsn-deploy), so it takes only aligned "
             f"crops or photos with landmarks; add one with `pdsn add-detector --bundle {bundle.path}`"
         )
-    files = [bundle.file(entry["files"][net], f"detector.files.{net}") for net in DETECTOR_NETS]
+    files = [bundle.file(entry.files[net], f"detector.files.{net}") for net in DETECTOR_NETS]
     return FaceDetector(*files, backend=backend, device=device, threads=threads)

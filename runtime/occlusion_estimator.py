@@ -16,6 +16,7 @@ import numpy as np
 
 from pdsn.model.bundle_format import BundleIntegrityError, ModelContract
 from pdsn.model.estimator_contract import ESTIMATOR_IMAGE_INPUT, ESTIMATOR_OUTPUT, cells_from_probabilities
+from pdsn.model.manifest import Estimator
 from pdsn.runtime.backends.base import BackendUnavailableError
 from pdsn.runtime.bundle import Bundle
 
@@ -34,14 +35,14 @@ class OcclusionEstimator:
     ) -> None:
         if backend not in ESTIMATOR_BACKENDS:
             raise ValueError(f"the occlusion estimator runs on one of {ESTIMATOR_BACKENDS}, not {backend!r}")
-        entry = bundle.manifest.get("estimator")
+        entry = bundle.manifest.estimator
         if entry is None:
             raise ValueError(
                 f'occlusion="auto" needs an occlusion estimator in the bundle, and {bundle.path} has none; add '
                 f"one with `pdsn add-estimator --bundle {bundle.path}` (or pass the occluded cells)"
             )
-        _check_contract(entry["contract"], bundle.contract, bundle.path)
-        path = bundle.file(entry["file"], "estimator.file")
+        _check_contract(entry, bundle.contract, bundle.path)
+        path = bundle.file(entry.file, "estimator.file")
         opened = _open_openvino if backend == "openvino" else _open_onnxruntime
         self._run, names, self._where = opened(str(path), device, threads)
         if names != ([ESTIMATOR_IMAGE_INPUT], [ESTIMATOR_OUTPUT]):
@@ -49,7 +50,7 @@ class OcclusionEstimator:
                 f"{path}: inputs/outputs {names}, expected [{ESTIMATOR_IMAGE_INPUT!r}] -> [{ESTIMATOR_OUTPUT!r}]; "
                 f"add the estimator again with `pdsn add-estimator`"
             )
-        self.thresholds = np.asarray(entry["contract"]["thresholds"], dtype=np.float32)
+        self.thresholds = np.asarray(entry.thresholds, dtype=np.float32)
         cells_from_probabilities(np.zeros((1, len(self.thresholds)), np.float32), self.thresholds)  # checks them
         self._lock = threading.Lock()
 
@@ -110,13 +111,13 @@ def _open_openvino(path: str, device: str, threads: int | None):
     return run, names, {"backend": "openvino", "device": "cpu"}
 
 
-def _check_contract(estimator: dict, contract: ModelContract, where) -> None:
+def _check_contract(estimator: Estimator, contract: ModelContract, where) -> None:
     """The estimator must read the model's crops and speak of the model's grid."""
     problems = []
-    if estimator.get("grid") != contract.grid:
-        problems.append(f"grid {estimator.get('grid')} against the model's {contract.grid}")
-    shape = estimator.get("inputs", {}).get(ESTIMATOR_IMAGE_INPUT, {}).get("shape", [])[1:]
-    if list(shape) != list(contract.image_shape) or contract.image_layout != "nhwc-uint8":
+    if estimator.grid != contract.grid:
+        problems.append(f"grid {estimator.grid} against the model's {contract.grid}")
+    shape = list(estimator.image_shape)
+    if shape != list(contract.image_shape) or contract.image_layout != "nhwc-uint8":
         problems.append(f"input {shape} against the model's {contract.image_layout} {list(contract.image_shape)}")
     if problems:
         raise BundleIntegrityError(

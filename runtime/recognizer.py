@@ -136,10 +136,10 @@ class Recognizer:
         if engine is not None and not engines:
             raise ValueError(f"engine={engine!r} names a TensorRT engine, but backend {backend!r} runs ONNX variants")
         if engine is not None and precision == "auto":
-            precision = named_engine(loaded.manifest, engine)["precision"]
+            precision = named_engine(loaded.manifest, engine).precision
         if precision == "auto":
             order = AUTO_ORDER.get(device, AUTO_ORDER["cpu"])
-            built = {e["precision"] for e in loaded.manifest.get("engines", {}).values() if e["flavour"] == backend}
+            built = {e.precision for e in loaded.manifest.engines_of(backend)}
             candidates = [
                 p for p in order if p in loaded.precisions and loaded.gate_passed(p) and (not engines or p in built)
             ]
@@ -150,7 +150,7 @@ class Recognizer:
                 )
             precision = candidates[0]
         elif precision in loaded.precisions and not loaded.gate_passed(precision) and not allow_ungated:
-            failures = loaded.manifest["variants"][precision]["parity"].get("failures", [])
+            failures = loaded.manifest.variants[precision].parity.failures
             raise ValueError(
                 f"the {precision} variant of {loaded.path} missed its parity gate ({'; '.join(failures)}) "
                 f"and was kept for timing only; it is not for serving. Re-make it from a trained model "
@@ -159,12 +159,12 @@ class Recognizer:
         model_path = loaded.variant_path(precision)
         if engines:
             entry = find_engine(loaded.manifest, backend, precision, engine)
-            model_path = loaded.file(entry["file"], f"engines.{entry['file']}")
+            model_path = loaded.file(entry.file, f"engines.{entry.key}.file")
             backend_options = {**backend_options, "engine": entry}
-            if max_batch > entry["profile"]["max"]:
+            if max_batch > entry.profile.max:
                 raise ValueError(
-                    f"max_batch {max_batch} exceeds the engine's profile (batch {entry['profile']['min']}.."
-                    f"{entry['profile']['max']}); open with max_batch <= {entry['profile']['max']} or "
+                    f"max_batch {max_batch} exceeds the engine's profile (batch {entry.profile.min}.."
+                    f"{entry.profile.max}); open with max_batch <= {entry.profile.max} or "
                     f"rebuild with `pdsn build --batch MIN,OPT,MAX`"
                 )
         runner = create_backend(
@@ -320,13 +320,13 @@ class Recognizer:
         """The head after the mask as one linear map (``W'``, ``b'``), from the bundle's head file."""
         with self._lock:
             if self._head is None:
-                entry = self.bundle.manifest.get("head")
-                if entry is None:
+                head_file = self.bundle.manifest.head_file
+                if head_file is None:
                     raise ValueError(
                         f"bundle {self.bundle.path} has no folded head (exported by an older pdsn-deploy); "
                         f"re-export it with `pdsn export` to use trunk features and galleries"
                     )
-                head = FoldedHead.load(self.bundle.file(entry["file"], "head.file"))
+                head = FoldedHead.load(self.bundle.file(head_file, "head.file"))
                 expected = (self.contract.embedding_size, int(np.prod(self.contract.feature_shape)))
                 if head.weight.shape != expected:
                     raise ValueError(
@@ -445,13 +445,13 @@ class Recognizer:
                 spec = self._trunk_spec
                 if spec is None or self._batcher.closed:
                     raise BatcherClosedError("this Recognizer was closed; open a new one")
-                entry = self.bundle.manifest["variants"][self.precision].get("trunk")
-                if entry is None:
+                trunk_file = self.bundle.manifest.variants[self.precision].trunk_file
+                if trunk_file is None:
                     raise ValueError(
                         f"bundle {self.bundle.path} has no trunk model for {self.precision} (made by an older "
                         f"pdsn-deploy); re-export it with `pdsn export` and re-make its variants"
                     )
-                path = self.bundle.file(entry["file"], f"variants.{self.precision}.trunk.file")
+                path = self.bundle.file(trunk_file, f"variants.{self.precision}.trunk.file")
                 runner = create_backend(
                     spec.backend,
                     str(path),

@@ -82,7 +82,7 @@ class ServeState:
             recognizer.close()
             raise
         self.recognizer, self.gallery = recognizer, gallery
-        self.model_id = model_id(recognizer)
+        self.model_id = recognizer.bundle.manifest.variant_id(recognizer.precision)
         self._phase = "ready"
         logger.info("ready: %s (%s) on %s", self.model_id, recognizer.precision, recognizer.backend_info["backend"])
 
@@ -118,14 +118,6 @@ class ServeState:
         if self.recognizer is not None:
             self.recognizer.close()
         self.pool.shutdown(wait=True)
-
-
-def model_id(recognizer: Recognizer) -> str:
-    """The served model as ``name@sha256-prefix`` of the variant file that answers."""
-    manifest = recognizer.bundle.manifest
-    name = manifest["model"]["architecture"]["name"]
-    variant = manifest["variants"][recognizer.precision]["file"]
-    return f"{name}@{manifest['files'][variant]['sha256'][:12]}"
 
 
 def _warm_up(recognizer: Recognizer, features: bool) -> None:

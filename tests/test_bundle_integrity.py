@@ -17,10 +17,9 @@ from pdsn.model.bundle_format import (
     BundleIntegrityError,
     ModelContract,
     manifest_digest,
-    read_manifest,
     sha256_file,
-    write_manifest,
 )
+from pdsn.model.manifest import read_manifest, write_manifest
 from pdsn.runtime import Recognizer, open_bundle
 from pdsn.runtime.model_io import TensorSpec, check_model_io
 from pdsn.verify import format_verification, verify_bundle
@@ -182,7 +181,7 @@ def test_a_model_with_a_renamed_input_is_refused(tiny_bundle, tmp_path):
     for node in model.graph.node:
         node.input[:] = ["img" if name == "image" else name for name in node.input]
     onnx.save(model, str(bundle / "model.onnx"))
-    write_manifest(bundle, read_manifest(bundle))  # consistently re-hashed: only the contract check sees it
+    write_manifest(bundle, read_manifest(bundle).document())  # consistently re-hashed: only the contract check sees it
     with pytest.raises(BundleIntegrityError, match=r"(?s)input 'image' is missing.*input 'img' is not in the contract"):
         Recognizer.open(bundle)
 
@@ -237,7 +236,7 @@ def test_a_pinned_digest_detects_a_consistently_rehashed_replacement(tiny_bundle
     pinned = manifest_digest(bundle)
     assert pinned == sha256_file(bundle / MANIFEST_NAME) == open_bundle(bundle, expected_digest=pinned).digest
     np.save(bundle / "dictionary.npy", 1.0 - np.load(bundle / "dictionary.npy"))  # another binary dictionary
-    write_manifest(bundle, read_manifest(bundle))
+    write_manifest(bundle, read_manifest(bundle).document())
     open_bundle(bundle)  # every hash matches: only the pin can tell
     for opening in (
         lambda: open_bundle(bundle, expected_digest=pinned),

@@ -18,8 +18,9 @@ from pdsn.calib.variants import VariantRequest, add_variant
 from pdsn.export import bundle_writer
 from pdsn.export.bundle_writer import ExportRequest, export_bundle
 from pdsn.model import bundle_write
-from pdsn.model.bundle_format import LOCK_NAME, MANIFEST_NAME, leftovers, read_manifest, sha256_file, verify_files
+from pdsn.model.bundle_format import LOCK_NAME, MANIFEST_NAME, leftovers, sha256_file
 from pdsn.model.bundle_write import BundleLockedError, BundleWrite, bundle_lock
+from pdsn.model.manifest import read_manifest, verify_files
 from pdsn.runtime import open_bundle
 
 
@@ -92,7 +93,7 @@ def _check_after_kill(bundle: Path, before: dict[str, str], old_manifest: dict, 
     opened = open_bundle(bundle)  # every listed file checked
     verify_files(bundle, opened.manifest)
     if point != "after-switch":
-        assert opened.manifest == old_manifest
+        assert opened.manifest.document() == old_manifest
         now = _hashes(bundle)
         assert {name: now.get(name) for name in before} == before, "a file of the previous bundle changed"
         assert (len(now) > len(before)) == (point != "staged"), "placed files wait, unlisted, for the switch"
@@ -101,8 +102,8 @@ def _check_after_kill(bundle: Path, before: dict[str, str], old_manifest: dict, 
     assert not leftovers(bundle), "the next writer removes what the killed one left"
     after = _hashes(bundle)
     if point == "after-switch":
-        assert opened.manifest != old_manifest
-        assert set(after) == set(opened.manifest["files"]) | {MANIFEST_NAME, LOCK_NAME}, "replaced files removed"
+        assert opened.manifest.document() != old_manifest
+        assert set(after) == set(opened.manifest.files) | {MANIFEST_NAME, LOCK_NAME}, "replaced files removed"
     else:
         assert after == before, "byte for byte as it was"
 
@@ -110,7 +111,7 @@ def _check_after_kill(bundle: Path, before: dict[str, str], old_manifest: dict, 
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_a_killed_quantize_leaves_the_previous_bundle(quantized, tmp_path, monkeypatch, point):
     bundle = Path(shutil.copytree(quantized, tmp_path / "bundle"))
-    before, manifest = _hashes(bundle), read_manifest(bundle)
+    before, manifest = _hashes(bundle), read_manifest(bundle).document()
     _arm(monkeypatch, point)
     with pytest.raises(Killed):
         add_variant(_quick_int8(bundle))
@@ -150,7 +151,7 @@ def test_a_killed_export_overwrite_leaves_the_previous_bundle(
     quantized, tmp_path, monkeypatch, export_once, other_checkpoint, tiny_dictionary_file, point
 ):
     bundle = Path(shutil.copytree(quantized, tmp_path / "bundle"))
-    before, manifest = _hashes(bundle), read_manifest(bundle)
+    before, manifest = _hashes(bundle), read_manifest(bundle).document()
     _arm(monkeypatch, point)
     with pytest.raises(Killed):
         export_bundle(
@@ -162,12 +163,12 @@ def test_a_killed_export_overwrite_leaves_the_previous_bundle(
 
 def test_export_overwrite_switches_in_place(quantized, tmp_path, export_once, other_checkpoint, tiny_dictionary_file):
     bundle = Path(shutil.copytree(quantized, tmp_path / "bundle"))
-    old = read_manifest(bundle)
+    old = read_manifest(bundle).document()
     new = export_bundle(
         ExportRequest(out=bundle, checkpoint=other_checkpoint, dictionary=tiny_dictionary_file, overwrite=True)
     ).manifest
-    assert sorted(new["variants"]) == ["fp32"] and new["variants"]["fp32"]["file"] != old["variants"]["fp32"]["file"]
-    assert set(_hashes(bundle)) == set(new["files"]) | {MANIFEST_NAME, LOCK_NAME}, "the old bundle's files are gone"
+    assert sorted(new.variants) == ["fp32"] and new.variants["fp32"].file != old["variants"]["fp32"]["file"]
+    assert set(_hashes(bundle)) == set(new.files) | {MANIFEST_NAME, LOCK_NAME}, "the old bundle's files are gone"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
     open_bundle(bundle)
 
@@ -211,8 +212,7 @@ def test_two_concurrent_quantize_runs_both_land(tiny_bundle, tmp_path):
     for thread in threads:
         thread.join()
     assert not errors
-    manifest = open_bundle(bundle).manifest
-    assert sorted(manifest["variants"]) == ["fp16", "fp32", "int8"]
+    assert sorted(open_bundle(bundle).manifest.variants) == ["fp16", "fp32", "int8"]
     assert not leftovers(bundle)
 
 

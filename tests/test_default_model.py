@@ -22,26 +22,26 @@ from pdsn.train.synthetic import SyntheticFaces
 
 def test_export_without_a_checkpoint_is_dlibs_model(tmp_path):
     result = export_bundle(ExportRequest(out=tmp_path / "default", parity_faces=2))
-    model = result.manifest["model"]
+    model = result.manifest.document()["model"]
     assert model["weights"] == "dlib-face-resnet-v1" and "public domain" in model["label"]
     assert model["architecture"]["name"] == "dlib-face-resnet-v1"
     assert model["checkpoint"]["path"] == str(DLIB_CHECKPOINT)
-    assert result.manifest["contract"]["alignment"] == "dlib-chip-150"
-    estimator = result.manifest["estimator"]["contract"]
+    assert result.manifest.document()["contract"]["alignment"] == "dlib-chip-150"
+    estimator = result.manifest.document()["estimator"]["contract"]
     assert estimator["inputs"]["image"]["shape"] == ["N", 150, 150, 3]
-    assert estimator["grid"] == result.manifest["contract"]["grid"]
-    decision = result.manifest["decision"]
+    assert estimator["grid"] == result.manifest.document()["contract"]["grid"]
+    decision = result.manifest.document()["decision"]
     assert 0.0 < decision["threshold"] < 1.0 and decision["far"] == 0.0
     assert decision["same_pairs"] > 100 and decision["different_pairs"] > 1000 and decision["people"] == 8
 
 
 def test_weights_demo_is_the_trained_demo_model(tmp_path):
     result = export_bundle(ExportRequest(out=tmp_path / "default", parity_faces=2, weights="demo"))
-    model = result.manifest["model"]
+    model = result.manifest.document()["model"]
     assert model["weights"] == "trained-demo" and "SYNTHETIC" in model["label"]
     assert model["architecture"]["name"] == "lresnet-ir-tiny"
     assert model["checkpoint"]["path"] == str(TRAINED_DEMO_CHECKPOINT)
-    assert "trained PDSNs" in result.manifest["dictionary"]["source"]
+    assert "trained PDSNs" in result.manifest.document()["dictionary"]["source"]
     faces, _ = SyntheticFaces(2, 2, seed=5).generate()
     with Recognizer.open(result.bundle) as recognizer:
         same = recognizer.verify(faces[0], faces[1]).score
@@ -64,7 +64,7 @@ def test_the_demo_model_refuses_another_architecture_and_seeded_weights_a_checkp
 @pytest.mark.slow
 def test_seeded_lresnet50e_ir_bundle(tmp_path):
     result = export_bundle(ExportRequest(out=tmp_path / "timing", weights="seeded"))
-    manifest = result.manifest
+    manifest = result.manifest.document()
     assert manifest["model"]["architecture"]["name"] == "lresnet50e-ir"
     assert manifest["model"]["weights"] == "seeded" and "SEEDED WEIGHTS" in manifest["model"]["label"]
     assert manifest["contract"]["feature_shape"] == [512, 7, 6]

@@ -20,7 +20,8 @@ from fake_tensorrt import FakeBuilder, install_fake_tensorrt
 from pdsn.cli import main
 from pdsn.engines.build import EngineBuildError, EngineBuildRequest, build_engine, check_batch_profile
 from pdsn.engines.flavour import BuildTargets, TensorRTUnavailableError, load_flavour
-from pdsn.model.bundle_format import BundleIntegrityError, read_manifest, sha256_file, write_manifest
+from pdsn.model.bundle_format import BundleIntegrityError, sha256_file
+from pdsn.model.manifest import read_manifest, write_manifest
 from pdsn.runtime.bundle import open_bundle
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -66,7 +67,7 @@ def test_every_variant_builds_a_recorded_engine(built, rtx, precision):
     )
     assert entry["profile"] == {"min": 1, "opt": 16, "max": 128} and entry["fdm_impl"] == "native"
     assert entry["build_seconds"] > 0 and entry["timing_cache"] is None, "RTX's timing cache is a no-op"
-    manifest = read_manifest(bundle)
+    manifest = read_manifest(bundle).document()
     assert manifest["engines"][Path(expected_name).stem] == entry
     assert manifest["files"][entry["file"]] == {"sha256": entry["sha256"], "bytes": entry["bytes"]}
     assert entry["variant"]["file"] == manifest["variants"][precision]["file"]
@@ -76,7 +77,7 @@ def test_every_variant_builds_a_recorded_engine(built, rtx, precision):
 def test_the_built_bundle_opens_with_every_hash_checked(built):
     bundle, entries = built
     opened = open_bundle(bundle, verify=True)
-    assert {e["file"] for e in opened.manifest["engines"].values()} == {e["file"] for e in entries.values()}
+    assert {e.file for e in opened.manifest.engines.values()} == {e["file"] for e in entries.values()}
     assert not list((bundle / "engines").glob(".*")), "no partial files left behind"
 
 
@@ -119,7 +120,7 @@ def test_cli_build_reports_progress_and_the_engine(rtx, quantized, tmp_path, cap
     assert f"built engines/tensorrt-rtx-{rtx.__version__}-sm86-int8-b1-4-8.engine" in out
     assert "int8, target sm86, batch 1..8 (tuned for 4)" in out
     assert "s] Building engine" in err and "Building engine: done" in err
-    entry = next(iter(read_manifest(bundle)["engines"].values()))
+    entry = next(iter(read_manifest(bundle).document()["engines"].values()))
     assert entry["compute_capability"] == "sm86" and entry["profile"] == {"min": 1, "opt": 4, "max": 8}
 
 
@@ -138,9 +139,9 @@ def test_progress_lines_carry_the_elapsed_time(rtx, quantized, tmp_path):
 
 def test_a_rebuild_replaces_the_engine_and_its_record(built, tmp_path):
     bundle = _copy(built[0], tmp_path)
-    before = read_manifest(bundle)["engines"]
+    before = read_manifest(bundle).document()["engines"]
     again = build_engine(EngineBuildRequest(bundle, "fp32", flavour="tensorrt-rtx", progress=None))
-    after = read_manifest(bundle)["engines"]
+    after = read_manifest(bundle).document()["engines"]
     old = built[1]["fp32"]["file"]
     assert sorted(after) == sorted(before) and again["file"] != old, "a new engine never overwrites a listed one"
     assert not (bundle / old).exists(), "the replaced engine is removed after the manifest switch"
@@ -205,7 +206,7 @@ def test_parser_errors_are_listed_and_change_nothing(rtx, tiny_bundle, tmp_path)
     model = onnx.load(str(bundle / "model.onnx"))
     del model.functions[:]
     onnx.save(model, str(bundle / "model.onnx"))
-    write_manifest(bundle, read_manifest(bundle))
+    write_manifest(bundle, read_manifest(bundle).document())
     before = _snapshot(bundle)
     with pytest.raises(EngineBuildError, match=r"(?s)parser rejected model.onnx with \d+ error.*FdmGatherMul"):
         build_engine(EngineBuildRequest(bundle, "fp32", flavour="tensorrt-rtx", progress=None))
@@ -307,7 +308,7 @@ def test_datacentre_build_keeps_and_reuses_its_timing_cache(datacentre, quantize
     assert second["timing_cache"]["loaded_bytes"] == len(b"+timings"), "the second build reads the cache"
     grown = second["timing_cache"]["file"]
     assert (bundle / grown).read_bytes() == b"+timings+timings" and not (bundle / cache["file"]).exists()
-    manifest = read_manifest(bundle)
+    manifest = read_manifest(bundle).document()
     assert grown in manifest["files"] and {e["timing_cache"]["file"] for e in manifest["engines"].values()} == {grown}
     open_bundle(bundle, verify=True)
 
@@ -316,7 +317,7 @@ def test_datacentre_cache_from_another_gpu_is_set_aside(datacentre, quantized, t
     bundle = _copy(quantized, tmp_path)
     cache = build_engine(EngineBuildRequest(bundle, "fp16", flavour="tensorrt", progress=None))["timing_cache"]
     (bundle / cache["file"]).write_bytes(b"other-gpu")
-    write_manifest(bundle, read_manifest(bundle))
+    write_manifest(bundle, read_manifest(bundle).document())
     entry = build_engine(EngineBuildRequest(bundle, "fp32", flavour="tensorrt", progress=None))
     assert entry["timing_cache"]["loaded_bytes"] == 0
     assert FakeBuilder.configs[-1].cache.blob == b""
@@ -410,4 +411,4 @@ def test_default_lresnet50e_ir_builds_every_precision(rtx, tmp_path, capsys):
                 f"{entry['bytes'] / 2**20:.1f} MiB"
             )
         assert entry["bytes"] > minimum_mib[precision] * 2**20
-    assert len(open_bundle(bundle, verify=True).manifest["engines"]) == 3
+    assert len(open_bundle(bundle, verify=True).manifest.engines) == 3

@@ -16,10 +16,11 @@ from pdsn.export import parity as parity_module
 from pdsn.export.bundle_writer import REFERENCE_EMBEDDINGS, ExportRequest, export_bundle
 from pdsn.export.onnx_export import ExportOptions
 from pdsn.export.parity import ParityError, pytorch_embeddings
-from pdsn.model.bundle_format import FDM_DOMAIN, FDM_OP, ModelContract, read_manifest, sha256_file
+from pdsn.model.bundle_format import FDM_DOMAIN, FDM_OP, ModelContract, sha256_file
 from pdsn.model.checkpoint import load_recognition_model
 from pdsn.model.comparison import PARITY_PATTERNS, ExportGate, compare_embeddings, onnx_feeds
 from pdsn.model.dictionary import MaskDictionary
+from pdsn.model.manifest import read_manifest
 from pdsn.model.network import fold_head
 from pdsn.model.sample_faces import seeded_faces
 
@@ -54,7 +55,7 @@ def test_every_option_flipped(tiny_float_bundle):
     assert inputs["image"].elem_type == onnx.TensorProto.FLOAT
     assert [d.dim_value for d in inputs["image"].shape.dim][1:] == [3, 112, 96]
     assert "fdm_dictionary" in {i.name for i in model.graph.initializer}
-    manifest = read_manifest(tiny_float_bundle)
+    manifest = read_manifest(tiny_float_bundle).document()
     contract = ModelContract.from_dict(manifest["contract"])
     assert contract.dictionary_binding == "embedded" and contract.l2_normalized
 
@@ -63,7 +64,7 @@ def test_every_option_flipped(tiny_float_bundle):
 @pytest.mark.parametrize("batch", [1, 5])
 def test_parity_with_pytorch_on_every_pattern(request, fixture, batch, tiny_checkpoint, tiny_dictionary_file):
     bundle = request.getfixturevalue(fixture)
-    contract = ModelContract.from_dict(read_manifest(bundle)["contract"])
+    contract = ModelContract.from_dict(read_manifest(bundle).document()["contract"])
     model, _ = load_recognition_model(tiny_checkpoint)
     masks = np.load(tiny_dictionary_file)
     dictionary = MaskDictionary(masks, None, None, "test")
@@ -99,7 +100,7 @@ def test_fold_head_is_exact():
 
 
 def test_manifest_records_contract_dictionary_hashes_and_provenance(tiny_bundle, tiny_checkpoint):
-    manifest = read_manifest(tiny_bundle)
+    manifest = read_manifest(tiny_bundle).document()
     assert set(manifest["files"]) == {
         "model.onnx",
         "dictionary.npy",
@@ -193,7 +194,7 @@ def test_reference_format_inputs_export_and_match_pytorch(tmp_path):
 
     result = export_bundle(ExportRequest(out=tmp_path / "b", checkpoint=checkpoint, dictionary=masks_dir, tau=0.3))
     assert result.parity["passed"]
-    manifest = result.manifest
+    manifest = result.manifest.document()
     assert manifest["dictionary"]["tau"] == 0.3
     assert manifest["model"]["checkpoint"]["data_parallel_prefix"] is True
     assert manifest["model"]["checkpoint"]["ignored_keys"] >= 4

@@ -22,7 +22,8 @@ from pdsn.engines.build import EngineBuildRequest, build_engine
 from pdsn.engines.fdm_plugin_graph import OCCLUSION_WORDS, PACKED_DICTIONARY_INPUT, plugin_model
 from pdsn.kernels.fdm_pack import pack_dictionary, pack_occlusion, packed_words
 from pdsn.kernels.fdm_plugin import PLUGIN_ID, PLUGIN_NAME, PLUGIN_NAMESPACE, register_fdm_plugin
-from pdsn.model.bundle_format import FDM_OP, read_manifest
+from pdsn.model.bundle_format import FDM_OP
+from pdsn.model.manifest import read_manifest
 from pdsn.runtime.bundle import open_bundle
 
 
@@ -138,5 +139,5 @@ def test_datacentre_plugin_build_records_the_packed_dictionary_input(trtp, nvrtc
     words = packed_words(np.load(bundle / "dictionary.npy")[0].size)
     assert entry["inputs"][PACKED_DICTIONARY_INPUT] == [25, words]
     assert "fdm_dictionary" not in entry["inputs"]
-    assert read_manifest(bundle)["engines"][Path(entry["file"]).stem]["fdm_impl"] == "plugin"
+    assert read_manifest(bundle).document()["engines"][Path(entry["file"]).stem]["fdm_impl"] == "plugin"
     open_bundle(bundle, verify=True)

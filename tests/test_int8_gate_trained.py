@@ -21,7 +21,8 @@ from pdsn.verify import verify_bundle
 def trained_bundle(tmp_path_factory) -> tuple[Path, Path]:
     work = tmp_path_factory.mktemp("trained")
     assert (
-        export_bundle(ExportRequest(out=work / "bundle", weights="demo")).manifest["model"]["weights"] == "trained-demo"
+        export_bundle(ExportRequest(out=work / "bundle", weights="demo")).manifest.document()["model"]["weights"]
+        == "trained-demo"
     )
     faces = work / "faces"
     images, labels = SyntheticFaces(40, 6, seed=7).generate()

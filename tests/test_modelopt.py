@@ -16,7 +16,8 @@ import pytest
 
 from pdsn.calib.variants import VariantRequest, add_variant
 from pdsn.export.bundle_writer import ExportRequest, export_bundle
-from pdsn.model.bundle_format import FDM_DOMAIN, FDM_OP, read_manifest
+from pdsn.model.bundle_format import FDM_DOMAIN, FDM_OP
+from pdsn.model.manifest import read_manifest
 from pdsn.runtime import Recognizer
 from pdsn.train.synthetic import SyntheticFaces
 
@@ -73,5 +74,5 @@ def test_modelopt_int8_of_the_demo_model_meets_the_default_gate(tmp_path):
         a, b = int8.embed(faces, occlusion=[10, 11, 12, 13]), fp32.embed(faces, occlusion=[10, 11, 12, 13])
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() > 0.98
-    assert read_manifest(bundle)["variants"]["int8"]["quantizer_version"]
+    assert read_manifest(bundle).document()["variants"]["int8"]["quantizer_version"]
     assert Path(bundle / "model.int8.onnx").stat().st_size < Path(bundle / "model.onnx").stat().st_size

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pdsn.cli import main
-from pdsn.model.bundle_format import BundleIntegrityError, read_manifest, write_manifest
+from pdsn.model.bundle_format import BundleIntegrityError
+from pdsn.model.manifest import read_manifest, write_manifest
 from pdsn.runtime import Recognizer
 from pdsn.runtime.gallery import Gallery
 from pdsn.train.occlusion import occlude
@@ -21,7 +22,10 @@ def estimator_bundle(tiny_bundle, tmp_path_factory):
 
     bundle = shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("auto") / "b")
     entry = add_estimator(bundle)
-    assert entry["parity"]["passed"] and read_manifest(bundle)["estimator"]["file"] in read_manifest(bundle)["files"]
+    assert (
+        entry["parity"]["passed"]
+        and read_manifest(bundle).document()["estimator"]["file"] in read_manifest(bundle).document()["files"]
+    )
     return bundle
 
 
@@ -65,7 +69,7 @@ def test_an_estimator_for_another_model_or_bad_thresholds_is_refused(estimator_b
         (lambda m: m["estimator"]["contract"]["thresholds"].__setitem__(3, 1.5), ValueError),
     ):
         bundle = shutil.copytree(estimator_bundle, tmp_path / f"b{len(list(tmp_path.iterdir()))}")
-        manifest = read_manifest(bundle)
+        manifest = read_manifest(bundle).document()
         change(manifest)
         write_manifest(bundle, manifest)
         with Recognizer.open(bundle, backend="onnxruntime") as rec, pytest.raises(error):
@@ -148,9 +152,9 @@ def test_the_bundle_carries_the_estimators_evaluation_report(estimator_bundle):
     from pdsn.model.bundle_format import sha256_file
     from pdsn.model.occlusion_net import SHIPPED_ESTIMATOR
 
-    entry = read_manifest(estimator_bundle)["estimator"]
+    entry = read_manifest(estimator_bundle).document()["estimator"]
     evaluation = entry["evaluation"]
-    assert {evaluation["report"], evaluation["markdown"]} <= set(read_manifest(estimator_bundle)["files"])
+    assert {evaluation["report"], evaluation["markdown"]} <= set(read_manifest(estimator_bundle).document()["files"])
     report = json.loads((estimator_bundle / evaluation["report"]).read_text())
     assert report["estimator_sha256"] == sha256_file(SHIPPED_ESTIMATOR)
     assert evaluation["goals_met"] and set(evaluation["goals"]) == set(report["goals"])
@@ -171,7 +175,7 @@ def test_an_evaluation_of_other_weights_or_a_missing_one_is_refused(tiny_bundle,
         add_estimator(bundle, SHIPPED_ESTIMATOR, tmp_path / "other.json")
     with pytest.raises(FileNotFoundError, match="evaluate-occlusion"):
         add_estimator(bundle, SHIPPED_ESTIMATOR, tmp_path / "missing.json")
-    assert "estimator" not in read_manifest(bundle)
+    assert "estimator" not in read_manifest(bundle).document()
 
 
 def test_verify_judges_the_estimator_on_every_cpu_backend(estimator_bundle):

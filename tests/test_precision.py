@@ -13,7 +13,8 @@ from factories import LENIENT_GATES
 from pdsn.calib.gates import PrecisionGate
 from pdsn.calib.graph_regions import kept_fp32_nodes, trunk_nodes
 from pdsn.calib.variants import VariantRejected, VariantRequest, add_variant
-from pdsn.model.bundle_format import FDM_OP, read_manifest
+from pdsn.model.bundle_format import FDM_OP
+from pdsn.model.manifest import read_manifest
 from pdsn.model.sample_faces import seeded_faces
 from pdsn.runtime import Recognizer
 
@@ -103,7 +104,7 @@ def test_variants_run_on_cpu_backends(quantized, backend, precision):
 
 
 def test_manifest_records_variants_with_their_figures(quantized):
-    manifest = read_manifest(quantized)
+    manifest = read_manifest(quantized).document()
     int8 = manifest["variants"]["int8"]
     assert int8["file"] == "model.int8.onnx" and int8["method"] == "minmax" and int8["weight_bits"] == 7
     assert int8["calibration"]["synthetic"] and int8["calibration"]["samples"] == 32
@@ -259,7 +260,7 @@ def test_calibration_with_a_short_last_batch(tiny_bundle, tmp_path, method):
     from pdsn.calib.int8 import make_int8
     from pdsn.model.bundle_format import ModelContract
 
-    contract = ModelContract.from_dict(read_manifest(tiny_bundle)["contract"])
+    contract = ModelContract.from_dict(read_manifest(tiny_bundle).document()["contract"])
     faces, _ = load_face_sets("synthetic", 20, 1, progress=False)
     made = make_int8(
         tiny_bundle / "model.onnx",

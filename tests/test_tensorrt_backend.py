@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ from gpu import has_gpu
 
 from pdsn.engines.build import EngineBuildRequest, build_engine
 from pdsn.kernels.fdm_pack import pack_dictionary, packed_words
-from pdsn.model.bundle_format import BundleIntegrityError, ModelContract, read_manifest, write_manifest
+from pdsn.model.bundle_format import BundleIntegrityError, ModelContract
+from pdsn.model.manifest import Engine, read_manifest, write_manifest
 from pdsn.model.sample_faces import occlusion_mix, seeded_faces
 from pdsn.runtime import BackendUnavailableError, Recognizer
 from pdsn.runtime.backends.base import PipelinedBackend
@@ -29,7 +31,7 @@ from pdsn.runtime.backends.engines import EngineMismatchError, check_engine, fin
 from pdsn.runtime.backends.tensorrt_backend import TensorRTBackend
 
 
-def entry(**changes) -> dict:
+def record(**changes) -> dict:
     base = {
         "file": "engines/e.engine",
         "flavour": "tensorrt-rtx",
@@ -37,8 +39,13 @@ def entry(**changes) -> dict:
         "precision": "fp16",
         "compute_capability": "portable",
         "profile": {"min": 1, "opt": 16, "max": 128},
+        "variant": {"file": "model.fp16.onnx", "sha256": "0" * 64},
     }
     return {**base, **changes}
+
+
+def entry(**changes) -> Engine:
+    return Engine.from_record("e", record(**changes))
 
 
 @pytest.mark.parametrize(
@@ -88,8 +95,8 @@ def test_engines_this_machine_can_run_pass(changes, version, capability):
 
 
 def test_a_missing_engine_says_how_to_build_it():
-    manifest = {"engines": {"e": entry(precision="fp32")}}
-    assert find_engine(manifest, "tensorrt-rtx", "fp32")["precision"] == "fp32"
+    manifest = engines(("e", record(precision="fp32")))
+    assert find_engine(manifest, "tensorrt-rtx", "fp32").precision == "fp32"
     with pytest.raises(ValueError, match="no tensorrt-rtx engine for int8 .*tensorrt-rtx/fp32.*pdsn build"):
         find_engine(manifest, "tensorrt-rtx", "int8")
 
@@ -118,7 +125,7 @@ def test_engine_selection_and_its_limits(engine_bundle, tmp_path):
     with pytest.raises(ValueError, match="no tensorrt engine of a gated variant"):
         Recognizer.open(engine_bundle, backend="tensorrt", device="cuda")
     other = Path(shutil.copytree(engine_bundle, tmp_path / "other"))
-    manifest = read_manifest(other)
+    manifest = read_manifest(other).document()
     for built in manifest["engines"].values():
         built["version"] = "0.9.0"
     write_manifest(other, manifest)
@@ -147,37 +154,42 @@ def test_engine_matches_onnx_runtime_on_a_gpu(engine_bundle):
 
 def built_at(name: str, built: str | None = None, **changes) -> tuple[str, dict]:
     recorded = {"built": built} if built else {}
-    return name, entry(file=f"engines/{name}.engine", **recorded, **changes)
+    return name, record(file=f"engines/{name}.engine", **recorded, **changes)
+
+
+def engines(*entries: tuple[str, dict]) -> SimpleNamespace:
+    """A stand-in manifest holding only these engines (all that engine selection reads)."""
+    return SimpleNamespace(engines={key: Engine.from_record(key, found) for key, found in entries})
 
 
 def test_an_engine_is_picked_by_its_manifest_key_or_file_name():
-    manifest = {"engines": dict([built_at("a"), built_at("b", "2026-01-02T00:00:00+00:00")])}
+    manifest = engines(built_at("a"), built_at("b", "2026-01-02T00:00:00+00:00"))
     for name in ("a", "engines/a.engine", "a.engine"):
-        assert find_engine(manifest, "tensorrt-rtx", "fp16", name)["file"] == "engines/a.engine"
+        assert find_engine(manifest, "tensorrt-rtx", "fp16", name).file == "engines/a.engine"
     with pytest.raises(ValueError, match="no engine 'c'; it has a, b"):
         find_engine(manifest, "tensorrt-rtx", "fp16", "c")
     with pytest.raises(ValueError, match="'a' is a tensorrt-rtx fp16 engine, but a tensorrt-rtx fp32 one"):
         find_engine(manifest, "tensorrt-rtx", "fp32", "a")
-    assert named_engine(manifest, "b.engine")["built"].startswith("2026-01-02")
+    assert named_engine(manifest, "b.engine").built.startswith("2026-01-02")
 
 
 def test_without_a_name_the_newest_build_is_picked_whatever_the_manifest_order():
-    engines = [
+    built = [
         built_at("newest", "2026-03-01T12:00:00.000001+00:00"),
         built_at("legacy"),
         built_at("older", "2026-03-01T12:00:00+00:00"),
         built_at("other-precision", "2027-01-01T00:00:00+00:00", precision="fp32"),
     ]
-    for order in (engines, engines[::-1]):
-        assert find_engine({"engines": dict(order)}, "tensorrt-rtx", "fp16")["file"] == "engines/newest.engine"
+    for order in (built, built[::-1]):
+        assert find_engine(engines(*order), "tensorrt-rtx", "fp16").file == "engines/newest.engine"
 
 
 def test_entries_without_a_build_time_count_as_oldest_and_ties_go_by_file_name():
-    legacy = {"engines": dict([built_at("b-legacy"), built_at("a-legacy")])}
-    assert find_engine(legacy, "tensorrt-rtx", "fp16")["file"] == "engines/b-legacy.engine"
-    mixed = {"engines": dict([built_at("z-legacy"), built_at("a-built", "2025-01-01T00:00:00+00:00")])}
-    assert find_engine(mixed, "tensorrt-rtx", "fp16")["file"] == "engines/a-built.engine"
-    damaged = {"engines": dict([built_at("x", "yesterday")])}
+    legacy = engines(built_at("b-legacy"), built_at("a-legacy"))
+    assert find_engine(legacy, "tensorrt-rtx", "fp16").file == "engines/b-legacy.engine"
+    mixed = engines(built_at("z-legacy"), built_at("a-built", "2025-01-01T00:00:00+00:00"))
+    assert find_engine(mixed, "tensorrt-rtx", "fp16").file == "engines/a-built.engine"
+    damaged = engines(built_at("x", "yesterday"))
     with pytest.raises(ValueError, match="built='yesterday', not an ISO 8601 time"):
         find_engine(damaged, "tensorrt-rtx", "fp16")
 

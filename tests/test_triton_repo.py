@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pdsn.commands.triton import add_triton_commands
-from pdsn.model.bundle_format import read_manifest, write_manifest
+from pdsn.model.manifest import read_manifest, write_manifest
 from pdsn.model.sample_faces import seeded_faces
 from pdsn.runtime import Recognizer
 from pdsn.triton_repo.repository import PYTHON_MODEL_SOURCE, RepositoryRequest, dictionary_sha256, write_repository
@@ -41,7 +41,7 @@ def _with_engine(source: Path, target: Path, inputs: dict, profile=(1, 4, 16)) -
     bundle = Path(shutil.copytree(source, target))
     (bundle / "engines").mkdir()
     (bundle / "engines" / "model.fp32.engine").write_bytes(b"plan")
-    manifest = read_manifest(bundle)
+    manifest = read_manifest(bundle).document()
     manifest["files"]["engines/model.fp32.engine"] = {}
     variant = manifest["variants"]["fp32"]["file"]
     manifest["engines"] = {

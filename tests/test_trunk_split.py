@@ -7,14 +7,15 @@ import onnx
 import pytest
 
 from pdsn.export.trunk_split import folded_head, trunk_model
-from pdsn.model.bundle_format import FEATURES_OUTPUT, ModelContract, read_manifest
+from pdsn.model.bundle_format import FEATURES_OUTPUT, ModelContract
 from pdsn.model.comparison import PARITY_PATTERNS, onnx_embedder, onnx_session, split_parity
 from pdsn.model.folded_head import FoldedHead
+from pdsn.model.manifest import read_manifest
 from pdsn.model.sample_faces import seeded_faces
 
 
 def _split(bundle, precision, tmp_path):
-    manifest = read_manifest(bundle)
+    manifest = read_manifest(bundle).document()
     contract = ModelContract.from_dict(manifest["contract"])
     dictionary = np.load(bundle / "dictionary.npy")
     variant = bundle / manifest["variants"][precision]["file"]

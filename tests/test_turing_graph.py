@@ -6,8 +6,9 @@ import numpy as np
 import onnx
 
 from pdsn.engines.turing_graph import turing_model
-from pdsn.model.bundle_format import FDM_OP, ModelContract, read_manifest
+from pdsn.model.bundle_format import FDM_OP, ModelContract
 from pdsn.model.comparison import onnx_session, run_onnx
+from pdsn.model.manifest import read_manifest
 from pdsn.model.sample_faces import occlusion_mix, seeded_faces
 
 
@@ -30,7 +31,7 @@ def test_the_rewrite_runs_both_gemms_in_fp16_and_stays_close(tiny_bundle, tmp_pa
     assert sum(n.op_type == "Conv" for n in rewritten.graph.node) == sum(n.op_type == "Conv" for n in model.graph.node)
 
     onnx.save(rewritten, str(tmp_path / "turing.onnx"))
-    manifest = read_manifest(tiny_bundle)
+    manifest = read_manifest(tiny_bundle).document()
     contract, dictionary = ModelContract.from_dict(manifest["contract"]), np.load(tiny_bundle / "dictionary.npy")
     faces, occlusion = seeded_faces(6, seed=4), occlusion_mix(6, seed=4)
     expected = run_onnx(onnx_session(str(tiny_bundle / "model.onnx")), faces, occlusion, dictionary, contract)

@@ -9,14 +9,14 @@ from factories import randomized_model
 
 from pdsn.cli import main
 from pdsn.export.bundle_writer import REFERENCE_EMBEDDINGS
-from pdsn.model.bundle_format import read_manifest, write_manifest
 from pdsn.model.comparison import load_reference, save_reference
+from pdsn.model.manifest import read_manifest, write_manifest
 from pdsn.verify import verify_bundle
 
 
 def _rehash(bundle) -> None:
     """Rewrite the manifest's hashes, as a consistent (not a careless) change would."""
-    write_manifest(bundle, read_manifest(bundle))
+    write_manifest(bundle, read_manifest(bundle).document())
 
 
 def test_fp32_row_is_judged_against_pytorch_not_itself(tiny_bundle, tmp_path):

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from pdsn.model.bundle_format import DETECTOR_NETS, DICTIONARY_INPUT, IMAGE_INPUT, MANIFEST_NAME, OCCLUSION_INPUT
+from pdsn.model.manifest import Engine
 from pdsn.runtime.backends.engines import find_engine
 from pdsn.runtime.bundle import Bundle, open_bundle
 from pdsn.triton_repo.configs import (
@@ -175,7 +176,7 @@ def _check(request: RepositoryRequest) -> None:
         )
 
 
-def _engine(bundle: Bundle, request: RepositoryRequest) -> dict:
+def _engine(bundle: Bundle, request: RepositoryRequest) -> Engine:
     """The TensorRT engine to serve, refused when it takes the dictionary as an input.
 
     Triton's tensorrt backend feeds every engine input from the request, so an engine that binds
@@ -185,45 +186,45 @@ def _engine(bundle: Bundle, request: RepositoryRequest) -> dict:
     try:
         entry = find_engine(bundle.manifest, "tensorrt", request.precision)
     except ValueError:
-        have = sorted(f"{e['flavour']}/{e['precision']}" for e in bundle.manifest.get("engines", {}).values())
+        have = sorted(f"{e.flavour}/{e.precision}" for e in bundle.manifest.engines.values())
         raise ValueError(
             f"--kind tensorrt: bundle {bundle.path} has no TensorRT engine for {request.precision} (it has "
             f"{', '.join(have) or 'no engines'}); build one with `pdsn build --bundle {bundle.path} --precision "
             f"{request.precision} --flavour tensorrt`, or serve the ONNX variant with --kind onnxruntime"
         ) from None
-    inputs = set(entry.get("inputs") or ([DICTIONARY_INPUT] if bundle.contract.dictionary_binding == "input" else []))
+    inputs = set(entry.inputs or ([DICTIONARY_INPUT] if bundle.contract.dictionary_binding == "input" else []))
     bound = sorted(inputs - {IMAGE_INPUT, OCCLUSION_INPUT})
     if bound:
         raise ValueError(
-            f"--kind tensorrt: engine {entry['file']} takes the mask dictionary as the input {', '.join(bound)}, "
+            f"--kind tensorrt: engine {entry.file} takes the mask dictionary as the input {', '.join(bound)}, "
             f"which Triton's tensorrt backend cannot bind once (every request would have to carry it). Serve "
             f"this bundle with --kind onnxruntime (the dictionary is embedded in the repository's ONNX) or "
             f"--kind python (the pdsn runtime binds it), or export with `pdsn export --embed-dictionary` and "
             f"build the engine from that bundle"
         )
-    profile = entry["profile"]
-    if request.max_batch is not None and request.max_batch > profile["max"]:
+    profile = entry.profile
+    if request.max_batch is not None and request.max_batch > profile.max:
         raise ValueError(
-            f"--max-batch {request.max_batch} exceeds engine {entry['file']}'s profile (batch "
-            f"{profile['min']}..{profile['max']}); pass --max-batch <= {profile['max']} or rebuild with "
+            f"--max-batch {request.max_batch} exceeds engine {entry.file}'s profile (batch "
+            f"{profile.min}..{profile.max}); pass --max-batch <= {profile.max} or rebuild with "
             f"`pdsn build --batch MIN,OPT,MAX`"
         )
     return entry
 
 
-def _platform_model(bundle: Bundle, request: RepositoryRequest, engine: dict | None) -> Path:
+def _platform_model(bundle: Bundle, request: RepositoryRequest, engine: Engine | None) -> Path:
     """The onnxruntime_onnx or tensorrt_plan model of the recognition model."""
     folder = request.out / request.model_name
     (folder / "1").mkdir(parents=True)
-    variant = bundle.manifest["variants"][request.precision]
-    source_sha = bundle.manifest["files"][variant["file"]]["sha256"]
+    variant = bundle.manifest.variants[request.precision]
+    source_sha = bundle.manifest.sha256_of(variant.file)
     if engine is not None:
-        shutil.copyfile(bundle.file(engine["file"]), folder / "1" / "model.plan")
-        low, high = engine["profile"]["min"], request.max_batch or engine["profile"]["max"]
+        shutil.copyfile(bundle.file(engine.file), folder / "1" / "model.plan")
+        low, high = engine.profile.min, request.max_batch or engine.profile.max
         platform, kind = "tensorrt_plan", "KIND_GPU"
-        source_sha = engine["variant"]["sha256"]
+        source_sha = engine.variant_sha256
         comment = (
-            f"pdsn {request.precision} TensorRT engine {engine['file']} of bundle {bundle.path.name}; the engine "
+            f"pdsn {request.precision} TensorRT engine {engine.file} of bundle {bundle.path.name}; the engine "
             f"holds the mask dictionary"
         )
     else:
@@ -254,11 +255,11 @@ def _trunk_model(bundle: Bundle, request: RepositoryRequest) -> Path:
     name = request.model_name + FEATURES_SUFFIX
     folder = request.out / name
     (folder / "1").mkdir(parents=True)
-    entry = _trunk_entry(bundle, request.precision)
-    shutil.copyfile(bundle.file(entry["file"]), folder / "1" / "model.onnx")
+    trunk_file = _trunk_file(bundle, request.precision)
+    shutil.copyfile(bundle.file(trunk_file), folder / "1" / "model.onnx")
     high = request.max_batch or DEFAULT_MAX_BATCH
     if request.kind == "tensorrt":
-        high = min(high, _engine(bundle, request)["profile"]["max"])
+        high = min(high, _engine(bundle, request).profile.max)
     _write_config(
         folder,
         request,
@@ -266,7 +267,7 @@ def _trunk_model(bundle: Bundle, request: RepositoryRequest) -> Path:
         (1, high),
         platform="onnxruntime_onnx",
         instance_kind="KIND_GPU" if request.gpu or request.kind == "tensorrt" else "KIND_CPU",
-        parameters=_identity(bundle, request, "features", bundle.manifest["files"][entry["file"]]["sha256"]),
+        parameters=_identity(bundle, request, "features", bundle.manifest.sha256_of(trunk_file)),
         comment=f"pdsn {request.precision} trunk of bundle {bundle.path.name}: image -> features before the mask",
     )
     return folder
@@ -276,21 +277,21 @@ def _python_models(bundle: Bundle, request: RepositoryRequest) -> list[Path]:
     """``<name>`` and ``<name>_features`` on the python backend; the bundle lives in ``<name>/1/bundle``."""
     folders = []
     high = request.max_batch or DEFAULT_MAX_BATCH
-    variant = bundle.manifest["variants"][request.precision]
+    variant = bundle.manifest.variants[request.precision]
     roles = {
-        request.model_name: ("embedding", embedding_tensors, variant["file"], "bundle"),
+        request.model_name: ("embedding", embedding_tensors, variant.file, "bundle"),
         request.model_name + FEATURES_SUFFIX: (
             "features",
             features_tensors,
-            _trunk_entry(bundle, request.precision)["file"],
+            _trunk_file(bundle, request.precision),
             f"../../{request.model_name}/1/bundle",
         ),
     }
-    if bundle.manifest.get("detector"):
+    if bundle.manifest.detector is not None:
         roles[request.model_name + FACES_SUFFIX] = (
             "faces",
             faces_tensors,
-            variant["file"],
+            variant.file,
             f"../../{request.model_name}/1/bundle",
         )
     for name, (role, tensors, source, bundle_path) in roles.items():
@@ -299,7 +300,7 @@ def _python_models(bundle: Bundle, request: RepositoryRequest) -> list[Path]:
         folders.append(folder)
         shutil.copyfile(PYTHON_MODEL_SOURCE, folder / "1" / "model.py")
         parameters = {
-            **_identity(bundle, request, role, bundle.manifest["files"][source]["sha256"]),
+            **_identity(bundle, request, role, bundle.manifest.sha256_of(source)),
             "bundle": bundle_path,
             "backend": request.backend,
             "device": request.device,
@@ -349,22 +350,22 @@ def _detector_rows(bundle: Bundle, request: RepositoryRequest) -> str:
 
 def _detector_suffixes(bundle: Bundle, request: RepositoryRequest) -> tuple[str, ...]:
     """The detector's model names (after the model name): the photo pipeline (python kind) or its three nets."""
-    if not bundle.manifest.get("detector"):
+    if bundle.manifest.detector is None:
         return ()
     return (FACES_SUFFIX,) if request.kind == "python" else tuple(DETECTOR_SUFFIXES.values())
 
 
 def _detector_models(bundle: Bundle, request: RepositoryRequest) -> list[Path]:
     """``<name>_pnet``, ``_rnet`` and ``_onet``: the detector's nets on ONNX Runtime, one request at a time."""
-    entry = bundle.manifest.get("detector")
-    if not entry:
+    entry = bundle.manifest.detector
+    if entry is None:
         return []
     folders = []
     for net, suffix in DETECTOR_SUFFIXES.items():
         folder = request.out / (request.model_name + suffix)
         (folder / "1").mkdir(parents=True)
         folders.append(folder)
-        source = entry["files"][net]
+        source = entry.files[net]
         shutil.copyfile(bundle.file(source, f"detector.files.{net}"), folder / "1" / "model.onnx")
         _write_config(
             folder,
@@ -373,7 +374,7 @@ def _detector_models(bundle: Bundle, request: RepositoryRequest) -> list[Path]:
             (0, 0),
             platform="onnxruntime_onnx",
             instance_kind="KIND_GPU" if request.gpu else "KIND_CPU",
-            parameters={MODEL_SHA256: bundle.manifest["files"][source]["sha256"], ROLE: f"detector-{net}"},
+            parameters={MODEL_SHA256: bundle.manifest.sha256_of(source), ROLE: f"detector-{net}"},
             comment=(
                 f"the face detector's {net} (MTCNN) of bundle {bundle.path.name}; the cascade around it runs in the "
                 f"client (the bundle's manifest has its contract)"
@@ -402,20 +403,20 @@ def _write_config(folder: Path, request: RepositoryRequest, tensors: tuple, batc
 def _copy_bundle(bundle: Bundle, target: Path) -> None:
     """The manifest and exactly the files it lists, then checked as ``open_bundle(verify=True)`` will."""
     target.mkdir(parents=True)
-    for relative in [MANIFEST_NAME, *bundle.manifest["files"]]:
+    for relative in [MANIFEST_NAME, *bundle.manifest.files]:
         (target / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(bundle.path / relative, target / relative)
     open_bundle(target, verify=True, expected_digest=bundle.digest)
 
 
-def _trunk_entry(bundle: Bundle, precision: str) -> dict:
-    entry = bundle.manifest["variants"][precision].get("trunk")
-    if entry is None:
+def _trunk_file(bundle: Bundle, precision: str) -> str:
+    trunk_file = bundle.manifest.variants[precision].trunk_file
+    if trunk_file is None:
         raise ValueError(
             f"bundle {bundle.path} has no trunk model for {precision} (made by an older pdsn-deploy); re-export it "
             f"with `pdsn export` and re-make its variants"
         )
-    return entry
+    return trunk_file
 
 
 def _identity(bundle: Bundle, request: RepositoryRequest, role: str, model_sha256: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ import importlib.util
 import platform
 
 from pdsn.kernels.tensorrt_modules import import_tensorrt
+from pdsn.model.manifest import Manifest
 from pdsn.runtime.backends.base import Backend, BackendUnavailableError
 
 # Local backends: they run the model in this process (`pdsn verify` checks each of them).
@@ -20,7 +21,7 @@ BACKEND_CHOICES = ("auto", *BACKENDS, *REMOTE_BACKENDS)
 _OPENVINO_MACHINES = ("x86_64", "amd64", "i386", "i686")
 
 
-def resolve_backend(name: str, device: str, manifest: dict) -> str:
+def resolve_backend(name: str, device: str, manifest: Manifest) -> str:
     """The backend ``name`` stands for: itself, or for ``auto`` the fastest one usable here.
 
     ``auto`` on ``cuda``: a data-centre TensorRT engine of the bundle when TensorRT is installed,
@@ -35,7 +36,7 @@ def resolve_backend(name: str, device: str, manifest: dict) -> str:
     if name != "auto":
         return name
     if device == "cuda":
-        built = {entry.get("flavour") for entry in manifest.get("engines", {}).values() if isinstance(entry, dict)}
+        built = {entry.flavour for entry in manifest.engines.values()}
         for flavour in ENGINE_BACKENDS:
             if flavour in built and import_tensorrt(flavour, "Runtime") is not None:
                 return flavour

@@ -45,6 +45,7 @@ from pdsn.model.bundle_format import (
     BundleIntegrityError,
     ModelContract,
 )
+from pdsn.model.manifest import Engine
 from pdsn.runtime import cuda_memory as cuda
 from pdsn.runtime.backends.base import BackendUnavailableError, PipelinedBackend
 from pdsn.runtime.backends.engines import check_engine
@@ -185,7 +186,7 @@ class TensorRTBackend(PipelinedBackend):
     def __init__(
         self,
         engine_path: str,
-        entry: dict,
+        entry: Engine,
         dictionary: np.ndarray,
         contract: ModelContract,
         device: str = "cuda",
@@ -195,8 +196,8 @@ class TensorRTBackend(PipelinedBackend):
         cuda_context: Any = None,
     ) -> None:
         if device != "cuda":
-            raise ValueError(f"the {entry['flavour']} backend runs on device='cuda', not {device!r}")
-        self.name = entry["flavour"]
+            raise ValueError(f"the {entry.flavour} backend runs on device='cuda', not {device!r}")
+        self.name = entry.flavour
         trt = import_tensorrt(self.name, "Runtime")
         check_engine(entry, None if trt is None else str(trt.__version__), None)
         self._entry = entry
@@ -231,7 +232,7 @@ class TensorRTBackend(PipelinedBackend):
                 f"({self.compute_capability}); rebuild it with `pdsn build`"
             )
         self._tensors = engine_tensors(trt, self._engine)
-        check_engine_io(self._tensors, contract, f"engine {self._entry['file']}")
+        check_engine_io(self._tensors, contract, f"engine {self._entry.file}")
         self.min_batch, self.max_batch = self._batch_range()
         self.preferred_batch_sizes = tuple(b for b in _powers_of_two(self.max_batch) if b >= self.min_batch)
         self._use_graphs = cuda_graphs
@@ -245,12 +246,12 @@ class TensorRTBackend(PipelinedBackend):
     def _batch_range(self) -> tuple[int, int]:
         """The profile's batch range, which every fed input and the manifest entry must agree on."""
         ranges = {(t.profile[0][0], t.profile[1][0]) for t in self._tensors.values() if t.profile is not None}
-        profile = self._entry["profile"]
-        recorded = (profile["min"], profile["max"])
+        profile = self._entry.profile
+        recorded = (profile.min, profile.max)
         if ranges != {recorded}:
             found = ", ".join(f"{low}..{high}" for low, high in sorted(ranges)) or "no dynamic batch"
             raise BundleIntegrityError(
-                f"engine {self._entry['file']}'s optimization profile has batch {found}, but its manifest entry "
+                f"engine {self._entry.file}'s optimization profile has batch {found}, but its manifest entry "
                 f"records {recorded[0]}..{recorded[1]}: the manifest does not describe this engine; rebuild it "
                 f"with `pdsn build`"
             )
@@ -270,7 +271,7 @@ class TensorRTBackend(PipelinedBackend):
         if data.shape != tensor.shape:
             form = "bit-packed, " if packed else ""
             raise BundleIntegrityError(
-                f"engine {self._entry['file']} takes {tensor.name!r} shaped {tensor.shape}, but the bundle's "
+                f"engine {self._entry.file} takes {tensor.name!r} shaped {tensor.shape}, but the bundle's "
                 f"dictionary {dictionary.shape} makes ({form}{tensor.dtype.name}) {data.shape}; rebuild the engine "
                 f"from this bundle with `pdsn build`"
             )
@@ -325,12 +326,12 @@ class TensorRTBackend(PipelinedBackend):
     def describe(self) -> dict:
         return {
             "backend": self.name,
-            "version": self._entry["version"],
+            "version": self._entry.version,
             "device": "cuda",
             "compute_capability": getattr(self, "compute_capability", None),
-            "engine": self._entry["file"],
-            "profile": self._entry["profile"],
-            "fdm_impl": self._entry.get("fdm_impl", "native"),
+            "engine": self._entry.file,
+            "profile": self._entry.profile.as_dict(),
+            "fdm_impl": self._entry.fdm_impl,
             "cuda_graphs": getattr(self, "_use_graphs", False),
             "buckets": list(self.preferred_batch_sizes),
         }

@@ -853,12 +853,11 @@ def recorded_precision(location: str | Path) -> str | None:
 
 def recognizer_fingerprint(recognizer) -> Fingerprint:
     """What the recognizer's trunk features and head depend on."""
-    manifest = recognizer.bundle.manifest
-    files = manifest["files"]
+    model_sha256, dictionary_sha256 = recognizer.bundle.manifest.fingerprint
     head = recognizer.folded_head
     return Fingerprint(
-        model_sha256=files[manifest["variants"]["fp32"]["file"]]["sha256"],
-        dictionary_sha256=files[manifest["dictionary"]["file"]]["sha256"],
+        model_sha256=model_sha256,
+        dictionary_sha256=dictionary_sha256,
         precision=recognizer.precision,
         feature_size=head.feature_size,
         embedding_size=head.embedding_size,
