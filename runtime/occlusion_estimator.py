@@ -17,13 +17,14 @@ import numpy as np
 from pdsn.model.bundle_format import BundleIntegrityError, ModelContract
 from pdsn.model.estimator_contract import ESTIMATOR_IMAGE_INPUT, ESTIMATOR_OUTPUT, cells_from_probabilities
 from pdsn.model.manifest import Estimator
-from pdsn.runtime.backends.base import BackendUnavailableError
+from pdsn.runtime.backends.onnx_parts import open_session
+from pdsn.runtime.backends.registry import ONNX_PART_BACKENDS
 from pdsn.runtime.bundle import Bundle
 
 AUTO = "auto"
 
 
-ESTIMATOR_BACKENDS = ("onnxruntime", "openvino")
+ESTIMATOR_BACKENDS = ONNX_PART_BACKENDS
 
 
 class OcclusionEstimator:
@@ -43,8 +44,9 @@ class OcclusionEstimator:
             )
         _check_contract(entry, bundle.contract, bundle.path)
         path = bundle.file(entry.file, "estimator.file")
-        opened = _open_openvino if backend == "openvino" else _open_onnxruntime
-        self._run, names, self._where = opened(str(path), device, threads)
+        session = open_session(path, backend, device, threads, "the occlusion estimator")
+        self._session, self._where = session, session.description
+        names = (session.inputs, session.outputs)
         if names != ([ESTIMATOR_IMAGE_INPUT], [ESTIMATOR_OUTPUT]):
             raise BundleIntegrityError(
                 f"{path}: inputs/outputs {names}, expected [{ESTIMATOR_IMAGE_INPUT!r}] -> [{ESTIMATOR_OUTPUT!r}]; "
@@ -57,7 +59,7 @@ class OcclusionEstimator:
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Per-cell occlusion probabilities, float32 (N, 25), of uint8 (N, 112, 96, 3) crops."""
         with self._lock:
-            return self._run(images)
+            return self._session.run({ESTIMATOR_IMAGE_INPUT: images}, [ESTIMATOR_OUTPUT])[0]
 
     def cells(self, images: np.ndarray) -> np.ndarray:
         """Occlusion vectors of uint8 (N, 112, 96, 3) crops, as prepared for the recognition model."""
@@ -66,49 +68,6 @@ class OcclusionEstimator:
     def describe(self) -> dict:
         """Where the estimator runs: backend, device or providers."""
         return dict(self._where)
-
-
-def _open_onnxruntime(path: str, device: str, threads: int | None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
-    if provider not in ort.get_available_providers():
-        raise BackendUnavailableError(
-            f"the occlusion estimator on device={device!r} needs ONNX Runtime's {provider}, but this onnxruntime "
-            f"offers {ort.get_available_providers()}; install onnxruntime-gpu, or open the Recognizer on the CPU"
-        )
-    session = ort.InferenceSession(path, options, providers=[provider])
-    names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-
-    def run(images: np.ndarray) -> np.ndarray:
-        return session.run([ESTIMATOR_OUTPUT], {ESTIMATOR_IMAGE_INPUT: images})[0]
-
-    return run, names, {"backend": "onnxruntime", "device": device, "providers": session.get_providers()}
-
-
-def _open_openvino(path: str, device: str, threads: int | None):
-    if device != "cpu":
-        raise BackendUnavailableError(f"the openvino backend runs on the CPU only, not device={device!r}")
-    import openvino as ov
-    import openvino.properties as props
-    import openvino.properties.hint as hints
-
-    config = {hints.performance_mode: hints.PerformanceMode.LATENCY, hints.inference_precision: ov.Type.f32}
-    if threads:
-        config[props.inference_num_threads] = threads
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(path), "CPU", config)
-    request = compiled.create_infer_request()
-    names = ([port.get_any_name() for port in compiled.inputs], [port.get_any_name() for port in compiled.outputs])
-
-    def run(images: np.ndarray) -> np.ndarray:
-        return request.infer({ESTIMATOR_IMAGE_INPUT: images}, share_outputs=False)[ESTIMATOR_OUTPUT]
-
-    return run, names, {"backend": "openvino", "device": "cpu"}
 
 
 def _check_contract(estimator: Estimator, contract: ModelContract, where) -> None:

@@ -243,7 +243,7 @@ def open_engine(
         fdm_impl=fdm_impl,
         profile={"min": PROFILE[0], "opt": PROFILE[1], "max": PROFILE[2]},
     )
-    return TensorRTBackend(str(path), recorded, dictionary, contract, **options)
+    return TensorRTBackend(str(path), dictionary, contract, engine=recorded, **options)
 
 
 def batch(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -391,9 +391,9 @@ def test_an_engine_that_disagrees_with_its_manifest_entry_or_the_dictionary_is_r
     with pytest.raises(BackendUnavailableError, match="could not load engine e.engine"):
         TensorRTBackend(
             str(tmp_path / "e.engine"),
-            entry(flavour="tensorrt", version="10.13.0.35", compute_capability="sm90"),
             dictionary,
             CONTRACT,
+            engine=entry(flavour="tensorrt", version="10.13.0.35", compute_capability="sm90"),
         )
 
 

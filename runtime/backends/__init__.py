@@ -8,12 +8,8 @@ import platform
 from pdsn.kernels.tensorrt_modules import import_tensorrt
 from pdsn.model.manifest import Manifest
 from pdsn.runtime.backends.base import Backend, BackendUnavailableError
+from pdsn.runtime.backends.registry import BACKENDS, ENGINE_BACKENDS, REGISTRY, REMOTE_BACKENDS
 
-# Local backends: they run the model in this process (`pdsn verify` checks each of them).
-BACKENDS = ("onnxruntime", "openvino", "tensorrt", "tensorrt-rtx")
-ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")  # run a bundle's built engine, not its ONNX file
-# Remote backends: a model server runs the bundle's model (from `pdsn triton-repo`); `auto` never picks one.
-REMOTE_BACKENDS = ("triton",)
 DEVICES = ("cpu", "cuda")
 BACKEND_CHOICES = ("auto", *BACKENDS, *REMOTE_BACKENDS)
 # x86 CPUs, where OpenVINO's CPU plugin ran every precision faster than ONNX Runtime's CPU provider
@@ -49,25 +45,12 @@ def create_backend(name: str, model_path: str, dictionary, contract, device: str
     """Instantiate backend ``name`` (one of BACKENDS or REMOTE_BACKENDS; resolve ``auto`` first with ``resolve_backend``)."""
     if device not in DEVICES:
         raise ValueError(f"device {device!r} is not one of {DEVICES}")
-    if name == "onnxruntime":
-        from pdsn.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(model_path, dictionary, contract, device=device, **options)
-    if name == "openvino":
-        from pdsn.runtime.backends.openvino_backend import OpenVinoBackend
-
-        return OpenVinoBackend(model_path, dictionary, contract, device=device, **options)
-    if name in ENGINE_BACKENDS:
-        from pdsn.runtime.backends.tensorrt_backend import TensorRTBackend
-
-        return TensorRTBackend(model_path, options.pop("engine"), dictionary, contract, device=device, **options)
-    if name == "triton":
-        from pdsn.runtime.backends.triton_backend import TritonBackend
-
-        return TritonBackend(model_path, dictionary, contract, device=device, **options)
-    raise ValueError(
-        f"backend {name!r} is not one of {BACKENDS + REMOTE_BACKENDS} (resolve 'auto' with resolve_backend first)"
-    )
+    kind = REGISTRY.get(name)
+    if kind is None:
+        raise ValueError(
+            f"backend {name!r} is not one of {BACKENDS + REMOTE_BACKENDS} (resolve 'auto' with resolve_backend first)"
+        )
+    return kind.load()(model_path, dictionary, contract, device=device, **options)
 
 
 __all__ = [

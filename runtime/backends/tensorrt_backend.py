@@ -186,21 +186,22 @@ class TensorRTBackend(PipelinedBackend):
     def __init__(
         self,
         engine_path: str,
-        entry: Engine,
         dictionary: np.ndarray,
         contract: ModelContract,
         device: str = "cuda",
+        *,
+        engine: Engine,
         gpu: int = 0,
         cuda_graphs: bool = True,
         cuda_stream: Any = None,
         cuda_context: Any = None,
     ) -> None:
         if device != "cuda":
-            raise ValueError(f"the {entry.flavour} backend runs on device='cuda', not {device!r}")
-        self.name = entry.flavour
+            raise ValueError(f"the {engine.flavour} backend runs on device='cuda', not {device!r}")
+        self.name = engine.flavour
         trt = import_tensorrt(self.name, "Runtime")
-        check_engine(entry, None if trt is None else str(trt.__version__), None)
-        self._entry = entry
+        check_engine(engine, None if trt is None else str(trt.__version__), None)
+        self._entry = engine
         self._application_context = cuda_context
         self._resources = cuda.ResourceStack()
         self._bindings: list[_Binding] = []
