@@ -108,19 +108,14 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _bench_gallery(bundle: Path, args: argparse.Namespace) -> int:
     from pdsn.bench.gallery import GalleryBenchConfig, gallery_markdown, run_gallery_benchmark
-    from pdsn.bench.report import save_report
 
     work = args.work.parent / f"{args.work.name}-galleries"  # beside the bundle, never inside it
     result = run_gallery_benchmark(bundle, GalleryBenchConfig(sizes=args.gallery), work)
-    for path in save_report(result, gallery_markdown(result), args.out, f"{args.name}-gallery"):
-        print(f"wrote {path}")
-    print(gallery_markdown(result))
-    return 0
+    return _report(result, gallery_markdown(result), args, "gallery")
 
 
 def _bench_vector_gallery(bundle: Path | None, args: argparse.Namespace) -> int:
     from pdsn.bench.gallery_pgvector import VectorBenchConfig, run_vector_benchmark, vector_markdown
-    from pdsn.bench.report import save_report
 
     work = args.work.parent / f"{args.work.name}-galleries"  # beside the timing bundle, never inside it
     if bundle is None:
@@ -132,11 +127,7 @@ def _bench_vector_gallery(bundle: Path | None, args: argparse.Namespace) -> int:
         ef_search=args.ef_search,
     )
     result = run_vector_benchmark(bundle, config, work)
-    text = vector_markdown(result)
-    for path in save_report(result, text, args.out, f"{args.name}-pgvector"):
-        print(f"wrote {path}")
-    print(text)
-    return 0
+    return _report(result, vector_markdown(result), args, "pgvector")
 
 
 def _default_bundle(work: Path) -> Path:
@@ -153,15 +144,20 @@ def _default_bundle(work: Path) -> Path:
 
 def _bench_photos(bundle: Path | None, args: argparse.Namespace) -> int:
     from pdsn.bench.photos import PhotoBenchConfig, photos_markdown, run_photo_benchmark
-    from pdsn.bench.report import save_report
 
     work = args.work.parent / f"{args.work.name}-photos"  # beside the timing bundle, never inside it
     if bundle is None:
         bundle = _default_bundle(work)
     config = PhotoBenchConfig(min_face=args.min_face, backends=args.backends, seconds=args.seconds)
     result = run_photo_benchmark(bundle, config, work)
-    text = photos_markdown(result)
-    for path in save_report(result, text, args.out, f"{args.name}-photos"):
+    return _report(result, photos_markdown(result), args, "photos")
+
+
+def _report(result: dict, text: str, args: argparse.Namespace, kind: str) -> int:
+    """Save the result as ``<name>-<kind>`` JSON and Markdown under ``--out`` and print the Markdown."""
+    from pdsn.bench.report import save_report
+
+    for path in save_report(result, text, args.out, f"{args.name}-{kind}"):
         print(f"wrote {path}")
     print(text)
     return 0

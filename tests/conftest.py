@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import LENIENT_GATES, TINY, random_binary_dictionary, randomized_model
+from factories import TINY, quick_variant, random_binary_dictionary, randomized_model
 
 from pdsn.export.bundle_writer import ExportRequest, export_bundle
 from pdsn.export.onnx_export import ExportOptions
@@ -62,18 +62,7 @@ def quantized(tiny_bundle, tmp_path_factory) -> Path:
 
     bundle = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("q") / "bundle"))
     add_variant(VariantRequest(bundle, "fp16", progress=False))
-    add_variant(
-        VariantRequest(
-            bundle,
-            "int8",
-            calib="synthetic",
-            method="minmax",
-            samples=32,
-            holdout=16,
-            gates=LENIENT_GATES,
-            progress=False,
-        )
-    )
+    add_variant(quick_variant(bundle, samples=32, holdout=16))
     return bundle
 
 
@@ -115,6 +104,16 @@ class PgvectorServer:
         with psycopg.connect(self.url, autocommit=True) as admin:
             admin.execute(f"CREATE DATABASE {name}")
         return "pgvector://" + self.url.split("://", 1)[1].replace("/postgres?", f"/{name}?", 1)
+
+
+@pytest.fixture(scope="session")
+def tiny_recognizer(tiny_bundle):
+    """The tiny bundle's FP32 model on ONNX Runtime answering at once (no batching delay), shared by the
+    tests that only ask it for embeddings and features."""
+    from pdsn.runtime import Recognizer
+
+    with Recognizer.open(tiny_bundle, backend="onnxruntime", precision="fp32", max_delay_ms=0.0) as recognizer:
+        yield recognizer
 
 
 @pytest.fixture(scope="session")

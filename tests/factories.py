@@ -13,6 +13,14 @@ TINY = Architecture("lresnet-ir-tiny", (1, 2, 1, 1), (8, 8, 16, 16, 32))
 LENIENT_GATES = {"int8": PrecisionGate(mean_cosine=0.0), "fp16": PrecisionGate(min_cosine=0.9995)}
 
 
+def quick_variant(bundle, precision: str = "int8", **changes):
+    """A variant request quick enough for tests: a few synthetic faces, min-max calibration, the lenient gates."""
+    from pdsn.calib.variants import VariantRequest
+
+    settings = {"calib": "synthetic", "method": "minmax", "samples": 16, "holdout": 8, "gates": LENIENT_GATES}
+    return VariantRequest(bundle, precision, progress=False, **{**settings, **changes})
+
+
 def randomized_model(architecture: Architecture = TINY, seed: int = 0) -> LResNetIR:
     """A network whose every BN layer has random affine parameters and running statistics."""
     generator = torch.Generator().manual_seed(seed)

@@ -8,12 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from factories import quick_variant
 
 from pdsn.bench.concurrency import SweepConfig
 from pdsn.bench.report import markdown, terminal_table, write_results
 from pdsn.bench.runner import REFERENCE, BenchConfig, batcher_goals, run_benchmark
 from pdsn.calib.gates import PrecisionGate
-from pdsn.calib.variants import VariantRequest, add_variant
+from pdsn.calib.variants import add_variant
 from pdsn.cli import main
 from pdsn.runtime import Recognizer
 
@@ -21,19 +22,7 @@ from pdsn.runtime import Recognizer
 @pytest.fixture(scope="module")
 def timing_bundle(tiny_bundle, tmp_path_factory) -> Path:
     bundle = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("bench") / "bundle"))
-    add_variant(
-        VariantRequest(
-            bundle,
-            "int8",
-            calib="synthetic",
-            method="minmax",
-            samples=16,
-            holdout=8,
-            gates={"int8": PrecisionGate(min_cosine=1.01)},
-            enforce_gate=False,
-            progress=False,
-        )
-    )
+    add_variant(quick_variant(bundle, gates={"int8": PrecisionGate(min_cosine=1.01)}, enforce_gate=False))
     return bundle
 
 

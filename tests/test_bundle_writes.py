@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from factories import LENIENT_GATES, randomized_model
+from factories import quick_variant, randomized_model
 
 from pdsn.calib.variants import VariantRequest, add_variant
 from pdsn.export import bundle_writer
@@ -25,17 +25,7 @@ from pdsn.runtime import open_bundle
 
 
 def _quick_int8(bundle: Path, seed: int = 3) -> VariantRequest:
-    return VariantRequest(
-        bundle,
-        "int8",
-        calib="synthetic",
-        method="minmax",
-        samples=16,
-        holdout=8,
-        seed=seed,
-        gates=LENIENT_GATES,
-        progress=False,
-    )
+    return quick_variant(bundle, seed=seed)
 
 
 def _hashes(bundle: Path) -> dict[str, str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from factories import quick_variant
 from fake_tensorrt import FakeBuilder, install_fake_tensorrt
 
 from pdsn.cli import main
@@ -385,23 +386,12 @@ def test_datacentre_refuses_rtx_only_options_and_old_versions(datacentre, quanti
 @pytest.mark.slow
 def test_default_lresnet50e_ir_builds_every_precision(rtx, tmp_path, capsys):
     """The full model: export with a short parity check, quick variants, then three real builds."""
-    from pdsn.calib.variants import VariantRequest, add_variant
+    from pdsn.calib.variants import add_variant
     from pdsn.export.bundle_writer import ExportRequest, export_bundle
 
     bundle = export_bundle(ExportRequest(out=tmp_path / "default", parity_faces=2, weights="seeded")).bundle
     for precision in ("fp16", "int8"):
-        add_variant(
-            VariantRequest(
-                bundle,
-                precision,
-                calib="synthetic",
-                method="minmax",
-                samples=8,
-                holdout=4,
-                enforce_gate=False,
-                progress=False,
-            )
-        )
+        add_variant(quick_variant(bundle, precision, samples=8, holdout=4, enforce_gate=False))
     minimum_mib = {"fp32": 150, "fp16": 90, "int8": 60}  # weights: 4, 2 and about 1 byte per parameter
     for precision in PRECISIONS:
         entry = build_engine(EngineBuildRequest(bundle, precision, flavour="tensorrt-rtx", progress=None))

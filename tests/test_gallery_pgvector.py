@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 from pdsn.model.sample_faces import seeded_faces
-from pdsn.runtime import Recognizer
 from pdsn.runtime.gallery import Gallery, GalleryError
 from pdsn.runtime.gallery.migrate import migrate_gallery
 
@@ -27,9 +26,8 @@ LOWER_FACE = [20, 21, 22, 23, 24]
 
 
 @pytest.fixture(scope="module")
-def recognizer(tiny_bundle):
-    with Recognizer.open(tiny_bundle, backend="onnxruntime", precision="fp32", max_delay_ms=0.0) as rec:
-        yield rec
+def recognizer(tiny_recognizer):
+    return tiny_recognizer
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import pytest
 from postgres_harness import PostgresServer, server_binaries
 
 from pdsn.model.sample_faces import seeded_faces
-from pdsn.runtime import Recognizer
 from pdsn.runtime.gallery import DuplicateIdentityError, Gallery, GalleryError
 from pdsn.triton_repo.local_server import free_port
 
@@ -25,9 +24,8 @@ VISIBLE_WITHIN_S = 1.0
 
 
 @pytest.fixture(scope="module")
-def recognizer(tiny_bundle):
-    with Recognizer.open(tiny_bundle, backend="onnxruntime", precision="fp32", max_delay_ms=0.0) as rec:
-        yield rec
+def recognizer(tiny_recognizer):
+    return tiny_recognizer
 
 
 @pytest.fixture(scope="module")

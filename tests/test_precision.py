@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from factories import LENIENT_GATES
+from factories import quick_variant
 
 from pdsn.calib.gates import PrecisionGate
 from pdsn.calib.graph_regions import kept_fp32_nodes, trunk_nodes
@@ -127,43 +127,17 @@ def test_auto_precision_prefers_int8_on_cpu_and_says_so(quantized, tiny_bundle):
 
 def test_calibration_cache_is_reused_for_the_same_data_only(tiny_bundle, tmp_path):
     bundle = _copy(tiny_bundle, tmp_path)
-    request = VariantRequest(
-        bundle, "int8", calib="synthetic", method="minmax", samples=16, holdout=8, gates=LENIENT_GATES, progress=False
-    )
+    request = quick_variant(bundle)
     first = add_variant(request)
     again = add_variant(request)
-    other = add_variant(
-        VariantRequest(
-            bundle,
-            "int8",
-            calib="synthetic",
-            method="minmax",
-            samples=16,
-            holdout=8,
-            seed=5,
-            gates=LENIENT_GATES,
-            progress=False,
-        )
-    )
+    other = add_variant(quick_variant(bundle, seed=5))
     assert not first["cache_reused"] and again["cache_reused"] and not other["cache_reused"]
     assert first["calibration"]["cache"] == again["calibration"]["cache"] != other["calibration"]["cache"]
 
 
 def test_eight_bit_weights_use_the_full_range(tiny_bundle, tmp_path):
     bundle = _copy(tiny_bundle, tmp_path)
-    entry = add_variant(
-        VariantRequest(
-            bundle,
-            "int8",
-            calib="synthetic",
-            method="minmax",
-            samples=16,
-            holdout=8,
-            weight_bits=8,
-            gates=LENIENT_GATES,
-            progress=False,
-        )
-    )
+    entry = add_variant(quick_variant(bundle, weight_bits=8))
     model = onnx.load(str(bundle / "model.int8.onnx"))
     weights = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer]
     assert entry["weight_bits"] == 8
@@ -175,18 +149,7 @@ def test_failed_gate_leaves_the_bundle_exactly_as_it_was(tiny_bundle, tmp_path):
     before = _snapshot(bundle)
     impossible = {"int8": PrecisionGate(min_cosine=1.01)}
     with pytest.raises(VariantRejected, match="missed its gate .*cosine min") as error:
-        add_variant(
-            VariantRequest(
-                bundle,
-                "int8",
-                calib="synthetic",
-                method="minmax",
-                samples=16,
-                holdout=8,
-                gates=impossible,
-                progress=False,
-            )
-        )
+        add_variant(quick_variant(bundle, gates=impossible))
     assert "is unchanged" in str(error.value) and "int8 vs fp32" in str(error.value)
     assert _snapshot(bundle) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"], "staging left behind"

@@ -17,7 +17,6 @@ from serve_harness import ServerProcess, b64, png
 
 from pdsn.model.alignment import TEMPLATE_112X96
 from pdsn.model.sample_faces import seeded_faces
-from pdsn.runtime import Recognizer
 
 KEY = "test-key-0123456789abcdef"
 MAX_BODY = 1_500_000
@@ -40,9 +39,8 @@ def server(tiny_bundle, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_bundle):
-    with Recognizer.open(tiny_bundle, backend="onnxruntime", precision="fp32", max_delay_ms=0.0) as recognizer:
-        yield recognizer
+def reference(tiny_recognizer):
+    return tiny_recognizer
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,13 @@ import pytest
 from serve_harness import ServerProcess, b64, png
 
 from pdsn.model.sample_faces import seeded_faces
-from pdsn.runtime import Recognizer
 
 OPTIONS = ("--backend", "onnxruntime", "--precision", "fp32", "--max-batch", "8", "--max-delay-ms", "2")
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_bundle):
-    with Recognizer.open(tiny_bundle, backend="onnxruntime", precision="fp32", max_delay_ms=0.0) as recognizer:
-        yield recognizer
+def reference(tiny_recognizer):
+    return tiny_recognizer
 
 
 @pytest.fixture(scope="module", params=["sqlite", "pgvector"])

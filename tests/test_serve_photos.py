@@ -14,7 +14,7 @@ import pytest
 from serve_harness import ServerProcess, png
 
 from pdsn.bench.real_photos import group_photo, portrait_photos
-from pdsn.runtime import Recognizer, load_image
+from pdsn.runtime import load_image
 
 OPTIONS = ("--backend", "onnxruntime", "--precision", "fp32", "--max-batch", "8", "--max-delay-ms", "2")
 MIN_FACE = 60
@@ -22,9 +22,8 @@ PEOPLE = 6
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_bundle):
-    with Recognizer.open(tiny_bundle, backend="onnxruntime", precision="fp32", max_delay_ms=0.0) as recognizer:
-        yield recognizer
+def reference(tiny_recognizer):
+    return tiny_recognizer
 
 
 @pytest.fixture(scope="module")
