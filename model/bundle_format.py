@@ -16,6 +16,7 @@ import stat
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -124,7 +125,7 @@ class ModelContract:
         return data
 
     @classmethod
-    def from_dict(cls, data: object) -> ModelContract:
+    def from_dict(cls, data: Any) -> ModelContract:
         """The contract of a manifest, every field type-checked; BundleFormatError names the bad key."""
         data = typed(data, dict, "contract")
         grid = required(data, "grid", dict, "contract")
@@ -278,20 +279,20 @@ def _is(value: object, kind: type) -> bool:
 _KINDS = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number", bool: "true/false"}
 
 
-def typed(value: object, kind: type, where: str):
+def typed(value: object, kind: type, where: str) -> Any:
     if not _is(value, kind):
         raise BundleFormatError(f"{where} is {type(value).__name__} {_short(value)}, expected {_KINDS[kind]}")
     return value
 
 
-def required(data: dict, key: str, kind: type, where: str):
+def required(data: dict, key: str, kind: type, where: str) -> Any:
     name = f"{where}.{key}" if where else key
     if key not in data:
         raise BundleFormatError(f"{name} is missing (expected {_KINDS[kind]})")
     return typed(data[key], kind, name)
 
 
-def optional(data: dict, key: str, kind: type, where: str):
+def optional(data: dict, key: str, kind: type, where: str) -> Any:
     """``data[key]`` when present and not null, type-checked; None otherwise."""
     return None if data.get(key) is None else required(data, key, kind, where)
 

@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pdsn.model.bundle_format import (
     BUNDLE_FORMAT,
@@ -103,7 +104,7 @@ class Engine:
     variant_sha256: str  # the SHA-256 of the ONNX variant it was built from
 
     @classmethod
-    def from_record(cls, key: str, record: object) -> Engine:
+    def from_record(cls, key: str, record: Any) -> Engine:
         """The engine recorded as ``engines[key]``, every field type-checked."""
         where = f"engines.{key}"
         record = typed(record, dict, where)
@@ -370,7 +371,7 @@ def _detector(detector: dict | None) -> Detector | None:
     )
 
 
-def _variant(precision: str, variant: object) -> Variant:
+def _variant(precision: str, variant: Any) -> Variant:
     where = f"variants.{precision}"
     variant = typed(variant, dict, where)
     trunk = optional(variant, "trunk", dict, where)

@@ -5,9 +5,9 @@ package whose data live in that folder, listening on a unix socket there only. P
 the same folder share one server; it stops when the last of them exits, and a process killed
 without exiting leaves it running for the next one to join. The folder is created on first use
 (its parent must exist). A new server is sized to the machine before its first use: a quarter of
-the memory as shared buffers (PostgreSQL's default of 128 MB would leave a large gallery's HNSW
-graphs on the operating system's page cache, searched at about 1.6 times the time at 400,000
-faces) and half as the planner's cache size. ``ALTER SYSTEM`` changes both.
+the memory as shared buffers (with PostgreSQL's default of 128 MB a large gallery's HNSW graphs
+stay on the operating system's page cache and every search copies their pages in again) and half
+as the planner's cache size. ``ALTER SYSTEM`` changes both.
 """
 
 from __future__ import annotations
