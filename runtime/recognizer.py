@@ -30,6 +30,7 @@ from pdsn.runtime.face_finder import ALL_FACES, FaceFinder, Located
 from pdsn.runtime.inputs import prepare_images, prepare_occlusion
 from pdsn.runtime.occlusion_estimator import AUTO, ESTIMATOR_BACKENDS, OcclusionEstimator
 from pdsn.runtime.photos import LARGEST, DetectionSettings, check_face_choice
+from pdsn.runtime.verification import pair_score, union_pair
 
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 # "auto" takes the first gated variant in the bundle from this order. CPUs (bench/results): INT8
@@ -399,15 +400,16 @@ class Recognizer:
         for side, name in zip(sides, ("image_a", "image_b")):
             if len(side.batch) != 1:
                 raise ValueError(f"{name}: expected one face, got a batch of {len(side.batch)}")
-        union = np.maximum(
+        pair = union_pair(
+            sides[0].batch,
+            sides[1].batch,
             self.occlusion_of(occlusion_a, sides[0], "occlusion_a"),
             self.occlusion_of(occlusion_b, sides[1], "occlusion_b"),
         )
-        pair = np.concatenate([side.batch for side in sides])
-        first, second = self.embed(pair, occlusion=np.repeat(union, 2, axis=0))
-        score = float(np.dot(first, second) / max(np.linalg.norm(first) * np.linalg.norm(second), 1e-12))
+        score = pair_score(*self.embed(pair.faces, occlusion=pair.occlusion))
         found = [None if side.sources is None else side.sources[0].face for side in sides]
-        return Verification(score, vector_to_cells(union[0]), None if threshold is None else score >= threshold, *found)
+        cells = vector_to_cells(pair.union[0])
+        return Verification(score, cells, None if threshold is None else score >= threshold, *found)
 
     def close(self) -> None:
         """Run every accepted request, then release the backend. Later calls raise ``BatcherClosedError``.

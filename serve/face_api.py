@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from pdsn.runtime import DeadlineExceededError
 from pdsn.runtime.face_finder import ALL_FACES, Located
 from pdsn.runtime.photos import FaceSource
+from pdsn.runtime.verification import pair_score, union_pair
 from pdsn.serve import dispatch
 from pdsn.serve.dispatch import Deadline, in_pool
 from pdsn.serve.errors import identity_errors, input_errors
@@ -127,13 +128,13 @@ def face_router(state: ServeState) -> APIRouter:
                     state, [getattr(body, field)], field, landmarks, f"landmarks_{side}", face, body, deadline, True
                 )
             )
-        union = np.maximum(
+        pair = union_pair(
+            sides[0].batch,
+            sides[1].batch,
             await _cells(state, body.occlusion_a, sides[0], "occlusion_a"),
             await _cells(state, body.occlusion_b, sides[1], "occlusion_b"),
         )
-        pair = np.concatenate([side.batch for side in sides])
-        first, second = await dispatch.embeddings(recognizer, pair, np.repeat(union, 2, axis=0), deadline)
-        score = float(np.dot(first, second) / max(np.linalg.norm(first) * np.linalg.norm(second), 1e-12))
+        score = pair_score(*await dispatch.embeddings(recognizer, pair.faces, pair.occlusion, deadline))
         threshold = body.threshold if body.threshold is not None else recognizer.bundle.decision_threshold
         match = None if threshold is None else score >= threshold
         found = [None if side.sources is None else _face(side.sources[0]) for side in sides]
@@ -143,7 +144,7 @@ def face_router(state: ServeState) -> APIRouter:
             score=score,
             match=match,
             threshold=threshold,
-            occluded_cells=_cell_lists(union)[0],
+            occluded_cells=_cell_lists(pair.union)[0],
             face_a=found[0],
             face_b=found[1],
         )
