@@ -45,8 +45,10 @@ class ServeState:
         precision = config.precision
         if precision == "auto" and config.gallery is not None:
             # The gallery's faces hold one variant's features: serve that one, not a faster one made since.
-            precision = recorded_precision(config.gallery) or precision
-            logger.info("serving precision %s (the gallery's)", precision)
+            recorded = recorded_precision(config.gallery)
+            if recorded is not None:
+                precision = recorded
+                logger.info("serving precision %s (the gallery's)", precision)
         recognizer = Recognizer.open(
             config.bundle,
             backend=config.backend,

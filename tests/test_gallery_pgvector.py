@@ -20,7 +20,9 @@ import pytest
 
 from pdsn.model.sample_faces import seeded_faces
 from pdsn.runtime.gallery import Gallery, GalleryError
+from pdsn.runtime.gallery.gallery import recorded_precision
 from pdsn.runtime.gallery.migrate import migrate_gallery
+from pdsn.runtime.gallery.records import NoGalleryError
 
 LOWER_FACE = [20, 21, 22, 23, 24]
 
@@ -201,6 +203,8 @@ _ENROLLER = """
 import sys
 from pdsn.runtime import Recognizer
 from pdsn.runtime.gallery import Gallery, GalleryError
+from pdsn.runtime.gallery.gallery import recorded_precision
+from pdsn.runtime.gallery.records import NoGalleryError
 from pdsn.model.sample_faces import seeded_faces
 with Recognizer.open(sys.argv[1], backend="onnxruntime", precision="fp32", max_delay_ms=0.0) as rec:
     features = rec.features(seeded_faces(4, seed=3))
@@ -291,6 +295,18 @@ def test_the_wrong_kind_of_gallery_and_the_wrong_dimension_are_refused(pgvector,
         db.execute("ALTER TABLE pdsn_face_vectors ALTER COLUMN embedding TYPE halfvec(64)")
     with pytest.raises(GalleryError, match="stores 64-d embeddings, but this model's are"):
         Gallery.open(vectors, recognizer)
+
+
+def test_a_new_gallery_records_no_precision_yet(pgvector, recognizer, tmp_path):
+    """``pdsn serve --precision auto`` asks the gallery which precision it holds before opening (creating) it."""
+    location = pgvector.database()
+    assert recorded_precision(location) is None
+    with Gallery.open(location, recognizer, create=True):
+        pass
+    assert recorded_precision(location) == "fp32"
+    assert recorded_precision(tmp_path / "new.db") is None
+    with pytest.raises(NoGalleryError, match="holds no gallery; create one"):
+        Gallery.open(pgvector.database(), recognizer, create=False)
 
 
 def test_a_new_embedded_server_is_sized_to_the_machine(pgvector):

@@ -31,6 +31,9 @@ def server(request, reference, tiny_bundle, tmp_path_factory):
     gallery = str(folder / "g.db") if request.param == "sqlite" else f"pgvector+embedded://{folder / 'pg'}"
     with ServerProcess(tiny_bundle, folder / "server.log", *OPTIONS, "--gallery", gallery) as process:
         yield process
+        assert process.terminate() == 0
+    # A server stopped by SIGTERM stops the embedded database it started (a killed one would leave it running).
+    assert not (folder / "pg" / "postmaster.pid").exists()
 
 
 @pytest.fixture(scope="module")

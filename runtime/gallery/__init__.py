@@ -10,7 +10,7 @@ from pdsn.runtime.gallery.gallery import (
 )
 from pdsn.runtime.gallery.locations import shown_location
 from pdsn.runtime.gallery.patterns import DEFAULT_WARM_PATTERNS, CacheStats, PatternBusyError
-from pdsn.runtime.gallery.records import DuplicateIdentityError, GalleryError, UnknownIdentityError
+from pdsn.runtime.gallery.records import DuplicateIdentityError, GalleryError, NoGalleryError, UnknownIdentityError
 
 __all__ = [
     "DEFAULT_WARM_PATTERNS",
@@ -22,6 +22,7 @@ __all__ = [
     "GalleryStats",
     "Identification",
     "Match",
+    "NoGalleryError",
     "PatternBusyError",
     "UnknownIdentityError",
     "recorded_precision",

@@ -52,6 +52,7 @@ from pdsn.runtime.gallery.records import (
     Fingerprint,
     GalleryError,
     GalleryStore,
+    NoGalleryError,
     meta_values,
 )
 from pdsn.runtime.gallery.rows import Rows
@@ -838,9 +839,10 @@ def recorded_precision(location: str | Path) -> str | None:
     """The trunk precision a gallery's faces were enrolled with; None for a gallery that does not exist yet
     or records none. ``pdsn serve --precision auto`` serves that precision, so a bundle that gained a faster
     variant after enrollment still opens its gallery."""
-    if not is_database_url(location) and not Path(location).is_file():
+    try:
+        store = open_store(location, create=False)
+    except NoGalleryError:
         return None
-    store = open_store(location, create=False)
     try:
         meta = store.read_meta()
     finally:

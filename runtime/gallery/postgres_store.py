@@ -30,6 +30,7 @@ from pdsn.runtime.gallery.records import (
     DuplicateIdentityError,
     FaceRecord,
     GalleryError,
+    NoGalleryError,
     UnknownIdentityError,
     decoded_rows,
     encode_face,
@@ -94,7 +95,7 @@ class PostgresStore:
                 db = self._connection()
                 exists = db.execute("SELECT to_regclass('pdsn_gallery_meta') IS NOT NULL").fetchone()[0]
                 if not exists and not create:
-                    raise GalleryError(
+                    raise NoGalleryError(
                         f"gallery {self.location}: the database holds no gallery; create one with Gallery.create "
                         "or create=True"
                     )

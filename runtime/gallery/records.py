@@ -20,6 +20,10 @@ class GalleryError(PdsnError, RuntimeError):
     """The gallery cannot be opened or used as asked; the message says why and what to do."""
 
 
+class NoGalleryError(GalleryError):
+    """The location holds no gallery yet, and creating one was not asked for."""
+
+
 class UnknownIdentityError(GalleryError, KeyError):
     """No identity of that name is enrolled."""
 

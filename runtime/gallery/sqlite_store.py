@@ -25,6 +25,7 @@ from pdsn.runtime.gallery.records import (
     DuplicateIdentityError,
     FaceRecord,
     GalleryError,
+    NoGalleryError,
     UnknownIdentityError,
     decoded_rows,
     encode_face,
@@ -92,7 +93,7 @@ class SqliteStore:
     def __init__(self, path: str | Path, create: bool) -> None:
         self.path = Path(path)
         if not create and not self.path.is_file():
-            raise GalleryError(f"gallery {self.path} does not exist; create it with Gallery.create or create=True")
+            raise NoGalleryError(f"gallery {self.path} does not exist; create it with Gallery.create or create=True")
         if self.path.exists() and not self.path.is_file():
             raise GalleryError(f"gallery {self.path} is not a file")
         if not self.path.parent.is_dir():
