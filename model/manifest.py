@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +192,7 @@ class Manifest:
     detector: Detector | None
     variants: Mapping[str, Variant]
     engines: Mapping[str, Engine]
-    _document: Mapping
+    _document: Mapping = field(repr=False)  # the JSON document, for writers (Manifest.document)
 
     @classmethod
     def from_document(cls, document: dict, listed: bool = True) -> Manifest:
