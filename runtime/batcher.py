@@ -35,8 +35,6 @@ the queue makes none, the worker answers the batch in flight first.
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import threading
 import time
 import weakref
@@ -49,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from pdsn.errors import PdsnError
-from pdsn.model.validation import check_int
+from pdsn.model.validation import check_int, check_real
 
 # Queue waits and compute times kept for percentiles: the most recent this many requests.
 TIMING_WINDOW = 100_000
@@ -87,32 +85,10 @@ class BatcherHealth:
     reason: str = ""
 
 
-def check_real(
-    name: str,
-    value: object,
-    low: float,
-    high: float = math.inf,
-    low_open: bool = False,
-    optional: bool = False,
-    unit: str = "",
-) -> None:
-    """Refuse a ``value`` that is not a finite real in [low, high] (low excluded with ``low_open``; None
-    passes when ``optional``)."""
-    bounds = f"{'>' if low_open else '>='} {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
-    expected = f"{'None or ' if optional else ''}a finite number{f' of {unit}' if unit else ''} {bounds}"
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
-    number = float(value)
-    if not (math.isfinite(number) and (low < number if low_open else low <= number) and number <= high):
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-
-
 def check_settings(max_batch: int, max_delay_ms: float, queue_size: int | None) -> int:
     """Refuse bad batcher settings; returns the queue size (None: 4 × ``max_batch``)."""
     check_int(max_batch, "max_batch", 1)
-    check_real("max_delay_ms", max_delay_ms, 0.0, MAX_DELAY_MS, unit="milliseconds")
+    check_real(max_delay_ms, "max_delay_ms", 0.0, MAX_DELAY_MS, unit="milliseconds")
     check_int(queue_size, "queue_size", 1, optional=True)
     queue = 4 * max_batch if queue_size is None else queue_size
     if queue < max_batch:
@@ -217,7 +193,7 @@ class DynamicBatcher:
             raise ValueError(f"a request holds 1..max_batch ({self.max_batch}) faces, got {size}; split it")
         if len(occlusion) != size:
             raise ValueError(f"occlusion has {len(occlusion)} rows for {size} images")
-        check_real("deadline", deadline, 0.0, low_open=True, optional=True, unit="seconds")
+        check_real(deadline, "deadline", 0.0, low_open=True, optional=True, unit="seconds")
         if single and size != 1:
             raise ValueError(f"single=True needs a one-face request, got {size} faces")
         now = time.perf_counter()

@@ -10,7 +10,9 @@ the caller needs one. A photo in which no face is found is an error, never an em
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,6 +33,7 @@ from pdsn.runtime.photos import (
 from pdsn.runtime.preprocess import DEFAULT_MAX_PIXELS, align_detected, align_face
 
 ALL_FACES = "all"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -45,11 +48,20 @@ class Located:
     sources: list[FaceSource] | None
     images: int
 
-    def per_face(self, vectors: np.ndarray) -> np.ndarray:
-        """Per-image rows (images, ...) repeated for each face found in that image."""
+    def per_face(self, per_image: Sequence[T]) -> tuple[T, ...]:
+        """Per-image items repeated for each face found in that image."""
         if self.sources is None:
-            return vectors
-        return vectors[[source.image for source in self.sources]]
+            return tuple(per_image)
+        return tuple(per_image[source.image] for source in self.sources)
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def part(self, rows: slice) -> Located:
+        """The faces in ``rows`` (``images``: how many images they came from)."""
+        sources = None if self.sources is None else self.sources[rows]
+        images = len(self.batch[rows]) if sources is None else len({source.image for source in sources})
+        return Located(self.batch[rows], sources, images)
 
 
 class FaceFinder:

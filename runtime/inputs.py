@@ -4,7 +4,8 @@ Occlusion is accepted as
 - ``None``: no cell occluded;
 - a numpy array of 0/1, shape (25,) for every image or (N, 25) per image;
 - a Python list/tuple/set of cell ids (0..24) for every image;
-- a list of length N whose items are either of the two forms above, one per image.
+- a list of length N whose items are either of the two forms above, one per image;
+- ``Occlusion`` values, one for every image or one per image, which pass unchecked.
 A plain Python list is always read as cell ids, never as a 25-vector, so the two cannot be
 confused; pass vectors as numpy arrays.
 """
@@ -18,7 +19,8 @@ import numpy as np
 
 from pdsn.errors import InputError, InputTypeError
 from pdsn.model.bundle_format import ModelContract
-from pdsn.model.grid import NUM_CELLS, cells_to_vector, validate_occlusion_vectors
+from pdsn.model.grid import validate_occlusion_vectors
+from pdsn.model.occlusion import NO_OCCLUSION, Occlusion, from_checked_vectors
 
 # Float-input bundles take (x/255 - 0.5)/0.5; allow rounding from other normalisation code.
 FLOAT_RANGE_TOLERANCE = 1e-3
@@ -49,36 +51,38 @@ def prepare_images(images: object, contract: ModelContract, argument: str = "ima
     return np.ascontiguousarray(_check_values(images, contract, argument))
 
 
-def prepare_occlusion(occlusion: object, count: int, argument: str = "occlusion") -> np.ndarray:
-    """Return float32 (count, 25) of 0/1."""
+def prepare_occlusion(occlusion: object, count: int, argument: str = "occlusion") -> tuple[Occlusion, ...]:
+    """One checked ``Occlusion`` per image. ``Occlusion`` values (one for all, or one per image) were checked
+    where they were made and pass as they are."""
     if occlusion is None:
-        return np.zeros((count, NUM_CELLS), dtype=np.float32)
+        return (NO_OCCLUSION,) * count
+    if isinstance(occlusion, Occlusion):
+        return (occlusion,) * count
     if isinstance(occlusion, np.ndarray):
         vectors = validate_occlusion_vectors(occlusion, argument)
         if len(vectors) == 1:
-            return np.repeat(vectors, count, axis=0)
-        if len(vectors) != count:
-            raise InputError(
-                argument,
-                f"{argument}: {len(vectors)} occlusion vectors for {count} images; pass one per "
-                f"image, or one (25,) vector for all",
-            )
-        return vectors
+            return from_checked_vectors(vectors) * count
+        _check_count(len(vectors), count, argument, "occlusion vectors", "or one (25,) vector for all")
+        return from_checked_vectors(vectors)
+    if isinstance(occlusion, Sequence) and all(isinstance(item, Occlusion) for item in occlusion) and occlusion:
+        _check_count(len(occlusion), count, argument, "occlusions", "or one for all")
+        return tuple(occlusion)  # type: ignore[arg-type]  # every item is an Occlusion, checked above
     if isinstance(occlusion, (set, frozenset)) or _is_id_list(occlusion):
-        return np.repeat(cells_to_vector(occlusion, argument)[None], count, axis=0)  # type: ignore[arg-type]
+        return (Occlusion.from_cells(occlusion, argument),) * count  # type: ignore[arg-type]  # the id check names bad items
     if isinstance(occlusion, Sequence) and not isinstance(occlusion, (str, bytes)):
-        if len(occlusion) != count:
-            raise InputError(
-                argument,
-                f"{argument}: a per-image list needs one entry per image: got {len(occlusion)} "
-                f"entries for {count} images",
-            )
-        return np.concatenate([prepare_occlusion(item, 1, f"{argument}[{i}]") for i, item in enumerate(occlusion)])
+        _check_count(len(occlusion), count, argument, "entries", "")
+        return tuple(prepare_occlusion(item, 1, f"{argument}[{i}]")[0] for i, item in enumerate(occlusion))
     raise InputTypeError(
         argument,
         f"{argument}: expected None, a numpy 0/1 array of shape (25,) or (N, 25), or a list of "
         f"cell ids 0..24; got {type(occlusion).__name__}",
     )
+
+
+def _check_count(given: int, count: int, argument: str, what: str, otherwise: str) -> None:
+    if given != count:
+        alternative = f", {otherwise}" if otherwise else ""
+        raise InputError(argument, f"{argument}: {given} {what} for {count} images; pass one per image{alternative}")
 
 
 def _is_id_list(value: object) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import warnings
 import weakref
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from pdsn.model.folded_head import FoldedHead
-from pdsn.model.grid import NUM_CELLS, vector_to_cells
-from pdsn.model.validation import check_int
+from pdsn.model.grid import NUM_CELLS
+from pdsn.model.occlusion import Occlusion, as_vectors, from_checked_vectors
+from pdsn.model.validation import check_int, check_real
 from pdsn.runtime.backends import ENGINE_BACKENDS, create_backend, resolve_backend
 from pdsn.runtime.backends.engines import find_engine, named_engine
 from pdsn.runtime.batcher import (
@@ -21,16 +23,16 @@ from pdsn.runtime.batcher import (
     BatcherHealth,
     BatcherStats,
     DynamicBatcher,
-    check_real,
     check_settings,
 )
 from pdsn.runtime.bundle import Bundle, open_bundle
 from pdsn.runtime.detection import DetectedFace
 from pdsn.runtime.face_finder import ALL_FACES, FaceFinder, Located
+from pdsn.runtime.futures import joined, then
 from pdsn.runtime.inputs import prepare_images, prepare_occlusion
 from pdsn.runtime.occlusion_estimator import AUTO, ESTIMATOR_BACKENDS, OcclusionEstimator
 from pdsn.runtime.photos import LARGEST, DetectionSettings, check_face_choice
-from pdsn.runtime.verification import pair_score, union_pair
+from pdsn.runtime.verification import PairScore, union_pair
 
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 # "auto" takes the first gated variant in the bundle from this order. CPUs (bench/results): INT8
@@ -210,11 +212,6 @@ class Recognizer:
         """The most faces the batcher holds queued; a caller's request of more can never be admitted whole."""
         return self._batcher.queue_size
 
-    def check_room(self, faces: int, features: bool = False) -> None:
-        """``QueueFullError`` unless the batcher (``features``: the trunk's) takes ``faces`` more now: for callers
-        that submit one request in parts and admit it whole."""
-        (self._trunk_batcher() if features else self._batcher).check_room(faces)
-
     def health(self) -> BatcherHealth:
         """Whether this Recognizer serves requests (e.g. for a readiness probe), and why not when it does not."""
         return self._batcher.health()
@@ -233,9 +230,31 @@ class Recognizer:
         if the batcher's worker failed: see ``health()``).
         """
         batch = prepare_images(image, self.contract)
-        masks = self._occlusion(occlusion, batch)
+        masks = as_vectors(self._occlusion(occlusion, batch))
         single = isinstance(image, np.ndarray) and image.ndim == 3
         return self._batcher.submit(batch, masks, deadline, single)
+
+    def submit_faces(self, faces: Located, occlusion: Sequence[Occlusion], deadline: float | None = None) -> Future:
+        """(N, E) embeddings of located faces under their occlusion (one each, as ``occlusion_of`` gives it), from
+        any thread: queued in parts of at most ``max_batch``, all of them or none (``QueueFullError``)."""
+        return _queued(self._batcher, faces.batch, as_vectors(occlusion), deadline)
+
+    def submit_faces_features(self, faces: Located, deadline: float | None = None) -> Future:
+        """(N, F) trunk features of located faces, queued as ``submit_faces`` queues them."""
+        none = np.zeros((len(faces), NUM_CELLS), dtype=np.float32)
+        return _queued(self._trunk_batcher(), faces.batch, none, deadline)
+
+    def submit_verification(
+        self,
+        face_a: Located,
+        face_b: Located,
+        occlusion_a: Occlusion,
+        occlusion_b: Occlusion,
+        deadline: float | None = None,
+    ) -> Future:
+        """A ``PairScore``: one located face per side, both masked by the union of their occlusion (PDSN)."""
+        pair = union_pair(face_a, face_b, occlusion_a, occlusion_b)
+        return then(self.submit_faces(pair.faces, pair.occlusion, deadline), pair.scored)
 
     def embed(
         self,
@@ -260,18 +279,16 @@ class Recognizer:
             raise TypeError(f"return_cells must be True or False, got {return_cells!r}")
         self._batcher.check_may_wait("Recognizer.embed()")
         located = self.locate(images, landmarks, detection)
-        masks = self.occlusion_of(occlusion, located)
-        chunks = [
-            self._batcher.submit(located.batch[i : i + self.max_batch], masks[i : i + self.max_batch]).result()
-            for i in range(0, len(located.batch), self.max_batch)
-        ]
-        embeddings = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        occlusions = self.occlusion_of(occlusion, located)
+        embeddings = np.concatenate(
+            [self.submit_faces(located.part(rows), occlusions[rows]).result() for rows in self._parts(located)]
+        )
         if located.sources is not None:
             return [
-                FaceEmbedding(source.image, source.face, embedding, vector_to_cells(mask))
-                for source, embedding, mask in zip(located.sources, embeddings, masks)
+                FaceEmbedding(source.image, source.face, embedding, list(cells.cells))
+                for source, embedding, cells in zip(located.sources, embeddings, occlusions)
             ]
-        return (embeddings, masks) if return_cells else embeddings
+        return (embeddings, as_vectors(occlusions)) if return_cells else embeddings
 
     def detect(
         self,
@@ -310,8 +327,8 @@ class Recognizer:
             raise TypeError(f"detection: expected DetectionSettings, got {type(detection).__name__}")
         return self._finder.locate(images, landmarks, detection, face, argument)
 
-    def occlusion_of(self, occlusion: object, located: Located, argument: str = "occlusion") -> np.ndarray:
-        """(faces, 25) vectors for ``located``'s faces: the estimator's for ``"auto"``, else per image as given."""
+    def occlusion_of(self, occlusion: object, located: Located, argument: str = "occlusion") -> tuple[Occlusion, ...]:
+        """One ``Occlusion`` per face of ``located``: the estimator's for ``"auto"``, else per image as given."""
         if isinstance(occlusion, str) and occlusion == AUTO:
             return self._occlusion(AUTO, located.batch, argument)
         return located.per_face(prepare_occlusion(occlusion, located.images, argument))
@@ -343,15 +360,11 @@ class Recognizer:
         The feature map before the mask: with ``folded_head`` it gives the embedding under any
         occlusion pattern, which is how a gallery applies each probe's pattern to stored faces.
         """
-        trunk = self._trunk_batcher()
-        trunk.check_may_wait("Recognizer.features()")
-        batch = self.locate(images, landmarks).batch
-        none = np.zeros((len(batch), NUM_CELLS), dtype=np.float32)
-        chunks = [
-            trunk.submit(batch[i : i + self.max_batch], none[i : i + self.max_batch]).result()
-            for i in range(0, len(batch), self.max_batch)
-        ]
-        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        self._trunk_batcher().check_may_wait("Recognizer.features()")
+        located = self.locate(images, landmarks)
+        return np.concatenate(
+            [self.submit_faces_features(located.part(rows)).result() for rows in self._parts(located)]
+        )
 
     def submit_features(self, image: object, deadline: float | None = None) -> Future:
         """``features`` from any thread without waiting, as ``submit`` is to ``embed``."""
@@ -365,14 +378,14 @@ class Recognizer:
 
         This is what ``occlusion="auto"`` uses wherever occlusion is accepted.
         """
-        return self._occlusion(AUTO, self.locate(images, landmarks).batch)
+        return as_vectors(self._occlusion(AUTO, self.locate(images, landmarks).batch))
 
     def direct_call(self, images: object, occlusion: object = None):
         """The engine's own call on these inputs, prepared once (for measuring the runtime's overhead)."""
         if self._batcher.closed:
             raise RuntimeError("this Recognizer was closed")
         batch = prepare_images(images, self.contract)
-        return self._backend.direct_call(batch, prepare_occlusion(occlusion, len(batch)))
+        return self._backend.direct_call(batch, as_vectors(prepare_occlusion(occlusion, len(batch))))
 
     def verify(
         self,
@@ -391,25 +404,18 @@ class Recognizer:
         largest face by default, None for the only one, or an index as ``detect`` lists them.
         ``threshold``: the score at or above which ``match`` is True (None: ``match`` stays None).
         """
-        check_real("threshold", threshold, -1.0, 1.0, optional=True)
+        check_real(threshold, "threshold", -1.0, 1.0, optional=True)
         self._batcher.check_may_wait("Recognizer.verify()")
         sides = [
             self.locate(image, None, detection, face, name)
             for image, face, name in ((image_a, face_a, "image_a"), (image_b, face_b, "image_b"))
         ]
-        for side, name in zip(sides, ("image_a", "image_b")):
-            if len(side.batch) != 1:
-                raise ValueError(f"{name}: expected one face, got a batch of {len(side.batch)}")
-        pair = union_pair(
-            sides[0].batch,
-            sides[1].batch,
-            self.occlusion_of(occlusion_a, sides[0], "occlusion_a"),
-            self.occlusion_of(occlusion_b, sides[1], "occlusion_b"),
-        )
-        score = pair_score(*self.embed(pair.faces, occlusion=pair.occlusion))
+        (occlusion_a,) = self.occlusion_of(occlusion_a, sides[0], "occlusion_a")
+        (occlusion_b,) = self.occlusion_of(occlusion_b, sides[1], "occlusion_b")
+        scored: PairScore = self.submit_verification(sides[0], sides[1], occlusion_a, occlusion_b).result()
         found = [None if side.sources is None else side.sources[0].face for side in sides]
-        cells = vector_to_cells(pair.union[0])
-        return Verification(score, cells, None if threshold is None else score >= threshold, *found)
+        match = None if threshold is None else scored.score >= threshold
+        return Verification(scored.score, list(scored.occlusion.cells), match, *found)
 
     def close(self) -> None:
         """Run every accepted request, then release the backend. Later calls raise ``BatcherClosedError``.
@@ -430,7 +436,7 @@ class Recognizer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _occlusion(self, occlusion: object, batch: np.ndarray, argument: str = "occlusion") -> np.ndarray:
+    def _occlusion(self, occlusion: object, batch: np.ndarray, argument: str = "occlusion") -> tuple[Occlusion, ...]:
         """``prepare_occlusion``, or for ``"auto"`` the estimator's cells of the prepared ``batch``."""
         if not (isinstance(occlusion, str) and occlusion == AUTO):
             return prepare_occlusion(occlusion, len(batch), argument)
@@ -438,7 +444,12 @@ class Recognizer:
             if self._estimator is None:
                 self._estimator = OcclusionEstimator(self.bundle, *self._estimator_spec)
             estimator = self._estimator
-        return estimator.cells(batch)
+        return from_checked_vectors(estimator.cells(batch))
+
+    def _parts(self, faces: Located) -> list[slice]:
+        """A blocking call's faces in parts of ``max_batch``, run one after the other: a call of more faces
+        than the queue holds still runs, a part at a time."""
+        return [slice(start, start + self.max_batch) for start in range(0, len(faces), self.max_batch)]
 
     def _trunk_batcher(self) -> DynamicBatcher:
         """The trunk's backend and batcher, made on first use (a second model session)."""
@@ -492,6 +503,21 @@ def _batcher_over(runner, max_batch: int, max_delay_ms: float, queue_size: int |
         embedding_size=width,
         on_stop=runner.close,
     )
+
+
+def _queued(batcher: DynamicBatcher, batch: np.ndarray, masks: np.ndarray, deadline: float | None) -> Future:
+    """``batch`` in parts of at most the batcher's ``max_batch``, admitted whole, as one future."""
+    batcher.check_room(len(batch))
+    parts: list[Future] = []
+    try:
+        for start in range(0, len(batch), batcher.max_batch):
+            part = slice(start, start + batcher.max_batch)
+            parts.append(batcher.submit(batch[part], masks[part], deadline))
+    except BaseException:
+        for future in parts:
+            future.cancel()
+        raise
+    return joined(parts)
 
 
 def _close_unclosed(batchers: list[DynamicBatcher], bundle: str) -> None:

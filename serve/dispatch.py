@@ -12,16 +12,19 @@ import asyncio
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any
 
 import numpy as np
 from fastapi import Request
 
+from pdsn.model.occlusion import Occlusion
 from pdsn.runtime import DeadlineExceededError, Recognizer
+from pdsn.runtime.face_finder import Located
+from pdsn.runtime.verification import PairScore
 from pdsn.serve.config import MAX_DEADLINE_MS
-from pdsn.serve.errors import ApiError, input_errors
+from pdsn.serve.errors import ApiError
 
 DEADLINE_HEADER = "x-deadline-ms"
 
@@ -77,44 +80,30 @@ async def in_pool(pool: Executor, call: Callable[..., Any], *args: Any, **kwargs
 
 
 async def embeddings(
-    recognizer: Recognizer, batch: np.ndarray, occlusion: np.ndarray | str, deadline: Deadline, field: str = "occlusion"
+    recognizer: Recognizer, faces: Located, occlusion: Sequence[Occlusion], deadline: Deadline
 ) -> np.ndarray:
-    """(N, E) embeddings of a prepared batch, in requests of at most ``max_batch`` faces.
-
-    ``occlusion``: (N, 25) vectors, or ``"auto"``, passed to the runtime as is.
-    """
-    admit(recognizer, len(batch), features=False)
-    futures = []
-    try:
-        for start in range(0, len(batch), recognizer.max_batch):
-            part = slice(start, start + recognizer.max_batch)
-            masks = occlusion if isinstance(occlusion, str) else occlusion[part]
-            with input_errors(field):
-                futures.append(recognizer.submit(batch[part], masks, deadline=deadline.remaining()))
-    except BaseException:
-        _cancel(futures)
-        raise
-    return await _gathered(futures, deadline)
+    """(N, E) embeddings of located faces under their occlusion (``Recognizer.submit_faces``)."""
+    admit(recognizer, len(faces))
+    return await awaited(recognizer.submit_faces(faces, occlusion, deadline.remaining()), deadline)
 
 
-async def features(recognizer: Recognizer, batch: np.ndarray, deadline: Deadline) -> np.ndarray:
-    """(N, F) trunk features of a prepared batch (for the gallery), in requests of at most ``max_batch`` faces."""
-    admit(recognizer, len(batch), features=True)
-    futures = []
-    try:
-        for start in range(0, len(batch), recognizer.max_batch):
-            chunk = batch[start : start + recognizer.max_batch]
-            futures.append(recognizer.submit_features(chunk, deadline=deadline.remaining()))
-    except BaseException:
-        _cancel(futures)
-        raise
-    return await _gathered(futures, deadline)
+async def features(recognizer: Recognizer, faces: Located, deadline: Deadline) -> np.ndarray:
+    """(N, F) trunk features of located faces, for the gallery (``Recognizer.submit_faces_features``)."""
+    admit(recognizer, len(faces))
+    return await awaited(recognizer.submit_faces_features(faces, deadline.remaining()), deadline)
 
 
-def admit(recognizer: Recognizer, faces: int, features: bool) -> None:
-    """Admit a request's faces whole or not at all: 413 for more than the queue can ever hold, 429 (the
-    batcher's ``QueueFullError``) when it cannot take them all now. Its chunks are then submitted without
-    a pause, and the batcher's worker only frees room meanwhile, so every chunk fits."""
+async def verification(
+    recognizer: Recognizer, face_a: Located, face_b: Located, occlusion: tuple[Occlusion, Occlusion], deadline: Deadline
+) -> PairScore:
+    """Two located faces compared under the union of their occlusion (``Recognizer.submit_verification``)."""
+    admit(recognizer, 2)
+    return await awaited(recognizer.submit_verification(face_a, face_b, *occlusion, deadline.remaining()), deadline)
+
+
+def admit(recognizer: Recognizer, faces: int) -> None:
+    """413 for a request of more faces than the queue ever holds; the runtime admits the rest whole or answers
+    ``QueueFullError`` (429) when it cannot take them all now."""
     if faces > recognizer.queue_size:
         raise ApiError(
             413,
@@ -122,29 +111,18 @@ def admit(recognizer: Recognizer, faces: int, features: bool) -> None:
             f"its --queue-size); send at most {recognizer.queue_size} faces per request",
             "images",
         )
-    recognizer.check_room(faces, features)
 
 
-async def _gathered(futures: list[Future], deadline: Deadline) -> np.ndarray:
-    waiting = [asyncio.wrap_future(future) for future in futures]
-    joined = waiting[0] if len(waiting) == 1 else asyncio.gather(*waiting)
+async def awaited(future: Future, deadline: Deadline) -> Any:
+    """A runtime operation's result, or ``DeadlineExceededError`` (504) once the deadline passes; a request given
+    up on is cancelled, so its faces still queued are not run."""
+    waiting = asyncio.wrap_future(future)
     try:
         left = deadline.remaining()
-        results = await (joined if left is None else asyncio.wait_for(joined, left))
-    except DeadlineExceededError:
-        _cancel(futures)
-        raise
+        return await (waiting if left is None else asyncio.wait_for(waiting, left))
     except TimeoutError:
-        _cancel(futures)
+        future.cancel()
         raise DeadlineExceededError("the request's deadline passed while its faces were queued or running") from None
     except BaseException:
-        _cancel(futures)
-        raise
-    if len(waiting) == 1:
-        return np.atleast_2d(results)
-    return np.concatenate([np.atleast_2d(r) for r in results])
-
-
-def _cancel(futures: list[Future]) -> None:
-    for future in futures:
         future.cancel()
+        raise

@@ -112,7 +112,9 @@ def install_error_handlers(app: FastAPI) -> None:
     """Answer every exception a route may raise on purpose through ``error_answer``."""
 
     async def handler(request: Request, exc: Exception) -> JSONResponse:
-        return error_answer(request, exc)
+        answer = error_answer(request, exc)
+        assert answer is not None  # installed only for the kinds error_answer answers
+        return answer
 
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         # FastAPI's outermost layer answers with this, then re-raises: the access middleware logs it.
@@ -141,7 +143,9 @@ def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         for e in exc.errors()
     ]
     first = errors[0] if errors else {"field": "body", "message": "invalid request"}
-    message = f"{first['field']}: {first['message']}"
+    message = (
+        first["message"] if first["message"].startswith(first["field"]) else f"{first['field']}: {first['message']}"
+    )
     return error_response(request, 422, message, first["field"], errors=errors)
 
 

@@ -18,10 +18,10 @@ import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
+from pdsn.model.occlusion import Occlusion
 from pdsn.runtime import DeadlineExceededError
 from pdsn.runtime.face_finder import ALL_FACES, Located
 from pdsn.runtime.photos import FaceSource
-from pdsn.runtime.verification import pair_score, union_pair
 from pdsn.serve import dispatch
 from pdsn.serve.dispatch import Deadline, in_pool
 from pdsn.serve.errors import identity_errors, input_errors
@@ -99,7 +99,7 @@ def face_router(state: ServeState) -> APIRouter:
         deadline = Deadline.of(request, config.deadline_ms)
         located = await _faces_of(state, body.images, "images", body.landmarks, "landmarks", ALL_FACES, body, deadline)
         occlusion = await _cells(state, body.occlusion, located, "occlusion")
-        result = await dispatch.embeddings(recognizer, located.batch, occlusion, deadline)
+        result = await dispatch.embeddings(recognizer, located, occlusion, deadline)
         return _json(
             EmbedResponse,
             state,
@@ -128,23 +128,19 @@ def face_router(state: ServeState) -> APIRouter:
                     state, [getattr(body, field)], field, landmarks, f"landmarks_{side}", face, body, deadline, True
                 )
             )
-        pair = union_pair(
-            sides[0].batch,
-            sides[1].batch,
-            await _cells(state, body.occlusion_a, sides[0], "occlusion_a"),
-            await _cells(state, body.occlusion_b, sides[1], "occlusion_b"),
-        )
-        score = pair_score(*await dispatch.embeddings(recognizer, pair.faces, pair.occlusion, deadline))
+        (occlusion_a,) = await _cells(state, body.occlusion_a, sides[0], "occlusion_a")
+        (occlusion_b,) = await _cells(state, body.occlusion_b, sides[1], "occlusion_b")
+        scored = await dispatch.verification(recognizer, sides[0], sides[1], (occlusion_a, occlusion_b), deadline)
         threshold = body.threshold if body.threshold is not None else recognizer.bundle.decision_threshold
-        match = None if threshold is None else score >= threshold
+        match = None if threshold is None else scored.score >= threshold
         found = [None if side.sources is None else _face(side.sources[0]) for side in sides]
         return _json(
             VerifyResponse,
             state,
-            score=score,
+            score=scored.score,
             match=match,
             threshold=threshold,
-            occluded_cells=_cell_lists(pair.union)[0],
+            occluded_cells=list(scored.occlusion.cells),
             face_a=found[0],
             face_b=found[1],
         )
@@ -164,7 +160,7 @@ def face_router(state: ServeState) -> APIRouter:
             state, [body.image], "image", landmarks, "landmarks", ALL_FACES, body, deadline, single=True
         )
         occlusion = await _cells(state, body.occlusion, located, "occlusion")
-        features = await dispatch.features(state.recognizer, located.batch, deadline)
+        features = await dispatch.features(state.recognizer, located, deadline)
         with input_errors("occlusion", "k", "threshold"):
             results = await in_pool(state.pool, gallery.identify_features, features, occlusion, body.k, body.threshold)
         if located.sources is None:
@@ -191,7 +187,7 @@ def face_router(state: ServeState) -> APIRouter:
         deadline = Deadline.of(request, config.deadline_ms)
         located = await _faces_of(state, body.images, "images", body.landmarks, "landmarks", body.face, body, deadline)
         occlusion = await _cells(state, body.occlusion, located, "occlusion")
-        features = await dispatch.features(state.recognizer, located.batch, deadline)
+        features = await dispatch.features(state.recognizer, located, deadline)
         with identity_errors(body.identity), input_errors("identity", "metadata", "occlusion"):
             face_ids = await in_pool(
                 state.pool, gallery.enroll_features, body.identity, features, occlusion, body.metadata, body.replace
@@ -234,8 +230,8 @@ def face_router(state: ServeState) -> APIRouter:
     return router
 
 
-async def _cells(state, value: object, located: Located, field: str) -> np.ndarray:
-    """(faces, 25) vectors from the request's cells (per image, each face taking its image's); ``"auto"``: the
+async def _cells(state, value: object, located: Located, field: str) -> tuple[Occlusion, ...]:
+    """One ``Occlusion`` per face from the request's cells (per image, each face taking its image's); ``"auto"``: the
     bundle's estimator on the faces (a 422 naming the field when the bundle has none)."""
     with input_errors(field):
         if isinstance(value, str) and value == "auto":
@@ -370,9 +366,8 @@ def _matches(result) -> list[MatchAnswer]:
     ]
 
 
-def _cell_lists(occlusion: np.ndarray) -> list[list[int]]:
-    """Each row's occluded cell ids, from (N, 25) vectors the runtime has already checked."""
-    return [np.flatnonzero(row).tolist() for row in occlusion]
+def _cell_lists(occlusion: tuple[Occlusion, ...]) -> list[list[int]]:
+    return [list(o.cells) for o in occlusion]
 
 
 def _json(model: type[BaseModel], state: ServeState, status: int = 200, **fields) -> Response:

@@ -16,6 +16,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from pdsn.model.bundle_format import EMBEDDING_OUTPUT, IMAGE_INPUT, OCCLUSION_INPUT, ModelContract
+from pdsn.model.occlusion import Occlusion
+from pdsn.runtime.face_finder import Located
 from pdsn.runtime.inputs import prepare_images, prepare_occlusion
 from pdsn.serve.config import MODEL_VERSION
 from pdsn.serve.dispatch import Deadline, embeddings, in_pool
@@ -56,11 +58,11 @@ class InferEndpoint:
         else:
             parsed = parse_request(body, header_length)
         deadline = Deadline.of(request, state.config.deadline_ms).tightened(parsed.timeout_s)
-        batch, masks = _inputs(recognizer.contract, parsed.inputs)
+        faces, occlusions = _inputs(recognizer.contract, parsed.inputs)
         unknown = sorted(set(parsed.outputs) - {EMBEDDING_OUTPUT})
         if unknown:
             raise protocol_error(f"unknown output(s) {unknown}; this model has {[EMBEDDING_OUTPUT]}", "outputs")
-        result = await embeddings(recognizer, batch, masks, deadline, field=OCCLUSION_INPUT)
+        result = await embeddings(recognizer, faces, occlusions, deadline)
         answer, headers = encode_response(name, MODEL_VERSION, parsed, {EMBEDDING_OUTPUT: result.astype(np.float32)})
         return Response(answer, headers=headers)
 
@@ -153,7 +155,7 @@ def infer_openapi() -> dict:
     return items
 
 
-def _inputs(contract: ModelContract, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _inputs(contract: ModelContract, inputs: dict[str, np.ndarray]) -> tuple[Located, tuple[Occlusion, ...]]:
     unknown = sorted(set(inputs) - {IMAGE_INPUT, OCCLUSION_INPUT})
     if unknown:
         raise protocol_error(f"unknown input(s) {unknown}; this model takes {[IMAGE_INPUT, OCCLUSION_INPUT]}", "inputs")
@@ -173,8 +175,8 @@ def _inputs(contract: ModelContract, inputs: dict[str, np.ndarray]) -> tuple[np.
         given = f"{occlusion.dtype} {list(occlusion.shape)}"
         raise protocol_error(f"input {OCCLUSION_INPUT!r}: {given}, expected {expected}", OCCLUSION_INPUT)
     with input_errors(OCCLUSION_INPUT, status=400):
-        masks = prepare_occlusion(occlusion, len(batch), OCCLUSION_INPUT)
-    return batch, masks
+        occlusions = prepare_occlusion(occlusion, len(batch), OCCLUSION_INPUT)
+    return Located(batch, None, len(batch)), occlusions
 
 
 def _image_spec(contract: ModelContract) -> str:

@@ -10,14 +10,25 @@ from __future__ import annotations
 import json
 import typing
 from concurrent.futures import Executor
-from typing import Annotated, TypeVar
+from typing import Annotated, TypeGuard, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+)
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
+from pdsn.errors import InputError
+from pdsn.model.occlusion import Occlusion
 from pdsn.runtime.gallery.names import MAX_IDENTITY_LENGTH, checked_identity
 from pdsn.runtime.photos import DetectionSettings
 from pdsn.serve.dispatch import in_pool
@@ -37,14 +48,20 @@ _OCCLUSION_HELP = (
 )
 
 
-def _occlusion(value: object) -> object:
-    def is_cells(item: object) -> bool:
+def _occlusion(value: object, info: ValidationInfo) -> object:
+    """The field as checked ``Occlusion`` values (one for every image, or a list of one per image), ``"auto"``
+    or None; a bad cell id is an ``InputError`` naming it (``occlusion[1]``, ``occlusion_b[0][2]``)."""
+    field = info.field_name or "occlusion"
+
+    def is_cells(item: object) -> TypeGuard[list[int]]:
         return isinstance(item, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in item)
 
-    if value is None or value == "auto" or is_cells(value):
+    if value is None or value == "auto":
         return value
+    if is_cells(value):
+        return Occlusion.from_cells(value, field)
     if isinstance(value, list) and all(is_cells(item) for item in value):
-        return value
+        return [Occlusion.from_cells(item, f"{field}[{index}]") for index, item in enumerate(value)]
     raise ValueError(f"expected {_OCCLUSION_HELP}; got {json.dumps(value)[:80]}")
 
 
@@ -53,7 +70,7 @@ ImageFile = Annotated[
     PlainValidator(image_bytes),
     WithJsonSchema({"type": "string", "contentEncoding": "base64", "description": "an image file, base64"}),
 ]
-Occlusion = Annotated[
+OcclusionField = Annotated[
     object,
     PlainValidator(_occlusion),
     WithJsonSchema(
@@ -116,7 +133,7 @@ class DetectRequest(_Photos):
 
 class EmbedRequest(_Photos):
     images: list[ImageFile] = Field(min_length=1, max_length=MAX_IMAGES)
-    occlusion: Occlusion = None
+    occlusion: OcclusionField = None
     landmarks: list[Landmarks] | None = Field(
         None, description="your own detector's 5 (x, y) points, one set per image; without, faces are found"
     )
@@ -125,8 +142,8 @@ class EmbedRequest(_Photos):
 class VerifyRequest(_Photos):
     image_a: ImageFile
     image_b: ImageFile
-    occlusion_a: Occlusion = None
-    occlusion_b: Occlusion = None
+    occlusion_a: OcclusionField = None
+    occlusion_b: OcclusionField = None
     threshold: Threshold = None
     landmarks_a: Landmarks | None = Field(None, description="your own detector's 5 (x, y) points in image_a")
     landmarks_b: Landmarks | None = Field(None, description="your own detector's 5 (x, y) points in image_b")
@@ -136,7 +153,7 @@ class VerifyRequest(_Photos):
 
 class IdentifyRequest(_Photos):
     image: ImageFile
-    occlusion: Occlusion = None
+    occlusion: OcclusionField = None
     k: int = Field(5, ge=1, le=MAX_K, strict=True)
     threshold: Threshold = None
     landmarks: Landmarks | None = Field(None, description="your own detector's 5 (x, y) points in the image")
@@ -147,7 +164,7 @@ class EnrollRequest(_Photos):
         description=f"the person's name: at most {MAX_IDENTITY_LENGTH} characters, NFC, no control or format characters"
     )
     images: list[ImageFile] = Field(min_length=1, max_length=MAX_IMAGES)
-    occlusion: Occlusion = None
+    occlusion: OcclusionField = None
     metadata: dict | None = None
     landmarks: list[Landmarks] | None = Field(
         None, description="your own detector's 5 (x, y) points, one set per image; without, faces are found"
@@ -195,7 +212,7 @@ async def read_body(request: Request, model: type[Body], pool: Executor) -> Body
                 return model.model_validate_json(body)
             return await in_pool(pool, model.model_validate_json, body)
     except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
+        raise RequestValidationError([_reported(error) for error in exc.errors(include_url=False)]) from None
     raise ApiError(
         415,
         f"content type {content_type!r} is not accepted; send application/json (images base64) or "
@@ -244,3 +261,12 @@ def _json_field(name: str, text: str) -> object:
         return text
     except RecursionError:
         raise ApiError(422, f"{name}: its JSON nests too deeply for any field of this API", name) from None
+
+
+def _reported(error: dict) -> dict:
+    """A pydantic error as the service answers it: where a validator raised an ``InputError``, its own field
+    (``occlusion[1]``, deeper than pydantic's location) and message; the context (not JSON) is dropped."""
+    cause = error.pop("ctx", {}).get("error")
+    if isinstance(cause, InputError):
+        return {**error, "loc": ("body", cause.field), "msg": str(cause)}
+    return error

@@ -44,16 +44,18 @@ def test_every_error_class_of_the_product_is_a_pdsn_error():
 
 
 def test_input_checks_raise_input_errors_naming_their_field():
-    from pdsn.model.validation import check_int
-    from pdsn.runtime.gallery.gallery import _threshold
+    from pdsn.model.occlusion import Occlusion
+    from pdsn.model.validation import check_int, check_real
     from pdsn.runtime.gallery.names import checked_identity
     from pdsn.runtime.inputs import prepare_occlusion
 
     cases = [
         (lambda: check_int(1.5, "max_batch", 1), InputTypeError, "max_batch"),
         (lambda: check_int(0, "max_batch", 1), InputError, "max_batch"),
-        (lambda: _threshold("high"), InputTypeError, "threshold"),
-        (lambda: _threshold(2.0), InputError, "threshold"),
+        (lambda: check_real("high", "threshold", -1.0, 1.0), InputTypeError, "threshold"),
+        (lambda: check_real(2.0, "threshold", -1.0, 1.0), InputError, "threshold"),
+        (lambda: Occlusion.from_cells([3, 3], "occlusion_b"), InputError, "occlusion_b"),
+        (lambda: Occlusion.from_bits(1 << 25), InputError, "occlusion"),
         (lambda: prepare_occlusion([3, 99], 1), InputError, "occlusion[1]"),
         (lambda: prepare_occlusion(np.zeros((2, 25)), 3), InputError, "occlusion"),
         (lambda: checked_identity(""), InputError, "identity"),

@@ -27,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pdsn.errors import InputError, InputTypeError
+from pdsn.errors import InputError
 from pdsn.model.folded_head import HeadSlice
+from pdsn.model.occlusion import Occlusion
+from pdsn.model.validation import check_int, check_real
 from pdsn.runtime.detection import DetectedFace
 from pdsn.runtime.gallery.ann import PatternIndex
 from pdsn.runtime.gallery.locations import is_database_url, is_vector_location, open_store, shown_location
@@ -39,8 +41,6 @@ from pdsn.runtime.gallery.patterns import (
     CacheStats,
     PatternBusyError,
     PatternCache,
-    cells_of,
-    pattern_of,
     warm_pattern_masks,
 )
 from pdsn.runtime.gallery.records import (
@@ -234,10 +234,10 @@ class Gallery:
         if not isinstance(keep_features, bool):
             raise TypeError(f"keep_features must be True or False, got {keep_features!r}")
         if ann_min_faces is not None:
-            ann_min_faces = _positive_int(ann_min_faces, "ann_min_faces")
-        cache_bytes = _positive_int(cache_bytes, "cache_bytes")
-        slice_bytes = _positive_int(slice_bytes, "slice_bytes")
-        pattern_workers = _positive_int(pattern_workers, "pattern_workers")
+            ann_min_faces = check_int(ann_min_faces, "ann_min_faces", 1)
+        cache_bytes = check_int(cache_bytes, "cache_bytes", 1)
+        slice_bytes = check_int(slice_bytes, "slice_bytes", 1)
+        pattern_workers = check_int(pattern_workers, "pattern_workers", 1)
         if isinstance(pattern_queue, bool) or not isinstance(pattern_queue, int) or pattern_queue < 0:
             raise ValueError(f"pattern_queue must be a whole number >= 0, got {pattern_queue!r}")
         if is_vector_location(location):
@@ -344,9 +344,7 @@ class Gallery:
             raise ValueError(f"enroll_batch: identities repeat ({sorted(n for n in set(names) if names.count(n) > 1)})")
         metadata = [_metadata(e.metadata) for e in enrollments]
         blocks = [self._checked_features(e.features) for e in enrollments]
-        cells = [
-            [pattern_of(row) for row in prepare_occlusion(e.occlusion, len(f))] for e, f in zip(enrollments, blocks)
-        ]
+        cells = [[o.bits for o in prepare_occlusion(e.occlusion, len(f))] for e, f in zip(enrollments, blocks)]
         features = np.concatenate(blocks)
         base = self._head.embed(features)
         flat_cells = [c for group in cells for c in group]
@@ -492,7 +490,7 @@ class Gallery:
                     for index, rows, scores in self._scored(group, union, gallery, probe, probes, k):
                         scores_of.setdefault(index, []).append((group, rows, scores, union, exact))
             return [
-                Identification(_best(scores_of.get(i, []), k, threshold), cells_of(probe_patterns[i]))
+                Identification(_best(scores_of.get(i, []), k, threshold), list(Occlusion(probe_patterns[i]).cells))
                 for i in range(len(features))
             ]
 
@@ -502,8 +500,8 @@ class Gallery:
         """The probes' flat features and patterns, ``k`` and ``threshold``, checked."""
         self._check_open()
         checked = self._checked_features(features)
-        patterns = [pattern_of(row) for row in prepare_occlusion(occlusion, len(checked))]
-        return checked, patterns, _positive_int(k, "k"), _threshold(threshold)
+        patterns = [o.bits for o in prepare_occlusion(occlusion, len(checked))]
+        return checked, patterns, check_int(k, "k", 1), check_real(threshold, "threshold", -1.0, 1.0, optional=True)
 
     def _uncached(self, by_pattern: dict[int, list[int]]) -> list[_PatternWork]:
         """The group embeddings the probes' patterns need that are not cached yet, with the rows to compute them
@@ -634,7 +632,7 @@ class Gallery:
         with self._lock:
             found = self._slices.get(pattern)
             if found is None:
-                cells = cells_of(pattern)
+                cells = list(Occlusion(pattern).cells)
                 discarded = np.flatnonzero(self._discard[cells].sum(axis=0) > 0) if cells else np.zeros(0, np.int64)
                 found = self._slices[pattern] = self._head.slice(discarded)
                 self._slice_bytes += found.nbytes
@@ -663,9 +661,9 @@ class Gallery:
             return union, True
         covering = [p for p in group.stored if p & union == union]
         if not covering:
-            stored = ", ".join(str(cells_of(p)) for p in sorted(group.stored)) or "none"
+            stored = ", ".join(str(list(Occlusion(p).cells)) for p in sorted(group.stored)) or "none"
             raise GalleryError(
-                f"the gallery keeps no features, and no stored pattern covers cells {cells_of(union)} (stored: "
+                f"the gallery keeps no features, and no stored pattern covers cells {list(Occlusion(union).cells)} (stored: "
                 f"{stored}); re-create it with keep_features=True, or with this pattern among warm_patterns"
             )
         return min(covering, key=lambda p: (bin(p).count("1"), p)), False
@@ -876,7 +874,7 @@ def _best(parts: list, k: int, threshold: float | None) -> list[Match]:
     for group, rows, scores, union, exact in parts:
         if not len(scores):
             continue
-        cells = cells_of(union)
+        cells = list(Occlusion(union).cells)
         # Enough of the group's best faces to find k identities even if each has several faces.
         top = min(len(scores), k * CANDIDATES_PER_MATCH)
         order = np.argpartition(-scores, top - 1)[:top] if top < len(scores) else np.arange(len(scores))
@@ -899,6 +897,8 @@ def _normalised(embeddings: np.ndarray) -> np.ndarray:
 
 def _one_pattern(occlusion: object) -> bool:
     """Whether ``occlusion`` describes one face's cells (so ``identify`` wraps it for the batch call)."""
+    if isinstance(occlusion, Occlusion):
+        return True
     if isinstance(occlusion, np.ndarray):
         return occlusion.ndim == 1
     return all(not isinstance(item, (list, tuple, set, frozenset, np.ndarray)) for item in occlusion)  # type: ignore[union-attr]
@@ -914,19 +914,3 @@ def _metadata(metadata: object) -> dict:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata must be JSON-serialisable: {exc}") from None
     return metadata
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(name, f"{name} must be a whole number >= 1, got {value!r}")
-    return int(value)
-
-
-def _threshold(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise InputTypeError("threshold", f"threshold must be a cosine score in [-1, 1] or None, got {value!r}")
-    if not np.isfinite(value) or not -1.0 <= float(value) <= 1.0:
-        raise InputError("threshold", f"threshold must be a finite cosine score in [-1, 1], got {value!r}")
-    return float(value)

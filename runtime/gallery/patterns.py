@@ -13,36 +13,22 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
-
 from pdsn.errors import PdsnError
-from pdsn.model.grid import NUM_CELLS, SCARF_CELLS, SUNGLASSES_CELLS
+from pdsn.model.grid import SCARF_CELLS, SUNGLASSES_CELLS
+from pdsn.model.occlusion import Occlusion
 from pdsn.runtime.gallery.rows import Rows
 
-ALL_CELLS = (1 << NUM_CELLS) - 1
 # Computed for every face at enrollment: none, sunglasses (cells 10-13), lower face (cells 20-24).
 DEFAULT_WARM_PATTERNS: tuple[tuple[int, ...], ...] = ((), tuple(SUNGLASSES_CELLS), tuple(SCARF_CELLS))
 DEFAULT_CACHE_BYTES = 1 << 30
 
 
-def pattern_of(vector: np.ndarray) -> int:
-    """A (25,) 0/1 occlusion vector -> its 25-bit mask (bit j = cell j occluded)."""
-    return int(np.dot(np.asarray(vector) != 0, 1 << np.arange(NUM_CELLS, dtype=np.int64)))
-
-
-def cells_of(pattern: int) -> list[int]:
-    return [cell for cell in range(NUM_CELLS) if pattern >> cell & 1]
-
-
 def warm_pattern_masks(patterns: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
     """The warm list as masks, checked: each entry a collection of cell ids 0..24."""
-    masks = []
-    for index, cells in enumerate(patterns):
-        if isinstance(cells, (str, bytes)) or not all(
-            isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < NUM_CELLS for c in cells
-        ):
-            raise ValueError(f"warm_patterns[{index}] = {cells!r}: expected a collection of cell ids 0..24")
-        masks.append(sum(1 << int(c) for c in set(cells)))
+    masks = [
+        Occlusion.from_cells(set(cells) if isinstance(cells, (list, tuple)) else cells, f"warm_patterns[{index}]").bits
+        for index, cells in enumerate(patterns)
+    ]
     return tuple(dict.fromkeys(masks))
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pdsn.model.folded_head import HeadSlice
+from pdsn.model.occlusion import Occlusion
+from pdsn.model.validation import check_int
 from pdsn.runtime.gallery.gallery import (
     CANDIDATES_PER_MATCH,
     SLICE_BUDGET_BYTES,
@@ -29,11 +31,10 @@ from pdsn.runtime.gallery.gallery import (
     _best,
     _bind,
     _normalised,
-    _positive_int,
 )
 from pdsn.runtime.gallery.locations import open_store
 from pdsn.runtime.gallery.names import stored_name
-from pdsn.runtime.gallery.patterns import CacheStats, cells_of, warm_pattern_masks
+from pdsn.runtime.gallery.patterns import CacheStats, warm_pattern_masks
 from pdsn.runtime.gallery.pgvector_store import (
     EXACT_BELOW,
     HNSW_EF_CONSTRUCTION,
@@ -69,7 +70,7 @@ class VectorGallery(Gallery):
 
     @ef_search.setter
     def ef_search(self, value: int) -> None:
-        self._store.set_ef_search(_positive_int(value, "ef_search"))
+        self._store.set_ef_search(check_int(value, "ef_search", 1))
 
     def __init__(self, store: PgvectorStore, recognizer, settings: dict, slice_bytes: int = SLICE_BUDGET_BYTES) -> None:
         # The in-memory gallery's search data are not made: only what enrollment and the probes' heads use.
@@ -135,7 +136,7 @@ class VectorGallery(Gallery):
             while not entry.complete:
                 if not self.keep_features:
                     raise GalleryError(
-                        f"gallery {self.location}: warm pattern {cells_of(entry.pattern)} lacks embeddings, and the "
+                        f"gallery {self.location}: warm pattern {list(Occlusion(entry.pattern).cells)} lacks embeddings, and the "
                         "gallery keeps no features to compute them from; re-enroll the faces it lacks"
                     )
                 after = 0
@@ -162,8 +163,8 @@ class VectorGallery(Gallery):
         larger for more recall at the same ``ef_search`` and a longer build (``docs/pgvector.md`` measures both).
         """
         self._check_open()
-        m = _positive_int(hnsw_m, "hnsw_m")
-        ef_construction = _positive_int(hnsw_ef_construction, "hnsw_ef_construction")
+        m = check_int(hnsw_m, "hnsw_m", 1)
+        ef_construction = check_int(hnsw_ef_construction, "hnsw_ef_construction", 1)
         self._store.drop_indexes()
         try:
             yield
@@ -193,7 +194,9 @@ class VectorGallery(Gallery):
         features, patterns, k, threshold = self._checked_probes(features, occlusion, k, threshold)
         plan = self._store.plan()
         return [
-            Identification(_best(self._parts(plan, features[i : i + 1], pattern, k), k, threshold), cells_of(pattern))
+            Identification(
+                _best(self._parts(plan, features[i : i + 1], pattern, k), k, threshold), list(Occlusion(pattern).cells)
+            )
             for i, pattern in enumerate(patterns)
         ]
 
@@ -230,9 +233,9 @@ class VectorGallery(Gallery):
         if covering:
             return min(covering, key=lambda e: (bin(e.pattern | cells).count("1"), e.warm)), True
         if not self.keep_features:
-            stored = ", ".join(str(cells_of(e.pattern)) for e in searchable)
+            stored = ", ".join(str(list(Occlusion(e.pattern).cells)) for e in searchable)
             raise GalleryError(
-                f"the gallery keeps no features, and no stored pattern covers cells {cells_of(union)} (warm: {stored}); "
+                f"the gallery keeps no features, and no stored pattern covers cells {list(Occlusion(union).cells)} (warm: {stored}); "
                 "add one that does (`pdsn gallery warm --add CELLS`), or re-create the gallery keeping features"
             )
         # Candidates from the nearest warm pattern; their scores are then exact under the union.
