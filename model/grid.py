@@ -128,16 +128,6 @@ def validate_occlusion_vectors(vectors: object, argument: str = "occlusion") -> 
     )
 
 
-def vector_to_cells(vector: object) -> list[int]:
-    """A single (25,) 0/1 occlusion vector -> sorted list of occluded cell ids."""
-    if np.ndim(vector) != 1:
-        raise ValueError(
-            "vector must be a single occlusion vector of shape (25,), got shape "
-            f"{np.shape(vector)}; convert a batch row by row"
-        )
-    return [int(cell) for cell in np.flatnonzero(validate_occlusion_vectors(vector, "vector")[0])]
-
-
 def coverage_from_mask(mask: object, size: tuple[int, int] = (CROP_HEIGHT, CROP_WIDTH)) -> np.ndarray:
     """Fraction of each cell's pixels that are set in a crop mask of ``size`` (height, width); float64 (25,)."""
     height, width = size

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp
 from pdsn.serve.access import AccessMiddleware
 from pdsn.serve.config import ServeConfig
 from pdsn.serve.errors import install_error_handlers
-from pdsn.serve.face_api import BUSY_FACE_ROUTES, face_router
+from pdsn.serve.face_api import BUSY_FACE_ROUTES, FaceApi, face_router
 from pdsn.serve.fast_routes import FastRoutes, served_ahead
 from pdsn.serve.kserve import kserve_router
 from pdsn.serve.kserve_infer import infer_openapi, infer_routes
@@ -62,7 +62,7 @@ def create_app(config: ServeConfig, on_load_failure: Callable[[BaseException], N
         redoc_url=None,
     )
     _serve_docs(app)
-    face = face_router(state)
+    face = face_router(FaceApi(state))
     routers = [face, kserve_router(state)]
     for router in routers:
         app.include_router(router)
@@ -94,12 +94,15 @@ def _serve_docs(app: FastAPI) -> None:
     from fastapi.staticfiles import StaticFiles
     from swagger_ui_bundle import swagger_ui_path
 
+    openapi_url = app.openapi_url
+    if openapi_url is None:
+        raise ValueError("/docs shows the app's OpenAPI spec: create the app with an openapi_url")
     app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> Response:
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url,
+            openapi_url=openapi_url,
             title=f"{app.title}: API",
             swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
@@ -112,9 +115,11 @@ def _document(app: FastAPI, paths: dict) -> None:
     spec = app.openapi
 
     def openapi() -> dict:
-        if app.openapi_schema is None:
-            spec()["paths"].update(paths)
-        return app.openapi_schema
+        schema = app.openapi_schema
+        if schema is None:
+            schema = spec()
+            schema["paths"].update(paths)
+        return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 

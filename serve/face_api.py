@@ -39,14 +39,14 @@ from pdsn.serve.responses import (
     DetectResponse,
     EmbedResponse,
     EnrollResponse,
-    ErrorAnswer,
-    FaceAnswer,
+    ErrorResponse,
+    Face,
     IdentifiedFace,
     IdentifyResponse,
-    IdentityAnswer,
-    IdentityList,
-    MatchAnswer,
-    Removed,
+    IdentitiesResponse,
+    IdentityResponse,
+    Match,
+    RemoveResponse,
     VerifyResponse,
 )
 from pdsn.serve.state import ServeState
@@ -58,66 +58,56 @@ BUSY_FACE_ROUTES = ("/v1/embed", "/v1/verify", "/v1/identify", "/v1/detect")
 # The most image data (aligned crops: a few kilobytes each) a request alone on the server decodes on the event loop.
 INLINE_DECODE_BYTES = 64 * 1024
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorAnswer} for status in (401, 404, 413, 415, 422, 429, 503, 504)
+    status: {"model": ErrorResponse} for status in (401, 404, 413, 415, 422, 429, 503, 504)
 }
 
 
-def face_router(state: ServeState) -> APIRouter:
-    """The ``/v1`` routes over ``state``'s recognizer and gallery."""
-    router = APIRouter(prefix="/v1", tags=["face API"], responses=_ERRORS)
-    config = state.config
+class FaceApi:
+    """The ``/v1`` handlers over one service's state (its recognizer, gallery, pool and limits).
 
-    @router.post(
-        "/detect",
-        summary="Faces in a photo: box, score and five landmarks each",
-        responses={200: {"model": DetectResponse}},
-        openapi_extra=body_docs(DetectRequest),
-    )
-    async def detect(request: Request) -> Response:
-        recognizer = state.serving()
-        body = await read_body(request, DetectRequest, state.pool)
-        deadline = Deadline.of(request, config.deadline_ms)
+    Each handler takes the request (and its path or query values) and returns the answer; ``face_router``
+    declares them on FastAPI, which documents them, and the busy ones are also served ahead of it.
+    """
+
+    def __init__(self, state: ServeState) -> None:
+        self.state = state
+        self.config = state.config
+
+    async def detect(self, request: Request) -> Response:
+        recognizer = self.state.serving()
+        body = await read_body(request, DetectRequest, self.state.pool)
+        deadline = Deadline.of(request, self.config.deadline_ms)
         files = [body.image]
-        with state.pixels.hold(_declared(state, files, "image", True), "image"):
+        with self.state.pixels.hold(_declared(self.state, files, "image", True), "image"):
             (image,) = await _within(
-                deadline, in_pool(state.pool, decode_files, files, "image", config.max_pixels, True)
+                deadline, in_pool(self.state.pool, decode_files, files, "image", self.config.max_pixels, True)
             )
             with input_errors("image", "min_face"):
-                found = await _within(deadline, in_pool(state.pool, recognizer.detect, image, body.min_face))
+                found = await _within(deadline, in_pool(self.state.pool, recognizer.detect, image, body.min_face))
         faces = [_face(FaceSource(0, face)) for face in found]
-        return _json(DetectResponse, state, faces=faces, width=image.shape[1], height=image.shape[0])
+        return _json(DetectResponse, self.state, faces=faces, width=image.shape[1], height=image.shape[0])
 
-    @router.post(
-        "/embed",
-        summary="Embeddings of faces, each masked by its occluded cells",
-        responses={200: {"model": EmbedResponse}},
-        openapi_extra=body_docs(EmbedRequest),
-    )
-    async def embed(request: Request) -> Response:
-        recognizer = state.serving()
-        body = await read_body(request, EmbedRequest, state.pool)
-        deadline = Deadline.of(request, config.deadline_ms)
-        located = await _faces_of(state, body.images, "images", body.landmarks, "landmarks", ALL_FACES, body, deadline)
-        occlusion = await _cells(state, body.occlusion, located, "occlusion")
+    async def embed(self, request: Request) -> Response:
+        recognizer = self.state.serving()
+        body = await read_body(request, EmbedRequest, self.state.pool)
+        deadline = Deadline.of(request, self.config.deadline_ms)
+        located = await _faces_of(
+            self.state, body.images, "images", body.landmarks, "landmarks", ALL_FACES, body, deadline
+        )
+        occlusion = await _cells(self.state, body.occlusion, located, "occlusion")
         result = await dispatch.embeddings(recognizer, located, occlusion, deadline)
         return _json(
             EmbedResponse,
-            state,
+            self.state,
             embeddings=result.tolist(),
             occluded_cells=_cell_lists(occlusion),
             faces=None if located.sources is None else [_face(source) for source in located.sources],
         )
 
-    @router.post(
-        "/verify",
-        summary="Do two faces match? Both are masked by the union of their occluded cells",
-        responses={200: {"model": VerifyResponse}},
-        openapi_extra=body_docs(VerifyRequest),
-    )
-    async def verify(request: Request) -> Response:
-        recognizer = state.serving()
-        body = await read_body(request, VerifyRequest, state.pool)
-        deadline = Deadline.of(request, config.deadline_ms)
+    async def verify(self, request: Request) -> Response:
+        recognizer = self.state.serving()
+        body = await read_body(request, VerifyRequest, self.state.pool)
+        deadline = Deadline.of(request, self.config.deadline_ms)
         sides = []
         for side in ("a", "b"):
             field, points = f"image_{side}", getattr(body, f"landmarks_{side}")
@@ -125,18 +115,26 @@ def face_router(state: ServeState) -> APIRouter:
             face = getattr(body, f"face_{side}")
             sides.append(
                 await _faces_of(
-                    state, [getattr(body, field)], field, landmarks, f"landmarks_{side}", face, body, deadline, True
+                    self.state,
+                    [getattr(body, field)],
+                    field,
+                    landmarks,
+                    f"landmarks_{side}",
+                    face,
+                    body,
+                    deadline,
+                    True,
                 )
             )
-        (occlusion_a,) = await _cells(state, body.occlusion_a, sides[0], "occlusion_a")
-        (occlusion_b,) = await _cells(state, body.occlusion_b, sides[1], "occlusion_b")
+        (occlusion_a,) = await _cells(self.state, body.occlusion_a, sides[0], "occlusion_a")
+        (occlusion_b,) = await _cells(self.state, body.occlusion_b, sides[1], "occlusion_b")
         scored = await dispatch.verification(recognizer, sides[0], sides[1], (occlusion_a, occlusion_b), deadline)
         threshold = body.threshold if body.threshold is not None else recognizer.bundle.decision_threshold
         match = None if threshold is None else scored.score >= threshold
         found = [None if side.sources is None else _face(side.sources[0]) for side in sides]
         return _json(
             VerifyResponse,
-            state,
+            self.state,
             score=scored.score,
             match=match,
             threshold=threshold,
@@ -145,56 +143,53 @@ def face_router(state: ServeState) -> APIRouter:
             face_b=found[1],
         )
 
-    @router.post(
-        "/identify",
-        summary="The best-matching enrolled identities of one face (each compared under the union rule)",
-        responses={200: {"model": IdentifyResponse}},
-        openapi_extra=body_docs(IdentifyRequest),
-    )
-    async def identify(request: Request) -> Response:
-        gallery = state.serving_gallery()
-        body = await read_body(request, IdentifyRequest, state.pool)
-        deadline = Deadline.of(request, config.deadline_ms)
+    async def identify(self, request: Request) -> Response:
+        gallery = self.state.serving_gallery()
+        body = await read_body(request, IdentifyRequest, self.state.pool)
+        deadline = Deadline.of(request, self.config.deadline_ms)
         landmarks = None if body.landmarks is None else [body.landmarks]
         located = await _faces_of(
-            state, [body.image], "image", landmarks, "landmarks", ALL_FACES, body, deadline, single=True
+            self.state, [body.image], "image", landmarks, "landmarks", ALL_FACES, body, deadline, single=True
         )
-        occlusion = await _cells(state, body.occlusion, located, "occlusion")
-        features = await dispatch.features(state.recognizer, located, deadline)
+        occlusion = await _cells(self.state, body.occlusion, located, "occlusion")
+        features = await dispatch.features(self.state.recognizer, located, deadline)
         with input_errors("occlusion", "k", "threshold"):
-            results = await in_pool(state.pool, gallery.identify_features, features, occlusion, body.k, body.threshold)
+            results = await in_pool(
+                self.state.pool, gallery.identify_features, features, occlusion, body.k, body.threshold
+            )
         if located.sources is None:
             (result,) = results
-            return _json(IdentifyResponse, state, matches=_matches(result), occluded_cells=result.occluded_cells)
+            return _json(IdentifyResponse, self.state, matches=_matches(result), occluded_cells=result.occluded_cells)
         faces = [
             IdentifiedFace.model_construct(
                 **_face(source).__dict__, matches=_matches(result), occluded_cells=result.occluded_cells
             )
             for source, result in zip(located.sources, results)
         ]
-        return _json(IdentifyResponse, state, matches=None, occluded_cells=None, faces=faces)
+        return _json(IdentifyResponse, self.state, matches=None, occluded_cells=None, faces=faces)
 
-    @router.post(
-        "/identities",
-        status_code=201,
-        summary="Enroll an identity's faces; answered once committed",
-        responses={201: {"model": EnrollResponse}, 409: {"model": ErrorAnswer}},
-        openapi_extra=body_docs(EnrollRequest),
-    )
-    async def enroll(request: Request) -> Response:
-        gallery = state.serving_gallery()
-        body = await read_body(request, EnrollRequest, state.pool)
-        deadline = Deadline.of(request, config.deadline_ms)
-        located = await _faces_of(state, body.images, "images", body.landmarks, "landmarks", body.face, body, deadline)
-        occlusion = await _cells(state, body.occlusion, located, "occlusion")
-        features = await dispatch.features(state.recognizer, located, deadline)
+    async def enroll(self, request: Request) -> Response:
+        gallery = self.state.serving_gallery()
+        body = await read_body(request, EnrollRequest, self.state.pool)
+        deadline = Deadline.of(request, self.config.deadline_ms)
+        located = await _faces_of(
+            self.state, body.images, "images", body.landmarks, "landmarks", body.face, body, deadline
+        )
+        occlusion = await _cells(self.state, body.occlusion, located, "occlusion")
+        features = await dispatch.features(self.state.recognizer, located, deadline)
         with identity_errors(body.identity), input_errors("identity", "metadata", "occlusion"):
             face_ids = await in_pool(
-                state.pool, gallery.enroll_features, body.identity, features, occlusion, body.metadata, body.replace
+                self.state.pool,
+                gallery.enroll_features,
+                body.identity,
+                features,
+                occlusion,
+                body.metadata,
+                body.replace,
             )
         answer = _json(
             EnrollResponse,
-            state,
+            self.state,
             identity=body.identity,
             face_ids=face_ids,
             occluded_cells=_cell_lists(occlusion),
@@ -204,29 +199,92 @@ def face_router(state: ServeState) -> APIRouter:
         answer.headers["Location"] = f"/v1/identities/{quote(body.identity, safe='')}"
         return answer
 
-    @router.get("/identities", summary="Enrolled identities, sorted, a page at a time", response_model=IdentityList)
     async def identities(
-        offset: int = Query(0, ge=0, le=MAX_OFFSET), limit: int = Query(100, ge=1, le=MAX_PAGE)
-    ) -> IdentityList:
-        gallery = state.serving_gallery()
-        names = await in_pool(state.pool, gallery.identities, offset, limit)
-        total = await in_pool(state.pool, len, gallery)
-        return IdentityList(identities=names, total=total, offset=offset, limit=limit)
+        self, offset: int = Query(0, ge=0, le=MAX_OFFSET), limit: int = Query(100, ge=1, le=MAX_PAGE)
+    ) -> IdentitiesResponse:
+        gallery = self.state.serving_gallery()
+        names = await in_pool(self.state.pool, gallery.identities, offset, limit)
+        total = await in_pool(self.state.pool, len, gallery)
+        return IdentitiesResponse(identities=names, total=total, offset=offset, limit=limit)
 
-    @router.get("/identities/{identity:path}", summary="One identity's metadata", response_model=IdentityAnswer)
-    async def identity(identity: str) -> IdentityAnswer:
-        gallery = state.serving_gallery()
+    async def identity(self, identity: str) -> IdentityResponse:
+        gallery = self.state.serving_gallery()
         with identity_errors(identity), input_errors("identity"):
-            metadata = await in_pool(state.pool, gallery.metadata, identity)
-        return IdentityAnswer(identity=identity, metadata=metadata)
+            metadata = await in_pool(self.state.pool, gallery.metadata, identity)
+        return IdentityResponse(identity=identity, metadata=metadata)
 
-    @router.delete("/identities/{identity:path}", summary="Remove an identity and its faces", response_model=Removed)
-    async def remove(identity: str) -> Removed:
-        gallery = state.serving_gallery()
+    async def remove(self, identity: str) -> RemoveResponse:
+        gallery = self.state.serving_gallery()
         with identity_errors(identity), input_errors("identity"):
-            await in_pool(state.pool, gallery.remove, identity)
-        return Removed(identity=identity, removed=True, total=await in_pool(state.pool, len, gallery))
+            await in_pool(self.state.pool, gallery.remove, identity)
+        return RemoveResponse(identity=identity, removed=True, total=await in_pool(self.state.pool, len, gallery))
 
+
+def face_router(api: FaceApi) -> APIRouter:
+    """The ``/v1`` routes, each declared with its documentation over ``api``'s handler."""
+    router = APIRouter(prefix="/v1", tags=["face API"], responses=_ERRORS)
+    router.add_api_route(
+        "/detect",
+        api.detect,
+        methods=["POST"],
+        summary="Faces in a photo: box, score and five landmarks each",
+        responses={200: {"model": DetectResponse}},
+        openapi_extra=body_docs(DetectRequest),
+    )
+    router.add_api_route(
+        "/embed",
+        api.embed,
+        methods=["POST"],
+        summary="Embeddings of faces, each masked by its occluded cells",
+        responses={200: {"model": EmbedResponse}},
+        openapi_extra=body_docs(EmbedRequest),
+    )
+    router.add_api_route(
+        "/verify",
+        api.verify,
+        methods=["POST"],
+        summary="Do two faces match? Both are masked by the union of their occluded cells",
+        responses={200: {"model": VerifyResponse}},
+        openapi_extra=body_docs(VerifyRequest),
+    )
+    router.add_api_route(
+        "/identify",
+        api.identify,
+        methods=["POST"],
+        summary="The best-matching enrolled identities of one face (each compared under the union rule)",
+        responses={200: {"model": IdentifyResponse}},
+        openapi_extra=body_docs(IdentifyRequest),
+    )
+    router.add_api_route(
+        "/identities",
+        api.enroll,
+        methods=["POST"],
+        status_code=201,
+        summary="Enroll an identity's faces; answered once committed",
+        responses={201: {"model": EnrollResponse}, 409: {"model": ErrorResponse}},
+        openapi_extra=body_docs(EnrollRequest),
+    )
+    router.add_api_route(
+        "/identities",
+        api.identities,
+        methods=["GET"],
+        summary="Enrolled identities, sorted, a page at a time",
+        response_model=IdentitiesResponse,
+    )
+    router.add_api_route(
+        "/identities/{identity:path}",
+        api.identity,
+        methods=["GET"],
+        summary="One identity's metadata",
+        response_model=IdentityResponse,
+    )
+    router.add_api_route(
+        "/identities/{identity:path}",
+        api.remove,
+        methods=["DELETE"],
+        summary="Remove an identity and its faces",
+        response_model=RemoveResponse,
+    )
     return router
 
 
@@ -347,9 +405,9 @@ async def _located(
         )
 
 
-def _face(source: FaceSource) -> FaceAnswer:
+def _face(source: FaceSource) -> Face:
     face = source.face
-    return FaceAnswer.model_construct(
+    return Face.model_construct(
         image=source.image,
         box=[float(v) for v in face.box],
         score=float(face.score),
@@ -357,11 +415,9 @@ def _face(source: FaceSource) -> FaceAnswer:
     )
 
 
-def _matches(result) -> list[MatchAnswer]:
+def _matches(result) -> list[Match]:
     return [
-        MatchAnswer(
-            identity=m.identity, score=m.score, face_id=m.face_id, occluded_cells=m.occluded_cells, exact=m.exact
-        )
+        Match(identity=m.identity, score=m.score, face_id=m.face_id, occluded_cells=m.occluded_cells, exact=m.exact)
         for m in result.matches
     ]
 

@@ -118,7 +118,7 @@ def infer_openapi() -> dict:
     )
     error = {
         "description": "error",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorAnswer"}}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
     }
     responses = {
         "200": {

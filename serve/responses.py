@@ -1,11 +1,15 @@
-"""The face API's answers (the OpenAPI docs show these; the routes build them, so the two cannot drift)."""
+"""The face API's answers (the OpenAPI docs show these; the routes build them, so the two cannot drift).
+
+A route's whole answer is ``<Operation>Response`` (``IdentifyResponse``, ``ErrorResponse``); its parts are named
+for what they are (``Face``, ``Match``, ``IdentifiedFace``).
+"""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
 
-class _Answer(BaseModel):
+class _ModelResponse(BaseModel):
     model: str = Field(description="the model that answered: name@sha256-prefix of its variant file")
     precision: str = Field(description="the variant that answered: fp32, fp16 or int8")
     model_note: str | None = Field(
@@ -13,7 +17,7 @@ class _Answer(BaseModel):
     )
 
 
-class FaceAnswer(BaseModel):
+class Face(BaseModel):
     """A face the detector found in a photo."""
 
     image: int = Field(description="which of the request's images (0 for a single image)")
@@ -24,32 +28,32 @@ class FaceAnswer(BaseModel):
     )
 
 
-class DetectResponse(_Answer):
-    faces: list[FaceAnswer] = Field(description="every face of at least min_face pixels, highest score first")
+class DetectResponse(_ModelResponse):
+    faces: list[Face] = Field(description="every face of at least min_face pixels, highest score first")
     width: int
     height: int
 
 
-class EmbedResponse(_Answer):
+class EmbedResponse(_ModelResponse):
     embeddings: list[list[float]] = Field(description="one per face: per aligned crop, or per face found in a photo")
     occluded_cells: list[list[int] | None] = Field(description="per embedding, the cells that masked it")
-    faces: list[FaceAnswer] | None = Field(
+    faces: list[Face] | None = Field(
         None, description="per embedding, where its face was found (null when every image was an aligned crop)"
     )
 
 
-class VerifyResponse(_Answer):
+class VerifyResponse(_ModelResponse):
     score: float = Field(description="cosine similarity, both faces masked by the union of their cells")
     match: bool | None = Field(
         description="score >= threshold (the request's, else the bundle's decision threshold); null without either"
     )
     threshold: float | None = Field(None, description="the threshold that decided match")
     occluded_cells: list[int] = Field(description="the union of both faces' cells, which masked both")
-    face_a: FaceAnswer | None = Field(None, description="the face compared, when image_a was a photo")
-    face_b: FaceAnswer | None = Field(None, description="the face compared, when image_b was a photo")
+    face_a: Face | None = Field(None, description="the face compared, when image_a was a photo")
+    face_b: Face | None = Field(None, description="the face compared, when image_b was a photo")
 
 
-class MatchAnswer(BaseModel):
+class Match(BaseModel):
     identity: str
     score: float
     face_id: int
@@ -57,47 +61,47 @@ class MatchAnswer(BaseModel):
     exact: bool = Field(description="false: compared under a stored pattern covering the union")
 
 
-class IdentifiedFace(FaceAnswer):
-    matches: list[MatchAnswer]
+class IdentifiedFace(Face):
+    matches: list[Match]
     occluded_cells: list[int] = Field(description="this face's own cells")
 
 
-class IdentifyResponse(_Answer):
-    matches: list[MatchAnswer] | None = Field(description="for an aligned crop; null for a photo (see faces)")
+class IdentifyResponse(_ModelResponse):
+    matches: list[Match] | None = Field(description="for an aligned crop; null for a photo (see faces)")
     occluded_cells: list[int] | None = Field(description="the probe's own cells (aligned crop)")
     faces: list[IdentifiedFace] | None = Field(
         None, description="for a photo: every face found, each with its matches (null for an aligned crop)"
     )
 
 
-class EnrollResponse(_Answer):
+class EnrollResponse(_ModelResponse):
     identity: str
     face_ids: list[int]
     occluded_cells: list[list[int]]
-    faces: list[FaceAnswer | None] | None = Field(
+    faces: list[Face | None] | None = Field(
         None, description="per enrolled face, where it was found in its photo (null entries: aligned crops)"
     )
 
 
-class IdentityList(BaseModel):
+class IdentitiesResponse(BaseModel):
     identities: list[str]
     total: int
     offset: int
     limit: int
 
 
-class IdentityAnswer(BaseModel):
+class IdentityResponse(BaseModel):
     identity: str
     metadata: dict
 
 
-class Removed(BaseModel):
+class RemoveResponse(BaseModel):
     identity: str
     removed: bool
     total: int
 
 
-class ErrorAnswer(BaseModel):
+class ErrorResponse(BaseModel):
     error: str
     request_id: str
     field: str | None = None

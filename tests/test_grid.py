@@ -18,11 +18,15 @@ from pdsn.model.grid import (
     coverage_from_mask,
     validate_cell_ids,
     validate_occlusion_vectors,
-    vector_to_cells,
 )
+from pdsn.model.occlusion import Occlusion
 
 BATCH_INDEX = np.arange(2 * NUM_CELLS).reshape(2, NUM_CELLS)
 CROP_INDEX = np.arange(CROP_HEIGHT * CROP_WIDTH).reshape(CROP_HEIGHT, CROP_WIDTH)
+
+
+def cells_of_vector(vector: np.ndarray) -> list[int]:
+    return list(Occlusion.from_vector(vector).cells)
 
 
 def test_cell_bounds_tile_the_crop_exactly() -> None:
@@ -52,8 +56,8 @@ def test_ids_vector_round_trip() -> None:
         vector = cells_to_vector(ids)
         assert vector.dtype == np.float32 and vector.shape == (NUM_CELLS,)
         assert vector.sum() == len(ids)
-        assert vector_to_cells(vector) == ids
-    assert vector_to_cells(np.zeros(NUM_CELLS, dtype=bool)) == []
+        assert cells_of_vector(vector) == ids
+    assert cells_of_vector(np.zeros(NUM_CELLS, dtype=bool)) == []
 
 
 def test_validate_cell_ids_accepts_any_int_iterable_and_sorts() -> None:
@@ -128,9 +132,9 @@ def test_bad_occlusion_vectors_rejected(vectors: object, error: type, message: s
         validate_occlusion_vectors(vectors)
 
 
-def test_vector_to_cells_wants_one_vector() -> None:
-    with pytest.raises(ValueError, match=r"single occlusion vector .* got shape \(1, 25\)"):
-        vector_to_cells(np.zeros((1, NUM_CELLS)))
+def test_an_occlusion_from_a_vector_wants_one_vector() -> None:
+    with pytest.raises(ValueError, match="expected one vector of 25 entries, got 2 rows"):
+        Occlusion.from_vector(np.zeros((2, NUM_CELLS)))
 
 
 @pytest.mark.parametrize("cell", range(NUM_CELLS))
@@ -144,19 +148,19 @@ def test_box_equal_to_a_cell_covers_only_that_cell(cell: int) -> None:
 def test_half_covered_cell_and_min_coverage() -> None:
     top_half_of_cell_0 = [0, 0, 19, 11]  # 19 x 11 of the cell's 19 x 22 pixels
     assert coverage_from_mask(boxes_to_mask(top_half_of_cell_0))[0] == 0.5
-    assert vector_to_cells(cells_from_boxes(top_half_of_cell_0)) == [0]
-    assert vector_to_cells(cells_from_boxes(top_half_of_cell_0, min_coverage=0.51)) == []
+    assert cells_of_vector(cells_from_boxes(top_half_of_cell_0)) == [0]
+    assert cells_of_vector(cells_from_boxes(top_half_of_cell_0, min_coverage=0.51)) == []
     left_part_of_cell_12 = [38, 44, 47, 67]  # 9 of 19 columns
     assert coverage_from_mask(boxes_to_mask(left_part_of_cell_12))[12] == pytest.approx(9 / 19)
-    assert vector_to_cells(cells_from_boxes(left_part_of_cell_12, min_coverage=0.45)) == [12]
-    assert vector_to_cells(cells_from_boxes(left_part_of_cell_12)) == []
+    assert cells_of_vector(cells_from_boxes(left_part_of_cell_12, min_coverage=0.45)) == [12]
+    assert cells_of_vector(cells_from_boxes(left_part_of_cell_12)) == []
 
 
 def test_sunglasses_and_scarf_boxes() -> None:
     sunglasses = [CELL_X_BOUNDS[0], CELL_Y_BOUNDS[2], CELL_X_BOUNDS[4], CELL_Y_BOUNDS[3]]
-    assert vector_to_cells(cells_from_boxes(sunglasses)) == list(SUNGLASSES_CELLS)
+    assert cells_of_vector(cells_from_boxes(sunglasses)) == list(SUNGLASSES_CELLS)
     scarf = [[0, 89, 50, 112], [40.5, 94, 96, 112]]  # union of overlapping boxes
-    assert vector_to_cells(cells_from_boxes(scarf, min_coverage=0.75)) == list(SCARF_CELLS)
+    assert cells_of_vector(cells_from_boxes(scarf, min_coverage=0.75)) == list(SCARF_CELLS)
 
 
 def test_boxes_rasterise_at_pixel_centres() -> None:

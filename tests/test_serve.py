@@ -381,4 +381,4 @@ def test_inference_is_authenticated_counted_logged_and_documented_like_every_rou
         operation = spec["paths"][path]["post"]
         assert {"application/json", "application/octet-stream"} <= set(operation["requestBody"]["content"])
         assert {"200", "400", "429", "504"} <= set(operation["responses"])
-    assert spec["components"]["schemas"]["ErrorAnswer"]
+    assert spec["components"]["schemas"]["ErrorResponse"]
