@@ -223,38 +223,33 @@ class FaceApi:
 def face_router(api: FaceApi) -> APIRouter:
     """The ``/v1`` routes, each declared with its documentation over ``api``'s handler."""
     router = APIRouter(prefix="/v1", tags=["face API"], responses=_ERRORS)
-    router.add_api_route(
-        "/detect",
-        api.detect,
-        methods=["POST"],
-        summary="Faces in a photo: box, score and five landmarks each",
-        responses={200: {"model": DetectResponse}},
-        openapi_extra=body_docs(DetectRequest),
-    )
-    router.add_api_route(
-        "/embed",
-        api.embed,
-        methods=["POST"],
-        summary="Embeddings of faces, each masked by its occluded cells",
-        responses={200: {"model": EmbedResponse}},
-        openapi_extra=body_docs(EmbedRequest),
-    )
-    router.add_api_route(
-        "/verify",
-        api.verify,
-        methods=["POST"],
-        summary="Do two faces match? Both are masked by the union of their occluded cells",
-        responses={200: {"model": VerifyResponse}},
-        openapi_extra=body_docs(VerifyRequest),
-    )
-    router.add_api_route(
-        "/identify",
-        api.identify,
-        methods=["POST"],
-        summary="The best-matching enrolled identities of one face (each compared under the union rule)",
-        responses={200: {"model": IdentifyResponse}},
-        openapi_extra=body_docs(IdentifyRequest),
-    )
+    posted = [
+        ("/detect", api.detect, DetectRequest, DetectResponse, "Faces in a photo: box, score and five landmarks each"),
+        ("/embed", api.embed, EmbedRequest, EmbedResponse, "Embeddings of faces, each masked by its occluded cells"),
+        (
+            "/verify",
+            api.verify,
+            VerifyRequest,
+            VerifyResponse,
+            "Do two faces match? Both are masked by the union of their occluded cells",
+        ),
+        (
+            "/identify",
+            api.identify,
+            IdentifyRequest,
+            IdentifyResponse,
+            "The best-matching enrolled identities of one face (each compared under the union rule)",
+        ),
+    ]
+    for path, handler, body, answer, summary in posted:
+        router.add_api_route(
+            path,
+            handler,
+            methods=["POST"],
+            summary=summary,
+            responses={200: {"model": answer}},
+            openapi_extra=body_docs(body),
+        )
     router.add_api_route(
         "/identities",
         api.enroll,
@@ -264,27 +259,13 @@ def face_router(api: FaceApi) -> APIRouter:
         responses={201: {"model": EnrollResponse}, 409: {"model": ErrorResponse}},
         openapi_extra=body_docs(EnrollRequest),
     )
-    router.add_api_route(
-        "/identities",
-        api.identities,
-        methods=["GET"],
-        summary="Enrolled identities, sorted, a page at a time",
-        response_model=IdentitiesResponse,
-    )
-    router.add_api_route(
-        "/identities/{identity:path}",
-        api.identity,
-        methods=["GET"],
-        summary="One identity's metadata",
-        response_model=IdentityResponse,
-    )
-    router.add_api_route(
-        "/identities/{identity:path}",
-        api.remove,
-        methods=["DELETE"],
-        summary="Remove an identity and its faces",
-        response_model=RemoveResponse,
-    )
+    identities = [
+        ("/identities", api.identities, "GET", "Enrolled identities, sorted, a page at a time", IdentitiesResponse),
+        ("/identities/{identity:path}", api.identity, "GET", "One identity's metadata", IdentityResponse),
+        ("/identities/{identity:path}", api.remove, "DELETE", "Remove an identity and its faces", RemoveResponse),
+    ]
+    for path, handler, method, summary, model in identities:
+        router.add_api_route(path, handler, methods=[method], summary=summary, response_model=model)
     return router
 
 
