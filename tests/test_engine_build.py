@@ -354,27 +354,14 @@ def test_datacentre_compatibility_modes(datacentre, quantized, tmp_path):
 
 
 def test_datacentre_refuses_rtx_only_options_and_old_versions(datacentre, quantized):
+    def build_for(targets: BuildTargets) -> None:
+        build_engine(EngineBuildRequest(quantized, "fp32", flavour="tensorrt", progress=None, targets=targets))
+
     with pytest.raises(ValueError, match="--compute-capability is for TensorRT-RTX"):
-        build_engine(
-            EngineBuildRequest(
-                quantized,
-                "fp32",
-                flavour="tensorrt",
-                progress=None,
-                targets=BuildTargets(compute_capabilities=("8.6",)),
-            )
-        )
+        build_for(BuildTargets(compute_capabilities=("8.6",)))
     del datacentre.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
     with pytest.raises(ValueError, match="same-cc needs TensorRT 10.9 or later"):
-        build_engine(
-            EngineBuildRequest(
-                quantized,
-                "fp32",
-                flavour="tensorrt",
-                progress=None,
-                targets=BuildTargets(hardware_compatibility="same-cc"),
-            )
-        )
+        build_for(BuildTargets(hardware_compatibility="same-cc"))
     datacentre.__version__ = "10.7.0.23"
     with pytest.raises(TensorRTUnavailableError, match="TensorRT 10.7.0.23 is too old: this builder needs 10.8"):
         load_flavour("tensorrt")

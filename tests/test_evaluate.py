@@ -49,6 +49,12 @@ def lfw_folder(root):
     return root
 
 
+def lfw_arguments(root, report) -> list[str]:
+    """``pdsn evaluate``'s arguments for ``lfw_folder(root)``, its report written to ``report``."""
+    lfw = lfw_folder(root)
+    return ["--pairs", str(lfw / "pairs.txt"), "--root", str(lfw), "--extension", ".png", "--report", str(report)]
+
+
 class AngleEmbedder:
     """Image k (its pixel [0, 0, 0]) embeds as the unit vector at angle ``angles[k]``.
 
@@ -246,7 +252,6 @@ def test_bundle_evaluation_reproduces_pytorch(tiny_bundle, tiny_torch_embedder):
 
 
 def test_cli_evaluates_a_bundle_without_torch(tiny_bundle, tmp_path):
-    lfw = lfw_folder(tmp_path / "lfw")
     argv = [
         "evaluate",
         "--bundle",
@@ -255,14 +260,7 @@ def test_cli_evaluates_a_bundle_without_torch(tiny_bundle, tmp_path):
         "onnxruntime",
         "--precision",
         "fp32",
-        "--pairs",
-        str(lfw / "pairs.txt"),
-        "--root",
-        str(lfw),
-        "--extension",
-        ".png",
-        "--report",
-        str(tmp_path / "r.json"),
+        *lfw_arguments(tmp_path / "lfw", tmp_path / "r.json"),
     ]
     code = BLOCK_TORCH + f"import sys\nfrom pdsn.cli import main\nsys.exit(main({argv!r}))\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

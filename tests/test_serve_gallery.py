@@ -17,13 +17,8 @@ from pdsn.model.sample_faces import seeded_faces
 OPTIONS = ("--backend", "onnxruntime", "--precision", "fp32", "--max-batch", "8", "--max-delay-ms", "2")
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_recognizer):
-    return tiny_recognizer
-
-
 @pytest.fixture(scope="module", params=["sqlite", "pgvector"])
-def server(request, reference, tiny_bundle, tmp_path_factory):
+def server(request, tiny_recognizer, tiny_bundle, tmp_path_factory):
     """The service over a SQLite gallery, and over one searched in an embedded PostgreSQL with pgvector."""
     folder = tmp_path_factory.mktemp("serve-gallery")
     if request.param == "pgvector":
@@ -65,10 +60,10 @@ def enrolled(client, people):
     return people
 
 
-def test_identify_equals_the_in_process_gallery(client, enrolled, reference, tmp_path):
+def test_identify_equals_the_in_process_gallery(client, enrolled, tiny_recognizer, tmp_path):
     from pdsn.runtime.gallery import Gallery
 
-    with Gallery.open(tmp_path / "local.db", reference) as local:
+    with Gallery.open(tmp_path / "local.db", tiny_recognizer) as local:
         for index, (name, faces) in enumerate(enrolled.items()):
             local.enroll(name, faces, occlusion=[[20, 21, 22, 23, 24], []] if index % 2 else None)
         probe = seeded_faces(1, seed=501)[0]
@@ -112,7 +107,7 @@ def test_identity_routes(client, enrolled):
     )
 
 
-def test_kill_9_loses_no_acknowledged_enrollment(reference, tiny_bundle, tmp_path):
+def test_kill_9_loses_no_acknowledged_enrollment(tiny_recognizer, tiny_bundle, tmp_path):
     gallery = tmp_path / "durable.db"
     server = ServerProcess(tiny_bundle, tmp_path / "server.log", *OPTIONS, "--gallery", str(gallery)).start()
     acknowledged: list[str] = []

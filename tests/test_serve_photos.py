@@ -22,11 +22,6 @@ PEOPLE = 6
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_recognizer):
-    return tiny_recognizer
-
-
-@pytest.fixture(scope="module")
 def client(tiny_bundle, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve-photos")
     server = ServerProcess(tiny_bundle, folder / "server.log", *OPTIONS, "--gallery", str(folder / "g.db"))
@@ -43,11 +38,11 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def test_detect_answers_what_the_runtime_finds(client, reference, group):
+def test_detect_answers_what_the_runtime_finds(client, tiny_recognizer, group):
     answer = client.post("/v1/detect", files={"image": ("t1.jpg", group)}, data={"min_face": str(MIN_FACE)})
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    expected = reference.detect(group, min_face=MIN_FACE)
+    expected = tiny_recognizer.detect(group, min_face=MIN_FACE)
     assert len(body["faces"]) == PEOPLE and (body["width"], body["height"]) == load_image(group_photo()).shape[1::-1]
     for face, found in zip(body["faces"], expected):
         assert np.allclose(face["box"], found.box, atol=1e-3)
@@ -55,11 +50,11 @@ def test_detect_answers_what_the_runtime_finds(client, reference, group):
         assert face["score"] == pytest.approx(found.score, abs=1e-6)
 
 
-def test_embed_answers_each_face_with_where_it_was(client, reference, group):
+def test_embed_answers_each_face_with_where_it_was(client, tiny_recognizer, group):
     answer = client.post("/v1/embed", json={"images": [_b64(group)], "min_face": MIN_FACE})
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    expected = reference.embed(group, detection=_settings())
+    expected = tiny_recognizer.embed(group, detection=_settings())
     assert len(body["embeddings"]) == len(body["faces"]) == PEOPLE
     assert np.allclose(body["embeddings"], [f.embedding for f in expected], atol=1e-4)
     assert np.allclose([f["box"] for f in body["faces"]], [f.face.box for f in expected], atol=1e-3)
@@ -95,12 +90,12 @@ def test_identify_a_photo_answers_per_face_and_enroll_needs_one_face(client, gro
         assert len(face["box"]) == 4 and len(face["landmarks"]) == 5
 
 
-def test_verify_two_photos_compares_their_largest_faces(client, reference, group):
+def test_verify_two_photos_compares_their_largest_faces(client, tiny_recognizer, group):
     other = portrait_photos()[0].read_bytes()
     answer = client.post("/v1/verify", json={"image_a": _b64(group), "image_b": _b64(other), "threshold": 0.5})
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    expected = reference.verify(group, other, threshold=0.5)
+    expected = tiny_recognizer.verify(group, other, threshold=0.5)
     assert body["score"] == pytest.approx(expected.score, abs=1e-4)
     assert body["face_a"]["box"] == pytest.approx(list(expected.face_a.box), abs=1e-3)
     assert body["face_b"]["box"] == pytest.approx(list(expected.face_b.box), abs=1e-3)
@@ -136,9 +131,9 @@ def test_photo_errors_are_422_naming_the_field(client, group, route, files, data
     assert answer.json()["field"] == field and message in answer.json()["error"]
 
 
-def test_occlusion_auto_is_a_plain_multipart_field(client, reference):
+def test_occlusion_auto_is_a_plain_multipart_field(client, tiny_recognizer):
     """Read as "auto" (not refused as JSON); this bundle has no estimator, which the answer then names."""
-    crop = reference.locate(group_photo(), detection=_settings()).batch[0]
+    crop = tiny_recognizer.locate(group_photo(), detection=_settings()).batch[0]
     answer = client.post("/v1/embed", files={"images": ("face.png", png(crop))}, data={"occlusion": "auto"})
     assert answer.status_code == 422 and answer.json()["field"] == "occlusion"
     assert "needs an occlusion estimator" in answer.json()["error"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_evaluate import lfw_folder
+from test_evaluate import lfw_arguments
 
 from pdsn.cli import main
 from pdsn.model.checkpoint import CheckpointError, load_pdsn_model, load_recognition_model
@@ -391,7 +391,6 @@ def test_cli_runs_the_pipeline_on_synthetic_faces(tmp_path, capsys):
         )
         == 0
     )
-    lfw = lfw_folder(tmp_path / "lfw")
     report = tmp_path / "eval.json"
     assert (
         main(
@@ -401,14 +400,7 @@ def test_cli_runs_the_pipeline_on_synthetic_faces(tmp_path, capsys):
                 str(s2 / "model.pth"),
                 "--dictionary",
                 str(dictionary / "mean_masks"),
-                "--pairs",
-                str(lfw / "pairs.txt"),
-                "--root",
-                str(lfw),
-                "--extension",
-                ".png",
-                "--report",
-                str(report),
+                *lfw_arguments(tmp_path / "lfw", report),
                 "--markdown",
                 str(tmp_path / "eval.md"),
             ]
