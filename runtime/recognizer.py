@@ -32,7 +32,7 @@ from pdsn.runtime.futures import joined, then
 from pdsn.runtime.inputs import prepare_images, prepare_occlusion
 from pdsn.runtime.occlusion_estimator import AUTO, ESTIMATOR_BACKENDS, OcclusionEstimator
 from pdsn.runtime.photos import LARGEST, DetectionSettings, check_face_choice
-from pdsn.runtime.verification import PairScore, union_pair
+from pdsn.runtime.verification import PairScore, pair_faces, pair_score
 
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 # "auto" takes the first gated variant in the bundle from this order. CPUs (bench/results): INT8
@@ -253,8 +253,9 @@ class Recognizer:
         deadline: float | None = None,
     ) -> Future:
         """A ``PairScore``: one located face per side, both masked by the union of their occlusion (PDSN)."""
-        pair = union_pair(face_a, face_b, occlusion_a, occlusion_b)
-        return then(self.submit_faces(pair.faces, pair.occlusion, deadline), pair.scored)
+        union = occlusion_a | occlusion_b
+        embedded = self.submit_faces(pair_faces(face_a, face_b), (union, union), deadline)
+        return then(embedded, lambda embeddings: PairScore(pair_score(embeddings[0], embeddings[1]), union))
 
     def embed(
         self,

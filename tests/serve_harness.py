@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 from PIL import Image
 
@@ -70,3 +73,11 @@ class ServerProcess:
     def __exit__(self, *exc: object) -> None:
         if self.process is not None and self.process.poll() is None:
             self.kill()
+
+
+@contextlib.contextmanager
+def gallery_service(bundle: Path, folder: Path, *options: str) -> Iterator[tuple[ServerProcess, httpx.Client]]:
+    """``pdsn serve`` over a SQLite gallery in ``folder``, and an HTTP client to it."""
+    server = ServerProcess(bundle, folder / "server.log", *options, "--gallery", str(folder / "g.db"))
+    with server, httpx.Client(base_url=server.url, timeout=60.0) as http:
+        yield server, http

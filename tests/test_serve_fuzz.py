@@ -11,7 +11,7 @@ import random
 import httpx
 import numpy as np
 import pytest
-from serve_harness import ServerProcess, png
+from serve_harness import gallery_service, png
 
 OPTIONS = ("--backend", "onnxruntime", "--precision", "fp32", "--max-batch", "8", "--max-delay-ms", "1")
 FACE = png(np.full((112, 96, 3), 120, np.uint8))
@@ -56,8 +56,7 @@ ROUTES = {
 @pytest.fixture(scope="module")
 def client(tiny_bundle, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve-fuzz")
-    server = ServerProcess(tiny_bundle, folder / "server.log", *OPTIONS, "--gallery", str(folder / "g.db"))
-    with server, httpx.Client(base_url=server.url, timeout=60.0) as http:
+    with gallery_service(tiny_bundle, folder, *OPTIONS) as (server, http):
         yield http
         assert http.get("/v2/health/ready").status_code == 200, "the server must still be serving after the fuzz"
         assert "Traceback" not in server.logs()

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import base64
 
-import httpx
 import numpy as np
 import pytest
-from serve_harness import ServerProcess, png
+from serve_harness import gallery_service, png
 
 from pdsn.bench.real_photos import group_photo, portrait_photos
 from pdsn.runtime import load_image
@@ -24,8 +23,7 @@ PEOPLE = 6
 @pytest.fixture(scope="module")
 def client(tiny_bundle, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve-photos")
-    server = ServerProcess(tiny_bundle, folder / "server.log", *OPTIONS, "--gallery", str(folder / "g.db"))
-    with server, httpx.Client(base_url=server.url, timeout=60.0) as http:
+    with gallery_service(tiny_bundle, folder, *OPTIONS) as (_, http):
         yield http
 
 
