@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
@@ -14,9 +15,42 @@ from pdsn.errors import PdsnError
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, TimeoutError)
 
 
+# A module of pdsn.commands, its registering function, and the commands that function registers.
+Registration = tuple[str, str, tuple[str, ...]]
+# Every registration, in ``pdsn --help``'s order (tests/test_cli_layout.py holds the names to what each function
+# registers). ``pdsn NAME`` imports NAME's module alone, so a command needs only what its own module imports:
+# ``pdsn gpu-check`` runs where the runtime's libraries (Pillow, ONNX Runtime) are missing (scripts/gpu-check.sh).
+COMMANDS: tuple[Registration, ...] = (
+    ("bundle", "add_bundle_commands", ("export", "quantize", "build", "verify", "add-estimator")),
+    ("bench", "add_bench_commands", ("bench", "bench-ann-choice", "bench-openvino-hints")),
+    ("gpu_check", "add_gpu_check_command", ("gpu-check",)),
+    ("demo", "add_demo_command", ("demo",)),
+    ("faces", "add_face_commands", ("detect", "embed", "compare")),
+    ("detector", "add_detector_commands", ("convert-mtcnn", "add-detector")),
+    ("model_import", "add_import_command", ("import",)),
+    ("gallery", "add_gallery_commands", ("gallery",)),
+    ("serve", "add_serve_command", ("serve", "bench-serve")),
+    ("triton", "add_triton_commands", ("triton-repo", "bench-triton")),
+    (
+        "training",
+        "add_training_commands",
+        (
+            "train-stage0",
+            "train-pdsn",
+            "build-dictionary",
+            "finetune",
+            "evaluate",
+            "train-demo",
+            "train-occlusion",
+            "evaluate-occlusion",
+        ),
+    ),
+    ("real_faces", "add_real_face_commands", ("real-faces", "evaluate-real")),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return int(args.run(args) or 0)
@@ -31,34 +65,30 @@ def _is_user_error(exc: Exception) -> bool:
     return isinstance(exc, (PdsnError, *_USER_ERRORS))
 
 
-def _parser() -> argparse.ArgumentParser:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """``argv`` (default: the command line) parsed by the ``pdsn`` parser; a bad argument exits 2 with usage."""
+    argv = sys.argv[1:] if argv is None else argv
+    return build_parser(_needed(argv)).parse_args(argv)
+
+
+def build_parser(registrations: tuple[Registration, ...] = COMMANDS) -> argparse.ArgumentParser:
+    """The ``pdsn`` parser with the commands of ``registrations`` (default: every command)."""
     parser = argparse.ArgumentParser(prog="pdsn", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress; show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    from pdsn.commands.bench import add_bench_command
-    from pdsn.commands.bundle import add_bundle_commands
-    from pdsn.commands.demo import add_demo_command
-    from pdsn.commands.detector import add_detector_commands
-    from pdsn.commands.faces import add_face_commands
-    from pdsn.commands.gallery import add_gallery_commands
-    from pdsn.commands.model_import import add_import_command
-    from pdsn.commands.serve import add_serve_command
-    from pdsn.commands.training import add_training_commands
-    from pdsn.commands.triton import add_triton_commands
-
-    add_bundle_commands(commands)
-    add_bench_command(commands)
-    add_demo_command(commands)
-    add_face_commands(commands)
-    add_detector_commands(commands)
-    add_import_command(commands)
-    add_gallery_commands(commands)
-    add_serve_command(commands)
-    add_triton_commands(commands)
-
-    add_training_commands(commands)
+    for module, register, _ in registrations:
+        getattr(importlib.import_module(f"pdsn.commands.{module}"), register)(commands)
     return parser
+
+
+def _needed(argv: list[str]) -> tuple[Registration, ...]:
+    """The registration of the command ``argv`` names; every one for help, or no command or an unknown one."""
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            break
+        if not arg.startswith("-"):
+            return tuple(entry for entry in COMMANDS if arg in entry[2]) or COMMANDS
+    return COMMANDS
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Which search for a gallery's cached pattern: exact BLAS, a quantised flat scan, or an HNSW graph (FAISS, usearch).
 
-``python -m pdsn.bench.ann_choice [--sizes 10000,100000] [--out bench/results]``
+``pdsn bench-ann-choice [--sizes 10000,100000] [--out bench/results]``
 
 Gallery embeddings are synthetic and clustered like enrolled faces: identities (a third of the faces)
 with three faces each on average around a random centre, normalised to the unit sphere; probes are
@@ -13,14 +13,11 @@ pattern, so an index is built per pattern.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
 from pdsn.bench.machine import describe_machine
-from pdsn.bench.report import save_report
 
 DIM = 512
 CANDIDATES = 80
@@ -91,6 +88,9 @@ METHODS = (
 
 
 def run(sizes: tuple[int, ...]) -> dict:
+    """Every method on a clustered gallery of each size: build time, query latency and recall."""
+    if not sizes or min(sizes) < PROBES:
+        raise ValueError(f"gallery sizes must each be at least {PROBES} (the probes are drawn from it), got {sizes}")
     data = {size: clustered(size) for size in sizes}
     rows = []
     for name, build in METHODS:
@@ -127,7 +127,7 @@ def markdown(result: dict) -> str:
         "# Search over a cached pattern: exact, quantised flat, HNSW",
         "",
         f"{machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, {packages}. "
-        f"`python -m pdsn.bench.ann_choice`. Synthetic clustered 512-d embeddings, {PROBES} "
+        f"`pdsn bench-ann-choice`. Synthetic clustered 512-d embeddings, {PROBES} "
         f"probes; the {CANDIDATES} nearest faces per probe; recall: share of a probe's mates in the top {TOP}.",
         "",
         "| faces | method | build | p50 | p99 | recall |",
@@ -139,18 +139,3 @@ def markdown(result: dict) -> str:
             f"{row['p99_ms']:.2f} ms | {row['recall']:.3f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=lambda text: tuple(int(n) for n in text.split(",")), default=(10_000, 100_000))
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--name", default="cpu-ann-choice")
-    args = parser.parse_args()
-    result = run(args.sizes)
-    save_report(result, markdown(result), args.out, args.name)
-    print(markdown(result))
-
-
-if __name__ == "__main__":
-    main()

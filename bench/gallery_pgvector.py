@@ -14,7 +14,6 @@ same run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -292,20 +291,22 @@ def _sunglasses_mask() -> int:
 
 
 def _replica(bundle: Path, location: str, faces: SeededFaces, identities: int) -> dict:
-    """A new process as a new replica: its memory and its time to the first answer (JSON from ``--replica``)."""
+    """A new process as a new replica: its memory and its time to the first answer (``print_replica``'s JSON)."""
     number = max(0, identities - 1)
-    command = [sys.executable, "-m", "pdsn.bench.gallery_pgvector", "--replica", str(bundle), location, str(number)]
-    command += [str(faces.feature_size), str(faces.seed)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    call = f"print_replica(Path({str(bundle)!r}), {location!r}, {number}, {faces.feature_size}, {faces.seed})"
+    code = f"from pathlib import Path\nfrom pdsn.bench.gallery_pgvector import print_replica\n{call}\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _replica_main(bundle: str, location: str, number: int, feature_size: int, seed: int) -> None:
+def print_replica(bundle: Path, location: str, number: int, feature_size: int, seed: int) -> None:
+    """Run by ``_replica`` in a new process: print its memory with the model alone, after the first answer and after
+    many, and the time to that first answer, as one JSON line."""
     from pdsn.runtime import Recognizer
     from pdsn.runtime.gallery import Gallery
 
     probe = SeededFaces(feature_size, seed).probe(number)[None]
-    with Recognizer.open(Path(bundle), backend="auto", precision="auto", allow_ungated=True, max_delay_ms=0.0) as rec:
+    with Recognizer.open(bundle, backend="auto", precision="auto", allow_ungated=True, max_delay_ms=0.0) as rec:
         model_mb = _rss_mb()
         started = time.perf_counter()
         with Gallery.open(location, rec, create=False) as gallery:
@@ -438,11 +439,3 @@ def _graph_options(config: dict) -> str:
     if tuple(config["ef_search"]) != VectorBenchConfig.ef_search:
         options += " --ef-search " + ",".join(str(e) for e in config["ef_search"])
     return options
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="a replica's memory and first answer (run by the benchmark)")
-    parser.add_argument("--replica", nargs=5, metavar=("BUNDLE", "LOCATION", "NUMBER", "FEATURES", "SEED"))
-    arguments = parser.parse_args()
-    bundle, location, number, feature_size, seed = arguments.replica
-    _replica_main(bundle, location, int(number), int(feature_size), int(seed))

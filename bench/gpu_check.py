@@ -1,4 +1,4 @@
-"""``python -m pdsn.bench.gpu_check``: PyTorch and the fused FDM kernel on one GPU, side by side in one run.
+"""``pdsn gpu-check``: PyTorch and the fused FDM kernel on one GPU, side by side in one run.
 
 Measured on LResNet50E-IR with seeded weights (speed does not depend on the weights):
 
@@ -22,7 +22,6 @@ the same logic on the tiny architecture in seconds (the kernel is then reported 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime as _dt
 import importlib
@@ -483,7 +482,8 @@ def judge_gpu_tests(
     return problems, warnings
 
 
-def _check_test_report(report: Path) -> int:
+def check_test_report(report: Path) -> int:
+    """Print the verdict on a junit report of ``pytest -m gpu``; the exit status: 0 passed, 1 failed."""
     problems, warnings = judge_gpu_tests(report)
     for warning in warnings:
         print(f"gpu tests: warning: {warning}")
@@ -494,42 +494,37 @@ def _check_test_report(report: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.check_test_report:
-        return _check_test_report(Path(args.check_test_report))
-    overrides = {"device": args.device, **(SMOKE if args.smoke else {})}
-    for name in ("batches", "seconds", "compile_backend", "compile_budget_s"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
-    try:
-        check = GpuCheck(CheckConfig(**overrides))
-    except NoGpuError as error:
-        print(f"gpu_check: {error}", file=sys.stderr)
-        return 2
-    result = check.run(Path(args.out))
+def check_config(
+    device: str = "cuda",
+    smoke: bool = False,
+    batches: tuple[int, ...] | None = None,
+    seconds: float | None = None,
+    compile_backend: str | None = None,
+    compile_budget_s: float | None = None,
+) -> CheckConfig:
+    """The defaults, or ``SMOKE``'s with ``smoke``, overridden by whichever of the others is given."""
+    overrides: dict[str, Any] = {"device": device, **(SMOKE if smoke else {})}
+    given = {
+        "batches": batches,
+        "seconds": seconds,
+        "compile_backend": compile_backend,
+        "compile_budget_s": compile_budget_s,
+    }
+    overrides.update({name: value for name, value in given.items() if value is not None})
+    return CheckConfig(**overrides)
+
+
+def run_check(config: CheckConfig, out: Path) -> int:
+    """Measure every path into ``out``; the exit status: 0 when every mandatory path ran and every equality
+    held, else 1. Raises ``NoGpuError`` where ``config.device`` is cuda and torch sees no GPU."""
+    result = GpuCheck(config).run(out)
     failed = [f"{path}: {status}" for path, status in result["status"].items() if status.startswith("failed")]
     if not result["mandatory_passed"]:
-        print("gpu_check: a mandatory path failed:\n  " + "\n  ".join(failed), file=sys.stderr)
+        print("gpu-check: a mandatory path failed:\n  " + "\n  ".join(failed), file=sys.stderr)
         return 1
     if failed:
-        print("gpu_check: optional paths failed (recorded in the results):\n  " + "\n  ".join(failed))
+        print("gpu-check: optional paths failed (recorded in the results):\n  " + "\n  ".join(failed))
     return 0
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pdsn.bench.gpu_check", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench/results", help="folder for gpu-<device>.json and .md")
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    parser.add_argument("--smoke", action="store_true", help="tiny architecture, batches 1 and 2, short windows")
-    parser.add_argument("--batches", type=lambda s: tuple(int(b) for b in s.split(",")), help="e.g. 1,8,64,256")
-    parser.add_argument("--seconds", type=float, help="minimum measurement window per row")
-    parser.add_argument("--compile-backend", help="torch.compile backend (default inductor; eager with --smoke)")
-    parser.add_argument(
-        "--compile-budget-s", type=float, help="after the first batch, no new torch.compile starts after this long"
-    )
-    parser.add_argument("--check-test-report", metavar="JUNIT_XML", help="judge a pytest -m gpu report and exit")
-    return parser
 
 
 def _bind_primary_context(index: int) -> None:
@@ -591,7 +586,3 @@ def _nvidia_smi_driver() -> str:
         [smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
     )
     return result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout.strip() else "unknown"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

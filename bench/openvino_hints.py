@@ -5,18 +5,15 @@ batcher keeps two batches in flight for it (the backend is pipelined), so both s
 once. Closed-loop single-face clients (as in the concurrency sweep) are measured at several
 concurrencies, the two hints alternating round by round so that machine drift falls on both.
 
-    python -m pdsn.bench.openvino_hints --bundle pdsn-bench-bundle --precision int8 --out bench/results
+    pdsn bench-openvino-hints --bundle pdsn-bench-bundle --precision int8 --out bench/results
 """
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import replace
 from pathlib import Path
 
 from pdsn.bench.concurrency import SweepConfig, closed_loop
 from pdsn.bench.machine import describe_machine
-from pdsn.bench.report import save_report
 
 HINTS = ("latency", "throughput")
 
@@ -102,27 +99,3 @@ def markdown(result: dict) -> str:
             f"{s['throughput_over_latency']:.2f}x | {p['latency']:.0f} / {p['throughput']:.0f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, default=Path("pdsn-bench-bundle"))
-    parser.add_argument("--precision", default="int8")
-    parser.add_argument("--clients", default="1,4,8,16")
-    parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--delay-ms", type=float, default=2.0)
-    parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--name", default="cpu-openvino-hints")
-    args = parser.parse_args(argv)
-    config = replace(SweepConfig(), max_batch=args.max_batch, delays_ms=(args.delay_ms,), seconds=args.seconds)
-    clients = tuple(int(c) for c in args.clients.split(","))
-    result = compare_hints(args.bundle, args.precision, clients, config, args.rounds)
-    save_report(result, markdown(result), args.out, args.name)
-    print(markdown(result))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,7 +16,6 @@ share people but no chip.
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
 from dataclasses import dataclass
@@ -123,21 +122,3 @@ def _photometric(chip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         image.save(buffer, "JPEG", quality=int(rng.integers(40, 96)))
         image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
     return np.asarray(image, dtype=np.uint8)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pdsn.bench.real_faces", description="augmented chips of the registry's real faces"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="folder of identity sub-folders to write")
-    parser.add_argument("--per-face", type=int, default=64, help="chips per face (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="augmentation seed (default %(default)s)")
-    parser.add_argument("--alignment", default=DLIB_CHIP_150, choices=sorted(CROP_ALIGNMENTS))
-    args = parser.parse_args(argv)
-    counts = write_identity_folders(args.out, args.per_face, args.seed, args.alignment)
-    print(f"wrote {sum(counts.values())} chips of {len(counts)} people under {args.out}: {counts}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,15 +1,14 @@
-"""``python -m pdsn.bench.real_model_report``: a checkpoint and dictionary measured on real faces.
+"""``pdsn evaluate-real``: a checkpoint and dictionary measured on real faces.
 
-Exports them into a bundle (in ``--work``), then measures through the runtime
+Exports them into a bundle (in ``work``), then measures through the runtime
 (``pdsn.bench.real_occlusion``): the decision threshold from real pairs, the group photo's
 different-person scores against it, and FDM's effect behind drawn occluders. Writes
-``evaluation.json`` and ``evaluation.md`` into ``--out``; the threshold is what ``pdsn export`` puts in
+``evaluation.json`` and ``evaluation.md`` into ``out``; the threshold is what ``pdsn export`` puts in
 the bundle as its decision threshold.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -93,28 +92,20 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pdsn.bench.real_model_report", description=__doc__)
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--dictionary", type=Path, required=True)
-    parser.add_argument("--estimator", type=Path, help="an occlusion estimator .pth to put in the measured bundle")
-    parser.add_argument("--work", type=Path, required=True, help="folder for the measured bundle")
-    parser.add_argument("--out", type=Path, required=True, help="folder for evaluation.json and evaluation.md")
-    args = parser.parse_args(argv)
+def evaluate_on_real_faces(
+    checkpoint: Path, dictionary: Path, work: Path, out: Path, estimator: Path | None = None
+) -> dict:
+    """Export the model (with ``estimator``, if given) into ``work/bundle``, measure it, and write the report
+    into ``out`` as ``evaluation.json`` and ``evaluation.md``."""
     from pdsn.export.bundle_writer import ExportRequest, export_bundle
 
-    bundle = args.work / "bundle"
-    export_bundle(ExportRequest(out=bundle, checkpoint=args.checkpoint, dictionary=args.dictionary, overwrite=True))
-    if args.estimator is not None:
+    bundle = work / "bundle"
+    export_bundle(ExportRequest(out=bundle, checkpoint=checkpoint, dictionary=dictionary, overwrite=True))
+    if estimator is not None:
         from pdsn.export.estimator_bundle import add_estimator
 
-        add_estimator(bundle, args.estimator)
+        add_estimator(bundle, estimator)
     report = {**measure(bundle), "machine": describe_machine()}
-    (args.out / EVALUATION_JSON).write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / EVALUATION_MD).write_text(markdown(report))
-    print(markdown(report))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    (out / EVALUATION_JSON).write_text(json.dumps(report, indent=2) + "\n")
+    (out / EVALUATION_MD).write_text(markdown(report))
+    return report

@@ -1,6 +1,6 @@
 """In-process runtime against the same model behind a local Triton server (python kind), gRPC and HTTP.
 
-``python -m pdsn.bench.triton [--bundle B]``: without ``--bundle`` the shipped demo model is
+``pdsn bench-triton [--bundle B]``: without ``--bundle`` the shipped demo model is
 exported (FP32) into the work folder. A repository of ``pdsn triton-repo --kind python`` is
 served by the nvidia-pytriton wheel's ``tritonserver`` from the environment of
 ``scripts/triton-env.sh`` (made once). Three paths embed the same faces with closed-loop clients
@@ -17,17 +17,13 @@ same run. The report goes to ``bench/results/<name>.md`` (and ``.json``).
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from pdsn.bench.concurrency import SweepConfig, closed_loop
 from pdsn.bench.machine import describe_machine
-from pdsn.bench.report import save_report
 
 PATHS = ("in-process", "triton-grpc", "triton-http")
 CLIENTS = (1, 8)
@@ -35,12 +31,14 @@ MAX_BATCH = 8
 DELAY_MS = 2.0
 
 
-def run(bundle: Path | None, work: Path, env_dir: Path, config: SweepConfig, precision: str) -> dict:
+def run(bundle: Path | None, work: Path, env_dir: Path, precision: str = "fp32", seconds: float = 8.0) -> dict:
+    """Every path at 1 and 8 clients, ``seconds`` per row; ``bundle`` None: the demo model exported into ``work``."""
     from pdsn.model.sample_faces import seeded_faces
     from pdsn.runtime import Recognizer
     from pdsn.triton_repo.local_server import LocalTritonServer, triton_env
     from pdsn.triton_repo.repository import RepositoryRequest, write_repository
 
+    config = SweepConfig(max_batch=MAX_BATCH, seconds=seconds, warmup_seconds=1.0)
     work.mkdir(parents=True, exist_ok=True)
     if bundle is None:
         bundle = _demo_bundle(work / "demo-bundle")
@@ -132,26 +130,3 @@ def _demo_bundle(out: Path) -> Path:
 
     export_bundle(ExportRequest(out=out, weights="demo"))
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, help="default: the demo model, exported into --work")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
-    parser.add_argument(
-        "--work", type=Path, default=Path(tempfile.gettempdir()) / "pdsn-bench-triton", help="bundle, repository, log"
-    )
-    parser.add_argument("--env", type=Path, default=Path(".triton-env"), help="the server's environment (cached)")
-    parser.add_argument("--seconds", type=float, default=8.0, help="measuring window per row")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--name", default="cpu-triton-demo-model")
-    args = parser.parse_args(argv)
-    config = replace(SweepConfig(), seconds=args.seconds, warmup_seconds=1.0, max_batch=MAX_BATCH)
-    result = run(args.bundle, args.work.resolve(), args.env.resolve(), config, args.precision)
-    save_report(result, markdown(result), args.out, args.name)
-    print(markdown(result))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

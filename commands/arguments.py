@@ -1,4 +1,8 @@
-"""Argument types and option groups shared by the ``pdsn`` subcommands (argparse names the flag)."""
+"""Argument types and option groups shared by the ``pdsn`` subcommands (argparse names the flag).
+
+Imports nothing beyond the standard library at module level, so that a command using these types needs only
+what it imports itself (``pdsn gpu-check`` runs where the runtime's libraries are missing).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ import argparse
 import math
 from pathlib import Path
 
-from pdsn.runtime.backends import BACKEND_CHOICES, DEVICES
-
 
 def bundle_options(parser: argparse.ArgumentParser) -> None:
+    from pdsn.runtime.backends import BACKEND_CHOICES, DEVICES
+
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument(
         "--backend",
@@ -55,6 +59,22 @@ def list_of(kind: type, minimum: float, what: str):
 
 numbers = list_of(int, 1, "positive integers")
 delays = list_of(float, 0.0, "milliseconds >= 0")
+
+
+def real(unit: str, zero: bool = True, below: float = math.inf):
+    """An argparse type for a finite number of ``unit``: >= 0 (> 0 without ``zero``), and under ``below``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero) or value >= below:
+            bound = f"in [0, {below:g})" if math.isfinite(below) else f"{'>=' if zero else '>'} 0"
+            raise argparse.ArgumentTypeError(f"expected {unit} {bound}, got {text!r}")
+        return value
+
+    return parse
 
 
 def whole_number(minimum: int):

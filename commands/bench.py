@@ -1,15 +1,16 @@
-"""``pdsn bench``: speed against the peers measured in the same run (backends, a gallery, photos)."""
+"""``pdsn bench``: speed against the peers measured in the same run (backends, a gallery, photos);
+``pdsn bench-ann-choice`` and ``pdsn bench-openvino-hints``: the measurements behind two design choices."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from pdsn.commands.arguments import delays, names, numbers
+from pdsn.commands.arguments import delays, names, numbers, positive, real
 
 
-def add_bench_command(commands: argparse._SubParsersAction) -> None:
-    """Register ``pdsn bench``."""
+def add_bench_commands(commands: argparse._SubParsersAction) -> None:
+    """Register ``pdsn bench``, ``pdsn bench-ann-choice`` and ``pdsn bench-openvino-hints``."""
     bench = commands.add_parser("bench", help="throughput and latency of every backend/precision/batch, side by side")
     bench.add_argument(
         "--bundle", type=Path, help="bundle to measure (default: seeded weights of --architecture, prepared in --work)"
@@ -69,6 +70,42 @@ def add_bench_command(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--min-face", type=float, default=40.0, help="--photos: smallest face side, px (default 40)")
     bench.set_defaults(run=_bench)
 
+    ann = commands.add_parser(
+        "bench-ann-choice",
+        help="search over a gallery's cached pattern: exact, quantised flat (FAISS) and HNSW (FAISS, usearch)",
+    )
+    ann.add_argument(
+        "--sizes",
+        type=numbers,
+        default=(10_000, 100_000),
+        help="faces per synthetic gallery, each at least 200 (default 10000,100000)",
+    )
+    ann.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for the JSON and Markdown")
+    ann.add_argument("--name", default="cpu-ann-choice", help="file name stem of the results")
+    ann.set_defaults(run=_bench_ann_choice)
+
+    hints = commands.add_parser(
+        "bench-openvino-hints", help="OpenVINO's latency hint against its throughput hint, under the batcher"
+    )
+    hints.add_argument(
+        "--bundle", type=Path, default=Path("pdsn-bench-bundle"), help="the timing bundle (default pdsn-bench-bundle)"
+    )
+    hints.add_argument(
+        "--precision", choices=("fp32", "fp16", "int8"), default="int8", help="the variant measured (default int8)"
+    )
+    hints.add_argument(
+        "--clients", type=numbers, default=(1, 4, 8, 16), help="closed-loop single-face clients (default 1,4,8,16)"
+    )
+    hints.add_argument("--max-batch", type=positive, default=8, help="the batcher's max_batch (default 8)")
+    hints.add_argument(
+        "--delay-ms", type=real("milliseconds"), default=2.0, help="the batcher's max_delay_ms (default 2)"
+    )
+    hints.add_argument("--seconds", type=real("seconds", zero=False), default=6.0, help="window per point (default 6)")
+    hints.add_argument("--rounds", type=positive, default=2, help="rounds, alternating the hints (default 2)")
+    hints.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for the JSON and Markdown")
+    hints.add_argument("--name", default="cpu-openvino-hints", help="file name stem of the results")
+    hints.set_defaults(run=_bench_openvino_hints)
+
 
 def _bench(args: argparse.Namespace) -> int:
     from pdsn.bench.concurrency import SweepConfig
@@ -111,7 +148,7 @@ def _bench_gallery(bundle: Path, args: argparse.Namespace) -> int:
 
     work = args.work.parent / f"{args.work.name}-galleries"  # beside the bundle, never inside it
     result = run_gallery_benchmark(bundle, GalleryBenchConfig(sizes=args.gallery), work)
-    return _report(result, gallery_markdown(result), args, "gallery")
+    return save_and_print(result, gallery_markdown(result), args.out, f"{args.name}-gallery")
 
 
 def _bench_vector_gallery(bundle: Path | None, args: argparse.Namespace) -> int:
@@ -127,7 +164,7 @@ def _bench_vector_gallery(bundle: Path | None, args: argparse.Namespace) -> int:
         ef_search=args.ef_search,
     )
     result = run_vector_benchmark(bundle, config, work)
-    return _report(result, vector_markdown(result), args, "pgvector")
+    return save_and_print(result, vector_markdown(result), args.out, f"{args.name}-pgvector")
 
 
 def _default_bundle(work: Path) -> Path:
@@ -150,14 +187,30 @@ def _bench_photos(bundle: Path | None, args: argparse.Namespace) -> int:
         bundle = _default_bundle(work)
     config = PhotoBenchConfig(min_face=args.min_face, backends=args.backends, seconds=args.seconds)
     result = run_photo_benchmark(bundle, config, work)
-    return _report(result, photos_markdown(result), args, "photos")
+    return save_and_print(result, photos_markdown(result), args.out, f"{args.name}-photos")
 
 
-def _report(result: dict, text: str, args: argparse.Namespace, kind: str) -> int:
-    """Save the result as ``<name>-<kind>`` JSON and Markdown under ``--out`` and print the Markdown."""
+def _bench_ann_choice(args: argparse.Namespace) -> int:
+    from pdsn.bench.ann_choice import markdown, run
+
+    result = run(args.sizes)
+    return save_and_print(result, markdown(result), args.out, args.name)
+
+
+def _bench_openvino_hints(args: argparse.Namespace) -> int:
+    from pdsn.bench.concurrency import SweepConfig
+    from pdsn.bench.openvino_hints import compare_hints, markdown
+
+    config = SweepConfig(delays_ms=(args.delay_ms,), max_batch=args.max_batch, seconds=args.seconds)
+    result = compare_hints(args.bundle, args.precision, args.clients, config, args.rounds)
+    return save_and_print(result, markdown(result), args.out, args.name)
+
+
+def save_and_print(result: dict, text: str, out: Path, stem: str) -> int:
+    """Save the result as ``stem`` JSON and Markdown under ``out`` and print the Markdown."""
     from pdsn.bench.report import save_report
 
-    for path in save_report(result, text, args.out, f"{args.name}-{kind}"):
+    for path in save_report(result, text, out, stem):
         print(f"wrote {path}")
     print(text)
     return 0

@@ -17,6 +17,7 @@ from pdsn.commands.arguments import (
     nonnegative,
     numbers,
     positive,
+    real,
 )
 from pdsn.errors import PdsnError
 
@@ -74,7 +75,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     _batcher_options(serve)
     serve.add_argument(
         "--deadline-ms",
-        type=_real("milliseconds"),
+        type=real("milliseconds"),
         default=DEFAULT_DEADLINE_MS,
         help=f"deadline of a request without X-Deadline-Ms (default {DEFAULT_DEADLINE_MS:g}; 0: none)",
     )
@@ -124,13 +125,13 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument(
         "--header-timeout-s",
-        type=_real("seconds", zero=False),
+        type=real("seconds", zero=False),
         default=10.0,
         help="a connection must deliver a request's headers within this (408 and close; also closes idle ones)",
     )
     serve.add_argument(
         "--body-timeout-s",
-        type=_real("seconds", zero=False),
+        type=real("seconds", zero=False),
         default=30.0,
         help="the most time between two chunks of a request's body (the connection is closed)",
     )
@@ -153,7 +154,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM)")
     serve.add_argument(
         "--drain-seconds",
-        type=_real("seconds", zero=False),
+        type=real("seconds", zero=False),
         default=30.0,
         help="on SIGTERM, wait at most this long for requests in flight (default 30)",
     )
@@ -172,14 +173,14 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
         default=("v2-binary", "v1-embed"),
         help="HTTP routes timed (v2-binary, v2-json, v1-embed)",
     )
-    bench.add_argument("--seconds", type=_real("seconds", zero=False), default=5.0, help="window per point")
-    bench.add_argument("--warmup-seconds", type=_real("seconds"), default=1.0)
+    bench.add_argument("--seconds", type=real("seconds", zero=False), default=5.0, help="window per point")
+    bench.add_argument("--warmup-seconds", type=real("seconds"), default=1.0)
     bench.add_argument(
         "--rounds", type=positive, default=3, help="windows per path, interleaved; rows are their medians (default 3)"
     )
     bench.add_argument(
         "--max-steal-pct",
-        type=_real("a percentage", below=100.0),
+        type=real("a percentage", below=100.0),
         help="run a round again (up to --rounds extra) when one of its windows saw more host CPU steal than this",
     )
     bench.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for the JSON and Markdown")
@@ -189,7 +190,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
 
 def _batcher_options(parser: argparse.ArgumentParser, max_batch: int = 64) -> None:
     parser.add_argument("--max-batch", type=positive, default=max_batch, help=f"faces per batch (default {max_batch})")
-    parser.add_argument("--max-delay-ms", type=_real("milliseconds"), default=2.0, help="batching delay (default 2)")
+    parser.add_argument("--max-delay-ms", type=real("milliseconds"), default=2.0, help="batching delay (default 2)")
     parser.add_argument("--queue-size", type=positive, help="faces queued before 429 (default 4 x --max-batch)")
 
 
@@ -303,7 +304,7 @@ def _bench_serve(args: argparse.Namespace) -> int:
     if args.backend == "triton":
         raise ValueError(
             "--backend triton: bench-serve times the service over an in-process model; for the model through a "
-            "Triton server against in-process, run `python -m pdsn.bench.triton --bundle B`"
+            "Triton server against in-process, run `pdsn bench-triton --bundle B`"
         )
     config = ServeBenchConfig(
         backend=args.backend,
@@ -354,19 +355,3 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}")
     return value
-
-
-def _real(unit: str, zero: bool = True, below: float = math.inf):
-    """An argparse type for a finite number of ``unit``: >= 0 (> 0 without ``zero``), and under ``below``."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < 0 or (value == 0 and not zero) or value >= below:
-            bound = f"in [0, {below:g})" if math.isfinite(below) else f"{'>=' if zero else '>'} 0"
-            raise argparse.ArgumentTypeError(f"expected {unit} {bound}, got {text!r}")
-        return value
-
-    return parse

@@ -1,15 +1,17 @@
-"""``pdsn triton-repo``: write a Triton Inference Server model repository from a bundle."""
+"""``pdsn triton-repo``: write a Triton Inference Server model repository from a bundle; ``pdsn bench-triton``:
+the in-process runtime against the same model behind a local Triton server."""
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
-from pdsn.commands.arguments import positive
+from pdsn.commands.arguments import positive, real
 
 
 def add_triton_commands(commands: argparse._SubParsersAction) -> None:
-    """Register ``pdsn triton-repo``."""
+    """Register ``pdsn triton-repo`` and ``pdsn bench-triton``."""
     from pdsn.triton_repo.repository import DEFAULT_QUEUE_DELAY_US, KINDS, PRECISIONS, PYTHON_BACKENDS
 
     repo = commands.add_parser(
@@ -50,6 +52,25 @@ def add_triton_commands(commands: argparse._SubParsersAction) -> None:
     )
     repo.set_defaults(run=_triton_repo)
 
+    bench = commands.add_parser(
+        "bench-triton", help="in-process runtime against a local Triton server (python kind), over gRPC and HTTP"
+    )
+    bench.add_argument("--bundle", type=Path, help="default: the demo model, exported into --work")
+    bench.add_argument("--precision", choices=PRECISIONS, default="fp32", help="the variant served (default fp32)")
+    bench.add_argument(
+        "--work",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "pdsn-bench-triton",
+        help="for the bundle, the repository and the server's log",
+    )
+    bench.add_argument(
+        "--env", type=Path, default=Path(".triton-env"), help="the server's environment (made once, then reused)"
+    )
+    bench.add_argument("--seconds", type=real("seconds", zero=False), default=8.0, help="window per row (default 8)")
+    bench.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for the JSON and Markdown")
+    bench.add_argument("--name", default="cpu-triton-demo-model", help="file name stem of the results")
+    bench.set_defaults(run=_bench_triton)
+
 
 def _triton_repo(args: argparse.Namespace) -> int:
     from pdsn.triton_repo.repository import RepositoryRequest, write_repository
@@ -71,3 +92,11 @@ def _triton_repo(args: argparse.Namespace) -> int:
     )
     print(f"wrote {', '.join(f.name for f in folders)} into {args.out} (see {args.out / 'README.md'})")
     return 0
+
+
+def _bench_triton(args: argparse.Namespace) -> int:
+    from pdsn.bench.triton import markdown, run
+    from pdsn.commands.bench import save_and_print
+
+    result = run(args.bundle, args.work.resolve(), args.env.resolve(), args.precision, args.seconds)
+    return save_and_print(result, markdown(result), args.out, args.name)

@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 MODEL=$(python -c "from pdsn.bench.dlib_peer import dlib_model_files; print(dlib_model_files()['face_recognition'])")
 pdsn import dlib "$MODEL" --out "$OUT/model.pth" --overwrite
 # 64 augmented chips of each of the 10 faces (8 people), seed 0.
-python -m pdsn.bench.real_faces --out "$WORK/faces" --per-face 64 --seed 0
+pdsn real-faces --out "$WORK/faces" --per-face 64 --seed 0
 # Stage 1 on the frozen network, the L1 term weighted to dlib's feature scale (its masked features
 # differ by ~1e-4 where the CE terms are ~5, so the paper's 10 would leave the L1 term no say).
 pdsn train-pdsn --checkpoint "$OUT/model.pth" --data "$WORK/faces" --cells all --pairs-per-cell 640 \
@@ -22,9 +22,9 @@ pdsn build-dictionary --pdsn-dir "$WORK/stage1" --data "$WORK/faces" --pairs-per
 cp "$WORK/dictionary/dictionary.npz" "$OUT/dictionary.npz"
 # The occlusion estimator for 150x150 chips: 200 other augmented chips of each face (seed 1); two of the
 # eight people are held out whole to choose its thresholds.
-python -m pdsn.bench.real_faces --out "$WORK/estimator-faces" --per-face 200 --seed 1
+pdsn real-faces --out "$WORK/estimator-faces" --per-face 200 --seed 1
 rm -f "$WORK/estimator/occlusion_estimator.pth" "$WORK/estimator/occlusion_estimator.json"
 pdsn train-occlusion --data "$WORK/estimator-faces" --out "$WORK/estimator"
 cp "$WORK/estimator/occlusion_estimator.pth" "$WORK/estimator/occlusion_estimator.json" "$OUT/"
-python -m pdsn.bench.real_model_report --checkpoint "$OUT/model.pth" --dictionary "$OUT/dictionary.npz" \
+pdsn evaluate-real --checkpoint "$OUT/model.pth" --dictionary "$OUT/dictionary.npz" \
     --estimator "$OUT/occlusion_estimator.pth" --work "$WORK" --out "$OUT"

@@ -7,7 +7,7 @@
 # 1. the device, driver and library versions (no GPU: stops here, exit 2);
 # 2. the gpu-marked tests, judged from their junit report: any failure, a skipped kernel or CUDA
 #    memory test, or no test passed at all fails the step;
-# 3. python -m pdsn.bench.gpu_check: PyTorch eager FP32/FP16, torch.compile and the fused FDM
+# 3. python -m pdsn gpu-check: PyTorch eager FP32/FP16, torch.compile and the fused FDM
 #    kernel against the inlined body, side by side.
 # Steps 2 and 3 both run even if one fails, so one run reports all it can; each has its own
 # timeout, under 8 minutes in all. The exit status is non-zero, naming the failed steps, if any failed.
@@ -21,7 +21,8 @@ if [[ -z "$PYTHON" ]]; then
     exit 2
 fi
 
-# `pdsn` importable without installing it: the repository root is the package.
+# `pdsn` importable without installing it: the repository root is the package. `pdsn gpu-check` imports
+# only what it needs (torch, numpy, cuda-python), not the runtime's libraries.
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 ln -s "$REPO" "$WORK/pdsn"
@@ -115,10 +116,10 @@ if ((rc == 124 || rc == 137)); then
     echo "gpu-check: pytest timed out after 140 s" >&2
 fi
 echo "pytest exit status $rc; the verdict on its report follows"
-step "2. gpu-marked tests" 25 "$PYTHON" -m pdsn.bench.gpu_check --check-test-report "$REPORT"
+step "2. gpu-marked tests" 25 "$PYTHON" -m pdsn gpu-check --check-test-report "$REPORT"
 
-section "3. measurements (bench/gpu_check.py)"
-step "3. measurements" 210 "$PYTHON" -m pdsn.bench.gpu_check --out "$OUT_DIR" --compile-budget-s 70
+section "3. measurements (pdsn gpu-check)"
+step "3. measurements" 210 "$PYTHON" -m pdsn gpu-check --out "$OUT_DIR" --compile-budget-s 70
 
 echo
 if ((${#FAILED[@]})); then

@@ -1,5 +1,5 @@
-"""bench/gpu_check.py and scripts/gpu-check.sh, checked without a GPU: the smoke mode, the verdict on
-a gpu test report, and the script's refusal where no GPU is found."""
+"""`pdsn gpu-check` (bench/gpu_check.py) and scripts/gpu-check.sh, checked without a GPU: the smoke mode, the
+verdict on a gpu test report, and the script's refusal where no GPU is found."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torch
 from gpu import has_gpu
 from test_fdm_kernel_host import build_host_kernel
 
-from pdsn.bench import gpu_check
 from pdsn.bench.gpu_check import BASELINE, COMPILED, SMOKE, CheckConfig, GpuCheck, finish, judge_gpu_tests
+from pdsn.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gpu-check.sh"
@@ -28,7 +28,7 @@ FDM_INLINED = {"fdm-inlined-fp32", "fdm-inlined-fp16"}
 def smoke(tmp_path_factory) -> tuple[int, dict, str]:
     """One smoke run on the CPU: (exit status, JSON results, Markdown)."""
     out = tmp_path_factory.mktemp("gpu-check")
-    status = gpu_check.main(["--device", "cpu", "--smoke", "--out", str(out)])
+    status = main(["gpu-check", "--device", "cpu", "--smoke", "--out", str(out)])
     (json_file,) = out.glob("gpu-*-smoke.json")
     return status, json.loads(json_file.read_text()), json_file.with_suffix(".md").read_text()
 
@@ -91,8 +91,8 @@ def test_kernel_rows_launch_the_kernel_as_the_runtime_does(tmp_path):
 
 @pytest.mark.skipif(has_gpu(), reason="checks the no-GPU refusal")
 def test_device_cuda_without_a_gpu_is_refused(tmp_path, capsys):
-    assert gpu_check.main(["--device", "cuda", "--out", str(tmp_path)]) == 2
-    assert "no CUDA GPU is visible to torch" in capsys.readouterr().err
+    assert main(["gpu-check", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "pdsn gpu-check: error: no CUDA GPU is visible to torch" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 
@@ -150,6 +150,35 @@ def test_a_missing_report_or_a_missing_required_file_fails(tmp_path):
     only_memory = '<testcase classname="tests.test_cuda_memory" name="test_pinned_round_trip_through_device_memory"/>'
     problems, _ = judge_gpu_tests(_junit(tmp_path / "r.xml", only_memory), ROOT)
     assert problems == ["tests/test_fdm_kernel.py: no gpu test of it is in the report"]
+
+
+def test_the_scripts_command_needs_no_runtime_library(tmp_path):
+    """As scripts/gpu-check.sh runs it: ``python -m pdsn gpu-check`` with ``pdsn`` a link to the repository and
+    Pillow, ONNX Runtime, OpenVINO and onnx not importable (the GPU machine may have only torch, numpy and
+    cuda-python)."""
+    (tmp_path / "pdsn").symlink_to(ROOT)
+    code = (
+        "import importlib.abc, runpy, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('PIL', 'onnxruntime', 'openvino', 'onnx'):\n"
+        "            raise ImportError(f'{name} is blocked in this test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "sys.argv[0] = 'pdsn'\n"
+        "runpy.run_module('pdsn', run_name='__main__', alter_sys=True)\n"
+    )
+    report = _junit(tmp_path / "r.xml", PASSED_REQUIRED)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT / 'tests'}"}
+    result = subprocess.run(
+        [sys.executable, "-c", code, "gpu-check", "--check-test-report", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every gpu test that can run without TensorRT ran and passed" in result.stdout
 
 
 def test_the_script_parses():
