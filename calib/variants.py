@@ -95,7 +95,7 @@ def add_variant(request: VariantRequest) -> dict:
             request.progress,
             (contract.height, contract.width),
         )
-        pairs = read_lfw_pairs(request.pairs, request.pairs_root) if request.pairs else None
+        pairs = read_lfw_pairs(request.pairs, request.pairs_root) if request.pairs and request.pairs_root else None
         staged = write.staging / VARIANT_FILES[request.precision]
         made, cache = _make(request, manifest, fp32_path, staged, calibration, dictionary, contract, write.staging)
         reference = onnx_embedder(fp32_path, dictionary, contract)

@@ -237,10 +237,11 @@ def _load_model(request: ExportRequest) -> tuple[RecognitionNetwork, dict]:
 
     if request.shipped == SEEDED_WEIGHTS:
         architecture = request.architecture or LRESNET50E_IR
-        model = demo_weights.seeded_model(architecture, seed=request.seed)
-        return model, {"weights": "seeded", "label": demo_weights.SEEDED_WEIGHTS_LABEL, "checkpoint": None}
+        seeded = demo_weights.seeded_model(architecture, seed=request.seed)
+        return seeded, {"weights": "seeded", "label": demo_weights.SEEDED_WEIGHTS_LABEL, "checkpoint": None}
     if request.shipped is None:
-        model, info = load_recognition_model(request.checkpoint, request.architecture)  # type: ignore[arg-type]
+        assert request.checkpoint is not None  # no shipped weights only with a checkpoint
+        model, info = load_recognition_model(request.checkpoint, request.architecture)
         return model, {"weights": "checkpoint", "label": None, "checkpoint": info.to_dict()}
     shipped = {
         DLIB_WEIGHTS: (DLIB_CHECKPOINT, "dlib-face-resnet-v1", DLIB_LABEL),

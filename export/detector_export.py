@@ -77,7 +77,8 @@ def convert_mtcnn(source: Path, out_dir: Path, gate: DetectorGate = DetectorGate
         raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
     source, out_dir = Path(source), Path(out_dir)
     state_dicts = _read_state_dicts(source)
-    files, nets = {}, {}
+    files: dict[str, bytes] = {}
+    nets: dict[str, dict] = {}
     for name, file, outputs, sizes in _NETS:
         net = load_net(name, io.BytesIO(state_dicts[name]))
         proto = _export(net, name, outputs, opset)
@@ -173,7 +174,8 @@ def _parity(
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    cases, failures = {}, []
+    cases: dict[str, dict[str, dict]] = {}
+    failures: list[str] = []
     for height, width in sizes:
         for kind, batch in (("noise", _noise(height, width)), ("faces", _faces(height, width))):
             with torch.no_grad():

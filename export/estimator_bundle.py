@@ -86,7 +86,7 @@ def _place_evaluation(write: BundleWrite, path: Path, report: dict) -> dict:
     staged = write.staging / EVALUATION_REPORT
     staged.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, staged)
-    placed = {"report": write.place(staged, EVALUATION_REPORT), "markdown": None}
+    placed: dict[str, object] = {"report": write.place(staged, EVALUATION_REPORT), "markdown": None}
     markdown = path.with_suffix(".md")
     if markdown.is_file():
         shutil.copyfile(markdown, write.staging / EVALUATION_MARKDOWN)

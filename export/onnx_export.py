@@ -159,6 +159,7 @@ def traced_onnx(
             )
     finally:
         quiet.setLevel(level)
+    assert program is not None  # dynamo=True always returns an ONNXProgram
     return program.model_proto
 
 

@@ -14,6 +14,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,9 @@ from pdsn.errors import PdsnError
 from pdsn.model.bundle_format import sha256_file
 from pdsn.model.network import ARCHITECTURES, Architecture, LResNetIR, PDSNNetwork
 from pdsn.model.recognition import NetworkArchitecture, RecognitionNetwork
+
+if TYPE_CHECKING:
+    from pdsn.model.dlib_resnet import DlibResNet
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +193,7 @@ def load_recognition_model(
 
 
 def _load_dlib(
-    model: torch.nn.Module, state: dict[str, torch.Tensor], info: CheckpointInfo, architecture: Architecture | None
+    model: DlibResNet, state: dict[str, torch.Tensor], info: CheckpointInfo, architecture: Architecture | None
 ):
     if architecture is not None:
         raise CheckpointError(
@@ -239,7 +243,7 @@ def save_checkpoint(
     )
 
 
-def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+def _load_strict(model: LResNetIR | DlibResNet, state: dict[str, torch.Tensor], path: str) -> None:
     expected = model.state_dict()
     # Checkpoints from before BatchNorm counted batches lack these; they carry no weights.
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]

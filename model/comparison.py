@@ -116,7 +116,7 @@ def save_reference(
         arrays[f"cells__{name}"] = np.asarray(cells, dtype=np.int64)
         arrays[f"embedding__{name}"] = embeddings.astype(np.float32)
     with open(path, "wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub: a **dict might fill allow_pickle
 
 
 def load_reference(path: str | Path) -> tuple[np.ndarray, dict[str, tuple[tuple[int, ...], np.ndarray]]]:

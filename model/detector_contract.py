@@ -18,6 +18,7 @@ averaging (PyTorch's ``interpolate(mode="area")``) before normalising. Outputs:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sized
 from numbers import Real
 from pathlib import Path
 
@@ -130,7 +131,12 @@ def check_detection_arguments(
             f"min_face is {min_face!r}; it must be at least {PNET_WINDOW} (pixels, P-Net's window) and finite. "
             f"Pass the smallest face side to find, e.g. {DEFAULT_MIN_FACE:g}"
         )
-    if isinstance(thresholds, (str, bytes)) or not hasattr(thresholds, "__len__") or len(thresholds) != 3:
+    if (
+        isinstance(thresholds, (str, bytes))
+        or not isinstance(thresholds, Sized)
+        or not isinstance(thresholds, Iterable)
+        or len(thresholds) != 3
+    ):
         raise TypeError(
             f"thresholds must be three probabilities (P-Net, R-Net, O-Net), got {thresholds!r}; "
             f"e.g. {DEFAULT_THRESHOLDS}"
@@ -156,7 +162,7 @@ def pyramid_scales(height: int, width: int, min_face: float, scale_factor: float
     """The pyramid's scales, computed as facenet-pytorch does (repeated products, so the floats agree)."""
     scale = PNET_WINDOW / min_face
     side = min(height, width) * scale
-    scales = []
+    scales: list[float] = []
     while side >= PNET_WINDOW:
         if len(scales) == MAX_PYRAMID_LEVELS:
             raise ValueError(

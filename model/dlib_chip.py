@@ -117,13 +117,13 @@ def extract_chip(
     bilinear interpolation: uint8 RGB (size, size, 3)."""
     _check_image(image)
     height, width = image.shape[:2]
-    rect = np.asarray(rect, dtype=np.float64)
+    bounds = np.asarray(rect, dtype=np.float64)
     area = float(size * size)
     # How many times dlib halves the image first, and the margin it crops around the chip's corners.
-    depth, grow, low = 0, 2.0, _rect_down(rect)
+    depth, grow, low = 0, 2.0, _rect_down(bounds)
     while _area(low) > area:
         low, depth, grow = _rect_down(low), depth + 1, grow * 2 + 2
-    corners = _rotated_corners(rect, angle)
+    corners = _rotated_corners(bounds, angle)
     box = np.array(
         [
             max(corners[:, 0].min() - grow, 0.0),
@@ -136,11 +136,11 @@ def extract_chip(
     if right < left or bottom < top:
         return np.zeros((size, size, 3), dtype=np.uint8)
     source = image[top : bottom + 1, left : right + 1]
-    rect = rect - np.array([left, top, left, top], dtype=np.float64)
-    while _area(_rect_down(rect)) > area:
-        source, rect = _pyramid_down(source), _rect_down(rect)
+    bounds = bounds - np.array([left, top, left, top], dtype=np.float64)
+    while _area(_rect_down(bounds)) > area:
+        source, bounds = _pyramid_down(source), _rect_down(bounds)
     chip_corners = np.array([[0.0, 0.0], [size - 1.0, 0.0], [0.0, size - 1.0]])
-    to_source = _affine_from_three(chip_corners, _rotated_corners(rect, angle)[[0, 1, 3]])
+    to_source = _affine_from_three(chip_corners, _rotated_corners(bounds, angle)[[0, 1, 3]])
     return _bilinear(source, to_source, size)
 
 

@@ -333,7 +333,7 @@ class _Stream:
         return raw.decode()
 
     def shape(self, what: str) -> tuple[int, int, int, int]:
-        shape = tuple(self.int_(what) for _ in range(4))
+        shape = (self.int_(what), self.int_(what), self.int_(what), self.int_(what))
         if min(shape) < 0:
             self.fail(what, f"the shape {shape}", "a tensor shape")
         return shape

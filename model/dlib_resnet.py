@@ -45,6 +45,8 @@ DLIB_FACE_RESNET_V1 = DlibArchitecture()
 class DlibResNet(nn.Module):
     """``forward(x) == head(features(x))``; ``x`` is float32 [N, 3, 150, 150] as ``normalise`` makes it."""
 
+    means: torch.Tensor  # dlib's per-channel input means, a buffer
+
     def __init__(self, input_means: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
         """dlib's ``anet_type`` with its layers' shapes and zero weights; ``from_network`` fills them in."""
         super().__init__()
@@ -79,6 +81,7 @@ class DlibResNet(nn.Module):
         with torch.no_grad():
             for step, layer in zip(model.steps, trunk):
                 if isinstance(step, nn.Conv2d):
+                    assert step.bias is not None  # _empty_step makes every conv with a bias
                     step.weight.copy_(torch.from_numpy(layer.weight))
                     step.bias.copy_(torch.from_numpy(layer.bias))
                 elif isinstance(step, _Affine):
@@ -204,6 +207,7 @@ def _empty_step(spec: LayerSpec, channels: int) -> nn.Module:
     if spec.kind == "con":
         conv = nn.Conv2d(channels, spec.outputs, spec.kernel, spec.stride, padding)
         nn.init.zeros_(conv.weight)
+        assert conv.bias is not None  # nn.Conv2d has a bias unless bias=False
         nn.init.zeros_(conv.bias)
         return conv
     if spec.kind == "max_pool":

@@ -164,6 +164,8 @@ class LResNetIR(nn.Module):
 def fold_head(fc: nn.Sequential) -> nn.Linear:
     """Fold ``BN1d -> Dropout -> Linear -> BN1d`` (eval mode) into one Linear, computed in float64."""
     bn_in, linear, bn_out = fc[0], fc[2], fc[3]
+    if not (isinstance(bn_in, nn.BatchNorm1d) and isinstance(linear, nn.Linear) and isinstance(bn_out, nn.BatchNorm1d)):
+        raise TypeError(f"fold_head needs BatchNorm1d -> Dropout -> Linear -> BatchNorm1d, got {fc}")
     scale_in, shift_in = _bn_affine(bn_in)
     scale_out, shift_out = _bn_affine(bn_out)
     weight = linear.weight.detach().double()
@@ -176,6 +178,8 @@ def fold_head(fc: nn.Sequential) -> nn.Linear:
 
 
 def _bn_affine(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"{bn} tracks no running statistics, so it cannot be folded into a Linear")
     scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
     shift = bn.bias.detach().double() - bn.running_mean.double() * scale
     return scale, shift

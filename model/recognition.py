@@ -29,7 +29,8 @@ class NetworkArchitecture(Protocol):
 
 
 class RecognitionNetwork(Protocol):
-    architecture: NetworkArchitecture
+    @property
+    def architecture(self) -> NetworkArchitecture: ...
 
     def normalise(self, faces: np.ndarray) -> torch.Tensor:
         """uint8 NHWC faces -> the network's float NCHW input."""

@@ -120,10 +120,10 @@ class PinnedArray(_Resource):
         self.nbytes = int(np.prod(shape)) * dtype.itemsize
         self.ptr = int(call("cudaMallocHost", self.nbytes))
         raw = (ctypes.c_uint8 * self.nbytes).from_address(self.ptr)
-        self.array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+        self.array = np.frombuffer(memoryview(raw), dtype=dtype).reshape(shape)
 
     def _release(self) -> None:
-        self.array = None
+        del self.array  # drop this view of the memory before it is freed
         call("cudaFreeHost", self.ptr)
 
 
@@ -132,7 +132,7 @@ class Stream(_Resource):
 
     def __init__(self, handle: int | None = None) -> None:
         self.owned = handle is None
-        if self.owned:
+        if handle is None:
             runtime = cudart()
             self._stream = call("cudaStreamCreateWithFlags", runtime.cudaStreamNonBlocking)
         else:

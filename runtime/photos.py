@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -92,7 +93,7 @@ def decoded(image: object, argument: str, max_pixels: int = DEFAULT_MAX_PIXELS) 
     """Files, bytes and PIL images decoded to uint8 RGB arrays; anything else returned as it is, for the
     crop checks to judge."""
     if isinstance(image, (str, os.PathLike)):
-        return load_image(image, max_pixels)
+        return load_image(Path(image), max_pixels)
     if isinstance(image, (bytes, bytearray, memoryview)):
         try:
             return decode_image(image, max_pixels)

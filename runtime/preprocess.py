@@ -52,7 +52,7 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         return _decode(file, f"image {str(path)!r}", max_pixels)
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes | bytearray | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an encoded image (e.g. an upload) as uint8 RGB (H, W, 3), exactly as ``load_image`` does."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"image bytes: expected bytes of an encoded image file, got {type(data).__name__}")

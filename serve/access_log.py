@@ -36,7 +36,8 @@ class BoundedAccessLog:
     def __init__(self, fd: int, capacity: int = DEFAULT_CAPACITY, timeout: float = 2.0) -> None:
         self.queue: queue.Queue = queue.Queue(capacity)
         self.handler = _DroppingQueueHandler(self.queue)
-        self.listener = QueueListener(self.queue, _LineWriter(fd, self.handler))
+        writer = _LineWriter(fd, self.handler)
+        self.listener = QueueListener(self.queue, writer)  # type: ignore[arg-type]  # typeshed: a Handler; duck-typed
         self.timeout = timeout
 
     @property
@@ -48,7 +49,7 @@ class BoundedAccessLog:
 
     def stop(self) -> None:
         with contextlib.suppress(queue.Full):
-            self.queue.put_nowait(self.listener._sentinel)
+            self.listener.enqueue_sentinel()
         thread = self.listener._thread
         if thread is not None:
             thread.join(self.timeout)  # a daemon thread: one still blocked on its write ends with the process

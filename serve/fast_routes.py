@@ -55,7 +55,7 @@ def served_ahead(routes: Iterable[BaseRoute], paths: Collection[str]) -> list[Ro
     missing = set(paths) - {route.path for route in chosen}
     if missing:
         raise ValueError(f"no FastAPI route at {sorted(missing)} to serve ahead of the router")
-    return [Route(r.path, r.endpoint, methods=sorted(r.methods), name=r.name) for r in chosen]
+    return [Route(r.path, r.endpoint, methods=sorted(r.methods or ()), name=r.name) for r in chosen]
 
 
 async def _answer(route: Route, scope: Scope, receive: Receive, send: Send) -> None:

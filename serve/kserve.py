@@ -60,7 +60,7 @@ def kserve_router(state: ServeState) -> APIRouter:
 
 
 def _metadata(state: ServeState) -> dict:
-    recognizer = state.recognizer
+    recognizer = state.serving()
     contract = recognizer.contract
     datatype, shape = image_type(contract)
     return {

@@ -119,13 +119,13 @@ def _batcher(batchers: dict) -> Iterator[Metric]:
         ("pdsn_batcher_queue_wait_seconds", "queue_wait_ms", "Queue wait per request, recent requests"),
         ("pdsn_batcher_compute_seconds", "compute_ms", "Compute time of each request's batch, recent requests"),
     ):
-        family = GaugeMetricFamily(name, documentation, labels=["batcher", "quantile"])
+        quantiles = GaugeMetricFamily(name, documentation, labels=["batcher", "quantile"])
         for which, stats in running.items():
             values = getattr(stats, attribute)
             for quantile in _QUANTILES:
                 if quantile in values:
-                    family.add_metric([which, f"0.{quantile[1:]}"], values[quantile] / 1000.0)
-        yield family
+                    quantiles.add_metric([which, f"0.{quantile[1:]}"], values[quantile] / 1000.0)
+        yield quantiles
 
 
 def _gallery(stats) -> Iterator[Metric]:

@@ -8,6 +8,7 @@ the engine-based ones take the bundle's engine entry as the ``engine`` option.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pdsn.runtime.backends.base import Backend
@@ -24,7 +25,8 @@ class BackendKind:
     engine_based: bool = False  # runs a bundle's built TensorRT engine, not its ONNX file
     runs_onnx_parts: bool = False  # runs the occlusion estimator's and the face detector's ONNX files too
 
-    def load(self) -> type[Backend]:
+    def load(self) -> Callable[..., Backend]:
+        """The backend's class: ``(model_path, dictionary, contract, device=..., **options)``, options its own."""
         return getattr(importlib.import_module(self.module), self.class_name)
 
 

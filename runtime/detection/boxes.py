@@ -25,9 +25,9 @@ def pnet_candidates(
     """
     rows, cols = np.nonzero(probability >= np.float32(threshold))
     cells = np.stack([cols, rows], axis=1).astype(np.float32)
-    scale = np.float32(scale)
-    first = np.floor((PNET_STRIDE * cells + _ONE) / scale)
-    last = np.floor((PNET_STRIDE * cells + np.float32(PNET_WINDOW)) / scale)
+    scale32 = np.float32(scale)
+    first = np.floor((PNET_STRIDE * cells + _ONE) / scale32)
+    last = np.floor((PNET_STRIDE * cells + np.float32(PNET_WINDOW)) / scale32)
     boxes = np.concatenate([first, last], axis=1)
     return boxes, probability[rows, cols], regression[:, rows, cols].T
 

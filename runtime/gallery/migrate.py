@@ -143,6 +143,9 @@ def _same(a: FaceRecord, b: FaceRecord, precision: np.dtype) -> bool:
     if a.cells != b.cells or sorted(a.patterns) != sorted(b.patterns):
         return False
     for x, y in ((a.base, b.base), (a.features, b.features)):
-        if (x is None) != (y is None) or (x is not None and (x.dtype != y.dtype or not np.array_equal(x, y))):
+        if x is None or y is None:
+            if x is not y:
+                return False
+        elif x.dtype != y.dtype or not np.array_equal(x, y):
             return False
     return all(np.array_equal(a.patterns[p].astype(precision), b.patterns[p].astype(precision)) for p in a.patterns)

@@ -23,6 +23,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from pdsn.runtime.gallery.records import (
     LOAD_CHUNK,
@@ -35,6 +36,9 @@ from pdsn.runtime.gallery.records import (
     decoded_rows,
     encode_face,
 )
+
+if TYPE_CHECKING:
+    import psycopg
 
 CHANNEL = "pdsn_gallery_changes"
 CONNECT_TIMEOUT_S = 5
@@ -88,7 +92,7 @@ class PostgresStore:
         self.location = shown or redacted(url)
         self._token = secrets.token_hex(8)  # this store's own notifications need no re-read
         self._lock = threading.RLock()
-        self._db = None
+        self._db: psycopg.Connection | None = None
         self._stale = threading.Event()
         try:
             with self._lock, self._errors("open"):
@@ -325,7 +329,8 @@ class PostgresStore:
         try:
             return self._connection().execute(query, parameters)
         except self._psycopg.OperationalError:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
             return self._connection().execute(query, parameters)
 
     def _listen(self) -> None:
@@ -360,10 +365,10 @@ class _StoreErrors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind, exc, traceback) -> bool:
+    def __exit__(self, kind, exc, traceback) -> None:
         psycopg = self._store._psycopg
         if isinstance(exc, psycopg.errors.UniqueViolation) or not isinstance(exc, psycopg.Error):
-            return False
+            return
         where = self._store.location
         if isinstance(exc, psycopg.OperationalError):
             known = (

@@ -120,8 +120,15 @@ class FaceRecord:
 class GalleryStore(Protocol):
     """The system of record a Gallery reads and writes (SQLite file or PostgreSQL database)."""
 
-    location: str  # for messages: a file path, or a database URL without its password
-    pattern_dtype: str  # the precision a read-back pattern embedding keeps
+    @property
+    def location(self) -> str:
+        """For messages: a file path, or a database URL without its password."""
+        ...
+
+    @property
+    def pattern_dtype(self) -> str:
+        """The precision a read-back pattern embedding keeps."""
+        ...
 
     def read_meta(self) -> dict[str, str]: ...
     def write_meta(self, values: dict[str, str]) -> None: ...
@@ -179,7 +186,7 @@ def encode_face(face: FaceRecord) -> tuple:
 
 
 def decode_face(
-    where, face_id, name, cells, base, features, dtype, patterns, blob, crc, embedding_size: int
+    where, face_id, name, cells, base, features, dtype, patterns, blob, crc, *, embedding_size: int
 ) -> FaceRecord:
     """The face of a store's row, its CRC-32 checked (a damaged row is refused naming ``where``)."""
     base_array = np.frombuffer(base, dtype=np.float32)
@@ -206,7 +213,7 @@ def decoded_rows(where, rows, embedding_size: int, damaged: list[DamagedFace] | 
     """The faces of a store's rows; a damaged one is refused, or with ``damaged`` noted there and left out."""
     for row in rows:
         try:
-            yield decode_face(where, *row, embedding_size)
+            yield decode_face(where, *row, embedding_size=embedding_size)
         except DamagedFaceError as exc:
             if damaged is None:
                 raise

@@ -168,6 +168,7 @@ class SqliteStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (identity_id, *encode_face(face)),
             )
+            assert cursor.lastrowid is not None  # an INSERT sets it
             ids.append(int(cursor.lastrowid))
         return ids
 
@@ -291,7 +292,7 @@ class _StoreErrors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind, exc, traceback) -> bool:
+    def __exit__(self, kind, exc, traceback) -> None:
         if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
             raise GalleryError(
                 f"gallery {self._path} is busy: another process held its write lock for over "
@@ -302,4 +303,3 @@ class _StoreErrors:
                 f"gallery {self._path} could not {self._action}: {exc}; if the file is damaged, restore it from "
                 f"a backup or re-enroll into a new gallery"
             ) from None
-        return False
