@@ -149,7 +149,7 @@ class ModelContract:
             color=required(data, "color", str, "contract"),
             normalization=dict(normalization),
             grid=dict(grid),
-            feature_shape=tuple(feature_shape),  # type: ignore[arg-type]
+            feature_shape=tuple(feature_shape),
             embedding_size=data["embedding_size"],
             l2_normalized=required(data, "l2_normalized", bool, "contract"),
             dictionary_binding=required(data, "dictionary_binding", str, "contract"),

@@ -58,9 +58,10 @@ def _check_fraction(value: object, argument: str, include_one: bool) -> float:
     interval = "[0, 1]" if include_one else "[0, 1)"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{argument} must be a number in {interval}, got {type(value).__name__} {value!r}")
-    if not (0.0 <= value < 1.0 or (include_one and value == 1.0)):
+    number = float(value)
+    if not (0.0 <= number < 1.0 or (include_one and number == 1.0)):
         raise ValueError(f"{argument} must be a number in {interval}, got {value!r}")
-    return float(value)
+    return number
 
 
 def _check_unit_range(values: np.ndarray, argument: str, line_numbers: bool = False) -> None:
@@ -156,7 +157,7 @@ class MaskDictionary:
         vectors = validate_occlusion_vectors(occlusion)
         discard_votes = vectors @ (1.0 - self.masks.reshape(self.num_cells, -1))
         combined = (discard_votes == 0).astype(np.float32).reshape(-1, *self.feature_shape)
-        return combined[0] if np.ndim(occlusion) == 1 else combined
+        return combined[0] if np.asarray(occlusion).ndim == 1 else combined
 
     def provenance(self) -> dict:
         """JSON-serialisable record: tau, threshold, source, shape, keep fraction per item."""
@@ -275,7 +276,7 @@ def load_mean_masks(
     else:
         if not isinstance(source, Iterable):
             raise TypeError(f"source must be a directory or a sequence of 25 paths, got {type(source).__name__}")
-        files = list(source)
+        files = [Path(path) for path in source]
         if len(files) != NUM_CELLS:
             raise ValueError(
                 f"source must list 25 mean_mask.txt paths, one per grid cell in order 0..24, got {len(files)}"

@@ -120,16 +120,16 @@ class FaceFinder:
         settings = settings or DetectionSettings()
         crops, sources = [], []
         for index, (array, name) in enumerate(zip(arrays, names)):
-            if not is_photo(array, self.contract):
+            if is_photo(array, self.contract):
+                found = self.detector.detect(array, settings.min_face, settings.thresholds, settings.scale_factor)
+                if not found:
+                    raise no_face_error(name)
+                for number in range(len(found)) if face == ALL_FACES else [chosen_face_index(found, face, name)]:
+                    crops.append(align_detected(array, found[number].landmarks, self.contract.alignment))
+                    sources.append(FaceSource(index, found[number]))
+            else:
                 crops.append(aligned_crop(array, self.contract))
                 sources.append(FaceSource(index, None))
-                continue
-            found = self.detector.detect(array, settings.min_face, settings.thresholds, settings.scale_factor)
-            if not found:
-                raise no_face_error(name)
-            for number in range(len(found)) if face == ALL_FACES else [chosen_face_index(found, face, name)]:
-                crops.append(align_detected(array, found[number].landmarks, self.contract.alignment))
-                sources.append(FaceSource(index, found[number]))
         return Located(self._batch(crops, argument, False), sources, len(items))
 
     def _aligned_by(self, items: list, landmarks: object, names: list[str], max_pixels: int, single: bool) -> Located:
@@ -169,5 +169,5 @@ def _open_detector(bundle: Bundle, backend: str, device: str, threads: int | Non
             f"bundle {bundle.path} has no face detector (exported by an older pdsn-deploy), so it takes only aligned "
             f"crops or photos with landmarks; add one with `pdsn add-detector --bundle {bundle.path}`"
         )
-    files = [bundle.file(entry.files[net], f"detector.files.{net}") for net in DETECTOR_NETS]
-    return FaceDetector(*files, backend=backend, device=device, threads=threads)
+    pnet, rnet, onet = (bundle.file(entry.files[net], f"detector.files.{net}") for net in DETECTOR_NETS)
+    return FaceDetector(pnet, rnet, onet, backend=backend, device=device, threads=threads)

@@ -66,7 +66,7 @@ def prepare_occlusion(occlusion: object, count: int, argument: str = "occlusion"
         return from_checked_vectors(vectors)
     if isinstance(occlusion, Sequence) and all(isinstance(item, Occlusion) for item in occlusion) and occlusion:
         _check_count(len(occlusion), count, argument, "occlusions", "or one for all")
-        return tuple(occlusion)  # type: ignore[arg-type]  # every item is an Occlusion, checked above
+        return tuple(occlusion)
     if isinstance(occlusion, (set, frozenset)) or _is_id_list(occlusion):
         return (Occlusion.from_cells(occlusion, argument),) * count  # type: ignore[arg-type]  # the id check names bad items
     if isinstance(occlusion, Sequence) and not isinstance(occlusion, (str, bytes)):

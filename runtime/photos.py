@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 
@@ -118,7 +119,7 @@ def aligned_crop(image: object, contract: ModelContract) -> object | None:
     return image
 
 
-def is_photo(image: object, contract: ModelContract) -> bool:
+def is_photo(image: object, contract: ModelContract) -> TypeGuard[np.ndarray]:
     """A uint8 RGB (H, W, 3) array that is neither the bundle's crop nor (for a 112x96 bundle) a 112x112 crop."""
     if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
         return False
@@ -159,7 +160,7 @@ def chosen_face_index(faces: list[DetectedFace], face: int | str | None, argumen
 def check_face_choice(face: object) -> int | str | None:
     """``face`` as a caller gives it: None, 'largest', or a non-negative index."""
     if face is None or face == LARGEST:
-        return face  # type: ignore[return-value]
+        return face
     if isinstance(face, bool) or not isinstance(face, (int, np.integer)) or face < 0:
         raise TypeError(f"face: expected None, 'largest' or a face index 0, 1, ..., got {face!r}")
     return int(face)

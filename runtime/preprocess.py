@@ -94,7 +94,7 @@ def rgb_of_pil(image: Image.Image, name: str = "image") -> np.ndarray:
 
 
 def align_face(
-    image: np.ndarray, landmarks: object, alignment: str = SIMILARITY_112X96, argument: str = "landmarks"
+    image: object, landmarks: object, alignment: str = SIMILARITY_112X96, argument: str = "landmarks"
 ) -> np.ndarray:
     """Cut the face whose 5 landmarks (eyes, nose, mouth corners; x, y) are given out of ``image``, as the
     bundle's ``alignment`` (its contract's) says: the 112x96 crop, or dlib's 150x150 chip.

@@ -79,7 +79,7 @@ class Recognizer:
         self.max_batch = batcher.max_batch
         self._backend = backend
         self._batcher = batcher
-        self._trunk_spec = trunk
+        self._trunk_spec: _TrunkSpec | None = trunk
         # The estimator runs beside the trunk; a remote model server's node keeps it local, on the CPU.
         local = trunk.backend in ESTIMATOR_BACKENDS
         self._estimator_spec = (

@@ -10,7 +10,7 @@ An enrollment is answered 201 only once the gallery has committed it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from pdsn.model.occlusion import Occlusion
 from pdsn.runtime import DeadlineExceededError
+from pdsn.runtime.detection import DetectedFace
 from pdsn.runtime.face_finder import ALL_FACES, Located
 from pdsn.runtime.photos import FaceSource
 from pdsn.serve import dispatch
@@ -57,6 +58,7 @@ MAX_OFFSET = 2**62  # within every store's integer range
 BUSY_FACE_ROUTES = ("/v1/embed", "/v1/verify", "/v1/identify", "/v1/detect")
 # The most image data (aligned crops: a few kilobytes each) a request alone on the server decodes on the event loop.
 INLINE_DECODE_BYTES = 64 * 1024
+Handler = Callable[[Request], Awaitable[Response]]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (401, 404, 413, 415, 422, 429, 503, 504)
 }
@@ -84,7 +86,7 @@ class FaceApi:
             )
             with input_errors("image", "min_face"):
                 found = await _within(deadline, in_pool(self.state.pool, recognizer.detect, image, body.min_face))
-        faces = [_face(FaceSource(0, face)) for face in found]
+        faces = [_face(0, face) for face in found]
         return _json(DetectResponse, self.state, faces=faces, width=image.shape[1], height=image.shape[0])
 
     async def embed(self, request: Request) -> Response:
@@ -101,7 +103,7 @@ class FaceApi:
             self.state,
             embeddings=result.tolist(),
             occluded_cells=_cell_lists(occlusion),
-            faces=None if located.sources is None else [_face(source) for source in located.sources],
+            faces=None if located.sources is None else _faces(located.sources),
         )
 
     async def verify(self, request: Request) -> Response:
@@ -131,7 +133,7 @@ class FaceApi:
         scored = await dispatch.verification(recognizer, sides[0], sides[1], (occlusion_a, occlusion_b), deadline)
         threshold = body.threshold if body.threshold is not None else recognizer.bundle.decision_threshold
         match = None if threshold is None else scored.score >= threshold
-        found = [None if side.sources is None else _face(side.sources[0]) for side in sides]
+        found = [None if side.sources is None else _faces(side.sources)[0] for side in sides]
         return _json(
             VerifyResponse,
             self.state,
@@ -152,7 +154,7 @@ class FaceApi:
             self.state, [body.image], "image", landmarks, "landmarks", ALL_FACES, body, deadline, single=True
         )
         occlusion = await _cells(self.state, body.occlusion, located, "occlusion")
-        features = await dispatch.features(self.state.recognizer, located, deadline)
+        features = await dispatch.features(self.state.loaded_recognizer, located, deadline)
         with input_errors("occlusion", "k", "threshold"):
             results = await in_pool(
                 self.state.pool, gallery.identify_features, features, occlusion, body.k, body.threshold
@@ -161,10 +163,9 @@ class FaceApi:
             (result,) = results
             return _json(IdentifyResponse, self.state, matches=_matches(result), occluded_cells=result.occluded_cells)
         faces = [
-            IdentifiedFace.model_construct(
-                **_face(source).__dict__, matches=_matches(result), occluded_cells=result.occluded_cells
-            )
-            for source, result in zip(located.sources, results)
+            IdentifiedFace.model_construct(**vars(face), matches=_matches(result), occluded_cells=result.occluded_cells)
+            for face, result in zip(_faces(located.sources), results)
+            if face is not None  # one photo: every face of it was detected
         ]
         return _json(IdentifyResponse, self.state, matches=None, occluded_cells=None, faces=faces)
 
@@ -176,7 +177,7 @@ class FaceApi:
             self.state, body.images, "images", body.landmarks, "landmarks", body.face, body, deadline
         )
         occlusion = await _cells(self.state, body.occlusion, located, "occlusion")
-        features = await dispatch.features(self.state.recognizer, located, deadline)
+        features = await dispatch.features(self.state.loaded_recognizer, located, deadline)
         with identity_errors(body.identity), input_errors("identity", "metadata", "occlusion"):
             face_ids = await in_pool(
                 self.state.pool,
@@ -193,7 +194,7 @@ class FaceApi:
             identity=body.identity,
             face_ids=face_ids,
             occluded_cells=_cell_lists(occlusion),
-            faces=None if located.sources is None else [_face(source) for source in located.sources],
+            faces=None if located.sources is None else _faces(located.sources),
             status=201,
         )
         answer.headers["Location"] = f"/v1/identities/{quote(body.identity, safe='')}"
@@ -223,33 +224,18 @@ class FaceApi:
 def face_router(api: FaceApi) -> APIRouter:
     """The ``/v1`` routes, each declared with its documentation over ``api``'s handler."""
     router = APIRouter(prefix="/v1", tags=["face API"], responses=_ERRORS)
-    posted = [
-        ("/detect", api.detect, DetectRequest, DetectResponse, "Faces in a photo: box, score and five landmarks each"),
-        ("/embed", api.embed, EmbedRequest, EmbedResponse, "Embeddings of faces, each masked by its occluded cells"),
-        (
-            "/verify",
-            api.verify,
-            VerifyRequest,
-            VerifyResponse,
-            "Do two faces match? Both are masked by the union of their occluded cells",
-        ),
-        (
-            "/identify",
-            api.identify,
-            IdentifyRequest,
-            IdentifyResponse,
-            "The best-matching enrolled identities of one face (each compared under the union rule)",
-        ),
-    ]
-    for path, handler, body, answer, summary in posted:
-        router.add_api_route(
-            path,
-            handler,
-            methods=["POST"],
-            summary=summary,
-            responses={200: {"model": answer}},
-            openapi_extra=body_docs(body),
-        )
+
+    def post(path: str, handler: Handler, body: type[BaseModel], answer: type[BaseModel], summary: str) -> None:
+        responses: dict[int | str, dict[str, Any]] = {200: {"model": answer}}
+        docs = body_docs(body)
+        router.add_api_route(path, handler, methods=["POST"], summary=summary, responses=responses, openapi_extra=docs)
+
+    post("/detect", api.detect, DetectRequest, DetectResponse, "Faces in a photo: box, score and five landmarks each")
+    post("/embed", api.embed, EmbedRequest, EmbedResponse, "Embeddings of faces, each masked by its occluded cells")
+    verify = "Do two faces match? Both are masked by the union of their occluded cells"
+    post("/verify", api.verify, VerifyRequest, VerifyResponse, verify)
+    identify = "The best-matching enrolled identities of one face (each compared under the union rule)"
+    post("/identify", api.identify, IdentifyRequest, IdentifyResponse, identify)
     router.add_api_route(
         "/identities",
         api.enroll,
@@ -259,13 +245,20 @@ def face_router(api: FaceApi) -> APIRouter:
         responses={201: {"model": EnrollResponse}, 409: {"model": ErrorResponse}},
         openapi_extra=body_docs(EnrollRequest),
     )
-    identities = [
-        ("/identities", api.identities, "GET", "Enrolled identities, sorted, a page at a time", IdentitiesResponse),
-        ("/identities/{identity:path}", api.identity, "GET", "One identity's metadata", IdentityResponse),
-        ("/identities/{identity:path}", api.remove, "DELETE", "Remove an identity and its faces", RemoveResponse),
-    ]
-    for path, handler, method, summary, model in identities:
-        router.add_api_route(path, handler, methods=[method], summary=summary, response_model=model)
+    one = "/identities/{identity:path}"
+    router.add_api_route(
+        "/identities",
+        api.identities,
+        methods=["GET"],
+        summary="Enrolled identities, sorted, a page at a time",
+        response_model=IdentitiesResponse,
+    )
+    router.add_api_route(
+        one, api.identity, methods=["GET"], summary="One identity's metadata", response_model=IdentityResponse
+    )
+    router.add_api_route(
+        one, api.remove, methods=["DELETE"], summary="Remove an identity and its faces", response_model=RemoveResponse
+    )
     return router
 
 
@@ -274,8 +267,8 @@ async def _cells(state, value: object, located: Located, field: str) -> tuple[Oc
     bundle's estimator on the faces (a 422 naming the field when the bundle has none)."""
     with input_errors(field):
         if isinstance(value, str) and value == "auto":
-            return await in_pool(state.pool, state.recognizer.occlusion_of, value, located, field)
-        return state.recognizer.occlusion_of(value, located, field)
+            return await in_pool(state.pool, state.loaded_recognizer.occlusion_of, value, located, field)
+        return state.loaded_recognizer.occlusion_of(value, located, field)
 
 
 async def _decoded(
@@ -374,22 +367,26 @@ async def _located(
 ) -> Located:
     """The request's faces: aligned crops as they are (on the loop: no work), photos aligned by the client's
     landmarks or by the faces the detector finds (on the thread pool)."""
-    contract = state.recognizer.contract
+    contract = state.loaded_recognizer.contract
     if landmarks is not None:
         return await in_pool(state.pool, aligned_by_landmarks, images, landmarks, contract, landmarks_field, single)
     with input_errors(field, "min_face", "face"):
         if not has_photo(images, contract):
-            return state.recognizer.locate(images[0] if single else images, argument=field)
+            return state.loaded_recognizer.locate(images[0] if single else images, argument=field)
         settings = body.detection()
         return await in_pool(
-            state.pool, state.recognizer.locate, images[0] if single else images, None, settings, face, field
+            state.pool, state.loaded_recognizer.locate, images[0] if single else images, None, settings, face, field
         )
 
 
-def _face(source: FaceSource) -> Face:
-    face = source.face
+def _faces(sources: list[FaceSource]) -> list[Face | None]:
+    """Where each face was found; None for an aligned crop sent beside photos (it was not detected)."""
+    return [None if source.face is None else _face(source.image, source.face) for source in sources]
+
+
+def _face(image: int, face: DetectedFace) -> Face:
     return Face.model_construct(
-        image=source.image,
+        image=image,
         box=[float(v) for v in face.box],
         score=float(face.score),
         landmarks=[[float(x), float(y)] for x, y in face.landmarks],
@@ -409,7 +406,7 @@ def _cell_lists(occlusion: tuple[Occlusion, ...]) -> list[list[int]]:
 
 def _json(model: type[BaseModel], state: ServeState, status: int = 200, **fields) -> Response:
     """The answer as ``model``'s JSON; built from the service's own values, so not validated again."""
-    recognizer = state.recognizer
+    recognizer = state.loaded_recognizer
     answer = model.model_construct(
         model=state.model_id, precision=recognizer.precision, model_note=recognizer.bundle.model_note, **fields
     )

@@ -24,6 +24,7 @@ from pydantic import (
     ValidationInfo,
     WithJsonSchema,
 )
+from pydantic_core import ErrorDetails
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
@@ -95,14 +96,14 @@ MinFace = Annotated[
 ]
 
 
-def _face_choice(value: object) -> object:
+def _face_choice(value: object) -> int | str | None:
     if value is None or value == "largest" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
         return value
     raise ValueError(f"expected 'largest', a face index 0, 1, ... (as /v1/detect lists them) or null; got {value!r}")
 
 
 FaceChoice = Annotated[
-    object,
+    int | str | None,
     PlainValidator(_face_choice),
     WithJsonSchema(
         {
@@ -176,19 +177,20 @@ class EnrollRequest(_Photos):
 Body = TypeVar("Body", bound=_Body)
 
 
-def body_docs(model: type[_Body]) -> dict:
+def body_docs(model: type[BaseModel]) -> dict:
     """The route's OpenAPI request body: ``model`` as JSON, and as a multipart form with image files."""
     schema = model.model_json_schema()
-    form = {"type": "object", "properties": {}, "required": schema.get("required", [])}
+    properties: dict[str, dict] = {}
+    form = {"type": "object", "properties": properties, "required": schema.get("required", [])}
     for name, prop in schema["properties"].items():
         image = prop.get("contentEncoding") == "base64"
         images = prop.get("items", {}).get("contentEncoding") == "base64"
         if image or images:
             binary = {"type": "string", "format": "binary"}
-            form["properties"][name] = {"type": "array", "items": binary} if images else binary
+            properties[name] = {"type": "array", "items": binary} if images else binary
         else:
             text = "text" if prop.get("type") == "string" else "JSON text"
-            form["properties"][name] = {"type": "string", "description": f"{prop.get('description', name)} ({text})"}
+            properties[name] = {"type": "string", "description": f"{prop.get('description', name)} ({text})"}
     return {
         "requestBody": {
             "required": True,
@@ -231,7 +233,7 @@ async def _form(request: Request, model: type[_Body]) -> dict:
             f"files as a multipart form with its boundary, or the request as JSON",
             "body",
         ) from None
-    data = {}
+    data: dict[str, object] = {}
     for name in dict.fromkeys(form.keys()):
         values = [await _value(v) for v in form.getlist(name)]
         field = model.model_fields.get(name)
@@ -242,7 +244,8 @@ async def _form(request: Request, model: type[_Body]) -> dict:
         if files and typing.get_origin(field.annotation) is list:
             data[name] = values
         elif len(values) == 1:
-            data[name] = values[0] if files or field.annotation is str else _json_field(name, values[0])
+            value = values[0]
+            data[name] = value if isinstance(value, Upload) or field.annotation is str else _json_field(name, value)
         else:
             raise ApiError(422, f"{name}: sent {len(values)} times; send it once", name)
     return data
@@ -263,10 +266,11 @@ def _json_field(name: str, text: str) -> object:
         raise ApiError(422, f"{name}: its JSON nests too deeply for any field of this API", name) from None
 
 
-def _reported(error: dict) -> dict:
+def _reported(error: ErrorDetails) -> ErrorDetails:
     """A pydantic error as the service answers it: where a validator raised an ``InputError``, its own field
     (``occlusion[1]``, deeper than pydantic's location) and message; the context (not JSON) is dropped."""
-    cause = error.pop("ctx", {}).get("error")
+    context = error.pop("ctx", {})
+    cause = context.get("error")
     if isinstance(cause, InputError):
         return {**error, "loc": ("body", cause.field), "msg": str(cause)}
     return error

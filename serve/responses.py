@@ -37,8 +37,10 @@ class DetectResponse(_ModelResponse):
 class EmbedResponse(_ModelResponse):
     embeddings: list[list[float]] = Field(description="one per face: per aligned crop, or per face found in a photo")
     occluded_cells: list[list[int] | None] = Field(description="per embedding, the cells that masked it")
-    faces: list[Face] | None = Field(
-        None, description="per embedding, where its face was found (null when every image was an aligned crop)"
+    faces: list[Face | None] | None = Field(
+        None,
+        description="per embedding, where its face was found (null when every image was an aligned crop; a null "
+        "entry for an aligned crop sent beside photos)",
     )
 
 

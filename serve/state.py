@@ -101,7 +101,14 @@ class ServeState:
 
     def serving(self) -> Recognizer:
         """The recognizer, or a 503 while loading or shutting down."""
-        if self._phase != "ready":
+        if self._phase != "ready" or self.recognizer is None:
+            raise not_ready(self._reason)
+        return self.recognizer
+
+    @property
+    def loaded_recognizer(self) -> Recognizer:
+        """The recognizer, for a route that has passed ``serving()``: set once loaded, never unset after."""
+        if self.recognizer is None:
             raise not_ready(self._reason)
         return self.recognizer
 

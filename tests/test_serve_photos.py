@@ -13,6 +13,7 @@ import pytest
 from serve_harness import gallery_service, png
 
 from pdsn.bench.real_photos import group_photo, portrait_photos
+from pdsn.model.sample_faces import seeded_faces
 from pdsn.runtime import load_image
 
 OPTIONS = ("--backend", "onnxruntime", "--precision", "fp32", "--max-batch", "8", "--max-delay-ms", "2")
@@ -56,6 +57,16 @@ def test_embed_answers_each_face_with_where_it_was(client, tiny_recognizer, grou
     assert len(body["embeddings"]) == len(body["faces"]) == PEOPLE
     assert np.allclose(body["embeddings"], [f.embedding for f in expected], atol=1e-4)
     assert np.allclose([f["box"] for f in body["faces"]], [f.face.box for f in expected], atol=1e-3)
+
+
+def test_a_crop_beside_a_photo_answers_null_for_its_face(client, tiny_recognizer, group):
+    crop = seeded_faces(1, seed=77)[0]
+    answer = client.post("/v1/embed", json={"images": [_b64(png(crop)), _b64(group)], "min_face": MIN_FACE})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert len(body["embeddings"]) == len(body["faces"]) == PEOPLE + 1
+    assert body["faces"][0] is None and all(face["image"] == 1 for face in body["faces"][1:])
+    assert np.allclose(body["embeddings"][0], tiny_recognizer.embed(crop[None])[0], atol=1e-4)
 
 
 def test_identify_a_photo_answers_per_face_and_enroll_needs_one_face(client, group):

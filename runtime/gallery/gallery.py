@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,12 +130,19 @@ class _Group:
     """Faces enrolled with the same occluded cells, row-aligned across every array."""
 
     cells: int
+    base: Rows  # unmasked embeddings, float32
     face_ids: list[int] = field(default_factory=list)
     identities: list[str] = field(default_factory=list)
-    base: Rows | None = None  # unmasked embeddings, float32
     features: Rows | None = None  # trunk features, float16/float32; None without keep_features
     stored: dict[int, Rows] = field(default_factory=dict)  # pattern -> normalised embeddings (no features)
     removals: int = 0  # rows dropped so far: a pattern computed from older rows no longer lines up
+
+    @property
+    def kept_features(self) -> Rows:
+        """The trunk features, which every new pattern is computed from: kept with ``keep_features`` only."""
+        if self.features is None:
+            raise GalleryError("this gallery keeps no trunk features, so it computes no new pattern")
+        return self.features
 
 
 class Gallery:
@@ -238,12 +245,11 @@ class Gallery:
         cache_bytes = check_int(cache_bytes, "cache_bytes", 1)
         slice_bytes = check_int(slice_bytes, "slice_bytes", 1)
         pattern_workers = check_int(pattern_workers, "pattern_workers", 1)
-        if isinstance(pattern_queue, bool) or not isinstance(pattern_queue, int) or pattern_queue < 0:
-            raise ValueError(f"pattern_queue must be a whole number >= 0, got {pattern_queue!r}")
+        pattern_queue = check_int(pattern_queue, "pattern_queue", 0)
         if is_vector_location(location):
             from pdsn.runtime.gallery.vector_gallery import VectorGallery
 
-            warm = warm_pattern_masks(tuple(warm_patterns))
+            warm = warm_pattern_masks(warm_patterns)
             return VectorGallery.open_location(
                 str(location), recognizer, create, keep_features, feature_dtype, warm, slice_bytes, ef_search
             )
@@ -255,7 +261,7 @@ class Gallery:
             )
         store = open_store(location, create)
         try:
-            settings = _bind(store, recognizer, keep_features, feature_dtype, warm_pattern_masks(tuple(warm_patterns)))
+            settings = _bind(store, recognizer, keep_features, feature_dtype, warm_pattern_masks(warm_patterns))
             return cls(
                 store, recognizer, settings, cache_bytes, ann_min_faces, slice_bytes, pattern_workers, pattern_queue
             )
@@ -516,7 +522,7 @@ class Gallery:
                 have = 0 if entry is None else len(entry)
                 if have < len(group.face_ids) and (group.cells, union) not in work:
                     work[(group.cells, union)] = _PatternWork(
-                        group, union, have, group.features.array, group.base.array, group.removals
+                        group, union, have, group.kept_features.array, group.base.array, group.removals
                     )
         return list(work.values())
 
@@ -679,7 +685,7 @@ class Gallery:
         key = (group.cells, pattern)
         entry = self._cache.get(key, count=probe)
         have = 0 if entry is None else len(entry)
-        if have < len(group.face_ids):
+        if entry is None or have < len(group.face_ids):
             started = time.perf_counter()
             rows = self._compute(group, pattern, slice(have, None))
             if entry is None:
@@ -693,7 +699,7 @@ class Gallery:
 
     def _compute(self, group: _Group, pattern: int, rows: slice) -> np.ndarray:
         base = group.base.array[rows]
-        features = group.features.array[rows]
+        features = group.kept_features.array[rows]
         return _normalised(self._slice(pattern).apply(features.reshape(len(features), -1), base, self._head))
 
     def _load(self, sizes: dict[int, int], records: Iterator[FaceRecord]) -> None:
@@ -705,7 +711,7 @@ class Gallery:
             self._add(chunk)
 
     def _new_group(self, cells: int, reserve: int = 0) -> _Group:
-        group = self._groups[cells] = _Group(cells, base=Rows(self._head.embedding_size, np.float32))
+        group = self._groups[cells] = _Group(cells, Rows(self._head.embedding_size, np.float32))
         group.base.reserve(reserve)
         if self.keep_features:
             group.features = Rows(self._head.feature_size, self.feature_dtype)
@@ -729,7 +735,8 @@ class Gallery:
             group.identities += [m.identity for m in members]
             group.base.extend([m.base for m in members])
             if self.keep_features:
-                group.features.extend([m.features for m in members])  # cast to the gallery's dtype on the copy
+                kept = [m.features for m in members if m.features is not None]  # every one: checked above
+                group.kept_features.extend(kept)  # cast to the gallery's dtype on the copy
             else:
                 for pattern in {p for m in members for p in m.patterns}:
                     if pattern not in group.stored:
@@ -901,7 +908,9 @@ def _one_pattern(occlusion: object) -> bool:
         return True
     if isinstance(occlusion, np.ndarray):
         return occlusion.ndim == 1
-    return all(not isinstance(item, (list, tuple, set, frozenset, np.ndarray)) for item in occlusion)  # type: ignore[union-attr]
+    if not isinstance(occlusion, Iterable):
+        return False  # not an occlusion: prepare_occlusion names it
+    return all(not isinstance(item, (list, tuple, set, frozenset, np.ndarray)) for item in occlusion)
 
 
 def _metadata(metadata: object) -> dict:

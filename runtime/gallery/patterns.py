@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pdsn.errors import PdsnError
@@ -23,7 +24,7 @@ DEFAULT_WARM_PATTERNS: tuple[tuple[int, ...], ...] = ((), tuple(SUNGLASSES_CELLS
 DEFAULT_CACHE_BYTES = 1 << 30
 
 
-def warm_pattern_masks(patterns: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
+def warm_pattern_masks(patterns: Sequence[Iterable[int]]) -> tuple[int, ...]:
     """The warm list as masks, checked: each entry a collection of cell ids 0..24."""
     masks = [
         Occlusion.from_cells(set(cells) if isinstance(cells, (list, tuple)) else cells, f"warm_patterns[{index}]").bits

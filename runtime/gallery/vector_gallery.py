@@ -32,7 +32,7 @@ from pdsn.runtime.gallery.gallery import (
     _bind,
     _normalised,
 )
-from pdsn.runtime.gallery.locations import open_store
+from pdsn.runtime.gallery.locations import open_store, shown_location
 from pdsn.runtime.gallery.names import stored_name
 from pdsn.runtime.gallery.patterns import CacheStats, warm_pattern_masks
 from pdsn.runtime.gallery.pgvector_store import (
@@ -62,6 +62,8 @@ class _Hits:
 
 class VectorGallery(Gallery):
     """``Gallery``'s API over a ``PgvectorStore``: enrollments and searches go to the database."""
+
+    _store: PgvectorStore
 
     @property
     def ef_search(self) -> int:
@@ -103,6 +105,11 @@ class VectorGallery(Gallery):
         ef_search: int | None,
     ) -> VectorGallery:
         store = open_store(location, create)
+        if not isinstance(store, PgvectorStore):
+            store.close()
+            raise GalleryError(
+                f"{shown_location(location)} is not a pgvector gallery (pgvector:// or pgvector+embedded://)"
+            )
         try:
             settings = _bind(store, recognizer, keep_features, feature_dtype, warm_patterns)
             store.write_meta({})  # an existing gallery: its vector tables are checked against this model
@@ -181,7 +188,13 @@ class VectorGallery(Gallery):
 
     def _under(self, pattern: int, faces: list[FaceRecord]) -> np.ndarray:
         """The faces' normalised embeddings under ``pattern``, from their stored features."""
-        features = np.stack([face.features for face in faces])
+        kept = [face.features for face in faces if face.features is not None]
+        if len(kept) != len(faces):
+            raise GalleryError(
+                f"gallery {self.location}: a face has no stored trunk features, so no new pattern can be computed "
+                "for it; re-create the gallery keeping features"
+            )
+        features = np.stack(kept)
         base = np.stack([face.base for face in faces])
         return _normalised(self._slice(pattern).apply(features, base, self._head))
 
