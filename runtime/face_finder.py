@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from pdsn.errors import InputError
 from pdsn.model.bundle_format import DETECTOR_NETS, ModelContract
 from pdsn.runtime.bundle import Bundle
 from pdsn.runtime.detection import DetectedFace, FaceDetector
@@ -101,9 +102,11 @@ class FaceFinder:
         face: int | str | None = ALL_FACES,
         argument: str = "images",
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        landmarks_argument: str = "landmarks",
     ) -> Located:
         """Aligned faces of ``images`` (see the module docstring); ``face``: ``"all"`` faces of each photo,
-        or one per photo (None: the only one; ``"largest"``; an index)."""
+        or one per photo (None: the only one; ``"largest"``; an index). Errors name ``argument`` and
+        ``landmarks_argument`` (``images[1]``, ``landmarks[1]``)."""
         if isinstance(images, np.ndarray) and landmarks is None and not _holds_photos(images, self.contract):
             return Located(
                 prepare_images(aligned_crop(images, self.contract), self.contract, argument), None, _count(images)
@@ -112,7 +115,7 @@ class FaceFinder:
         single = len(items) == 1 and not isinstance(images, (list, tuple)) and not _is_batch_array(images)
         names = [argument if single else f"{argument}[{i}]" for i in range(len(items))]
         if landmarks is not None:
-            return self._aligned_by(items, landmarks, names, max_pixels, single)
+            return self._aligned_by(items, landmarks, names, (argument, landmarks_argument), max_pixels, single)
         arrays = [decoded(item, name, max_pixels) for item, name in zip(items, names)]
         if not any(is_photo(array, self.contract) for array in arrays):
             crops = [aligned_crop(array, self.contract) for array in arrays]
@@ -132,16 +135,30 @@ class FaceFinder:
                 sources.append(FaceSource(index, None))
         return Located(self._batch(crops, argument, False), sources, len(items))
 
-    def _aligned_by(self, items: list, landmarks: object, names: list[str], max_pixels: int, single: bool) -> Located:
+    def _aligned_by(
+        self,
+        items: list,
+        landmarks: object,
+        names: list[str],
+        arguments: tuple[str, str],
+        max_pixels: int,
+        single: bool,
+    ) -> Located:
+        """``items`` aligned by the caller's ``landmarks``; ``arguments``: the images' and the landmarks' names."""
+        images_argument, argument = arguments
         sets = [landmarks] if single else list(landmarks)  # type: ignore[call-overload]
         if len(sets) != len(items):
-            raise ValueError(f"landmarks: {len(sets)} landmark sets for {len(items)} images; pass one set per image")
+            raise InputError(
+                argument,
+                f"{argument}: {len(sets)} landmark sets for {len(items)} images; pass one set of 5 (x, y) points "
+                "per image, or none to have the faces found",
+            )
         crops = []
         for index, (item, points, name) in enumerate(zip(items, sets, names)):
             image = decoded(item, name, max_pixels)
-            name = "landmarks" if single else f"landmarks[{index}]"
-            crops.append(align_face(image, points, self.contract.alignment, argument=name))
-        return Located(self._batch(crops, "images", single), None, len(items))
+            points_name = argument if single else f"{argument}[{index}]"
+            crops.append(align_face(image, points, self.contract.alignment, argument=points_name))
+        return Located(self._batch(crops, images_argument, single), None, len(items))
 
     def _batch(self, crops: list, argument: str, single: bool) -> np.ndarray:
         if all(isinstance(c, np.ndarray) and c.dtype == np.uint8 and c.ndim == 3 for c in crops):

@@ -316,6 +316,7 @@ class Recognizer:
         detection: DetectionSettings | None = None,
         face: int | str | None = ALL_FACES,
         argument: str = "images",
+        landmarks_argument: str = "landmarks",
     ) -> Located:
         """The aligned faces of ``images`` in the model's layout, and where each came from (``FaceFinder``).
 
@@ -326,7 +327,7 @@ class Recognizer:
             face = check_face_choice(face)
         if detection is not None and not isinstance(detection, DetectionSettings):
             raise TypeError(f"detection: expected DetectionSettings, got {type(detection).__name__}")
-        return self._finder.locate(images, landmarks, detection, face, argument)
+        return self._finder.locate(images, landmarks, detection, face, argument, landmarks_argument=landmarks_argument)
 
     def occlusion_of(self, occlusion: object, located: Located, argument: str = "occlusion") -> tuple[Occlusion, ...]:
         """One ``Occlusion`` per face of ``located``: the estimator's for ``"auto"``, else per image as given."""

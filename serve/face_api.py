@@ -26,7 +26,7 @@ from pdsn.runtime.photos import FaceSource
 from pdsn.serve import dispatch
 from pdsn.serve.dispatch import Deadline, in_pool
 from pdsn.serve.errors import identity_errors, input_errors
-from pdsn.serve.images import aligned_by_landmarks, declared_sizes, decode_files, has_photo
+from pdsn.serve.images import declared_sizes, decode_files, has_photo
 from pdsn.serve.payloads import (
     DetectRequest,
     EmbedRequest,
@@ -367,16 +367,18 @@ async def _located(
 ) -> Located:
     """The request's faces: aligned crops as they are (on the loop: no work), photos aligned by the client's
     landmarks or by the faces the detector finds (on the thread pool)."""
-    contract = state.loaded_recognizer.contract
+    recognizer = state.loaded_recognizer
+    given = images[0] if single else images
     if landmarks is not None:
-        return await in_pool(state.pool, aligned_by_landmarks, images, landmarks, contract, landmarks_field, single)
+        points = landmarks[0] if single else landmarks  # a single image comes with its one set
+        with input_errors(landmarks_field, field):
+            return await in_pool(
+                state.pool, recognizer.locate, given, points, argument=field, landmarks_argument=landmarks_field
+            )
     with input_errors(field, "min_face", "face"):
-        if not has_photo(images, contract):
-            return state.loaded_recognizer.locate(images[0] if single else images, argument=field)
-        settings = body.detection()
-        return await in_pool(
-            state.pool, state.loaded_recognizer.locate, images[0] if single else images, None, settings, face, field
-        )
+        if not has_photo(images, recognizer.contract):
+            return recognizer.locate(given, argument=field)
+        return await in_pool(state.pool, recognizer.locate, given, None, body.detection(), face, field)
 
 
 def _faces(sources: list[FaceSource]) -> list[Face | None]:

@@ -14,11 +14,9 @@ import numpy as np
 
 from pdsn.model.bundle_format import ModelContract
 from pdsn.runtime import decode_image
-from pdsn.runtime.face_finder import Located
-from pdsn.runtime.inputs import prepare_images, to_model_layout, uint8_contract
 from pdsn.runtime.photos import is_photo
-from pdsn.runtime.preprocess import ImageTooLargeError, align_face, declared_pixels
-from pdsn.serve.errors import ApiError, input_errors
+from pdsn.runtime.preprocess import ImageTooLargeError, declared_pixels
+from pdsn.serve.errors import ApiError
 
 
 class Upload(bytes):
@@ -68,28 +66,6 @@ def decode_files(files: list[bytes], field: str, max_pixels: int, single: bool =
     ``single``: one image sent as ``field`` itself, so errors name ``field``, not ``field[0]``.
     """
     return [_decode(data, field if single else f"{field}[{i}]", max_pixels) for i, data in enumerate(files)]
-
-
-def aligned_by_landmarks(
-    images: list[np.ndarray], landmarks: list, contract: ModelContract, field: str, single: bool = False
-) -> Located:
-    """Photos aligned by the client's own landmarks (one set of 5 (x, y) points per image)."""
-    if len(landmarks) != len(images):
-        raise ApiError(
-            422,
-            f"{field}: {len(landmarks)} landmark sets for {len(images)} images; send one set of 5 (x, y) "
-            f"points per image, or none to let the server find the faces",
-            field,
-        )
-    faces = []
-    for index, image in enumerate(images):
-        points_name = field if single else f"{field}[{index}]"
-        with input_errors(points_name):
-            points = np.asarray(landmarks[index], dtype=np.float64)
-            faces.append(align_face(image, points, contract.alignment, argument=points_name))
-    with input_errors(field):
-        batch = prepare_images(faces[0] if single else faces, uint8_contract(contract), field)
-    return Located(to_model_layout(batch, contract), None, len(images))
 
 
 def has_photo(images: list[np.ndarray], contract: ModelContract) -> bool:
