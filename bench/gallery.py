@@ -52,7 +52,7 @@ def run_gallery_benchmark(bundle: Path, config: GalleryBenchConfig, work: Path, 
 
     work.mkdir(parents=True, exist_ok=True)
     with Recognizer.open(bundle, backend="auto", precision="auto", allow_ungated=True, max_delay_ms=0.0) as rec:
-        faces = seeded_faces(8, seed=99)
+        faces = seeded_faces(8, seed=99, size=(rec.contract.height, rec.contract.width))
         trunk = measure(lambda: rec.features(faces), batch=8, min_seconds=2.0)
         embed = measure(lambda: rec.embed(faces, occlusion=[12]), batch=8, min_seconds=2.0)
         per_face_s = embed.p50_ms / 8 / 1000

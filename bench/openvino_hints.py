@@ -21,8 +21,11 @@ HINTS = ("latency", "throughput")
 def compare_hints(bundle: Path, precision: str, clients: tuple[int, ...], config: SweepConfig, rounds: int) -> dict:
     from pdsn.model.sample_faces import occlusion_mix, seeded_faces
     from pdsn.runtime import Recognizer
+    from pdsn.runtime.bundle import open_bundle
 
-    faces, occlusion = seeded_faces(32, seed=4242), occlusion_mix(32, seed=4242)
+    contract = open_bundle(bundle).contract
+    faces = seeded_faces(32, seed=4242, size=(contract.height, contract.width))
+    occlusion = occlusion_mix(32, seed=4242)
     rows: list[dict] = []
     for round_index in range(rounds):
         for hint in HINTS if round_index % 2 == 0 else HINTS[::-1]:

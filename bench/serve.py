@@ -94,7 +94,6 @@ def run_serve_benchmark(bundle: Path, config: ServeBenchConfig, progress: bool =
     from pdsn.model.sample_faces import occlusion_mix, seeded_faces
     from pdsn.runtime import Recognizer
 
-    faces, occlusion = seeded_faces(FACES, seed=4242), occlusion_mix(FACES, seed=4242)
     queue = config.queue_size or max(4 * config.max_batch, max(config.clients))
     loop = SweepConfig(seconds=config.seconds, warmup_seconds=config.warmup_seconds)
     recognizer = Recognizer.open(
@@ -107,6 +106,8 @@ def run_serve_benchmark(bundle: Path, config: ServeBenchConfig, progress: bool =
         allow_ungated=True,
     )
     with recognizer:
+        crop = (recognizer.contract.height, recognizer.contract.width)
+        faces, occlusion = seeded_faces(FACES, seed=4242, size=crop), occlusion_mix(FACES, seed=4242)
         backend, precision = recognizer.backend_info["backend"], recognizer.precision
         options = [
             "--backend", backend, "--precision", precision, "--max-batch", str(config.max_batch),

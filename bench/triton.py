@@ -35,6 +35,7 @@ def run(bundle: Path | None, work: Path, env_dir: Path, precision: str = "fp32",
     """Every path at 1 and 8 clients, ``seconds`` per row; ``bundle`` None: the demo model exported into ``work``."""
     from pdsn.model.sample_faces import seeded_faces
     from pdsn.runtime import Recognizer
+    from pdsn.runtime.bundle import open_bundle
     from pdsn.triton_repo.local_server import LocalTritonServer, triton_env
     from pdsn.triton_repo.repository import RepositoryRequest, write_repository
 
@@ -56,7 +57,8 @@ def run(bundle: Path | None, work: Path, env_dir: Path, precision: str = "fp32",
             max_queue_delay_us=int(DELAY_MS * 1000),
         )
     )
-    faces = seeded_faces(64, seed=1)
+    contract = open_bundle(bundle).contract
+    faces = seeded_faces(64, seed=1, size=(contract.height, contract.width))
     occlusion = np.zeros((64, 25), np.float32)
     occlusion[::2, 10:14] = 1  # every other face wears sunglasses
     rows = []

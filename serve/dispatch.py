@@ -1,4 +1,4 @@
-"""Handing work to the runtime without blocking the event loop: the batcher's futures are awaited, CPU work
+"""Handing work to the runtime without blocking the event loop: the runtime's futures are awaited, CPU work
 goes to a thread pool, and every wait is bounded by the request's deadline.
 
 A deadline counts from the request's arrival: ``X-Deadline-Ms`` or the server's default. The batcher

@@ -223,3 +223,15 @@ def test_a_tensorrt_rtx_engine_builds_for_dlibs_network(dlib_bundle, tmp_path):
     (entry,) = engines.values()
     assert entry["file"] == f"engines/tensorrt-rtx-{rtx.__version__}-portable-fp32-b1-8-16.engine"
     assert entry["profile"] == {"min": 1, "opt": 8, "max": 16}
+
+
+def test_the_serve_benchmark_sends_crops_of_the_bundles_own_size(dlib_bundle):
+    """dlib's chips are 150x150: the benchmark's seeded faces follow the bundle's contract, not 112x96."""
+    from pdsn.bench.serve import ServeBenchConfig, run_serve_benchmark
+
+    config = ServeBenchConfig(
+        backend="onnxruntime", precision="fp32", clients=(1,), routes=("v2-binary",), seconds=0.3,
+        warmup_seconds=0.1, rounds=1,
+    )  # fmt: skip
+    result = run_serve_benchmark(dlib_bundle, config, progress=False)
+    assert [(row["path"], row["requests"] > 0) for row in result["rows"]] == [("in-process", True), ("v2-binary", True)]
