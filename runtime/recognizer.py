@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pdsn.errors import InputError
 from pdsn.model.folded_head import FoldedHead
 from pdsn.model.grid import NUM_CELLS
 from pdsn.model.occlusion import Occlusion, as_vectors, from_checked_vectors
@@ -237,6 +238,11 @@ class Recognizer:
     def submit_faces(self, faces: Located, occlusion: Sequence[Occlusion], deadline: float | None = None) -> Future:
         """(N, E) embeddings of located faces under their occlusion (one each, as ``occlusion_of`` gives it), from
         any thread: queued in parts of at most ``max_batch``, all of them or none (``QueueFullError``)."""
+        if len(occlusion) != len(faces):
+            raise InputError(
+                "occlusion",
+                f"occlusion: {len(occlusion)} values for {len(faces)} faces; pass one per face (occlusion_of)",
+            )
         return _queued(self._batcher, faces.batch, as_vectors(occlusion), deadline)
 
     def submit_faces_features(self, faces: Located, deadline: float | None = None) -> Future:

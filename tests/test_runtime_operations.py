@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pdsn.errors import InputError
 from pdsn.model.grid import SUNGLASSES_CELLS
 from pdsn.model.occlusion import NO_OCCLUSION, Occlusion
 from pdsn.model.sample_faces import seeded_faces
@@ -35,6 +36,8 @@ def test_a_request_in_parts_answers_as_the_blocking_call(small_queue):
 
 def test_more_faces_than_the_queue_holds_are_refused_whole(small_queue):
     located = small_queue.locate(seeded_faces(5, seed=6))
+    with pytest.raises(InputError, match="occlusion: 4 values for 5 faces"):
+        small_queue.submit_faces(located, (NO_OCCLUSION,) * 4)
     with pytest.raises(QueueFullError, match="cannot take 5 more"):
         small_queue.submit_faces(located, (NO_OCCLUSION,) * 5)
     assert small_queue.embed(seeded_faces(5, seed=6)).shape[0] == 5  # a blocking call runs a part at a time
