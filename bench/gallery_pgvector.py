@@ -28,6 +28,7 @@ import numpy as np
 
 from pdsn.bench.machine import describe_machine
 from pdsn.bench.timing import measure
+from pdsn.runtime.gallery.embedded_server import release_embedded_server
 from pdsn.runtime.gallery.pgvector_store import HNSW_EF_CONSTRUCTION, HNSW_M
 
 SUNGLASSES = [10, 11, 12, 13]
@@ -92,33 +93,48 @@ def run_vector_benchmark(bundle: Path, config: VectorBenchConfig, work: Path, pr
 
 
 def _size_row(bundle: Path, rec, size: int, config: VectorBenchConfig, work: Path, progress: bool) -> dict:
+    """One gallery size. Its enrolled gallery and the graphs built so far outlive an interrupted run: run again
+    with the same settings, it goes on from them (the graphs still missing are built, then everything measured)."""
     from pdsn.runtime.gallery import Gallery
 
     folder = work / f"pgvector-{size}"
-    shutil.rmtree(folder, ignore_errors=True)
+    record, face_ids_file = work / f"pgvector-{size}.json", work / f"pgvector-{size}-face-ids.npy"
+    settings = {"faces": size, "model": rec.bundle.manifest.model.name, **_gallery_settings(config)}
+    row = _interrupted_row(record, face_ids_file, folder, settings)
+    if row is None:
+        release_embedded_server(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        record.unlink(missing_ok=True)
+        face_ids_file.unlink(missing_ok=True)
     location = f"pgvector+embedded://{folder}"
     faces = SeededFaces(rec.folded_head.feature_size, config.seed)
     identities = size // 2
-    row: dict = {"faces": identities * 2, "identities": identities}
     with Gallery.open(location, rec, keep_features=True) as gallery:
-        row["replica_empty"] = _replica(bundle, location, faces, identities)
-        started = time.perf_counter()
-        live = min(config.live_faces // 2, identities)
-        ids = _enroll(gallery, faces, 0, live, config.batch)
-        row["enroll_live_faces_per_s"] = 2 * live / (time.perf_counter() - started)
-        started = time.perf_counter()
-        with gallery.bulk_load(config.hnsw_m, config.hnsw_ef_construction):
-            ids += _enroll(gallery, faces, live, identities, config.batch, progress)
-            loaded = time.perf_counter()
-        row["enroll_bulk_faces_per_s"] = 2 * (identities - live) / (loaded - started)
-        row["hnsw_build_s"] = time.perf_counter() - loaded
+        if row is None:
+
+            def keep(enrolled: dict, ids: list) -> None:
+                np.save(face_ids_file, np.asarray(ids, dtype=np.int64))
+                record.write_text(json.dumps({"settings": settings, "row": enrolled}))
+
+            row = _enrolled_row(bundle, gallery, location, faces, identities, config, progress, keep)
+        else:
+            row["runs"] += 1
+            if progress:
+                print(
+                    f"  pgvector {size:>8}: resuming run {row['runs']} (faces enrolled in an earlier one)", flush=True
+                )
+            gallery.build_indexes(config.hnsw_m, config.hnsw_ef_construction)
+        ids = np.load(face_ids_file)
+        builds = gallery.index_builds()
+        row["hnsw_build_s"] = sum(b.seconds for b in builds)
+        row["hnsw_builds"] = [asdict(b) for b in builds]
         row["indexes"] = gallery.stats().indexes
         row["disk_bytes"] = gallery._store.database_bytes()
         row["index_bytes"] = gallery._store.index_bytes()
         row["shared_buffers"] = gallery._store.setting("shared_buffers")
         numbers = np.random.default_rng(size).integers(0, identities, config.probes)
         probes = [faces.probe(int(n)) for n in numbers]
-        face_ids = np.array(ids, dtype=np.int64).reshape(-1)
+        face_ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         embeddings = _warm_embeddings(gallery, faces, identities)
         mates = [set(face_ids[2 * int(n) : 2 * int(n) + 2].tolist()) for n in numbers]
         row["sweep"] = []
@@ -140,9 +156,47 @@ def _size_row(bundle: Path, rec, size: int, config: VectorBenchConfig, work: Pat
     row["in_process"] = _in_process(
         bundle, rec, faces, identities, embeddings, probes, mate_rows, config, work / f"memory-{size}.db"
     )
+    release_embedded_server(folder)
     shutil.rmtree(folder, ignore_errors=True)
+    record.unlink(missing_ok=True)
+    face_ids_file.unlink(missing_ok=True)
     if progress:
         print(f"  pgvector {row['faces']:>8}: {json.dumps(row['identify'])}", flush=True)
+    return row
+
+
+def _gallery_settings(config: VectorBenchConfig) -> dict:
+    """The settings that make a gallery: an interrupted run is resumed only under the same ones."""
+    names = ("hnsw_m", "hnsw_ef_construction", "live_faces", "batch", "seed")
+    return {name: getattr(config, name) for name in names}
+
+
+def _interrupted_row(record: Path, face_ids_file: Path, folder: Path, settings: dict) -> dict | None:
+    """What an earlier run of this gallery measured before it stopped, when its gallery is complete and was made
+    with ``settings``; None otherwise (the run starts afresh)."""
+    if not (record.exists() and face_ids_file.exists() and folder.exists()):
+        return None
+    earlier = json.loads(record.read_text())
+    return earlier["row"] if earlier["settings"] == settings else None
+
+
+def _enrolled_row(
+    bundle: Path, gallery, location: str, faces: SeededFaces, identities: int, config, progress: bool, keep
+) -> dict:
+    """A new gallery enrolled, the live faces with the graphs in place and the rest in a bulk load that builds them
+    after, and its rates; ``keep(row, face ids)`` records it before the graphs are built, so that a run stopped
+    while they build can go on from there."""
+    row: dict = {"faces": identities * 2, "identities": identities, "runs": 1}
+    row["replica_empty"] = _replica(bundle, location, faces, identities)
+    started = time.perf_counter()
+    live = min(config.live_faces // 2, identities)
+    ids = _enroll(gallery, faces, 0, live, config.batch)
+    row["enroll_live_faces_per_s"] = 2 * live / (time.perf_counter() - started)
+    started = time.perf_counter()
+    with gallery.bulk_load(config.hnsw_m, config.hnsw_ef_construction):
+        ids += _enroll(gallery, faces, live, identities, config.batch, progress)
+        row["enroll_bulk_faces_per_s"] = 2 * (identities - live) / (time.perf_counter() - started)
+        keep(row, ids)
     return row
 
 
@@ -387,6 +441,7 @@ def vector_markdown(result: dict) -> str:
             f"{r['replica_empty']['after_mb']:.0f} / {r['replica_full']['after_mb']:.0f} | "
             f"{r['replica_full']['first_s']:.2f} |"
         )
+    lines += ["", *_build_lines(result["rows"])]
     lines += [
         "",
         f"One client, by `ef_search` ({efs}; 8 clients above at {result['config']['ef_search'][0]}): recall@10 is the "
@@ -424,6 +479,25 @@ def vector_markdown(result: dict) -> str:
     lines += ["", "Goals:" if result["goals"] else f"Goals: judged at {GOAL_SIZE:,} faces, not run here."]
     lines += [f"- {g['goal']}: {g['value']:.4g} — {'met' if g['met'] else 'MISSED'}" for g in result["goals"]]
     return "\n".join(lines) + "\n"
+
+
+def _build_lines(rows: list[dict]) -> list[str]:
+    """Each size's graphs as the gallery recorded their builds, and whether the run was resumed."""
+    lines = []
+    for r in rows:
+        builds = "; ".join(
+            f"warm pattern {b['warm']}: {b['seconds']:.0f} s in {b['memory_mb']:,} MB"
+            + (" (outgrew it: finished on disk)" if b["spilled"] else "")
+            for b in r.get("hnsw_builds", [])
+        )
+        resumed = (
+            f" Enrolled and built over {r['runs']} runs of the command: it keeps an interrupted run's gallery and "
+            "graphs and goes on from them; the latencies and recall come from the last run."
+            if r.get("runs", 1) > 1
+            else ""
+        )
+        lines.append(f"- {r['faces']:,} faces, HNSW graphs: {builds or 'none recorded'}.{resumed}")
+    return lines
 
 
 def _shared_buffers(rows: list[dict]) -> str:

