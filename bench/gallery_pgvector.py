@@ -285,7 +285,7 @@ def _recall(gallery, embeddings: np.ndarray, face_ids: np.ndarray, probes: list[
         embedded = head.apply(probe[None], None, gallery._head)[0]
         embedded /= np.linalg.norm(embedded)
         exact = set(face_ids[np.argpartition(-(embeddings @ embedded), 10)[:10]].tolist())
-        hits = {h.face_id for h in gallery._store.search(warm.warm, 0, embedded, 10, exact=False)}
+        hits = {h.face_id for h in gallery._store.search(warm.warm, 0, embedded, 10, exact=False)[0]}
         found += len(exact & hits)
         mates_found += len(own & hits)
     return {"recall_at_10": found / (10 * len(probes)), "mates_at_10": mates_found / (2 * len(probes))}

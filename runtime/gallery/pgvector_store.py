@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pdsn.runtime.gallery.embedded_server import INSTALL_HINT
-from pdsn.runtime.gallery.postgres_store import CONNECT_TIMEOUT_S, FACES_QUERY, PostgresStore
+from pdsn.runtime.gallery.postgres_store import CONNECT_TIMEOUT_S, FACE_COLUMNS, FACES_QUERY, PostgresStore
 from pdsn.runtime.gallery.records import LOAD_CHUNK, DamagedFace, FaceRecord, GalleryError, decoded_rows
 
 # HNSW build settings (pgvector's defaults), and the candidates a search walks by default.
@@ -471,22 +471,43 @@ class PgvectorStore(PostgresStore):
         with self._lock, self._errors("read"):
             return self._warm_list(self._connection())
 
-    def search(self, warm: int, cells: int, probe: np.ndarray, limit: int, exact: bool) -> list[Hit]:
+    def search(
+        self,
+        warm: int,
+        cells: int,
+        probe: np.ndarray,
+        limit: int,
+        exact: bool,
+        scored: int = 0,
+        embedding_size: int = 0,
+        damaged: list[DamagedFace] | None = None,
+    ) -> tuple[list[Hit], dict[int, FaceRecord]]:
         """The ``limit`` faces of group ``cells`` nearest ``probe`` under warm pattern ``warm``: through its
-        HNSW index, or ``exact`` by scanning the group (for small groups)."""
+        HNSW index, or ``exact`` by scanning the group (for small groups); best first. The best ``scored`` come
+        with their stored faces (features and base embedding, for exact re-scoring), read in the same query."""
         # The warm number is written into the query so the planner matches the partial index to it.
-        distance = "(v.embedding <#> %(probe)s)" + (" + 0" if exact else "")
+        distance = "(embedding <#> %(probe)s)" + (" + 0" if exact else "")
         query = (
-            "SELECT v.face_id, i.name, v.distance FROM (SELECT face_id, identity_id, embedding <#> %(probe)s AS "
-            f"distance FROM pdsn_face_vectors v WHERE warm = {int(warm)} AND cells = %(cells)s ORDER BY {distance} "
-            "LIMIT %(limit)s) v JOIN pdsn_identities i ON i.id = v.identity_id"
+            f"SELECT v.face_id, i.name, v.distance, {FACE_COLUMNS} FROM (SELECT c.*, row_number() OVER (ORDER BY "
+            "c.distance, c.face_id) AS rank FROM (SELECT face_id, identity_id, embedding <#> %(probe)s AS distance "
+            f"FROM pdsn_face_vectors WHERE warm = {int(warm)} AND cells = %(cells)s ORDER BY {distance} LIMIT "
+            "%(limit)s) c) v JOIN pdsn_identities i ON i.id = v.identity_id LEFT JOIN pdsn_faces f ON f.id = "
+            "v.face_id AND v.rank <= %(scored)s ORDER BY v.rank"
         )
-        parameters = {"probe": self._halfvec(np.asarray(probe, np.float32)), "cells": cells, "limit": limit}
+        parameters = {
+            "probe": self._halfvec(np.asarray(probe, np.float32)),
+            "cells": cells,
+            "limit": limit,
+            "scored": scored,
+        }
         rows = self._search_query(query, parameters)
-        return sorted((Hit(int(f), str(n), -float(d)) for f, n, d in rows), key=lambda h: (-h.score, h.face_id))
+        hits = [Hit(int(row[0]), str(row[1]), -float(row[2])) for row in rows]
+        stored = [row[3:] for row in rows if row[3] is not None]
+        faces = {face.face_id: face for face in decoded_rows(self.location, stored, embedding_size, damaged)}
+        return hits, faces
 
     def scoring_faces(self, ids: Sequence[int], embedding_size: int, damaged: list[DamagedFace]) -> list[FaceRecord]:
-        """The faces ``ids`` with their features and base embeddings (no warm embeddings): for re-scoring."""
+        """The faces ``ids`` with their features and base embeddings (no warm embeddings)."""
         rows = self._search_query(FACES_QUERY + " WHERE f.id = ANY(%s) ORDER BY f.id", (sorted(ids),))
         return list(decoded_rows(self.location, rows, embedding_size, damaged))
 

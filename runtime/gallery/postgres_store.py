@@ -65,9 +65,9 @@ CREATE TABLE IF NOT EXISTS pdsn_faces (
 );
 CREATE INDEX IF NOT EXISTS pdsn_faces_by_identity ON pdsn_faces(identity_id);
 """
-_FACE_COLUMNS = "f.id, i.name, f.cells, f.base, f.features, f.feature_dtype, f.patterns, f.pattern_blob, f.crc"
+FACE_COLUMNS = "f.id, i.name, f.cells, f.base, f.features, f.feature_dtype, f.patterns, f.pattern_blob, f.crc"
 # Faces with their identity names; a WHERE clause follows.
-FACES_QUERY = f"SELECT {_FACE_COLUMNS} FROM pdsn_faces f JOIN pdsn_identities i ON i.id = f.identity_id"
+FACES_QUERY = f"SELECT {FACE_COLUMNS} FROM pdsn_faces f JOIN pdsn_identities i ON i.id = f.identity_id"
 
 
 def redacted(url: str) -> str:

@@ -250,12 +250,22 @@ class VectorGallery(Gallery):
             entry, covers = self._search_pattern(searchable, cells, union)
             stored = entry.pattern | cells
             embedded = _normalised(self._slice(stored).apply(probe, None, self._head))[0]
-            hits = self._store.search(entry.warm, cells, embedded, k * CANDIDATES_PER_MATCH, exact=size < EXACT_BELOW)
+            limit = k * CANDIDATES_PER_MATCH
+            # Under the union itself the stored scores differ from exact by half precision only: the best few are
+            # re-scored; under another pattern every candidate is. Their features come with the search.
+            rescored = 0 if not self.keep_features else limit if stored != union else RESCORED_PER_MATCH * k
+            hits, faces = self._store.search(
+                entry.warm,
+                cells,
+                embedded,
+                limit,
+                size < EXACT_BELOW,
+                rescored,
+                self._head.embedding_size,
+                self.damaged,
+            )
             if self.keep_features:
-                # Under the union itself the stored scores differ from exact by half precision only: the best
-                # few are re-scored; under another pattern every candidate is.
-                hits = hits if stored != union else hits[: RESCORED_PER_MATCH * k]
-                hits, scores = self._rescored(hits, probe, union)
+                hits, scores = self._rescored(hits[:rescored], faces, probe, union)
                 scored_under, exact = union, True
             else:
                 scores, scored_under, exact = np.array([h.score for h in hits]), stored, covers and stored == union
@@ -278,10 +288,10 @@ class VectorGallery(Gallery):
         # Candidates from the nearest warm pattern; their scores are then exact under the union.
         return min(searchable, key=lambda e: (bin((e.pattern | cells) ^ union).count("1"), e.warm)), False
 
-    def _rescored(self, hits: list[Hit], probe: np.ndarray, union: int) -> tuple[list[Hit], np.ndarray]:
-        """The hits whose stored features read back whole, with their exact scores under ``union``."""
-        ids = [h.face_id for h in hits]
-        faces = {f.face_id: f for f in self._store.scoring_faces(ids, self._head.embedding_size, self.damaged)}
+    def _rescored(
+        self, hits: list[Hit], faces: dict[int, FaceRecord], probe: np.ndarray, union: int
+    ) -> tuple[list[Hit], np.ndarray]:
+        """The hits whose stored features read back whole (``faces``), with their exact scores under ``union``."""
         kept = [h for h in hits if h.face_id in faces]
         if not kept:
             return [], np.zeros(0, np.float32)
