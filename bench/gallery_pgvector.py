@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pdsn.bench.machine import describe_machine
+from pdsn.bench.machine import cpu_summary, describe_machine
 from pdsn.bench.timing import measure
 from pdsn.runtime.gallery.embedded_server import release_embedded_server
 from pdsn.runtime.gallery.pgvector_store import HNSW_EF_CONSTRUCTION, HNSW_M
@@ -119,6 +119,7 @@ def _size_row(bundle: Path, rec, size: int, config: VectorBenchConfig, work: Pat
             row = _enrolled_row(bundle, gallery, location, faces, identities, config, progress, keep)
         else:
             row["runs"] += 1
+            row["cpus"] = sorted({*row.get("cpus", []), cpu_summary()})
             if progress:
                 print(
                     f"  pgvector {size:>8}: resuming run {row['runs']} (faces enrolled in an earlier one)", flush=True
@@ -186,7 +187,7 @@ def _enrolled_row(
     """A new gallery enrolled, the live faces with the graphs in place and the rest in a bulk load that builds them
     after, and its rates; ``keep(row, face ids)`` records it before the graphs are built, so that a run stopped
     while they build can go on from there."""
-    row: dict = {"faces": identities * 2, "identities": identities, "runs": 1}
+    row: dict = {"faces": identities * 2, "identities": identities, "runs": 1, "cpus": [cpu_summary()]}
     row["replica_empty"] = _replica(bundle, location, faces, identities)
     started = time.perf_counter()
     live = min(config.live_faces // 2, identities)
@@ -496,6 +497,8 @@ def _build_lines(rows: list[dict]) -> list[str]:
             if r.get("runs", 1) > 1
             else ""
         )
+        if len(r.get("cpus", [])) > 1:
+            resumed += f" The runs had different CPUs ({'; '.join(r['cpus'])}), so the build times mix them."
         lines.append(f"- {r['faces']:,} faces, HNSW graphs: {builds or 'none recorded'}.{resumed}")
     return lines
 

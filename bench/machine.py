@@ -19,6 +19,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_summary() -> str:
+    """The CPU's model and widest vector instructions ("AMD EPYC, AVX-512 VNNI"): machines of one model name can
+    differ in them, and so in speed."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((set(line.split(":", 1)[1].split()) for line in handle if line.startswith("flags")), set())
+    except OSError:
+        flags = set()
+    widest = next(
+        (
+            name
+            for flag, name in (("avx512_vnni", "AVX-512 VNNI"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+            if flag in flags
+        ),
+        "",
+    )
+    return f"{cpu_model()}, {widest}" if widest else cpu_model()
+
+
 def describe_machine(packages: tuple[str, ...] = ("pdsn-deploy", "numpy", "onnxruntime", "torch")) -> dict:
     versions = package_versions(packages)
     return {

@@ -438,6 +438,7 @@ def test_the_benchmark_goes_on_from_an_interrupted_run(pgvector, tiny_bundle, tm
     monkeypatch.setattr(PgvectorStore, "_build_index", build_one)
     (row,) = bench.run_vector_benchmark(tiny_bundle, config, tmp_path, progress=False)["rows"]
     assert row["runs"] == 2 and row["enroll_bulk_faces_per_s"] == earlier["enroll_bulk_faces_per_s"]
+    assert row["cpus"] == earlier["cpus"] == [bench.cpu_summary()]  # one machine: the build times are comparable
     assert [b["warm"] for b in row["hnsw_builds"]] == [0, 1, 2] and row["indexes"] == 3
     assert row["hnsw_build_s"] == pytest.approx(sum(b["seconds"] for b in row["hnsw_builds"]))
     assert row["sweep"][0]["recall_at_10"] > 0.5 and row["sweep"][0]["mates_at_10"] > 0.5
@@ -451,3 +452,4 @@ def test_the_benchmark_goes_on_from_an_interrupted_run(pgvector, tiny_bundle, tm
         {"faces": 400, "model": row.get("model", ""), **bench._gallery_settings(config)},
     ) is None  # fmt: skip
     assert "Enrolled and built over 2 runs" in bench._build_lines([row])[0]
+    assert "different CPUs" in bench._build_lines([{**row, "cpus": ["A, AVX2", "A, AVX-512"]}])[0]
