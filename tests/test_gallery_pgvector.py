@@ -25,6 +25,7 @@ from pdsn.model.sample_faces import seeded_faces
 from pdsn.runtime.gallery import Gallery, GalleryError
 from pdsn.runtime.gallery.gallery import recorded_precision
 from pdsn.runtime.gallery.migrate import migrate_gallery
+from pdsn.runtime.gallery.patterns import warm_pattern_masks
 from pdsn.runtime.gallery.records import NoGalleryError
 
 LOWER_FACE = [20, 21, 22, 23, 24]
@@ -122,14 +123,40 @@ def test_a_new_warm_pattern_is_filled_in_batches_and_a_stopped_fill_resumes(
         gallery._fill(entry, store.faces_lacking(entry.warm, 0, 5))
         assert len(store.faces_lacking(entry.warm, 0, 100)) == len(features) - 5
         assert not store.plan().warm[-1].complete
+        assert not store._has_index(store._connection(), entry.warm)  # its graph waits for the fill
     with Gallery.open(url, tiny_recognizer) as again:
         filled = []
         again.warm(filled.append)
         assert sum(filled) == len(features) - 5 and all(w.complete for w in again._store.plan().warm)
+        (built,) = [b for b in again.index_builds() if b.warm == entry.warm]  # one build, once filled
+        assert (built.faces, built.m, built.ef_construction, built.spilled) == (len(features), 16, 64, False)
         after = _top(again, features[4], [0, 1, 5])
         _same_matches(after, before, atol=1e-5)  # exact before (re-scored) and after (searched under it)
         again.enroll_features("late", features[:1])  # new faces get every warm pattern
         assert again._store.faces_lacking(entry.warm, 0, 100) == []
+
+
+def test_an_interrupted_concurrent_graph_build_is_built_again(pgvector, tiny_recognizer, features):
+    """CREATE INDEX CONCURRENTLY stopped midway leaves an invalid index that no search uses: completing the
+    pattern (or a bulk load's build) drops it and builds the graph again."""
+    with Gallery.open(pgvector.database(), tiny_recognizer) as gallery:
+        _enroll_all(gallery, features)
+        store = gallery._store
+        db = store._connection()
+        db.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'pdsn_face_vectors_hnsw_1'::regclass")
+        assert [b.warm for b in gallery.build_indexes()] == [1]
+        assert db.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'pdsn_face_vectors_hnsw_1'::regclass"
+        ).fetchone() == (True,)
+        (pattern,) = warm_pattern_masks(((0, 1, 5),))
+        entry = store.add_warm_pattern(pattern)
+        gallery.warm()
+        db.execute(
+            f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'pdsn_face_vectors_hnsw_{entry.warm}'::regclass"
+        )
+        db.execute("UPDATE pdsn_warm_patterns SET complete = false WHERE warm = %s", (entry.warm,))
+        assert store.complete_warm(entry.warm)
+        assert store._has_index(db, entry.warm) and entry.warm in [b.warm for b in gallery.index_builds()]
 
 
 def test_a_bulk_load_builds_the_indexes_after_and_finds_the_same(pgvector, tiny_recognizer, features):

@@ -271,8 +271,9 @@ class PgvectorStore(PostgresStore):
                 copy.write_row((face_id, warm, identity_id, cells, self._halfvec(np.asarray(embedding, np.float32))))
 
     def add_warm_pattern(self, pattern: int) -> WarmPattern:
-        """List a new warm pattern (not searched until ``complete_warm``) and build its index without
-        blocking writes; adding one already listed returns it."""
+        """List a new warm pattern, not searched until ``complete_warm``; adding one already listed returns it. Its
+        graph is built once its embeddings are filled in (a graph maintained face by face while a large gallery
+        is filled costs many times one build)."""
         with self._lock, self._errors("add a warm pattern"):
             db = self._connection()
             with db.transaction():
@@ -284,7 +285,6 @@ class PgvectorStore(PostgresStore):
                 db.execute(
                     "INSERT INTO pdsn_warm_patterns (warm, pattern, complete) VALUES (%s, %s, false)", (number, pattern)
                 )
-            db.execute(_index_sql(number, concurrently=True))
             return WarmPattern(int(number), pattern, False)
 
     def drop_indexes(self) -> None:
@@ -308,7 +308,7 @@ class PgvectorStore(PostgresStore):
             db.execute(_BUILDS_TABLE)
             dimension = self.dimension_of(db)
             for entry in self._warm_list(db):
-                if db.execute("SELECT to_regclass(%s) IS NOT NULL", (_index_name(entry.warm),)).fetchone()[0]:
+                if self._has_index(db, entry.warm):
                     continue
                 faces = int(
                     db.execute("SELECT COUNT(*) FROM pdsn_face_vectors WHERE warm = %s", (entry.warm,)).fetchone()[0]
@@ -319,7 +319,15 @@ class PgvectorStore(PostgresStore):
         return built
 
     def _build_index(
-        self, db, warm: int, faces: int, dimension: int, m: int, ef_construction: int, memory_cap_mb: int
+        self,
+        db,
+        warm: int,
+        faces: int,
+        dimension: int,
+        m: int,
+        ef_construction: int,
+        memory_cap_mb: int,
+        concurrently: bool = False,
     ) -> IndexBuild:
         needed_mb = graph_memory_mb(faces, m, dimension)
         memory_mb = min(needed_mb, memory_cap_mb)
@@ -344,7 +352,7 @@ class PgvectorStore(PostgresStore):
         db.execute("SELECT set_config('maintenance_work_mem', %s, false)", (f"{memory_mb}MB",))
         started = time.perf_counter()
         try:
-            db.execute(_index_sql(warm, concurrently=False, m=m, ef_construction=ef_construction))
+            db.execute(_index_sql(warm, concurrently=concurrently, m=m, ef_construction=ef_construction))
         finally:
             db.execute("RESET maintenance_work_mem")
             db.remove_notice_handler(spilled)
@@ -417,21 +425,51 @@ class PgvectorStore(PostgresStore):
                     ],
                 )
 
-    def complete_warm(self, warm: int) -> bool:
+    def complete_warm(self, warm: int, memory_cap_mb: int = BUILD_MEMORY_CAP_MB) -> bool:
         """Mark warm pattern ``warm`` searchable if every face has it now (no enrollment in flight, by the
-        EXCLUSIVE lock); False when some face still lacks it."""
+        EXCLUSIVE lock); False when some face still lacks it. A filled pattern without a graph first gets one,
+        built without blocking writes, with the m and ef_construction recorded for another of its graphs
+        (pgvector's defaults when none is)."""
         with self._lock, self._errors("complete a warm pattern", writing=True):
             db = self._connection()
+            if self._lacking(db, warm):
+                return False
+            if not self._has_index(db, warm):
+                db.execute(_BUILDS_TABLE)
+                m, ef_construction = db.execute(
+                    "SELECT m, ef_construction FROM pdsn_index_builds ORDER BY warm DESC LIMIT 1"
+                ).fetchone() or (HNSW_M, HNSW_EF_CONSTRUCTION)
+                faces = int(db.execute("SELECT COUNT(*) FROM pdsn_face_vectors WHERE warm = %s", (warm,)).fetchone()[0])
+                self._build_index(
+                    db, warm, faces, self.dimension_of(db), m, ef_construction, memory_cap_mb, concurrently=True
+                )
             with db.transaction():
                 db.execute("LOCK TABLE pdsn_warm_patterns IN EXCLUSIVE MODE")
-                lacking = db.execute(
-                    "SELECT EXISTS (SELECT 1 FROM pdsn_faces f WHERE NOT EXISTS (SELECT 1 FROM pdsn_face_vectors v "
-                    "WHERE v.face_id = f.id AND v.warm = %s))",
-                    (warm,),
-                ).fetchone()[0]
+                lacking = self._lacking(db, warm)
                 if not lacking:
                     db.execute("UPDATE pdsn_warm_patterns SET complete = true WHERE warm = %s", (warm,))
                 return not lacking
+
+    @staticmethod
+    def _lacking(db, warm: int) -> bool:
+        return bool(
+            db.execute(
+                "SELECT EXISTS (SELECT 1 FROM pdsn_faces f WHERE NOT EXISTS (SELECT 1 FROM pdsn_face_vectors v "
+                "WHERE v.face_id = f.id AND v.warm = %s))",
+                (warm,),
+            ).fetchone()[0]
+        )
+
+    @staticmethod
+    def _has_index(db, warm: int) -> bool:
+        """Whether warm pattern ``warm`` has a usable graph. A concurrent build that was interrupted leaves an
+        invalid index, which the planner never uses: it is dropped, to be built again."""
+        valid = db.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (_index_name(warm),)
+        ).fetchone()
+        if valid is not None and not valid[0]:
+            db.execute(f"DROP INDEX IF EXISTS {_index_name(warm)}")
+        return bool(valid and valid[0])
 
     # -- reads --------------------------------------------------------------------------------
 
