@@ -80,7 +80,7 @@ def add_gallery_commands(commands: argparse._SubParsersAction) -> None:
     )
     _common(warm)
     warm.add_argument(
-        "--add", type=cells, help="a new warm pattern's cells, e.g. 0,1,5,6: its HNSW index is built, then filled"
+        "--add", type=cells, help="a new warm pattern's cells, e.g. 0,1,5,6: filled in, then its HNSW graph built"
     )
     warm.set_defaults(run=_warm)
 
