@@ -105,6 +105,29 @@ def test_without_features_scores_are_half_precision_and_say_when_a_covering_patt
             vectors.identify_features(features[9][None], [[0, 1]])
 
 
+def _walk(gallery: Gallery) -> str:
+    """How the gallery's last search connection walks HNSW indexes (``hnsw.iterative_scan``)."""
+    return gallery._store._idle.queue[-1].db.execute("SHOW hnsw.iterative_scan").fetchone()[0]
+
+
+def test_the_index_walk_goes_past_ef_search_only_when_it_must(pgvector, tiny_recognizer, features, monkeypatch):
+    from pdsn.runtime.gallery import vector_gallery
+
+    monkeypatch.setattr(vector_gallery, "EXACT_BELOW", 1)  # every group through its HNSW index, however small
+    with Gallery.open(pgvector.database(), tiny_recognizer) as gallery:
+        for i in range(0, 12, 2):
+            gallery.enroll_features(f"person-{i // 2:02d}", features[i : i + 2])
+        assert _top(gallery, features[0])[0][0] == "person-00"
+        assert _walk(gallery) == "off"  # one group, 80 candidates asked of ef_search 100: the walk stops there
+        gallery.ef_search = 2
+        assert len(_top(gallery, features[0])) == 5  # 80 asked of ef_search 2: the walk goes on to find them
+        assert _walk(gallery) == "relaxed_order"
+        gallery.ef_search = 100
+        gallery.enroll_features("covered", features[12:14], occlusion=LOWER_FACE)
+        assert _top(gallery, features[12], LOWER_FACE)[0][0] == "covered"
+        assert _walk(gallery) == "relaxed_order"  # two groups share the index: the walk goes on past the others
+
+
 def test_a_new_warm_pattern_is_filled_in_batches_and_a_stopped_fill_resumes(
     pgvector, tiny_recognizer, features, monkeypatch
 ):
@@ -387,20 +410,28 @@ def test_a_new_gallery_records_no_precision_yet(pgvector, tiny_recognizer, tmp_p
 def test_a_new_embedded_server_is_sized_to_the_machine(pgvector):
     import psycopg
 
-    from pdsn.runtime.gallery.embedded_server import server_settings
+    from pdsn.runtime.gallery.embedded_server import machine_cores, server_settings
 
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    expected = server_settings(memory)
+    expected = server_settings(memory, machine_cores())
     with psycopg.connect(pgvector.url) as db:
         shown = {
             name: db.execute(
-                f"SELECT setting::bigint * pg_size_bytes(unit) FROM pg_settings WHERE name = '{name}'"
+                "SELECT setting::bigint * COALESCE(pg_size_bytes(unit), 1) FROM pg_settings WHERE name = %s", (name,)
             ).fetchone()[0]
             for name in expected
         }
-    assert shown == {name: int(value[:-2]) * 2**20 for name, value in expected.items()}
-    assert server_settings(24 * 2**30) == {"shared_buffers": "6144MB", "effective_cache_size": "12288MB"}
-    assert server_settings(256 * 2**20)["shared_buffers"] == "128MB"  # never below PostgreSQL's default
+    in_bytes = {
+        name: int(value[:-2]) * 2**20 if value.endswith("MB") else int(value) for name, value in expected.items()
+    }
+    assert shown == in_bytes
+    assert server_settings(24 * 2**30, 2) == {
+        "shared_buffers": "6144MB",
+        "effective_cache_size": "12288MB",
+        "max_parallel_maintenance_workers": "1",
+    }
+    assert server_settings(256 * 2**20, 1)["shared_buffers"] == "128MB"  # never below PostgreSQL's default
+    assert server_settings(256 * 2**20, 1)["max_parallel_maintenance_workers"] == "0"
 
 
 def test_an_embedded_location_whose_parent_is_missing_is_refused(tiny_recognizer, tmp_path):

@@ -263,6 +263,7 @@ class VectorGallery(Gallery):
                 rescored,
                 self._head.embedding_size,
                 self.damaged,
+                other_groups=len(plan.groups) > 1,
             )
             if self.keep_features:
                 hits, scores = self._rescored(hits[:rescored], faces, probe, union)
