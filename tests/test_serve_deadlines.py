@@ -50,25 +50,28 @@ def test_a_deadline_bounds_decoding_and_detection(server, photos):
 
 
 def test_a_light_request_is_not_starved_by_heavy_ones(server, photos):
-    heavy: list[int] = []
-    threads = [
-        threading.Thread(
-            target=lambda: heavy.append(
-                httpx.post(
-                    f"{server.url}/v1/embed", files=photos, headers={"X-Deadline-Ms": "15000"}, timeout=60
-                ).status_code
-            )
-        )
-        for _ in range(3)
-    ]
+    """The crop is answered while the heavy requests are still being worked on: judged against them, not a clock,
+    so that a slow or busy machine slows both alike."""
+    heavy: list[tuple[int, float]] = []  # status and when it was answered
+
+    def post_heavy() -> None:
+        answer = httpx.post(f"{server.url}/v1/embed", files=photos, headers={"X-Deadline-Ms": "15000"}, timeout=60)
+        heavy.append((answer.status_code, time.perf_counter()))
+
+    threads = [threading.Thread(target=post_heavy) for _ in range(3)]
     for thread in threads:
         thread.start()
     time.sleep(1.0)  # the heavy requests now take turns on the pool's two threads
     crop = png(np.full((112, 96, 3), 100, np.uint8))
     started = time.perf_counter()
     light = httpx.post(f"{server.url}/v1/embed", files={"images": ("crop.png", crop)}, timeout=60)
-    took = time.perf_counter() - started
+    answered = time.perf_counter()
     for thread in threads:
         thread.join(60)
-    assert light.status_code == 200 and took < 4.0, f"a crop waited {took:.1f} s behind heavy requests"
-    assert len(heavy) == 3 and all(code in (200, 504) for code in heavy), heavy
+    assert light.status_code == 200, light.text
+    assert len(heavy) == 3 and all(code in (200, 504) for code, _ in heavy), heavy
+    first_heavy = min(at for _, at in heavy)
+    assert answered < first_heavy, (
+        f"a crop waited {answered - started:.1f} s, answered {answered - first_heavy:.1f} s after the first of "
+        "three heavy requests sent before it"
+    )
