@@ -62,6 +62,13 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
         help="--store pgvector: the HNSW search widths swept, recall against time (default 100,400,1000)",
     )
     bench.add_argument(
+        "--graphs",
+        choices=("all", "searched"),
+        default="all",
+        help="--store pgvector: build every warm pattern's HNSW graph (default), or the searched one's only "
+        "(sunglasses: a 1,000,000-face graph takes about 40 minutes on 2 cores, and a sunglasses search reads no other)",
+    )
+    bench.add_argument(
         "--photos",
         action="store_true",
         help="instead: face detection on 640x480 and 1280x720 frames beside facenet-pytorch's MTCNN, and the whole "
@@ -162,6 +169,7 @@ def _bench_vector_gallery(bundle: Path | None, args: argparse.Namespace) -> int:
         hnsw_m=args.hnsw_m,
         hnsw_ef_construction=args.hnsw_ef_construction,
         ef_search=args.ef_search,
+        graphs=args.graphs,
     )
     result = run_vector_benchmark(bundle, config, work)
     return save_and_print(result, vector_markdown(result), args.out, f"{args.name}-pgvector")

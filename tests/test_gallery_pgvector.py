@@ -250,6 +250,22 @@ def test_graph_builds_are_sized_recorded_and_resumed(pgvector, tiny_recognizer, 
             gallery.build_indexes(build_memory_cap_mb=0)
 
 
+def test_graphs_can_be_left_to_build_a_pattern_at_a_time(pgvector, tiny_recognizer, features):
+    """A bulk load told not to build leaves every graph to ``build_indexes``, which builds the named warm patterns'
+    only; a pattern without its graph is still searched (exactly), and one the gallery lacks is refused by name."""
+    with Gallery.open(pgvector.database(), tiny_recognizer) as gallery:
+        with gallery.bulk_load(hnsw_m=8, hnsw_ef_construction=16, build_after=False):
+            _enroll_all(gallery, features)
+        assert gallery.index_builds() == () and gallery.stats().index_bytes == 0
+        expected = _top(gallery, features[3], [10, 11, 12, 13])
+        built = gallery.build_indexes(hnsw_m=8, hnsw_ef_construction=16, patterns=[[13, 12, 11, 10]])
+        assert [b.warm for b in built] == [1] and [b.warm for b in gallery.index_builds()] == [1]
+        assert _top(gallery, features[3], [10, 11, 12, 13]) == expected
+        with pytest.raises(InputError, match=r"patterns: cells \[3\] are not a warm pattern .*warm --add"):
+            gallery.build_indexes(patterns=[[3]])
+        assert [b.warm for b in gallery.build_indexes(hnsw_m=8, hnsw_ef_construction=16)] == [0, 2]
+
+
 def test_a_graph_larger_than_its_memory_says_so(pgvector, tiny_recognizer, caplog):
     """A cap below the graph's size is warned of before the build, and pgvector's notice that the graph outgrew
     its memory (the build goes on far more slowly) reaches the log and the build's record."""
@@ -531,4 +547,20 @@ def test_the_benchmark_goes_on_from_an_interrupted_run(pgvector, tiny_bundle, tm
         {"faces": 400, "model": row.get("model", ""), **bench._gallery_settings(config)},
     ) is None  # fmt: skip
     assert "Enrolled and built over 2 runs" in bench._build_lines([row])[0]
+
+
+def test_the_benchmark_can_build_the_searched_graph_only(pgvector, tiny_bundle, tmp_path):
+    """`--graphs searched`: the sunglasses graph alone is built, measured through it, and the report says so."""
+    import pdsn.bench.gallery_pgvector as bench
+
+    config = bench.VectorBenchConfig(
+        sizes=(400,), probes=10, recall_probes=5, ef_search=(40,), hnsw_m=8, hnsw_ef_construction=16,
+        clients=(1,), live_faces=40, batch=50, graphs="searched",
+    )  # fmt: skip
+    result = bench.run_vector_benchmark(tiny_bundle, config, tmp_path, progress=False)
+    (row,) = result["rows"]
+    assert [b["warm"] for b in row["hnsw_builds"]] == [1]
+    assert row["sweep"][0]["recall_at_10"] > 0.5
+    report = bench.vector_markdown(result)
+    assert "sunglasses HNSW index only" in report and "--graphs searched" in report
     assert "different CPUs" in bench._build_lines([{**row, "cpus": ["A, AVX2", "A, AVX-512"]}])[0]

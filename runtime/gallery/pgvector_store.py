@@ -305,18 +305,23 @@ class PgvectorStore(PostgresStore):
                 db.execute("DELETE FROM pdsn_index_builds WHERE warm = %s", (entry.warm,))
 
     def build_indexes(
-        self, m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION, memory_cap_mb: int = BUILD_MEMORY_CAP_MB
+        self,
+        m: int = HNSW_M,
+        ef_construction: int = HNSW_EF_CONSTRUCTION,
+        memory_cap_mb: int = BUILD_MEMORY_CAP_MB,
+        only: frozenset[int] | None = None,
     ) -> list[IndexBuild]:
-        """Build the HNSW graph of every warm pattern that lacks one, ``m`` links per node built with
-        ``ef_construction`` candidates, each in memory sized to its graph (at most ``memory_cap_mb``), one at a
-        time; each build is recorded as it ends, so an interrupted run keeps the graphs already built."""
+        """Build the HNSW graph of every warm pattern that lacks one (of those numbered ``only``, where given),
+        ``m`` links per node built with ``ef_construction`` candidates, each in memory sized to its graph (at most
+        ``memory_cap_mb``), one at a time; each build is recorded as it ends, so an interrupted run keeps the graphs
+        already built."""
         built = []
         with self._lock, self._errors("build the HNSW indexes"):
             db = self._connection()
             db.execute(_BUILDS_TABLE)
             dimension = self.dimension_of(db)
             for entry in self._warm_list(db):
-                if self._has_index(db, entry.warm):
+                if (only is not None and entry.warm not in only) or self._has_index(db, entry.warm):
                     continue
                 faces = int(
                     db.execute("SELECT COUNT(*) FROM pdsn_face_vectors WHERE warm = %s", (entry.warm,)).fetchone()[0]

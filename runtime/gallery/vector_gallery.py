@@ -170,13 +170,15 @@ class VectorGallery(Gallery):
         hnsw_m: int = HNSW_M,
         hnsw_ef_construction: int = HNSW_EF_CONSTRUCTION,
         build_memory_cap_mb: int = BUILD_MEMORY_CAP_MB,
+        build_after: bool = True,
     ) -> Iterator[None]:
         """Enroll many faces at once: the HNSW indexes are dropped for the load and built again after it (an
         index maintained face by face costs several times the load). Searches meanwhile scan exactly.
 
         ``hnsw_m`` and ``hnsw_ef_construction`` size the graphs built after it: pgvector's defaults (16, 64), or
         larger for more recall at the same ``ef_search`` and a longer build (``docs/pgvector.md`` measures both).
-        Each graph is built in memory sized to it, at most ``build_memory_cap_mb`` on the server.
+        Each graph is built in memory sized to it, at most ``build_memory_cap_mb`` on the server. With
+        ``build_after`` false the graphs are left to ``build_indexes`` (a pattern at a time, the busiest first).
         """
         self._check_open()
         settings = _graph_settings(hnsw_m, hnsw_ef_construction, build_memory_cap_mb)
@@ -184,18 +186,38 @@ class VectorGallery(Gallery):
         try:
             yield
         finally:
-            self._store.build_indexes(*settings)
+            if build_after:
+                self._store.build_indexes(*settings)
 
     def build_indexes(
         self,
         hnsw_m: int = HNSW_M,
         hnsw_ef_construction: int = HNSW_EF_CONSTRUCTION,
         build_memory_cap_mb: int = BUILD_MEMORY_CAP_MB,
+        patterns: Sequence[Sequence[int]] | None = None,
     ) -> list[IndexBuild]:
-        """Build the HNSW graph of every warm pattern that has none (as after an interrupted bulk load), one at a
-        time, and say how each was built; the graphs already there are kept."""
+        """Build the HNSW graph of every warm pattern that has none (as after an interrupted bulk load), or of the
+        warm ``patterns`` (cell lists) only, one at a time, and say how each was built; the graphs already there
+        are kept. A warm pattern without its graph is still searched, by scanning its embeddings exactly."""
         self._check_open()
-        return self._store.build_indexes(*_graph_settings(hnsw_m, hnsw_ef_construction, build_memory_cap_mb))
+        settings = _graph_settings(hnsw_m, hnsw_ef_construction, build_memory_cap_mb)
+        only = None if patterns is None else self._warm_numbers(patterns)
+        return self._store.build_indexes(*settings, only=only)
+
+    def _warm_numbers(self, patterns: Sequence[Sequence[int]]) -> frozenset[int]:
+        """The store's numbers of the warm ``patterns`` (cell lists), each checked to be one of the gallery's."""
+        listed = {entry.pattern: entry.warm for entry in self._store.warm_patterns()}
+        numbers = set()
+        for mask in warm_pattern_masks(tuple(patterns)):
+            if mask not in listed:
+                held = ", ".join(str(list(Occlusion(p).cells)) for p in listed)
+                raise InputError(
+                    "patterns",
+                    f"cells {list(Occlusion(mask).cells)} are not a warm pattern of gallery {self.location} "
+                    f"(warm: {held}); add it first (`pdsn gallery warm --add CELLS`)",
+                )
+            numbers.add(listed[mask])
+        return frozenset(numbers)
 
     def index_builds(self) -> tuple[IndexBuild, ...]:
         """How the HNSW graphs the gallery holds were built (those built by a bulk load or a migration)."""
