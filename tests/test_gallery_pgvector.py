@@ -72,6 +72,39 @@ def test_a_replica_holds_no_faces_and_sees_another_replicas_writes_at_once(pgvec
         assert first.stats().faces == 2 and first.stats().indexes == 3 and first.stats().feature_bytes == 0
 
 
+def test_an_identification_reads_its_plan_and_searches_in_one_round_trip(
+    pgvector, tiny_recognizer, features, monkeypatch
+):
+    """After its first identification a replica sends the plan and the searches that the last plan asks for
+    together; where another replica has changed the plan since (a group enrolled with its own cells), the searches
+    are made again under the plan read, so that group's faces are found at once."""
+    from pdsn.runtime.gallery.pgvector_store import PgvectorStore
+
+    calls: list[str] = []
+    for name in ("plan", "plan_and_search", "run_search"):
+        method = getattr(PgvectorStore, name)
+        monkeypatch.setattr(
+            PgvectorStore, name, lambda self, *a, _m=method, _n=name, **kw: (calls.append(_n), _m(self, *a, **kw))[1]
+        )
+    url = pgvector.database()
+    with Gallery.open(url, tiny_recognizer) as first, Gallery.open(url, tiny_recognizer) as second:
+        first.enroll_features("alice", features[:2])
+        assert _top(first, features[0])[0][0] == "alice" and calls == ["plan", "run_search"]
+        calls.clear()
+        assert _top(first, features[0])[0][0] == "alice" and calls == ["plan_and_search"]
+        calls.clear()
+        second.enroll_features("bob", features[2:4], occlusion=LOWER_FACE)  # a second group
+        calls.clear()
+        assert "bob" in {m[0] for m in _top(first, features[2])}
+        assert calls == ["plan_and_search", "run_search", "run_search"]  # both groups, under the plan read
+        calls.clear()
+        assert "bob" in {m[0] for m in _top(first, features[2])} and calls == ["plan_and_search"]
+        calls.clear()
+        two = first.identify_features(features[[0, 2]], k=5)
+        assert two[0].matches[0].identity == "alice" and "bob" in {m.identity for m in two[1].matches}
+        assert calls == ["plan_and_search", "run_search", "run_search"]  # the second probe under the plan read
+
+
 def test_scores_and_patterns_match_the_in_process_gallery(pgvector, tiny_recognizer, features, tmp_path):
     with (
         Gallery.open(pgvector.database(), tiny_recognizer) as vectors,

@@ -132,6 +132,20 @@ class Hit:
     score: float  # inner product of the normalised embeddings, as stored (half precision)
 
 
+@dataclass(frozen=True, eq=False)
+class SearchRequest:
+    """One group's search (``PgvectorStore.search``'s arguments): ``limit`` faces of group ``cells`` nearest
+    ``probe`` under warm pattern ``warm``, the best ``scored`` with their stored faces."""
+
+    warm: int
+    cells: int
+    probe: np.ndarray
+    limit: int
+    exact: bool
+    scored: int = 0
+    other_groups: bool = True
+
+
 def _pgvector():
     try:
         from pgvector import HalfVector
@@ -488,15 +502,17 @@ class PgvectorStore(PostgresStore):
 
     def plan(self) -> SearchPlan:
         """The warm patterns and the groups, in one round trip."""
-        warm, groups = self._search_query(
-            "SELECT (SELECT COALESCE(array_agg(ARRAY[warm, pattern, complete::int] ORDER BY warm), '{}') "
-            "FROM pdsn_warm_patterns), (SELECT COALESCE(array_agg(ARRAY[cells, faces]), '{}') FROM pdsn_groups "
-            "WHERE faces > 0)"
-        )[0]
-        return SearchPlan(
-            tuple(WarmPattern(int(w), int(p), bool(c)) for w, p, c in warm),
-            {int(cells): int(faces) for cells, faces in groups},
-        )
+        return _read_plan(self._search_query(_PLAN_QUERY)[0])
+
+    def plan_and_search(
+        self, requests: Sequence[SearchRequest], embedding_size: int = 0, damaged: list[DamagedFace] | None = None
+    ) -> tuple[SearchPlan, list[tuple[list[Hit], dict[int, FaceRecord]]]]:
+        """The plan, read first, and the ``requests``' searches after it, all in one round trip (pipelined on one
+        connection): each as ``search`` returns it. The caller checks that the plan asks for the same searches."""
+        statements: list[tuple[str, tuple | dict]] = [(_PLAN_QUERY, ()), *map(self._search_statement, requests)]
+        rows = self._search_queries(statements, iterative=any(self._iterative(r) for r in requests))
+        found = [self._search_result(result, embedding_size, damaged) for result in rows[1:]]
+        return _read_plan(rows[0][0]), found
 
     def index_bytes(self) -> int:
         """The HNSW indexes' size on disk."""
@@ -542,22 +558,41 @@ class PgvectorStore(PostgresStore):
         walk goes on past its ``ef_search`` candidates until ``limit`` of the group's faces are found (pgvector's
         iterative scan); otherwise it stops there, which spares the scan's bookkeeping (about a tenth of a search
         at 100,000 faces)."""
+        return self.run_search(
+            SearchRequest(warm, cells, probe, limit, exact, scored, other_groups), embedding_size, damaged
+        )
+
+    def run_search(
+        self, request: SearchRequest, embedding_size: int = 0, damaged: list[DamagedFace] | None = None
+    ) -> tuple[list[Hit], dict[int, FaceRecord]]:
+        """``search`` for ``request``."""
+        rows = self._search_queries([self._search_statement(request)], self._iterative(request))[0]
+        return self._search_result(rows, embedding_size, damaged)
+
+    def _iterative(self, request: SearchRequest) -> bool:
+        return request.other_groups or request.limit > self.ef_search
+
+    def _search_statement(self, request: SearchRequest) -> tuple[str, dict]:
         # The warm number is written into the query so the planner matches the partial index to it.
-        distance = "(embedding <#> %(probe)s)" + (" + 0" if exact else "")
+        distance = "(embedding <#> %(probe)s)" + (" + 0" if request.exact else "")
         query = (
             f"SELECT v.face_id, i.name, v.distance, {FACE_COLUMNS} FROM (SELECT c.*, row_number() OVER (ORDER BY "
             "c.distance, c.face_id) AS rank FROM (SELECT face_id, identity_id, embedding <#> %(probe)s AS distance "
-            f"FROM pdsn_face_vectors WHERE warm = {int(warm)} AND cells = %(cells)s ORDER BY {distance} LIMIT "
-            "%(limit)s) c) v JOIN pdsn_identities i ON i.id = v.identity_id LEFT JOIN pdsn_faces f ON f.id = "
+            f"FROM pdsn_face_vectors WHERE warm = {int(request.warm)} AND cells = %(cells)s ORDER BY {distance} "
+            "LIMIT %(limit)s) c) v JOIN pdsn_identities i ON i.id = v.identity_id LEFT JOIN pdsn_faces f ON f.id = "
             "v.face_id AND v.rank <= %(scored)s ORDER BY v.rank"
         )
         parameters = {
-            "probe": self._halfvec(np.asarray(probe, np.float32)),
-            "cells": cells,
-            "limit": limit,
-            "scored": scored,
+            "probe": self._halfvec(np.asarray(request.probe, np.float32)),
+            "cells": request.cells,
+            "limit": request.limit,
+            "scored": request.scored,
         }
-        rows = self._search_query(query, parameters, iterative=other_groups or limit > self.ef_search)
+        return query, parameters
+
+    def _search_result(
+        self, rows: list[tuple], embedding_size: int, damaged: list[DamagedFace] | None
+    ) -> tuple[list[Hit], dict[int, FaceRecord]]:
         hits = [Hit(int(row[0]), str(row[1]), -float(row[2])) for row in rows]
         stored = [row[3:] for row in rows if row[3] is not None]
         faces = {face.face_id: face for face in decoded_rows(self.location, stored, embedding_size, damaged)}
@@ -568,21 +603,29 @@ class PgvectorStore(PostgresStore):
         rows = self._search_query(FACES_QUERY + " WHERE f.id = ANY(%s) ORDER BY f.id", (sorted(ids),))
         return list(decoded_rows(self.location, rows, embedding_size, damaged))
 
-    def _search_query(self, query: str, parameters: tuple | dict = (), iterative: bool = False) -> list[tuple]:
-        """A read on a search connection (walking HNSW indexes ``iterative``-ly or not): tried again once on a
-        fresh one if the connection was lost."""
+    def _search_query(self, query: str, parameters: tuple | dict = ()) -> list[tuple]:
+        return self._search_queries([(query, parameters)], iterative=None)[0]
+
+    def _search_queries(self, statements: list[tuple[str, tuple | dict]], iterative: bool | None) -> list[list[tuple]]:
+        """Reads on a search connection (walking HNSW indexes ``iterative``-ly or not; None: reads no index, as
+        the connection is), several pipelined in one round trip: tried again once on a fresh connection if it
+        was lost."""
         with self._search_slots, self._errors("search"):
             for attempt in (1, 2):
                 try:
                     with self._searching(fresh=attempt == 2, iterative=iterative) as db:
-                        return db.execute(query, parameters).fetchall()
+                        if len(statements) == 1:
+                            return [db.execute(*statements[0]).fetchall()]
+                        with db.pipeline():
+                            cursors = [db.execute(query, parameters) for query, parameters in statements]
+                        return [cursor.fetchall() for cursor in cursors]
                 except self._psycopg.OperationalError:
                     if attempt == 2:
                         raise
             raise AssertionError("unreachable")
 
     @contextmanager
-    def _searching(self, fresh: bool, iterative: bool) -> Iterator:
+    def _searching(self, fresh: bool, iterative: bool | None) -> Iterator:
         """An idle search connection (or a new one) set to walk ``iterative``-ly, given back when the search is
         done, closed if it failed."""
         search = None
@@ -595,7 +638,7 @@ class PgvectorStore(PostgresStore):
             )
             self._configure(search.db)
         try:
-            if search.iterative != iterative:
+            if iterative is not None and search.iterative != iterative:
                 search.db.execute(f"SET hnsw.iterative_scan = {'relaxed_order' if iterative else 'off'}")
                 search.iterative = iterative
             yield search.db
@@ -644,6 +687,20 @@ class PgvectorStore(PostgresStore):
     def _warm_list(self, db) -> tuple[WarmPattern, ...]:
         rows = db.execute("SELECT warm, pattern, complete FROM pdsn_warm_patterns ORDER BY warm").fetchall()
         return tuple(WarmPattern(int(w), int(p), bool(c)) for w, p, c in rows)
+
+
+_PLAN_QUERY = (
+    "SELECT (SELECT COALESCE(array_agg(ARRAY[warm, pattern, complete::int] ORDER BY warm), '{}') FROM "
+    "pdsn_warm_patterns), (SELECT COALESCE(array_agg(ARRAY[cells, faces]), '{}') FROM pdsn_groups WHERE faces > 0)"
+)
+
+
+def _read_plan(row: tuple) -> SearchPlan:
+    warm, groups = row
+    return SearchPlan(
+        tuple(WarmPattern(int(w), int(p), bool(c)) for w, p, c in warm),
+        {int(cells): int(faces) for cells, faces in groups},
+    )
 
 
 def graph_memory_mb(faces: int, m: int, dimension: int) -> int:

@@ -45,6 +45,7 @@ from pdsn.runtime.gallery.pgvector_store import (
     IndexBuild,
     PgvectorStore,
     SearchPlan,
+    SearchRequest,
     WarmPattern,
 )
 from pdsn.runtime.gallery.records import DamagedFace, FaceRecord, GalleryError
@@ -53,6 +54,22 @@ from pdsn.runtime.gallery.records import DamagedFace, FaceRecord, GalleryError
 FILL_BATCH = 2000
 # Candidates re-scored from their features per identity asked for, when searched under the union itself.
 RESCORED_PER_MATCH = 4
+
+
+@dataclass(frozen=True)
+class _Target:
+    """How one group is searched for a probe: under warm pattern ``warm`` (its embeddings under ``stored``), for
+    the union ``union`` of the probe's and the group's cells (``covers``: ``stored`` covers it)."""
+
+    warm: int
+    cells: int
+    stored: int
+    union: int
+    covers: bool
+    limit: int
+    exact: bool  # scanned, not walked: a small group
+    rescored: int
+    other_groups: bool
 
 
 @dataclass(frozen=True)
@@ -94,6 +111,7 @@ class VectorGallery(Gallery):
         self._write_lock = threading.Lock()
         self._closed = False
         self.damaged: list[DamagedFace] = []
+        self._plan_seen: SearchPlan | None = None  # the last plan read: the next identification assumes it
 
     @classmethod
     def open_location(
@@ -249,52 +267,90 @@ class VectorGallery(Gallery):
     def identify_features(
         self, features: np.ndarray, occlusion: object = None, k: int = 5, threshold: float | None = None
     ) -> list[Identification]:
-        """``identify_many`` from probes' trunk features: one database query per probe and group."""
+        """``identify_many`` from probes' trunk features: one database query per probe and group. The first
+        probe's searches go out in the same round trip as the plan they assume (the last one read); they are kept
+        only where the plan read asks for the very same searches, and made again under it otherwise."""
         features, patterns, k, threshold = self._checked_probes(features, occlusion, k, threshold)
-        plan = self._store.plan()
-        return [
-            Identification(
-                _best(self._parts(plan, features[i : i + 1], pattern, k), k, threshold), list(Occlusion(pattern).cells)
-            )
-            for i, pattern in enumerate(patterns)
-        ]
+        plan, first = None, None
+        assumed = self._assumed_targets(patterns[0], k) if patterns else None
+        if assumed is not None:
+            requests = self._requests(assumed, features[:1])
+            plan, found = self._store.plan_and_search(requests, self._head.embedding_size, self.damaged)
+            if self._targets(plan, patterns[0], k) == assumed:
+                first = self._parts(assumed, found, features[:1])
+        if plan is None:
+            plan = self._store.plan()
+        self._plan_seen = plan
+        identifications = []
+        for i, pattern in enumerate(patterns):
+            probe = features[i : i + 1]
+            if i > 0 or first is None:
+                targets = self._targets(plan, pattern, k)
+                requests = self._requests(targets, probe)
+                found = [self._store.run_search(r, self._head.embedding_size, self.damaged) for r in requests]
+                parts = self._parts(targets, found, probe)
+            else:
+                parts = first
+            identifications.append(Identification(_best(parts, k, threshold), list(Occlusion(pattern).cells)))
+        return identifications
 
-    def _parts(self, plan: SearchPlan, probe: np.ndarray, pattern: int, k: int) -> list:
+    def _assumed_targets(self, pattern: int, k: int) -> list[_Target] | None:
+        """The targets under the last plan read, where there is one and it can be searched."""
+        if self._plan_seen is None:
+            return None
+        try:
+            return self._targets(self._plan_seen, pattern, k)
+        except GalleryError:  # the plan read next decides, and says why
+            return None
+
+    def _targets(self, plan: SearchPlan, pattern: int, k: int) -> list[_Target]:
+        """What each group of ``plan`` is searched under for a probe with cells ``pattern``, ``k`` asked for."""
         searchable = [entry for entry in plan.warm if entry.complete]
         if plan.groups and not searchable:
             raise GalleryError(
                 f"gallery {self.location}: no warm pattern has every face's embedding yet; fill them in with "
                 "`pdsn gallery warm` (Gallery.warm)"
             )
-        parts = []
-        for cells, size in plan.groups.items():
+        targets = []
+        for cells, size in sorted(plan.groups.items()):
             union = pattern | cells
             entry, covers = self._search_pattern(searchable, cells, union)
             stored = entry.pattern | cells
-            embedded = _normalised(self._slice(stored).apply(probe, None, self._head))[0]
             limit = k * CANDIDATES_PER_MATCH
             # Under the union itself the stored scores differ from exact by half precision only: the best few are
             # re-scored; under another pattern every candidate is. Their features come with the search.
             rescored = 0 if not self.keep_features else limit if stored != union else RESCORED_PER_MATCH * k
-            hits, faces = self._store.search(
-                entry.warm,
-                cells,
-                embedded,
-                limit,
-                size < EXACT_BELOW,
-                rescored,
-                self._head.embedding_size,
-                self.damaged,
-                other_groups=len(plan.groups) > 1,
+            targets.append(
+                _Target(
+                    entry.warm, cells, stored, union, covers, limit, size < EXACT_BELOW, rescored, len(plan.groups) > 1
+                )
             )
+        return targets
+
+    def _requests(self, targets: list[_Target], probe: np.ndarray) -> list[SearchRequest]:
+        """The database searches for ``targets``: the probe embedded under each one's stored pattern."""
+        embedded: dict[int, np.ndarray] = {}
+        for t in targets:
+            if t.stored not in embedded:
+                embedded[t.stored] = _normalised(self._slice(t.stored).apply(probe, None, self._head))[0]
+        return [
+            SearchRequest(t.warm, t.cells, embedded[t.stored], t.limit, t.exact, t.rescored, t.other_groups)
+            for t in targets
+        ]
+
+    def _parts(self, targets: list[_Target], found: list[tuple[list[Hit], dict]], probe: np.ndarray) -> list:
+        """Each group's candidates and scores in the shape ``_best`` reads, re-scored where features are kept."""
+        parts = []
+        for t, (hits, faces) in zip(targets, found):
             if self.keep_features:
-                hits, scores = self._rescored(hits[:rescored], faces, probe, union)
-                scored_under, exact = union, True
+                hits, scores = self._rescored(hits[: t.rescored], faces, probe, t.union)
+                scored_under, exact = t.union, True
             else:
-                scores, scored_under, exact = np.array([h.score for h in hits]), stored, covers and stored == union
+                scores = np.array([h.score for h in hits])
+                scored_under, exact = t.stored, t.covers and t.stored == t.union
             if hits:
-                found = _Hits([h.face_id for h in hits], [h.identity for h in hits])
-                parts.append((found, None, scores, scored_under, exact))
+                found_hits = _Hits([h.face_id for h in hits], [h.identity for h in hits])
+                parts.append((found_hits, None, scores, scored_under, exact))
         return parts
 
     def _search_pattern(self, searchable: list[WarmPattern], cells: int, union: int) -> tuple[WarmPattern, bool]:
