@@ -81,7 +81,7 @@ def test_an_identification_reads_its_plan_and_searches_in_one_round_trip(
     from pdsn.runtime.gallery.pgvector_store import PgvectorStore
 
     calls: list[str] = []
-    for name in ("plan", "plan_and_search", "run_search"):
+    for name in ("plan", "plan_and_search", "run_searches"):
         method = getattr(PgvectorStore, name)
         monkeypatch.setattr(
             PgvectorStore, name, lambda self, *a, _m=method, _n=name, **kw: (calls.append(_n), _m(self, *a, **kw))[1]
@@ -89,20 +89,20 @@ def test_an_identification_reads_its_plan_and_searches_in_one_round_trip(
     url = pgvector.database()
     with Gallery.open(url, tiny_recognizer) as first, Gallery.open(url, tiny_recognizer) as second:
         first.enroll_features("alice", features[:2])
-        assert _top(first, features[0])[0][0] == "alice" and calls == ["plan", "run_search"]
+        assert _top(first, features[0])[0][0] == "alice" and calls == ["plan", "run_searches"]
         calls.clear()
         assert _top(first, features[0])[0][0] == "alice" and calls == ["plan_and_search"]
         calls.clear()
         second.enroll_features("bob", features[2:4], occlusion=LOWER_FACE)  # a second group
         calls.clear()
         assert "bob" in {m[0] for m in _top(first, features[2])}
-        assert calls == ["plan_and_search", "run_search", "run_search"]  # both groups, under the plan read
+        assert calls == ["plan_and_search", "run_searches"]  # both groups, in one round trip, under the plan read
         calls.clear()
         assert "bob" in {m[0] for m in _top(first, features[2])} and calls == ["plan_and_search"]
         calls.clear()
         two = first.identify_features(features[[0, 2]], k=5)
         assert two[0].matches[0].identity == "alice" and "bob" in {m.identity for m in two[1].matches}
-        assert calls == ["plan_and_search", "run_search", "run_search"]  # the second probe under the plan read
+        assert calls == ["plan_and_search", "run_searches"]  # the second probe under the plan read
 
 
 def test_scores_and_patterns_match_the_in_process_gallery(pgvector, tiny_recognizer, features, tmp_path):

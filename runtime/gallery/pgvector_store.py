@@ -509,10 +509,27 @@ class PgvectorStore(PostgresStore):
     ) -> tuple[SearchPlan, list[tuple[list[Hit], dict[int, FaceRecord]]]]:
         """The plan, read first, and the ``requests``' searches after it, all in one round trip (pipelined on one
         connection): each as ``search`` returns it. The caller checks that the plan asks for the same searches."""
-        statements: list[tuple[str, tuple | dict]] = [(_PLAN_QUERY, ()), *map(self._search_statement, requests)]
-        rows = self._search_queries(statements, iterative=any(self._iterative(r) for r in requests))
-        found = [self._search_result(result, embedding_size, damaged) for result in rows[1:]]
+        rows, found = self._pipelined([(_PLAN_QUERY, ())], requests, embedding_size, damaged)
         return _read_plan(rows[0][0]), found
+
+    def run_searches(
+        self, requests: Sequence[SearchRequest], embedding_size: int = 0, damaged: list[DamagedFace] | None = None
+    ) -> list[tuple[list[Hit], dict[int, FaceRecord]]]:
+        """The ``requests``' searches (a probe's groups), in one round trip: each as ``search`` returns it."""
+        return self._pipelined([], requests, embedding_size, damaged)[1]
+
+    def _pipelined(
+        self,
+        leading: list[tuple[str, tuple | dict]],
+        requests: Sequence[SearchRequest],
+        embedding_size: int,
+        damaged: list[DamagedFace] | None,
+    ) -> tuple[list[list[tuple]], list[tuple[list[Hit], dict[int, FaceRecord]]]]:
+        """The ``leading`` reads' rows and the ``requests``' searches after them, pipelined in one round trip."""
+        statements = leading + [self._search_statement(r) for r in requests]
+        rows = self._search_queries(statements, iterative=any(self._iterative(r) for r in requests))
+        found = [self._search_result(result, embedding_size, damaged) for result in rows[len(leading) :]]
+        return rows[: len(leading)], found
 
     def index_bytes(self) -> int:
         """The HNSW indexes' size on disk."""
@@ -558,16 +575,8 @@ class PgvectorStore(PostgresStore):
         walk goes on past its ``ef_search`` candidates until ``limit`` of the group's faces are found (pgvector's
         iterative scan); otherwise it stops there, which spares the scan's bookkeeping (about a tenth of a search
         at 100,000 faces)."""
-        return self.run_search(
-            SearchRequest(warm, cells, probe, limit, exact, scored, other_groups), embedding_size, damaged
-        )
-
-    def run_search(
-        self, request: SearchRequest, embedding_size: int = 0, damaged: list[DamagedFace] | None = None
-    ) -> tuple[list[Hit], dict[int, FaceRecord]]:
-        """``search`` for ``request``."""
-        rows = self._search_queries([self._search_statement(request)], self._iterative(request))[0]
-        return self._search_result(rows, embedding_size, damaged)
+        request = SearchRequest(warm, cells, probe, limit, exact, scored, other_groups)
+        return self.run_searches([request], embedding_size, damaged)[0]
 
     def _iterative(self, request: SearchRequest) -> bool:
         return request.other_groups or request.limit > self.ef_search

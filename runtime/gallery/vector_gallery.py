@@ -267,9 +267,10 @@ class VectorGallery(Gallery):
     def identify_features(
         self, features: np.ndarray, occlusion: object = None, k: int = 5, threshold: float | None = None
     ) -> list[Identification]:
-        """``identify_many`` from probes' trunk features: one database query per probe and group. The first
-        probe's searches go out in the same round trip as the plan they assume (the last one read); they are kept
-        only where the plan read asks for the very same searches, and made again under it otherwise."""
+        """``identify_many`` from probes' trunk features: one database query per probe and group, a probe's
+        queries in one round trip. The first probe's go out in the same round trip as the plan they assume (the last
+        one read); they are kept only where the plan read asks for the very same searches, and made again under it
+        otherwise."""
         features, patterns, k, threshold = self._checked_probes(features, occlusion, k, threshold)
         plan, first = None, None
         assumed = self._assumed_targets(patterns[0], k) if patterns else None
@@ -287,7 +288,7 @@ class VectorGallery(Gallery):
             if i > 0 or first is None:
                 targets = self._targets(plan, pattern, k)
                 requests = self._requests(targets, probe)
-                found = [self._store.run_search(r, self._head.embedding_size, self.damaged) for r in requests]
+                found = self._store.run_searches(requests, self._head.embedding_size, self.damaged)
                 parts = self._parts(targets, found, probe)
             else:
                 parts = first
