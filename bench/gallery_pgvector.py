@@ -136,6 +136,7 @@ def _size_row(bundle: Path, rec, size: int, config: VectorBenchConfig, work: Pat
         row["disk_bytes"] = gallery._store.database_bytes()
         row["index_bytes"] = gallery._store.index_bytes()
         row["shared_buffers"] = gallery._store.setting("shared_buffers")
+        row["huge_pages"] = gallery._store.setting("huge_pages_status")
         numbers = np.random.default_rng(size).integers(0, identities, config.probes)
         probes = [faces.probe(int(n)) for n in numbers]
         face_ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -509,8 +510,10 @@ def _build_lines(rows: list[dict]) -> list[str]:
 
 
 def _shared_buffers(rows: list[dict]) -> str:
-    """The servers' shared buffers (runs before they were recorded had PostgreSQL's default)."""
-    return " / ".join(sorted({r.get("shared_buffers", "128MB") for r in rows}))
+    """The servers' shared buffers and their pages (runs before these were recorded had PostgreSQL's default
+    buffers; the pages were not known)."""
+    pages = {"on": " on huge pages", "off": " on small pages"}
+    return " / ".join(sorted({r.get("shared_buffers", "128MB") + pages.get(r.get("huge_pages", ""), "") for r in rows}))
 
 
 def _graphs_built(config: dict) -> str:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -504,6 +506,27 @@ def test_a_new_embedded_server_is_sized_to_the_machine(pgvector):
     assert server_settings(256 * 2**20, 1)["max_parallel_maintenance_workers"] == "0"
 
 
+def test_large_shared_buffers_on_small_pages_are_reported_once_with_the_huge_pages_they_need(pgvector, caplog):
+    from pdsn.runtime.gallery import embedded_server
+    from pdsn.runtime.gallery.embedded_server import _memory_settings, embedded_server_url, huge_pages_advice
+
+    status, buffers, pages = _memory_settings(pgvector.url)
+    assert status in {"on", "off"} and buffers > 0 and pages > 0
+    embedded_server._advised.discard(pgvector.folder.resolve())
+    with caplog.at_level(logging.WARNING, logger="pdsn.runtime.gallery.embedded_server"):
+        embedded_server_url(pgvector.folder)
+        embedded_server_url(pgvector.folder)
+    expected = huge_pages_advice(pgvector.folder.resolve(), status, buffers, pages)
+    assert [r.getMessage() for r in caplog.records] == ([expected] if expected else [])
+
+    folder = Path("/data/g")
+    advice = huge_pages_advice(folder, "off", 6 * 2**30, 3126)
+    assert "6144 MB of shared buffers" in advice and "vm.nr_hugepages=3126" in advice
+    assert huge_pages_advice(folder, "on", 6 * 2**30, 3126) is None
+    assert huge_pages_advice(folder, "off", 512 * 2**20, 300) is None  # small buffers: the TLB copes
+    assert huge_pages_advice(folder, "off", 6 * 2**30, -1) is None  # a kernel without huge pages
+
+
 def test_an_embedded_location_whose_parent_is_missing_is_refused(tiny_recognizer, tmp_path):
     with pytest.raises(GalleryError, match="parent folder .* does not exist"):
         Gallery.open(f"pgvector+embedded://{tmp_path / 'missing' / 'db'}", tiny_recognizer)
@@ -596,4 +619,6 @@ def test_the_benchmark_can_build_the_searched_graph_only(pgvector, tiny_bundle, 
     assert row["sweep"][0]["recall_at_10"] > 0.5
     report = bench.vector_markdown(result)
     assert "sunglasses HNSW index only" in report and "--graphs searched" in report
+    pages = {"on": "huge", "off": "small"}[row["huge_pages"]]
+    assert f"(shared buffers {row['shared_buffers']} on {pages} pages)" in report
     assert "different CPUs" in bench._build_lines([{**row, "cpus": ["A, AVX2", "A, AVX-512"]}])[0]
