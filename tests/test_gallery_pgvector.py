@@ -298,6 +298,8 @@ def test_graphs_can_be_left_to_build_a_pattern_at_a_time(pgvector, tiny_recogniz
         assert _top(gallery, features[3], [10, 11, 12, 13]) == expected
         with pytest.raises(InputError, match=r"patterns: cells \[3\] are not a warm pattern .*warm --add"):
             gallery.build_indexes(patterns=[[3]])
+        with pytest.raises(InputError, match=r"^patterns\[1\]"):  # a malformed cell list, named where it was given
+            gallery.build_indexes(patterns=[[10, 11, 12, 13], [25]])
         assert [b.warm for b in gallery.build_indexes(hnsw_m=8, hnsw_ef_construction=16)] == [0, 2]
 
 

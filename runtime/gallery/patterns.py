@@ -24,10 +24,11 @@ DEFAULT_WARM_PATTERNS: tuple[tuple[int, ...], ...] = ((), tuple(SUNGLASSES_CELLS
 DEFAULT_CACHE_BYTES = 1 << 30
 
 
-def warm_pattern_masks(patterns: Sequence[Iterable[int]]) -> tuple[int, ...]:
-    """The warm list as masks, checked: each entry a collection of cell ids 0..24."""
+def warm_pattern_masks(patterns: Sequence[Iterable[int]], field: str = "warm_patterns") -> tuple[int, ...]:
+    """The warm list as masks, checked: each entry a collection of cell ids 0..24 (a bad one named as
+    ``field[index]``)."""
     masks = [
-        Occlusion.from_cells(set(cells) if isinstance(cells, (list, tuple)) else cells, f"warm_patterns[{index}]").bits
+        Occlusion.from_cells(set(cells) if isinstance(cells, (list, tuple)) else cells, f"{field}[{index}]").bits
         for index, cells in enumerate(patterns)
     ]
     return tuple(dict.fromkeys(masks))

@@ -226,7 +226,7 @@ class VectorGallery(Gallery):
         """The store's numbers of the warm ``patterns`` (cell lists), each checked to be one of the gallery's."""
         listed = {entry.pattern: entry.warm for entry in self._store.warm_patterns()}
         numbers = set()
-        for mask in warm_pattern_masks(tuple(patterns)):
+        for mask in warm_pattern_masks(tuple(patterns), "patterns"):
             if mask not in listed:
                 held = ", ".join(str(list(Occlusion(p).cells)) for p in listed)
                 raise InputError(
