@@ -508,7 +508,11 @@ def test_a_new_embedded_server_is_sized_to_the_machine(pgvector):
     assert server_settings(256 * 2**20, 1)["max_parallel_maintenance_workers"] == "0"
 
 
-def test_large_shared_buffers_on_small_pages_are_reported_once_with_the_huge_pages_they_need(pgvector, caplog):
+def test_large_shared_buffers_on_small_pages_are_reported_once_with_the_huge_pages_they_need(
+    pgvector, caplog, monkeypatch
+):
+    import psycopg
+
     from pdsn.runtime.gallery import embedded_server
     from pdsn.runtime.gallery.embedded_server import _memory_settings, embedded_server_url, huge_pages_advice
 
@@ -520,6 +524,14 @@ def test_large_shared_buffers_on_small_pages_are_reported_once_with_the_huge_pag
         embedded_server_url(pgvector.folder)
     expected = huge_pages_advice(pgvector.folder.resolve(), status, buffers, pages)
     assert [r.getMessage() for r in caplog.records] == ([expected] if expected else [])
+
+    def unreachable(url):
+        raise psycopg.OperationalError("connection refused")
+
+    embedded_server._advised.discard(pgvector.folder.resolve())
+    monkeypatch.setattr(embedded_server, "_memory_settings", unreachable)
+    assert embedded_server_url(pgvector.folder) == pgvector.url  # advice only: opening goes on
+    assert pgvector.folder.resolve() not in embedded_server._advised  # asked again by the next open
 
     folder = Path("/data/g")
     advice = huge_pages_advice(folder, "off", 6 * 2**30, 3126)

@@ -65,10 +65,7 @@ def embedded_server_url(folder: str | Path) -> str:
         ) from None
     url = server.get_uri()
     if folder not in _advised:
-        _advised.add(folder)
-        advice = huge_pages_advice(folder, *_memory_settings(url))
-        if advice:
-            _log.warning(advice)
+        _advise_on_pages(folder, url)
     return url
 
 
@@ -107,6 +104,21 @@ def huge_pages_advice(folder: Path, huge_pages_status: str, shared_buffers_bytes
         f"(as root: sysctl -w vm.nr_hugepages={pages_needed}, or vm.nr_hugepages in /etc/sysctl.conf to keep it) "
         "and restart the server (it stops when the last process using the folder exits, and starts with the next)"
     )
+
+
+def _advise_on_pages(folder: Path, url: str) -> None:
+    """Log ``huge_pages_advice`` for the server, once per folder and process. Advice only: a server that cannot be
+    asked now is left to the gallery's own connection to report."""
+    import psycopg
+
+    try:
+        settings = _memory_settings(url)
+    except psycopg.Error:
+        return
+    _advised.add(folder)
+    advice = huge_pages_advice(folder, *settings)
+    if advice:
+        _log.warning(advice)
 
 
 def _memory_settings(url: str) -> tuple[str, int, int]:
