@@ -517,7 +517,7 @@ def test_large_shared_buffers_on_small_pages_are_reported_once_with_the_huge_pag
     from pdsn.runtime.gallery.embedded_server import _memory_settings, embedded_server_url, huge_pages_advice
 
     status, buffers, pages = _memory_settings(pgvector.url)
-    assert status in {"on", "off"} and buffers > 0 and pages > 0
+    assert status in {"on", "off"} and buffers > 0 and (pages > 0 or pages == -1)  # -1: no huge pages here
     embedded_server._advised.discard(pgvector.folder.resolve())
     with caplog.at_level(logging.WARNING, logger="pdsn.runtime.gallery.embedded_server"):
         embedded_server_url(pgvector.folder)
