@@ -107,6 +107,28 @@ def test_an_identification_reads_its_plan_and_searches_in_one_round_trip(
         assert calls == ["plan_and_search", "run_searches"]  # the second probe under the plan read
 
 
+def test_an_identification_asks_only_for_the_candidates_it_scores(pgvector, tiny_recognizer, features, monkeypatch):
+    """With features kept, the answer is made of the re-scored candidates alone: under the union itself the best
+    4 per match are asked for and re-scored, under another pattern all 16 per match are; without features the 16
+    come with their stored scores."""
+    from pdsn.runtime.gallery.pgvector_store import PgvectorStore
+
+    asked: list[tuple[int, int]] = []
+    statement = PgvectorStore._search_statement
+    monkeypatch.setattr(
+        PgvectorStore, "_search_statement", lambda self, r: (asked.append((r.limit, r.scored)), statement(self, r))[1]
+    )
+    with Gallery.open(pgvector.database(), tiny_recognizer) as kept:
+        kept.enroll_features("alice", features[:2])
+        for cells, expected in (([], (20, 20)), ([10, 11, 12, 13], (20, 20)), ([3], (80, 80))):
+            asked.clear()
+            assert _top(kept, features[0], cells)[0][0] == "alice" and asked == [expected]
+    with Gallery.open(pgvector.database(), tiny_recognizer, keep_features=False) as bare:
+        bare.enroll_features("alice", features[:2])
+        asked.clear()
+        assert _top(bare, features[0], [10, 11, 12, 13])[0][0] == "alice" and asked == [(80, 0)]
+
+
 def test_scores_and_patterns_match_the_in_process_gallery(pgvector, tiny_recognizer, features, tmp_path):
     with (
         Gallery.open(pgvector.database(), tiny_recognizer) as vectors,

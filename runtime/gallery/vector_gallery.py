@@ -317,10 +317,12 @@ class VectorGallery(Gallery):
             union = pattern | cells
             entry, covers = self._search_pattern(searchable, cells, union)
             stored = entry.pattern | cells
-            limit = k * CANDIDATES_PER_MATCH
+            candidates = k * CANDIDATES_PER_MATCH
             # Under the union itself the stored scores differ from exact by half precision only: the best few are
-            # re-scored; under another pattern every candidate is. Their features come with the search.
-            rescored = 0 if not self.keep_features else limit if stored != union else RESCORED_PER_MATCH * k
+            # re-scored; under another pattern every candidate is. Their features come with the search, and the
+            # answer is made of the re-scored ones alone, so none past them is asked for.
+            rescored = 0 if not self.keep_features else candidates if stored != union else RESCORED_PER_MATCH * k
+            limit = rescored or candidates
             targets.append(
                 _Target(
                     entry.warm, cells, stored, union, covers, limit, size < EXACT_BELOW, rescored, len(plan.groups) > 1
