@@ -11,6 +11,7 @@ from the warm pattern nearest it. Without features, such a probe is refused.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -68,7 +69,6 @@ class _Target:
     covers: bool
     limit: int
     exact: bool  # scanned, not walked: a small group
-    rescored: int
     other_groups: bool
 
 
@@ -273,27 +273,38 @@ class VectorGallery(Gallery):
         otherwise."""
         features, patterns, k, threshold = self._checked_probes(features, occlusion, k, threshold)
         plan, first = None, None
+        embedded_first = self._embedder(features[:1])
         assumed = self._assumed_targets(patterns[0], k) if patterns else None
         if assumed is not None:
-            requests = self._requests(assumed, features[:1])
+            requests = self._requests(assumed, embedded_first)
             plan, found = self._store.plan_and_search(requests, self._head.embedding_size, self.damaged)
             if self._targets(plan, patterns[0], k) == assumed:
-                first = self._parts(assumed, found, features[:1])
+                first = self._parts(assumed, found, embedded_first)
         if plan is None:
             plan = self._store.plan()
         self._plan_seen = plan
         identifications = []
         for i, pattern in enumerate(patterns):
-            probe = features[i : i + 1]
+            embedded = embedded_first if i == 0 else self._embedder(features[i : i + 1])
             if i > 0 or first is None:
                 targets = self._targets(plan, pattern, k)
-                requests = self._requests(targets, probe)
+                requests = self._requests(targets, embedded)
                 found = self._store.run_searches(requests, self._head.embedding_size, self.damaged)
-                parts = self._parts(targets, found, probe)
+                parts = self._parts(targets, found, embedded)
             else:
                 parts = first
             identifications.append(Identification(_best(parts, k, threshold), list(Occlusion(pattern).cells)))
         return identifications
+
+    def _embedder(self, probe: np.ndarray) -> Callable[[int], np.ndarray]:
+        """The probe's (one row of trunk features) normalised embedding under a pattern, each made once: a
+        search under the union itself re-scores with the embedding it searched with."""
+
+        @functools.cache
+        def embedded(pattern: int) -> np.ndarray:
+            return _normalised(self._slice(pattern).apply(probe, None, self._head))[0]
+
+        return embedded
 
     def _assumed_targets(self, pattern: int, k: int) -> list[_Target] | None:
         """The targets under the last plan read, where there is one and it can be searched."""
@@ -317,36 +328,35 @@ class VectorGallery(Gallery):
             union = pattern | cells
             entry, covers = self._search_pattern(searchable, cells, union)
             stored = entry.pattern | cells
-            candidates = k * CANDIDATES_PER_MATCH
-            # Under the union itself the stored scores differ from exact by half precision only: the best few are
-            # re-scored; under another pattern every candidate is. Their features come with the search, and the
-            # answer is made of the re-scored ones alone, so none past them is asked for.
-            rescored = 0 if not self.keep_features else candidates if stored != union else RESCORED_PER_MATCH * k
-            limit = rescored or candidates
+            # With features kept every candidate comes with its features and is re-scored exactly; under the union
+            # itself the stored scores differ from exact by half precision only, so the best few suffice.
+            per_match = RESCORED_PER_MATCH if self.keep_features and stored == union else CANDIDATES_PER_MATCH
             targets.append(
                 _Target(
-                    entry.warm, cells, stored, union, covers, limit, size < EXACT_BELOW, rescored, len(plan.groups) > 1
+                    entry.warm, cells, stored, union, covers, k * per_match, size < EXACT_BELOW, len(plan.groups) > 1
                 )
             )
         return targets
 
-    def _requests(self, targets: list[_Target], probe: np.ndarray) -> list[SearchRequest]:
-        """The database searches for ``targets``: the probe embedded under each one's stored pattern."""
-        embedded: dict[int, np.ndarray] = {}
-        for t in targets:
-            if t.stored not in embedded:
-                embedded[t.stored] = _normalised(self._slice(t.stored).apply(probe, None, self._head))[0]
+    def _requests(self, targets: list[_Target], embedded: Callable[[int], np.ndarray]) -> list[SearchRequest]:
+        """The database searches for ``targets``: the probe embedded under each one's stored pattern, every
+        candidate read with its features where they are kept."""
         return [
-            SearchRequest(t.warm, t.cells, embedded[t.stored], t.limit, t.exact, t.rescored, t.other_groups)
+            SearchRequest(
+                t.warm, t.cells, embedded(t.stored), t.limit, t.exact, t.limit if self.keep_features else 0,
+                t.other_groups,
+            )
             for t in targets
-        ]
+        ]  # fmt: skip
 
-    def _parts(self, targets: list[_Target], found: list[tuple[list[Hit], dict]], probe: np.ndarray) -> list:
+    def _parts(
+        self, targets: list[_Target], found: list[tuple[list[Hit], dict]], embedded: Callable[[int], np.ndarray]
+    ) -> list:
         """Each group's candidates and scores in the shape ``_best`` reads, re-scored where features are kept."""
         parts = []
         for t, (hits, faces) in zip(targets, found):
             if self.keep_features:
-                hits, scores = self._rescored(hits[: t.rescored], faces, probe, t.union)
+                hits, scores = self._rescored(hits, faces, t.union, embedded(t.union))
                 scored_under, exact = t.union, True
             else:
                 scores = np.array([h.score for h in hits])
@@ -371,14 +381,14 @@ class VectorGallery(Gallery):
         return min(searchable, key=lambda e: (bin((e.pattern | cells) ^ union).count("1"), e.warm)), False
 
     def _rescored(
-        self, hits: list[Hit], faces: dict[int, FaceRecord], probe: np.ndarray, union: int
+        self, hits: list[Hit], faces: dict[int, FaceRecord], union: int, embedded: np.ndarray
     ) -> tuple[list[Hit], np.ndarray]:
-        """The hits whose stored features read back whole (``faces``), with their exact scores under ``union``."""
+        """The hits whose stored features read back whole (``faces``), with their exact scores under ``union``
+        (``embedded``: the probe's embedding under it)."""
         kept = [h for h in hits if h.face_id in faces]
         if not kept:
             return [], np.zeros(0, np.float32)
-        gallery = self._under(union, [faces[h.face_id] for h in kept])
-        return kept, gallery @ _normalised(self._slice(union).apply(probe, None, self._head))[0]
+        return kept, self._under(union, [faces[h.face_id] for h in kept]) @ embedded
 
     # -- the rest of Gallery's API ------------------------------------------------------------
 
