@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from pdsn.bench.machine import cpu_summary, describe_machine
+from pdsn.bench.pgvector_pages import compare_pages, pages_lines
 from pdsn.bench.timing import measure
 from pdsn.runtime.gallery.embedded_server import release_embedded_server
 from pdsn.runtime.gallery.pgvector_store import HNSW_EF_CONSTRUCTION, HNSW_M
@@ -52,6 +53,7 @@ class VectorBenchConfig:
     live_faces: int = 5000  # enrolled with the HNSW indexes in place
     batch: int = 2000  # identities per enroll_batch call
     seed: int = 7
+    page_rounds: int = 0  # small against huge pages at the first ef_search, alternating this many times (0: not)
 
 
 class SeededFaces:
@@ -157,6 +159,10 @@ def _size_row(bundle: Path, rec, size: int, config: VectorBenchConfig, work: Pat
             str(c): _clients(location, rec, gallery, probes, c, config.ef_search[0]) for c in config.clients
         }
         row["replica_full"] = _replica(bundle, location, faces, identities)
+    if config.page_rounds:
+        row["pages"] = compare_pages(
+            location, folder, rec, config.ef_search[0], config.page_rounds, lambda g: _one_client(g, probes)
+        )
     mate_rows = [{2 * int(n), 2 * int(n) + 1} for n in numbers]  # the usearch index is keyed by row
     row["in_process"] = _in_process(
         bundle, rec, faces, identities, embeddings, probes, mate_rows, config, work / f"memory-{size}.db"
@@ -464,6 +470,9 @@ def vector_markdown(result: dict) -> str:
                 f"| {r['faces']:,} | {point['ef_search']} | {point['p50_ms']:.2f} / {point['p99_ms']:.2f} | "
                 f"{point['per_s']:.0f} | {point['recall_at_10']:.3f} | {point['mates_at_10']:.3f} |"
             )
+    for r in result["rows"]:
+        if "pages" in r:
+            lines += ["", *pages_lines(r["pages"], GOAL_P99_MS)]
     lines += [
         "",
         "The in-process gallery on the same faces (SQLite; the warm patterns' embeddings held in memory, searched "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pdsn.commands.arguments import delays, names, numbers, positive, real
+from pdsn.commands.arguments import delays, names, nonnegative, numbers, positive, real
 
 
 def add_bench_commands(commands: argparse._SubParsersAction) -> None:
@@ -67,6 +67,14 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
         default="all",
         help="--store pgvector: build every warm pattern's HNSW graph (default), or the searched one's only "
         "(sunglasses: a 1,000,000-face graph takes about 40 minutes on 2 cores, and a sunglasses search reads no other)",
+    )
+    bench.add_argument(
+        "--compare-pages",
+        type=nonnegative,
+        default=0,
+        metavar="ROUNDS",
+        help="--store pgvector: after the sweep, time the first --ef-search with the server's shared buffers on small "
+        "and on huge pages, alternating ROUNDS times in one window (huge pages must be reserved; default 0: not)",
     )
     bench.add_argument(
         "--photos",
@@ -170,6 +178,7 @@ def _bench_vector_gallery(bundle: Path | None, args: argparse.Namespace) -> int:
         hnsw_ef_construction=args.hnsw_ef_construction,
         ef_search=args.ef_search,
         graphs=args.graphs,
+        page_rounds=args.compare_pages,
     )
     result = run_vector_benchmark(bundle, config, work)
     return save_and_print(result, vector_markdown(result), args.out, f"{args.name}-pgvector")

