@@ -536,7 +536,8 @@ def _graphs_built(config: dict) -> str:
 
 
 def _graph_options(config: dict) -> str:
-    """The bench options that sized the HNSW graphs and chose the search widths, where not the defaults."""
+    """The bench options that sized the HNSW graphs, chose the search widths and compared page sizes, where not the
+    defaults."""
     options = ""
     if (config["hnsw_m"], config["hnsw_ef_construction"]) != (HNSW_M, HNSW_EF_CONSTRUCTION):
         options += f" --hnsw-m {config['hnsw_m']} --hnsw-ef-construction {config['hnsw_ef_construction']}"
@@ -544,4 +545,6 @@ def _graph_options(config: dict) -> str:
         options += f" --graphs {config['graphs']}"
     if tuple(config["ef_search"]) != VectorBenchConfig.ef_search:
         options += " --ef-search " + ",".join(str(e) for e in config["ef_search"])
+    if config.get("page_rounds", 0):
+        options += f" --compare-pages {config['page_rounds']}"
     return options

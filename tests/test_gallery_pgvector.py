@@ -648,7 +648,7 @@ def test_the_benchmark_compares_small_and_huge_pages_or_names_the_reservation_it
 
     import pdsn.bench.gallery_pgvector as bench
     from pdsn.bench.pgvector_pages import NoHugePagesError
-    from pdsn.runtime.gallery.embedded_server import embedded_server_url
+    from pdsn.runtime.gallery.embedded_server import embedded_server_url, release_embedded_server
 
     config = bench.VectorBenchConfig(
         sizes=(400,), probes=10, recall_probes=5, ef_search=(40,), hnsw_m=8, hnsw_ef_construction=16,
@@ -663,10 +663,12 @@ def test_the_benchmark_compares_small_and_huge_pages_or_names_the_reservation_it
                 "try",
                 "default",
             )
+        release_embedded_server(tmp_path / "pgvector-400")  # the interrupted run's server, kept for a rerun
         return
     (row,) = result["rows"]
     assert [len(row["pages"][p]) for p in ("small", "huge")] == [4, 4]
-    assert "Small against huge pages, in one window (ef_search 40" in bench.vector_markdown(result)
+    report = bench.vector_markdown(result)
+    assert "Small against huge pages, in one window (ef_search 40" in report and "--compare-pages 1`" in report
 
 
 def test_the_benchmark_can_build_the_searched_graph_only(pgvector, tiny_bundle, tmp_path):

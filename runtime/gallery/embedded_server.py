@@ -12,7 +12,7 @@ the planner's cache size, and one parallel worker per core beside the one buildi
 with 2 workers, 141 s with 1, 295 s with none). ``ALTER SYSTEM`` changes all three.
 
 Shared buffers that large want huge pages: an HNSW search is a chain of random reads across them, and on
-4 KiB pages nearly every read also misses the TLB (at 1,000,000 faces identification took a sixth to a fifth less
+4 KiB pages nearly every read also misses the TLB (at 1,000,000 faces identification took a seventh to a fifth less
 time on 2 MiB pages). PostgreSQL takes huge pages when the kernel has enough reserved and falls back to
 small pages without a word; a server that fell back says so once in this package's log, with the
 ``vm.nr_hugepages`` it needs.
